@@ -1,0 +1,34 @@
+# Every target here is what CI runs; .ci/run calls `make test` and nothing else.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+PROTO_DIR := smoelib/keda_proto
+PROTO_OUT := $(PROTO_DIR)/externalscaler_pb2.py $(PROTO_DIR)/externalscaler_pb2_grpc.py
+
+.PHONY: install proto test lint bench demo clean
+
+# The CPU wheel of torch is pinned only here, and only when torch is missing: a looser
+# requirement resolved with no torch installed would pull a multi-GB CUDA build.
+.install-stamp: pyproject.toml
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install --quiet "torch==2.13.0"
+	$(PIP) install --quiet -e ".[dev]"
+	@touch $@
+
+install: .install-stamp proto
+
+$(PROTO_OUT): $(PROTO_DIR)/externalscaler.proto .install-stamp
+	$(PYTHON) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. $(PROTO_DIR)/externalscaler.proto
+
+proto: $(PROTO_OUT)
+
+test: install
+	$(PYTHON) -m pytest
+
+lint: install
+	$(PYTHON) -m ruff check smoelib tests benchmarks
+	$(PYTHON) -m pytest -q tests/unit/test_layering.py
+
+bench: install
+	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PYTHON) $$script || exit 1; done
+
+clean:
+	rm -rf .install-stamp build dist *.egg-info $(PROTO_OUT)

@@ -1,0 +1,247 @@
+"""Assemble the networkx graph of a pipeline from its parsed YAML (see :mod:`smoelib.topology`).
+
+Every problem is collected before anything is raised, so ``smoe validate`` prints them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import networkx as nx
+
+from smoelib import pipeline_schema as schema
+from smoelib.errors import PipelineError
+from smoelib.model import NodeSpec
+from smoelib.pipeline_schema import Checker
+from smoelib.yamlsrc import Source
+
+_TOP_FIELDS = {"slo_ms": schema._Field("number", schema._positive),
+               "max_seq_tokens": schema._Field("int", schema._positive)}
+
+
+def assemble(src: Source, *, validate: bool, attach_metadata: bool
+             ) -> tuple[nx.DiGraph, dict[str, Any]]:
+    """Check ``src`` and build the graph; returns it with the pipeline-level fields."""
+    ck = Checker(src, validate=validate)
+    top = _check_top(ck, src.data)
+    stages = _check_stages(ck, top)
+    if ck.problems:
+        raise PipelineError(ck.problems, source=src.name)
+    graph, after, moe = _build(ck, top, stages, attach_metadata=attach_metadata)
+    if ck.problems:
+        raise PipelineError(ck.problems, source=src.name)
+    meta = {"name": top["name"], "namespace": top["namespace"], "slo_ms": float(top["slo_ms"]),
+            "max_seq_tokens": int(top["max_seq_tokens"]), "after": after, "moe_stages": moe}
+    return graph, meta
+
+
+def _check_top(ck: Checker, data: Any) -> dict[str, Any]:
+    if data is None:
+        ck.add((), "empty file: expected a mapping with name, slo_ms and stages")
+        return {}
+    top = ck.mapping(data, (), schema.TOP_KEYS)
+    if top is None:
+        return {}
+    for key in ("name", "slo_ms", "stages"):
+        if key not in top:
+            ck.add((), f"missing required key {key!r}")
+    out = {**schema.PIPELINE_DEFAULTS, **top}
+    for key, spec in _TOP_FIELDS.items():
+        if key in top and not ck.scalar(top[key], (key,), spec):
+            out.pop(key, None)
+    for key, limit in (("name", schema.PIPELINE_NAME_MAX), ("namespace", 63)):
+        if key in top:
+            if ck.scalar(top[key], (key,), schema._Field("str")):
+                ck.dns_label(top[key], (key,), limit, f"pipeline {key}")
+            else:
+                out.pop(key)
+    if "description" in top:
+        ck.scalar(top["description"], ("description",), schema._Field("str"))
+    defaults = ck.mapping(top.get("defaults", {}), ("defaults",), {"expert", "segment"}) or {}
+    out["defaults"] = {kind: schema.merge(base, schema.check_node_fields(
+        ck, defaults.get(kind, {}), ("defaults", kind)))
+        for kind, base in schema.BUILTIN_DEFAULTS.items()}
+    return out
+
+
+def _check_stages(ck: Checker, top: Mapping[str, Any]) -> list[dict[str, Any]]:
+    raw = top.get("stages")
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        ck.add(("stages",), f"must be a list of stages, got {schema._typename(raw)}")
+        return []
+    if not raw:
+        ck.add(("stages",), "must not be empty")
+        return []
+    for i, entry in enumerate(raw):
+        if isinstance(entry, Mapping) and isinstance(entry.get("id"), str):
+            ck.stage_names[i] = entry["id"]
+    seen: dict[str, int] = {}
+    stages = []
+    for i, entry in enumerate(raw):
+        path = ("stages", i)
+        stage = ck.mapping(entry, path, schema.STAGE_KEYS | schema.NODE_KEYS)
+        if stage is None:
+            continue
+        sid = stage.get("id")
+        if sid is None:
+            ck.add(path, "missing required key 'id'")
+            continue
+        if not ck.scalar(sid, (*path, "id"), schema._Field("str")):
+            continue
+        ck.dns_label(sid, (*path, "id"), schema.STAGE_ID_MAX, "stage id")
+        if sid in seen:
+            ck.add((*path, "id"), f"duplicate stage id {sid!r} (first at stages[{seen[sid]}])")
+            continue
+        seen[sid] = i
+        kind = stage.get("kind", "moe" if "experts" in stage else "segment")
+        if kind not in ("moe", "segment"):
+            ck.add((*path, "kind"), f"must be 'moe' or 'segment', got {kind!r}")
+            continue
+        parsed = {"id": sid, "kind": kind, "index": i}
+        if kind == "moe":
+            if not _check_moe(ck, stage, path, parsed):
+                continue
+        else:
+            for key in ("experts", "top_k", "overrides"):
+                if key in stage:
+                    ck.add((*path, key), f"{key!r} is only allowed on an MoE stage")
+        node_fields = {k: v for k, v in stage.items() if k in schema.NODE_KEYS}
+        parsed["fields"] = schema.check_node_fields(ck, node_fields, path)
+        after = stage.get("after")
+        if after is not None:
+            if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
+                ck.add((*path, "after"), "must be a list of stage ids")
+                continue
+            if not after:
+                ck.add((*path, "after"), "must name at least one stage (omit it to follow "
+                                         "the previous stage)")
+        parsed["after"] = after
+        stages.append(parsed)
+    ids = {s["id"] for s in stages}
+    for s in stages:
+        for a in s["after"] or ():
+            if a not in ids:
+                ck.add(("stages", s["index"], "after"), f"unknown stage {a!r}")
+            elif a == s["id"]:
+                ck.add(("stages", s["index"], "after"), "a stage cannot follow itself")
+    return stages
+
+
+def _check_moe(ck: Checker, stage: Mapping[str, Any], path: tuple, parsed: dict) -> bool:
+    if "experts" not in stage:
+        ck.add(path, "missing required key 'experts' for an MoE stage")
+        return False
+    if not ck.scalar(stage["experts"], (*path, "experts"), schema._Field("int", schema._positive)):
+        return False
+    experts = int(stage["experts"])
+    if experts < 1:
+        return False
+    top_k = stage.get("top_k", min(schema.DEFAULT_TOP_K, experts))
+    if not ck.scalar(top_k, (*path, "top_k"), schema._Field("int", schema._positive)):
+        return False
+    if ck.validate and top_k > experts:
+        ck.add((*path, "top_k"), f"top_k {top_k} is above the {experts} experts of the stage")
+    parsed.update(experts=experts, top_k=int(top_k), overrides={})
+    overrides = stage.get("overrides", {})
+    if not isinstance(overrides, Mapping):
+        ck.add((*path, "overrides"), "must be a mapping from expert index to fields")
+        return False
+    for key, value in overrides.items():
+        if isinstance(key, bool) or not isinstance(key, int):
+            ck.add((*path, "overrides", key), f"expert index must be an integer, got {key!r}")
+            continue
+        if not 0 <= key < experts:
+            ck.add((*path, "overrides", key),
+                   f"expert index {key} does not exist (the stage has experts 0..{experts - 1})")
+            continue
+        parsed["overrides"][key] = schema.check_node_fields(ck, value, (*path, "overrides", key))
+    return True
+
+
+def _build(ck: Checker, top: Mapping[str, Any], stages: list[dict[str, Any]], *,
+           attach_metadata: bool) -> tuple[nx.DiGraph, dict[str, tuple[str, ...]], tuple]:
+    total = sum(s.get("experts", 1) + 1 for s in stages)
+    if total > schema.MAX_NODES:
+        ck.add(("stages",), f"pipeline has about {total} nodes; the limit is {schema.MAX_NODES}")
+        return nx.DiGraph(), {}, ()
+    graph = nx.DiGraph()
+    by_id = {s["id"]: s for s in stages}
+    entries: dict[str, list[str]] = {}
+    exits: dict[str, list[str]] = {}
+    after: dict[str, tuple[str, ...]] = {}
+    functions: dict[str, tuple] = {}
+    for pos, s in enumerate(stages):
+        preds = tuple(s["after"]) if s["after"] is not None else (
+            (stages[pos - 1]["id"],) if pos else ())
+        after[s["id"]] = preds
+        path = ("stages", s["index"])
+        if s["kind"] == "segment":
+            spec = _resolve(ck, top, s, "segment", None, path, attach_metadata, functions)
+            graph.add_node(s["id"], kind="segment", stage=s["id"], **spec)
+            entries[s["id"]] = exits[s["id"]] = [s["id"]]
+            continue
+        nodes = [f"{s['id']}/e{i}" for i in range(s["experts"])]
+        for i, node in enumerate(nodes):
+            spec = _resolve(ck, top, s, "expert", i, path, attach_metadata, functions)
+            graph.add_node(node, kind="expert", stage=s["id"], **spec)
+        entries[s["id"]] = exits[s["id"]] = nodes
+        if any(by_id[p]["kind"] == "moe" for p in preds if p in by_id):
+            join = f"{s['id']}/join"
+            attrs = {"spec": NodeSpec(id=join, kind="join", stage=s["id"])} \
+                if attach_metadata else {}
+            graph.add_node(join, kind="join", stage=s["id"], **attrs)
+            graph.add_edges_from((join, n) for n in nodes)
+            entries[s["id"]] = [join]
+    for s in stages:
+        for p in after[s["id"]]:
+            graph.add_edges_from((u, v) for u in exits[p] for v in entries[s["id"]])
+    if not nx.is_directed_acyclic_graph(graph):
+        cycle = nx.find_cycle(graph)
+        loop = [graph.nodes[u]["stage"] for u, _ in cycle]
+        loop = list(dict.fromkeys(loop))
+        first = by_id[loop[0]]
+        ck.add(("stages", first["index"], "after"),
+               f"cycle through 'after': {' -> '.join([*loop, loop[0]])}")
+    moe = tuple(s["id"] for s in stages if s["kind"] == "moe")
+    return graph, after, moe
+
+
+def _resolve(ck: Checker, top: Mapping[str, Any], stage: Mapping[str, Any], kind: str,
+             index: int | None, path: tuple, attach_metadata: bool,
+             functions: dict[str, tuple]) -> dict[str, Any]:
+    """Merge built-in defaults, pipeline defaults, stage fields and the override of one node."""
+    if not attach_metadata and not ck.validate:
+        return {}
+    fields = schema.merge(top["defaults"][kind], stage["fields"])
+    where = path
+    if index is not None and index in stage.get("overrides", {}):
+        fields = schema.merge(fields, stage["overrides"][index])
+        where = (*path, "overrides", index)
+    schema.check_resolved(ck, fields, where)
+    names = {"pipeline": top.get("name", ""), "stage": stage["id"]}
+    if kind == "expert":
+        names["index"] = index
+    function = schema.format_function(ck, fields["function"], (*where, "function"), **names)
+    if function is not None and ck.validate:
+        limit = schema.EXPERT_FUNCTION_MAX if kind == "expert" else schema.FUNCTION_MAX
+        before = len(ck.problems)
+        ck.dns_label(function, (*where, "function"), limit, "function name")
+        if len(ck.problems) == before and function in functions:
+            ck.add((*where, "function"), f"function name {function!r} is also used by "
+                                         f"{functions[function][0]}")
+        functions.setdefault(function, (ck.where(where),))
+    if not attach_metadata:
+        return {}
+    node_id = stage["id"] if index is None else f"{stage['id']}/e{index}"
+    return {"spec": NodeSpec(
+        id=node_id, kind=kind, stage=stage["id"], index=index, function=function,
+        cpu=float(fields["cpu"]), memory_mb=int(fields["memory_mb"]),
+        gpu_share=float(fields["gpu_share"]), concurrency=int(fields["concurrency"]),
+        parallelism=int(fields["parallelism"]), replicas_min=int(fields["replicas"]["min"]),
+        replicas_max=int(fields["replicas"]["max"]), weights_mb=float(fields["weights_mb"]),
+        base_ms=float(fields["profile"]["base_ms"]),
+        per_token_ms=float(fields["profile"]["per_token_ms"]),
+        top_k=stage.get("top_k"), layer_size=stage.get("experts"))}

@@ -1,0 +1,75 @@
+"""The error hierarchy every sMoE module raises.
+
+``SmoeError`` is the root. Bad input is a ``ValueError`` (``PipelineError``, ``ConfigError``)
+and names the file, the object and the field. Failures talking to the outside world are either
+``TransientError`` (retry with capped backoff) or ``PermanentError`` (surface it, keep the last
+good decision). Library exceptions are chained with ``raise ... from e``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SmoeError",
+    "PipelineError",
+    "ConfigError",
+    "TransientError",
+    "PermanentError",
+    "Problem",
+]
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an input file.
+
+    ``where`` is the object and field path (``stages[2].experts``), ``line`` the 1-based line of
+    the YAML node when the parser gave one.
+    """
+
+    where: str
+    message: str
+    line: int | None = None
+
+    def render(self, source: str | None) -> str:
+        location = source or "<mapping>"
+        if self.line is not None:
+            location = f"{location}:{self.line}"
+        where = f" {self.where}:" if self.where else ""
+        return f"{location}:{where} {self.message}"
+
+
+class SmoeError(Exception):
+    """Root of every error sMoE raises on purpose."""
+
+
+class _InputError(SmoeError, ValueError):
+    """Bad input: carries every problem found, one line each."""
+
+    kind = "input"
+
+    def __init__(self, problems: list[Problem] | tuple[Problem, ...], *, source: str | None = None):
+        self.problems = tuple(problems)
+        self.source = source
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        """One line per problem, each naming the file, the object and field, and the line."""
+        return [p.render(self.source) for p in self.problems]
+
+
+class PipelineError(_InputError):
+    """A ``pipeline.yml`` (or the mapping given in its place) is not a valid pipeline."""
+
+
+class ConfigError(_InputError):
+    """A ``config.yaml``, a checkpoint, a trace or a decision file is not valid."""
+
+
+class TransientError(SmoeError):
+    """A failure that may pass: a timeout, a 5xx, a 409 conflict. Retry with backoff."""
+
+
+class PermanentError(SmoeError):
+    """A failure that will not pass by retrying: a 403, a 404, a schema mismatch."""
