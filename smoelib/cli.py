@@ -1,0 +1,68 @@
+"""The ``smoe`` command: parses arguments, wires the parts, prints. No logic lives here.
+
+Each subcommand is a pair ``(add_arguments(parser), run(args) -> int)``; :data:`COMMANDS` lists
+them. Bad input raises a :class:`~smoelib.errors.SmoeError`, printed here as one line per problem
+on stderr with exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from smoelib._version import __version__
+from smoelib.errors import SmoeError
+from smoelib.exit_codes import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+
+# name -> (module, one-line help). Each module defines add_arguments(parser) and run(args).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("smoelib.commands.validate", "check a pipeline.yml (and config) and summarise it"),
+    "serve": ("smoelib.scaler.serve", "serve the KEDA external scaler (and the controller)"),
+}
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smoe", description="sMoE: autoscaling for Mixture-of-Experts inference on "
+        "KEDA-driven OpenFaaS. Every command takes --config FILE and works without one.")
+    parser.add_argument("--version", action="version", version=f"smoe {__version__}")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log verbosity")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name is None or not module.startswith(e.name):
+                raise
+            continue  # the command's module is not part of this build
+        cmd = sub.add_parser(name, help=help_, description=(mod.__doc__ or help_).strip())
+        mod.add_arguments(cmd)
+        cmd.set_defaults(run=mod.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s", stream=sys.stderr)
+    try:
+        return int(args.run(args) or 0)
+    except SmoeError as e:
+        lines = e.lines() if hasattr(e, "lines") else [str(e)]
+        for line in lines:
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of ``smoe`` that belong to no single sub-package."""

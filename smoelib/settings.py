@@ -1,0 +1,255 @@
+"""One frozen settings tree for every ``smoe`` command, loaded from ``config.yaml``.
+
+Every field has a default, a docstring and a unit (see :func:`~smoelib.settings_base.setting`);
+the defaults ship inside the package, so every command works without a file. Validation
+collects every problem (unknown keys, wrong types, out-of-range values) and raises them together
+as one :class:`~smoelib.errors.ConfigError`. Derived values are properties.
+
+``examples/config.yaml`` is :func:`render_example` of the defaults: it shows every field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+from smoelib.errors import ConfigError, Problem
+from smoelib.settings_base import (
+    each,
+    fraction,
+    from_mapping,
+    non_negative,
+    positive,
+    render_commented,
+    section,
+    setting,
+)
+from smoelib.yamlsrc import YamlProblem, load
+
+__all__ = ["Settings", "load_settings", "render_example", "GpuSharingMode"]
+
+GpuSharingMode = Literal["mps-env", "mps-device-plugin", "none"]
+
+
+@dataclass(frozen=True)
+class GpuSharing:
+    """How pods share GPUs. The action space, the simulator and the cost model follow it."""
+
+    mode: GpuSharingMode = setting(
+        "mps-env", "mps-env: pods share a GPU through an MPS daemon and "
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE (the share is per pod); mps-device-plugin: the NVIDIA "
+        "device plugin gives every pod 1/slots_per_gpu of a GPU (the share is a property of the "
+        "node pool); none: CPU-only experts")
+    slots_per_gpu: int = setting(
+        4, "mps-device-plugin: pods per GPU (the plugin's 'replicas'); each gets 1/N of the GPU",
+        unit="pods", check=positive)
+    pin_device_memory: bool = setting(
+        False, "mps-env: also set CUDA_MPS_PINNED_DEVICE_MEM_LIMIT from the memory knob")
+    max_clients_per_gpu: int = setting(
+        48, "MPS client limit per GPU (48 on Volta-class MPS)", unit="pods", check=positive)
+
+
+@dataclass(frozen=True)
+class Actions:
+    """The choices the policy picks from, per knob (each a sorted list)."""
+
+    gpu_share: tuple[float, ...] = setting(
+        (0.1, 0.25, 0.5, 0.75, 1.0), "GPU share choices (MPS thread percentage / 100)",
+        unit="fraction of one GPU", check=each(fraction))
+    cpu: tuple[float, ...] = setting((0.5, 1.0, 2.0, 4.0), "CPU choices", unit="cores",
+                                     check=each(positive))
+    memory_mb: tuple[int, ...] = setting((1024, 2048, 4096, 8192), "memory choices",
+                                         unit="MiB", check=each(positive))
+    concurrency: tuple[int, ...] = setting(
+        (1, 2, 4, 8, 16), "OpenFaaS max_inflight choices", unit="calls", check=each(positive))
+    max_replica_step: int = setting(
+        8, "largest replica change the policy may propose for one expert in one tick",
+        unit="replicas", check=positive)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What the cluster holds. Pods beyond it stay Pending."""
+
+    gpus: int = setting(64, "GPUs available to expert functions", unit="GPUs",
+                        check=non_negative)
+    cpu_cores: float = setting(1024.0, "schedulable cores for expert and segment pods",
+                               unit="cores", check=positive)
+    memory_gib: float = setting(4096.0, "schedulable memory", unit="GiB", check=positive)
+    in_place_resize: bool = setting(
+        True, "the cluster supports in-place pod resize (pods/resize, Kubernetes >= 1.33); "
+        "without it CPU and memory changes roll pods like the slow knobs")
+    hpa_configurable_tolerance: bool = setting(
+        True, "the HPA honours a per-ScaledObject tolerance (Kubernetes >= 1.35 or the "
+        "HPAConfigurableTolerance gate); without it the 10% default applies")
+
+
+@dataclass(frozen=True)
+class Prices:
+    """Unit prices for the cost model: replica-seconds x (cores, GiB, GPU share) x price.
+
+    Defaults: Google Cloud Compute Engine on-demand list prices, us-central1 (N2 vCPU and
+    memory; NVIDIA L4 GPU), from cloud.google.com/compute/vm-instance-pricing and
+    cloud.google.com/compute/gpus-pricing. Check the current sheet before quoting costs in
+    money; the comparisons in docs/ depend only on ratios.
+    """
+
+    currency: str = setting("USD", "currency of every cost figure")
+    cpu_core_hour: float = setting(0.031611, "price of one core for an hour",
+                                   unit="currency / core-hour", check=non_negative)
+    memory_gib_hour: float = setting(0.004237, "price of one GiB for an hour",
+                                     unit="currency / GiB-hour", check=non_negative)
+    gpu_hour: float = setting(0.56, "price of one whole GPU for an hour",
+                              unit="currency / GPU-hour", check=non_negative)
+
+
+@dataclass(frozen=True)
+class Control:
+    """The control loop."""
+
+    interval_s: float = setting(5.0, "control interval: one decision per pipeline per tick",
+                                unit="s", check=positive)
+    warmup_s: float = setting(30.0, "wait before the first action", unit="s",
+                              check=non_negative)
+    slo_weight: float = setting(
+        10.0, "initial weight of SLO overrun against cost (the Lagrange multiplier lambda)",
+        unit="cost units per unit of P95/SLO overrun", check=non_negative)
+
+
+@dataclass(frozen=True)
+class Guards:
+    """Safety rules applied to every decision before it reaches the cluster."""
+
+    max_step_up: int = setting(8, "largest replica increase per expert per tick",
+                               unit="replicas", check=positive)
+    max_step_down: int = setting(2, "largest replica decrease per expert per tick",
+                                 unit="replicas", check=positive)
+    pressure_threshold: float = setting(
+        0.9, "hold scale-down while the observed P95 is above this fraction of the SLO",
+        unit="fraction of SLO", check=positive)
+    hysteresis_ticks: int = setting(
+        3, "a slow knob (GPU share, concurrency) changes only after the new value has "
+        "persisted this many ticks", unit="ticks", check=positive)
+    slow_knob_threshold: float = setting(
+        0.2, "a slow knob changes only when the relative change exceeds this",
+        unit="fraction", check=non_negative)
+    rollout_budget_per_min: int = setting(
+        4, "most pods replaced per minute per pipeline by slow-knob rollouts",
+        unit="pods / minute", check=non_negative)
+    pause_scaledobject_during_rollout: bool = setting(
+        False, "annotate the expert's ScaledObject autoscaling.keda.sh/paused while it rolls")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Where the controller reads observations."""
+
+    prometheus_url: str = setting("http://prometheus:9090", "Prometheus base URL")
+    query_timeout_s: float = setting(3.0, "timeout of every Prometheus query", unit="s",
+                                     check=positive)
+    rate_window_s: float = setting(30.0, "window of rate() and histogram_quantile() queries",
+                                   unit="s", check=positive)
+    queries: Mapping[str, str] = setting(
+        MappingProxyType({}), "PromQL overrides by template name (see smoelib.metrics for the "
+        "names and the placeholders each template takes)")
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """The KEDA external scaler."""
+
+    grpc_port: int = setting(9090, "gRPC port KEDA connects to", unit="port",
+                             check=non_negative)
+    metrics_port: int = setting(8080, "port of the scaler's own /metrics", unit="port",
+                                check=non_negative)
+    staleness_s: float = setting(
+        60.0, "a decision older than this is answered UNAVAILABLE so KEDA's fallback acts",
+        unit="s", check=positive)
+
+
+@dataclass(frozen=True)
+class Vertical:
+    """How GPU share, CPU, memory and concurrency reach the functions."""
+
+    backend: Literal["kubernetes", "openfaas-gateway", "simulated"] = setting(
+        "kubernetes", "one writer per Deployment: the Kubernetes API, the OpenFaaS gateway, "
+        "or the simulator")
+    gateway_url: str = setting("http://gateway.openfaas:8080", "OpenFaaS gateway base URL")
+    stack_file: str = setting("", "stack.yml with every function's full spec "
+                                  "(required by the openfaas-gateway backend)")
+    request_timeout_s: float = setting(10.0, "timeout of every API call", unit="s",
+                                       check=positive)
+
+
+@dataclass(frozen=True)
+class Simulator:
+    """The simulated cluster (the embedded default)."""
+
+    keda_polling_s: float = setting(5.0, "KEDA pollingInterval of the generated ScaledObjects",
+                                    unit="s", check=positive)
+    hpa_sync_s: float = setting(15.0, "HPA sync period", unit="s", check=positive)
+    cold_start_median_s: float = setting(
+        2.5, "median pod start before weights load (lognormal)", unit="s", check=positive)
+    cold_start_sigma: float = setting(0.5, "lognormal sigma of pod start", check=non_negative)
+    weights_load_mb_per_s: float = setting(
+        500.0, "weight-loading throughput at start", unit="MiB/s", check=positive)
+    rpc_overhead_ms: float = setting(1.0, "per-hop network and serialisation overhead",
+                                     unit="ms", check=non_negative)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The decider the controller and the demo run."""
+
+    name: str = setting("queueing", "registry name of the decider (smoe, queueing, hpa, ...)")
+    checkpoint: str = setting("", "policy checkpoint; empty: the bundled default")
+    torch_threads: int = setting(2, "CPU threads for policy inference", unit="threads",
+                                 check=positive)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole settings tree (``config.yaml``)."""
+
+    gpu_sharing: GpuSharing = section(GpuSharing, "GPU sharing mode")
+    actions: Actions = section(Actions, "action space: the choices per knob")
+    cluster: Cluster = section(Cluster, "cluster capacity and features")
+    prices: Prices = section(Prices, "prices for the cost model")
+    control: Control = section(Control, "control loop and SLO weighting")
+    guards: Guards = section(Guards, "guards: maximum steps, rollout budget, hysteresis")
+    metrics: Metrics = section(Metrics, "metric source and PromQL overrides")
+    scaler: Scaler = section(Scaler, "KEDA external scaler")
+    vertical: Vertical = section(Vertical, "vertical backend")
+    simulator: Simulator = section(Simulator, "simulated cluster")
+    policy: Policy = section(Policy, "policy and checkpoint")
+
+
+def load_settings(config: str | Path | Mapping[str, Any] | None = None) -> Settings:
+    """Load ``config.yaml`` (a path, a parsed mapping, or None for the packaged defaults).
+
+    Raises:
+        ConfigError: every problem found, each naming the file, the field and its line.
+    """
+    if config is None:
+        return Settings()
+    source_name = None if isinstance(config, Mapping) else str(config)
+    try:
+        src = load(config)
+    except YamlProblem as e:
+        raise ConfigError([e.problem], source=source_name) from None
+    problems: list[Problem] = []
+    settings = from_mapping(Settings, src.data, source=src, problems=problems)
+    if problems:
+        raise ConfigError(problems, source=src.name)
+    return settings
+
+
+def render_example(settings: Settings | None = None) -> str:
+    """``config.yaml`` text with every field, its docstring and unit as comments."""
+    header = ["# sMoE settings: every field with its default, meaning and unit.",
+              "# Generated from smoelib/settings.py (smoe config --example); every command",
+              "# takes --config FILE and works without one.", ""]
+    return "\n".join(header + render_commented(settings or Settings())) + "\n"
