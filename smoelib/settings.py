@@ -182,6 +182,23 @@ class Vertical:
                                   "(required by the openfaas-gateway backend)")
     request_timeout_s: float = setting(10.0, "timeout of every API call", unit="s",
                                        check=positive)
+    gateway_auth_dir: str = setting(
+        "", "openfaas-gateway: directory where the gateway's basic-auth Secret is mounted (files "
+        "basic-auth-user and basic-auth-password); empty: no authentication")
+    conflict_retries: int = setting(
+        3, "kubernetes: re-reads and re-plans of one object after a 409 conflict",
+        unit="retries", check=non_negative)
+    resize_watch_s: float = setting(
+        2.0, "kubernetes: how long to watch resized pods for PodResizePending before falling "
+        "back to a rollout", unit="s", check=non_negative)
+    resize_deferred_grace_s: float = setting(
+        60.0, "a resize Deferred for longer than this falls back to a rollout (Infeasible does "
+        "at once)", unit="s", check=non_negative)
+    gpu_resource: str = setting(
+        "nvidia.com/gpu", "mps-device-plugin: the extended resource one MPS slot is requested as")
+    mps_pool_label: str = setting(
+        "", "mps-device-plugin: node label whose value is the node pool's slots per GPU; the GPU "
+        "share picks the pool (1/share slots); empty: one pool of gpu_sharing.slots_per_gpu")
 
 
 @dataclass(frozen=True)
