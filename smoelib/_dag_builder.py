@@ -62,6 +62,8 @@ def _check_top(ck: Checker, data: Any) -> dict[str, Any]:
     out["defaults"] = {kind: schema.merge(base, schema.check_node_fields(
         ck, defaults.get(kind, {}), ("defaults", kind)))
         for kind, base in schema.BUILTIN_DEFAULTS.items()}
+    out["templates_given"] = {kind for kind, v in defaults.items()
+                              if isinstance(v, Mapping) and "function" in v}
     return out
 
 
@@ -224,7 +226,11 @@ def _resolve(ck: Checker, top: Mapping[str, Any], stage: Mapping[str, Any], kind
     names = {"pipeline": top.get("name", ""), "stage": stage["id"]}
     if kind == "expert":
         names["index"] = index
-    function = schema.format_function(ck, fields["function"], (*where, "function"), **names)
+    template_at = (*where, "function")  # where the template came from, for the error
+    overridden = where != path and "function" in stage["overrides"][index]
+    if not overridden and "function" not in stage["fields"] and kind in top["templates_given"]:
+        template_at = ("defaults", kind, "function")
+    function = schema.format_function(ck, fields["function"], template_at, **names)
     if function is not None and ck.validate:
         limit = schema.EXPERT_FUNCTION_MAX if kind == "expert" else schema.FUNCTION_MAX
         before = len(ck.problems)

@@ -50,7 +50,8 @@ class _InputError(SmoeError, ValueError):
     kind = "input"
 
     def __init__(self, problems: list[Problem] | tuple[Problem, ...], *, source: str | None = None):
-        self.problems = tuple(problems)
+        # in file order: a reader fixes them top to bottom (problems without a line go last)
+        self.problems = tuple(sorted(problems, key=lambda p: (p.line is None, p.line or 0)))
         self.source = source
         super().__init__("\n".join(self.lines()))
 

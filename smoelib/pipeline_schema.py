@@ -125,6 +125,7 @@ class Checker:
         self.source = source
         self.validate = validate
         self.problems: list[Problem] = []
+        self._seen: set[Problem] = set()
         self.stage_names: dict[int, str] = {}
 
     def where(self, path: Path_) -> str:
@@ -136,7 +137,10 @@ class Checker:
         return render_path(path)
 
     def add(self, path: Path_, message: str) -> None:
-        self.problems.append(Problem(self.where(path), message, self.source.line(path)))
+        problem = Problem(self.where(path), message, self.source.line(path))
+        if problem not in self._seen:  # a stage-level field is checked once per expert
+            self._seen.add(problem)
+            self.problems.append(problem)
 
     def mapping(self, value: Any, path: Path_, allowed: set[str]) -> dict[str, Any] | None:
         """``value`` as a mapping with only ``allowed`` keys (unknown keys are reported)."""

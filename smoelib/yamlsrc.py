@@ -86,8 +86,9 @@ def parse_text(text: str) -> Source:
     """Parse YAML text, recording the line of every mapping key and list item."""
     if "\x00" in text:
         raise YamlProblem(Problem("", "not a text file (contains NUL bytes)"))
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
         source = Source(data=None)
         if node is not None:
@@ -99,11 +100,13 @@ def parse_text(text: str) -> Source:
         message = e.problem or e.context or "invalid YAML"
         raise YamlProblem(Problem("", f"YAML syntax error: {message}", line)) from None
     except yaml.YAMLError as e:
-        raise YamlProblem(Problem("", f"YAML error: {e}")) from None
+        message = " ".join(str(e).split())
+        raise YamlProblem(Problem("", f"YAML error: {message}")) from None
     except RecursionError:
         raise YamlProblem(Problem("", "YAML is nested too deeply")) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 class _Converter:

@@ -1,0 +1,94 @@
+"""The settings tree: defaults, strict loading, every problem reported at once."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from smoelib.errors import ConfigError
+from smoelib.settings import Settings, load_settings, render_example
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_without_a_file():
+    s = load_settings(None)
+    assert s == Settings()
+    assert s.control.interval_s == 5.0
+    assert s.gpu_sharing.mode == "mps-env"
+
+
+def test_tree_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings().control.interval_s = 1  # type: ignore[misc]
+
+
+def test_every_field_has_a_docstring():
+    def walk(obj, path=""):
+        for f in dataclasses.fields(obj):
+            assert f.metadata.get("doc"), f"{path}{f.name} has no docstring"
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{path}{f.name}.")
+    walk(Settings())
+
+
+def test_example_config_shows_every_field_and_matches_the_defaults():
+    text = (ROOT / "examples" / "config.yaml").read_text()
+    assert text == render_example(), "regenerate: python3 -c 'from smoelib.settings import " \
+                                     "render_example; print(render_example(), end=\"\")'"
+    assert load_settings(ROOT / "examples" / "config.yaml") == Settings()
+
+
+def test_partial_file_merges_over_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("control:\n  interval_s: 2\nactions:\n  cpu: [1, 2]\n")
+    s = load_settings(path)
+    assert s.control.interval_s == 2.0 and s.actions.cpu == (1.0, 2.0)
+    assert s.guards == Settings().guards
+
+
+def test_every_problem_reported_with_file_field_and_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({
+        "gpu_sharing": {"mode": "mig"},
+        "bogus": 1,
+        "actions": {"cpu": [0, 1]},
+        "guards": {"max_step_up": 1.5},
+        "prices": {"gpu_hour": -1},
+        "cluster": {"in_place_resize": "yes"},
+    }, sort_keys=False))
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert info.value.lines() == [
+        f"{path}:2: gpu_sharing.mode: must be one of 'mps-env', 'mps-device-plugin', 'none', "
+        "got 'mig'",
+        f"{path}:3: bogus: unknown key 'bogus'; expected one of gpu_sharing, actions, cluster, "
+        "prices, control, guards, metrics, scaler, vertical, simulator, policy",
+        f"{path}:5: actions.cpu: every item must be > 0 (got 0.0), got [0, 1]",
+        f"{path}:9: guards.max_step_up: must be an integer, got 1.5",
+        f"{path}:11: prices.gpu_hour: must be >= 0, got -1",
+        f"{path}:13: cluster.in_place_resize: must be true or false, got 'yes'",
+    ]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", None),
+    ("- 1\n", "{f}: must be a mapping, got list"),
+    ("control: [\n", "{f}:2: YAML syntax error: expected the node content, but found "
+                     "'<stream end>'"),
+    ("metrics:\n  queries: {calls: 3}\n", "{f}:2: metrics.queries: entry 'calls': must be a "
+                                          "string, got 3"),
+])
+def test_malformed_configs(tmp_path, text, expected):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    if expected is None:
+        assert load_settings(path) == Settings()
+        return
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert info.value.lines() == [expected.replace("{f}", str(path))]

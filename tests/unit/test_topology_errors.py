@@ -1,0 +1,174 @@
+"""Malformed pipelines: each gives exactly the expected one-line problems, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from smoelib.errors import PipelineError, SmoeError
+from smoelib.topology import build_dag
+
+OK_HEAD = "name: p\nslo_ms: 50\n"
+
+# (case id, file text, expected problem lines with {f} standing for the file path)
+CASES = [
+    ("yaml-syntax", "name: p\nslo_ms: [50\nstages: []\n",
+     ["{f}:3: YAML syntax error: expected ',' or ']', but got ':'"]),
+    ("empty-file", "", ["{f}: empty file: expected a mapping with name, slo_ms and stages"]),
+    ("not-a-mapping", "- a\n- b\n", ["{f}: must be a mapping, got a list"]),
+    ("unknown-top-key", OK_HEAD + "stages: [{id: a}]\nreplica: 3\n",
+     ["{f}:4: replica: unknown key 'replica'; expected one of defaults, description, "
+      "max_seq_tokens, name, namespace, slo_ms, stages"]),
+    ("unknown-stage-key", OK_HEAD + "stages:\n  - {id: a, experts: 2, topk: 1}\n",
+     ["{f}:4: stage 'a'.topk: unknown key 'topk'; expected one of after, concurrency, cpu, "
+      "experts, function, gpu_share, id, kind, memory_mb, overrides, parallelism, profile, "
+      "replicas, top_k, weights_mb"]),
+    ("missing-name", "slo_ms: 5\nstages: [{id: a}]\n", ["{f}: missing required key 'name'"]),
+    ("missing-slo", "name: p\nstages: [{id: a}]\n", ["{f}: missing required key 'slo_ms'"]),
+    ("missing-stages", "name: p\nslo_ms: 5\n", ["{f}: missing required key 'stages'"]),
+    ("empty-stages", OK_HEAD + "stages: []\n", ["{f}:3: stages: must not be empty"]),
+    ("duplicate-id", OK_HEAD + "stages:\n  - {id: a}\n  - {id: a}\n",
+     ["{f}:5: stage 'a'.id: duplicate stage id 'a' (first at stages[0])"]),
+    ("unknown-after", OK_HEAD + "stages:\n  - {id: a}\n  - {id: b, after: [zz]}\n",
+     ["{f}:5: stage 'b'.after: unknown stage 'zz'"]),
+    ("cycle", OK_HEAD + "stages:\n  - {id: a, after: [b]}\n  - {id: b, after: [a]}\n",
+     ["{f}:4: stage 'a'.after: cycle through 'after': a -> b -> a"]),
+    ("zero-experts", OK_HEAD + "stages:\n  - {id: m, kind: moe, experts: 0}\n",
+     ["{f}:4: stage 'm'.experts: must be > 0, got 0"]),
+    ("top-k-above-experts", OK_HEAD + "stages:\n  - {id: m, experts: 2, top_k: 3}\n",
+     ["{f}:4: stage 'm'.top_k: top_k 3 is above the 2 experts of the stage"]),
+    ("negative-cpu", OK_HEAD + "defaults:\n  expert: {cpu: -1}\nstages: [{id: m, experts: 2}]\n",
+     ["{f}:4: defaults.expert.cpu: must be > 0, got -1"]),
+    ("zero-memory", OK_HEAD + "stages:\n  - {id: m, experts: 2, memory_mb: 0}\n",
+     ["{f}:4: stage 'm'.memory_mb: must be > 0, got 0"]),
+    ("zero-slo", "name: p\nslo_ms: 0\nstages: [{id: a}]\n", ["{f}:2: slo_ms: must be > 0, got 0"]),
+    ("gpu-share-above-one", OK_HEAD + "stages:\n  - {id: m, experts: 2, gpu_share: 1.5}\n",
+     ["{f}:4: stage 'm'.gpu_share: must be within [0, 1], got 1.5"]),
+    ("min-above-max", OK_HEAD + "stages:\n  - {id: m, experts: 2, replicas: {min: 5, max: 2}}\n",
+     ["{f}:4: stage 'm'.replicas: min replicas 5 is above max replicas 2"]),
+    ("name-not-dns", "name: My_Pipe\nslo_ms: 5\nstages: [{id: a}]\n",
+     ["{f}:1: name: pipeline name 'My_Pipe' is not a DNS label (lowercase letters, digits and "
+      "'-', starting and ending alphanumeric)"]),
+    ("name-too-long", f"name: {'p' * 25}\nslo_ms: 5\nstages: [{{id: a}}]\n",
+     [f"{{f}}:1: name: pipeline name '{'p' * 25}' is 25 characters; the limit is 24"]),
+    ("stage-id-too-long", OK_HEAD + f"stages: [{{id: {'s' * 17}}}]\n",
+     [f"{{f}}:3: stage '{'s' * 17}'.id: stage id '{'s' * 17}' is 17 characters; "
+      "the limit is 16"]),
+    ("override-missing-expert", OK_HEAD +
+     "stages:\n  - {id: m, experts: 2, overrides: {5: {cpu: 2}}}\n",
+     ["{f}:4: stage 'm'.overrides[5]: expert index 5 does not exist "
+      "(the stage has experts 0..1)"]),
+    ("wrong-type-slo", "name: p\nslo_ms: fast\nstages: [{id: a}]\n",
+     ["{f}:2: slo_ms: must be a number, got a string"]),
+    ("wrong-type-bool-concurrency",
+     OK_HEAD + "stages:\n  - {id: m, experts: 2, concurrency: true}\n",
+     ["{f}:4: stage 'm'.concurrency: must be an integer, got a boolean"]),
+    ("wrong-type-after", OK_HEAD + "stages:\n  - {id: a}\n  - {id: b, after: a}\n",
+     ["{f}:5: stage 'b'.after: must be a list of stage ids"]),
+    ("experts-on-segment", OK_HEAD + "stages:\n  - {id: a, kind: segment, experts: 3}\n",
+     ["{f}:4: stage 'a'.experts: 'experts' is only allowed on an MoE stage"]),
+    ("bad-kind", OK_HEAD + "stages:\n  - {id: a, kind: dense}\n",
+     ["{f}:4: stage 'a'.kind: must be 'moe' or 'segment', got 'dense'"]),
+    ("parallelism-above-concurrency", OK_HEAD +
+     "stages:\n  - {id: m, experts: 2, concurrency: 2, parallelism: 4}\n",
+     ["{f}:4: stage 'm'.parallelism: parallelism 4 is above concurrency 2"]),
+    ("duplicate-yaml-key", "name: p\nname: q\nslo_ms: 5\nstages: [{id: a}]\n",
+     ["{f}:2: name: duplicate key"]),
+    ("bad-template", OK_HEAD + "defaults:\n  expert: {function: '{model}-{index}'}\n"
+     "stages: [{id: m, experts: 2}]\n",
+     ["{f}:4: defaults.expert.function: unknown placeholder {model} in '{model}-{index}'; "
+      "use {pipeline}, {stage}, {index}"]),
+    ("function-too-long",
+     OK_HEAD + "stages:\n  - {id: m, experts: 1, function: " + "f" * 55 + "}\n",
+     ["{f}:4: stage 'm'.function: function name '" + "f" * 55 + "' is 55 characters; "
+      "the limit is 54"]),
+    ("not-utf8", b"name: \xff\xfe\n", ["{f}: not UTF-8 text (byte 6)"]),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), [(t, e) for _, t, e in CASES],
+                         ids=[c for c, _, _ in CASES])
+def test_malformed_pipeline_reports_exact_lines(tmp_path: Path, text, expected):
+    path = tmp_path / "pipeline.yml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(PipelineError) as info:
+        build_dag(config=str(path))
+    assert info.value.lines() == [line.replace("{f}", str(path)) for line in expected]
+    assert isinstance(info.value, ValueError) and isinstance(info.value, SmoeError)
+
+
+def test_at_least_twenty_distinct_cases():
+    assert len({c for c, _, _ in CASES}) >= 20
+
+
+def test_missing_file(tmp_path: Path):
+    with pytest.raises(PipelineError) as info:
+        build_dag(config=str(tmp_path / "nope.yml"))
+    assert info.value.lines() == [f"{tmp_path / 'nope.yml'}: no such file"]
+
+
+def test_huge_file_refused_before_parsing(tmp_path: Path):
+    path = tmp_path / "huge.yml"
+    path.write_text(OK_HEAD + "description: '" + "x" * (5 * 1024 * 1024) + "'\n")
+    with pytest.raises(PipelineError) as info:
+        build_dag(config=str(path))
+    (line,) = info.value.lines()
+    assert line.startswith(f"{path}: file is ") and line.endswith("; the limit is 4194304")
+
+
+def test_alias_bomb_refused(tmp_path: Path):
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        levels.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    path = tmp_path / "bomb.yml"
+    path.write_text("\n".join(levels) + "\n")
+    with pytest.raises(PipelineError) as info:
+        build_dag(config=str(path))
+    assert info.value.lines() == [f"{path}: document expands past 1000000 nodes"]
+
+
+def test_every_problem_reported_at_once(tmp_path: Path):
+    path = tmp_path / "p.yml"
+    path.write_text("name: Bad_Name\nslo_ms: -3\nstages:\n"
+                    "  - {id: a, experts: 2, top_k: 3}\n  - {id: b, after: [zz]}\n")
+    with pytest.raises(PipelineError) as info:
+        build_dag(config=str(path))
+    assert len(info.value.lines()) == 4
+
+
+def test_validate_false_skips_semantics_but_refuses_unparseable():
+    loose = {"name": "Not_A_Label", "slo_ms": 5,
+             "stages": [{"id": "m", "experts": 2, "top_k": 3, "gpu_share": 7}]}
+    dag = build_dag(loose, validate=False)
+    assert dag.experts == ("m/e0", "m/e1")
+    with pytest.raises(PipelineError):
+        build_dag({"name": "p", "slo_ms": 5, "stages": [{"id": "m", "experts": "two"}]},
+                  validate=False)
+    with pytest.raises(PipelineError):
+        build_dag({"name": "p", "slo_ms": 5,
+                   "stages": [{"id": "a", "after": ["b"]}, {"id": "b", "after": ["a"]}]},
+                  validate=False)
+
+
+def test_cli_validate_prints_one_line_per_problem_and_exits_2(tmp_path: Path):
+    path = tmp_path / "p.yml"
+    path.write_text(textwrap.dedent("""\
+        name: p
+        slo_ms: 5
+        stages:
+          - {id: m, experts: 0}
+          - {id: n, after: [q]}
+        """))
+    proc = subprocess.run([sys.executable, "-m", "smoelib.cli", "validate", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        f"error: {path}:4: stage 'm'.experts: must be > 0, got 0",
+        f"error: {path}:5: stage 'n'.after: unknown stage 'q'",
+    ]
+    assert "Traceback" not in proc.stderr
