@@ -202,8 +202,48 @@ class Vertical:
 
 
 @dataclass(frozen=True)
+class HpaStock:
+    """HPA behaviour and KEDA knobs of a stock ScaledObject: the Kubernetes and KEDA defaults
+    (shared/research/keda.md 3.2 and 3.5; scale-up policies as in the defaulting code, 15 s)."""
+
+    tolerance: float = setting(0.1, "HPA tolerance: no change while |ratio - 1| is within it",
+                               unit="fraction", check=non_negative)
+    scale_up_pods: int = setting(4, "scale-up policy: pods added per period", unit="pods",
+                                 check=positive)
+    scale_up_percent: float = setting(100.0, "scale-up policy: percent added per period",
+                                      unit="%", check=non_negative)
+    scale_up_period_s: float = setting(15.0, "scale-up policy period", unit="s", check=positive)
+    scale_down_window_s: float = setting(
+        300.0, "scale-down stabilisation window (highest recommendation inside it)", unit="s",
+        check=non_negative)
+    cooldown_s: float = setting(300.0, "KEDA cooldownPeriod before scaling to zero", unit="s",
+                                check=non_negative)
+    activation: float = setting(0.0, "KEDA activation threshold: active iff metric > it",
+                                unit="replicas", check=non_negative)
+
+
+@dataclass(frozen=True)
+class HpaSmoe(HpaStock):
+    """The behaviour sMoE's generated ScaledObjects set: tolerance 0 (where the cluster honours
+    it; otherwise the 10 % default applies), no scale-down window, scale-up wide enough for the
+    policy's largest step, and a cooldown of two control ticks (sMoE does its own hysteresis)."""
+
+    tolerance: float = setting(0.0, "HPA tolerance (needs cluster.hpa_configurable_tolerance)",
+                               unit="fraction", check=non_negative)
+    scale_up_pods: int = setting(64, "scale-up policy: pods added per period", unit="pods",
+                                 check=positive)
+    scale_up_percent: float = setting(1000.0, "scale-up policy: percent added per period",
+                                      unit="%", check=non_negative)
+    scale_down_window_s: float = setting(0.0, "scale-down stabilisation window", unit="s",
+                                         check=non_negative)
+    cooldown_s: float = setting(10.0, "KEDA cooldownPeriod before scaling to zero", unit="s",
+                                check=non_negative)
+
+
+@dataclass(frozen=True)
 class Simulator:
-    """The simulated cluster (the embedded default)."""
+    """The simulated cluster (the embedded default). Assumptions and sources: docs/simulator.md.
+    """
 
     keda_polling_s: float = setting(5.0, "KEDA pollingInterval of the generated ScaledObjects",
                                     unit="s", check=positive)
@@ -215,6 +255,50 @@ class Simulator:
         500.0, "weight-loading throughput at start", unit="MiB/s", check=positive)
     rpc_overhead_ms: float = setting(1.0, "per-hop network and serialisation overhead",
                                      unit="ms", check=non_negative)
+    mode: Literal["auto", "request", "aggregated"] = setting(
+        "auto", "request: every call simulated; aggregated: per-expert queueing arithmetic per "
+        "tick; auto: aggregated above aggregate_above_experts experts")
+    aggregate_above_experts: int = setting(
+        2000, "auto mode switches to aggregated above this many experts", unit="experts",
+        check=positive)
+    hpa_preset: Literal["smoe", "stock"] = setting(
+        "smoe", "HPA behaviour applied to policy-driven experts: smoe (what sMoE's generated "
+        "ScaledObjects set) or stock (Kubernetes/KEDA defaults)")
+    hpa_smoe: HpaSmoe = section(HpaSmoe, "the smoe preset")
+    hpa_stock: HpaStock = section(HpaStock, "the stock preset (also used by segment HPAs)")
+    segment_target_utilization: float = setting(
+        0.6, "segments keep their own HPA on busy-time utilisation with this target",
+        unit="fraction", check=fraction)
+    share_exponent: float = setting(
+        0.5, "diminishing returns of GPU share (or cores): per-token time x share^-gamma",
+        check=non_negative)
+    mps_interference: float = setting(
+        0.2, "MPS interference: per-token time x (1 + beta x the other pods' share of the GPU)",
+        check=non_negative)
+    service_cv: float = setting(
+        0.2, "coefficient of variation of service time (gamma noise; 1 = exponential)",
+        check=non_negative)
+    retry_backoff_ms: float = setting(25.0, "first retry backoff after a 429/503 (doubles, "
+                                      "jittered 50-100 %)", unit="ms", check=positive)
+    retry_cap_ms: float = setting(1000.0, "longest retry backoff", unit="ms", check=positive)
+    max_retries: int = setting(10, "retries of one call before its request is dropped",
+                               unit="retries", check=non_negative)
+    routing_gini: float = setting(0.25, "routing Gini of expert popularity per layer (0.1-0.4 "
+                                  "on real text)", check=fraction)
+    routing_drift_time_s: float = setting(
+        600.0, "correlation time of the slow popularity drift (AR(1) on log-shares)", unit="s",
+        check=positive)
+    routing_shift_every_s: float = setting(
+        900.0, "mean time between sudden popularity shifts per layer (0: never)", unit="s",
+        check=non_negative)
+    routing_affinity: float = setting(
+        0.0, "inter-layer affinity: weight of the previous layer's choice on the next",
+        check=fraction)
+    synthetic_rate_per_s: float = setting(
+        5.5, "mean request rate of the synthetic traces (conv's mean)", unit="requests/s",
+        check=positive)
+    drain_s: float = setting(30.0, "after the last arrival, serve this long to finish requests",
+                             unit="s", check=non_negative)
 
 
 @dataclass(frozen=True)
