@@ -312,6 +312,36 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class Manifests:
+    """What ``smoe manifests`` writes into each expert's ScaledObject.
+
+    ``pollingInterval`` is the control interval (rounded up to whole seconds); the HPA behavior
+    allows the guards' largest replica step per control tick.
+    """
+
+    scaler_address: str = setting(
+        "smoe-scaler.smoe-system.svc:9090", "host:port KEDA dials for the external-push trigger "
+        "(the smoe-scaler Service; with TLS the server certificate must name this host)")
+    cooldown_ticks: int = setting(
+        2, "KEDA cooldownPeriod in control ticks: the wait after the last active answer before "
+        "KEDA scales an expert to zero (the guards already hold scale-down)", unit="ticks",
+        check=positive)
+    fallback_failures: int = setting(
+        3, "consecutive failed scaler calls before KEDA's fallback holds the expert",
+        unit="calls", check=non_negative)
+    fallback_fraction: float = setting(
+        0.25, "while the scaler fails, each expert keeps its current replicas or this fraction "
+        "of replicas.max (rounded up, at least replicas.min and 1), whichever is higher",
+        unit="fraction of replicas.max", check=fraction)
+    hpa_period_s: int = setting(
+        15, "periodSeconds of the generated HPA scaling policies; set it to the cluster's "
+        "--horizontal-pod-autoscaler-sync-period", unit="s",
+        check=lambda v: None if 1 <= v <= 1800 else "must be within [1, 1800]")
+    use_cached_metrics: bool = setting(
+        True, "the HPA reads the value KEDA's poll fetched instead of calling the scaler again")
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole settings tree (``config.yaml``)."""
 
@@ -326,6 +356,7 @@ class Settings:
     vertical: Vertical = section(Vertical, "vertical backend")
     simulator: Simulator = section(Simulator, "simulated cluster")
     policy: Policy = section(Policy, "policy and checkpoint")
+    manifests: Manifests = section(Manifests, "generated KEDA ScaledObjects")
 
 
 def load_settings(config: str | Path | Mapping[str, Any] | None = None) -> Settings:
