@@ -13,7 +13,16 @@ PROTO_OUT := $(PROTO_DIR)/externalscaler_pb2.py $(PROTO_DIR)/externalscaler_pb2_
 	$(PIP) install --quiet -e ".[dev]"
 	@touch $@
 
-install: .install-stamp proto
+# The integration tests run a real Prometheus: Debian's package, installed when missing.
+.prometheus-stamp:
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else echo "note: install Debian's 'prometheus' package for the integration tests"; fi; }
+	@touch $@
+
+install: .install-stamp .prometheus-stamp proto
 
 $(PROTO_OUT): $(PROTO_DIR)/externalscaler.proto .install-stamp
 	$(PYTHON) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. $(PROTO_DIR)/externalscaler.proto
@@ -31,4 +40,4 @@ bench: install
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PYTHON) $$script || exit 1; done
 
 clean:
-	rm -rf .install-stamp build dist *.egg-info $(PROTO_OUT)
+	rm -rf .install-stamp .prometheus-stamp build dist *.egg-info $(PROTO_OUT)
