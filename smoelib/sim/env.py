@@ -1,0 +1,290 @@
+"""The simulated cluster as an environment: ``reset(seed)``, ``step(decision)``.
+
+One step is one control tick (``settings.control.interval_s``). Inside a tick, in order: the
+decision's slow knobs (GPU share, concurrency; CPU and memory too without in-place resize) start
+a rollout, CPU and memory are resized in place, KEDA polls the replica targets
+(``keda_polling_s``), the HPA syncs (``hpa_sync_s``) and the Deployment controller creates or
+removes pods at those instants; then every call of the tick is served and the pods are billed.
+Seeds: ``SeedSequence(seed)`` spawns separate streams for routing, cluster noise (cold starts)
+and dispatch (replica choice, service noise, backoff jitter); arrivals come from the trace
+seeded by ``seed`` alone, so every policy sees the same arrivals and routing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from smoelib.settings import Settings
+from smoelib.sim import targets as tg
+from smoelib.sim.autoscaling import Autoscaler, HpaBehaviour
+from smoelib.sim.cluster import Cluster
+from smoelib.sim.observation import Observation
+from smoelib.sim.routing import RoutingModel, RoutingParams
+from smoelib.sim.serving import RequestServer, StagePlan
+from smoelib.sim.telemetry import Telemetry, histogram_quantile
+from smoelib.sim.traces import Trace, load_trace
+
+__all__ = ["SimEnv", "StepResult", "RewardParts"]
+
+
+@dataclass(frozen=True)
+class RewardParts:
+    """One tick's reward ingredients: ``cost`` (currency), ``p95_ms`` of the requests that
+    finished in the tick (NaN if none), ``violations`` (finished over the SLO plus dropped),
+    ``requests`` finished or dropped in the tick."""
+
+    cost: float
+    p95_ms: float
+    violations: int
+    requests: int
+
+
+@dataclass(frozen=True)
+class StepResult:
+    observation: Observation
+    reward: RewardParts
+    done: bool
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _behaviour(b) -> HpaBehaviour:
+    return HpaBehaviour(tolerance=b.tolerance, scale_up_pods=b.scale_up_pods,
+                        scale_up_percent=b.scale_up_percent,
+                        scale_up_period_s=b.scale_up_period_s,
+                        scale_down_window_s=b.scale_down_window_s, cooldown_s=b.cooldown_s,
+                        activation=b.activation)
+
+
+class SimEnv:
+    """A pipeline on the simulated cluster, fed by one trace.
+
+    Args:
+        dag: the pipeline (built with metadata).
+        settings: the settings tree.
+        trace: a built-in trace name or a CSV path.
+        duration_s: episode length; the trace is cut (or repeated) to it.
+        time_scale, rate_scale: see :func:`~smoelib.sim.traces.scale_trace`.
+    """
+
+    def __init__(self, dag, settings: Settings, *, trace: str = "conv",
+                 duration_s: float = 3600.0, time_scale: float = 1.0, rate_scale: float = 1.0):
+        self.dag, self.s = dag, settings
+        self.trace_name, self.duration_s = trace, float(duration_s)
+        self.time_scale, self.rate_scale = time_scale, rate_scale
+        self.dt = settings.control.interval_s
+        self.plan = StagePlan(dag)
+        specs = [dag.spec(n) for n in dag.nodes]
+        self.specs = specs
+        self.n = len(specs)
+        self.is_expert = np.array([s.kind == "expert" for s in specs])
+        self.is_segment = np.array([s.kind == "segment" for s in specs])
+        sim = settings.simulator
+        mode = sim.mode
+        if mode == "auto":
+            mode = "aggregated" if len(dag.experts) > sim.aggregate_above_experts else "request"
+        self.mode = mode
+        preset = sim.hpa_smoe if sim.hpa_preset == "smoe" else sim.hpa_stock
+        behaviour = _behaviour(preset)
+        if sim.hpa_preset == "smoe" and not settings.cluster.hpa_configurable_tolerance:
+            behaviour = HpaBehaviour(**{**behaviour.__dict__, "tolerance": 0.1})
+        self.expert_behaviour, self.segment_behaviour = behaviour, _behaviour(sim.hpa_stock)
+        self.trace: Trace | None = None
+
+    # ---- episode -------------------------------------------------------------------------
+    def reset(self, seed: int) -> Observation:
+        """Start an episode; one seed gives one trajectory."""
+        s, sim = self.s, self.s.simulator
+        self.seed = int(seed)
+        routing_seq, cluster_seq, dispatch_seq = np.random.SeedSequence(self.seed).spawn(3)
+        self.trace = load_trace(self.trace_name, seed=self.seed, duration_s=self.duration_s,
+                                rate_per_s=sim.synthetic_rate_per_s,
+                                time_scale=self.time_scale, rate_scale=self.rate_scale)
+        layers = list(self.dag.moe_layers.values())
+        router = RoutingModel(
+            [len(v) for v in layers], [self.dag.spec(v[0]).top_k for v in layers],
+            max_tokens=self.dag.max_seq_tokens,
+            params=RoutingParams(gini=sim.routing_gini, drift_time_s=sim.routing_drift_time_s,
+                                 shift_every_s=sim.routing_shift_every_s,
+                                 affinity=sim.routing_affinity),
+            seed=routing_seq)
+        specs = self.specs
+        self.cluster = Cluster(self.n, np.array([x.weights_mb for x in specs]), settings=s,
+                               rng=np.random.default_rng(cluster_seq))
+        params = {"max_tokens": self.dag.max_seq_tokens,
+                  "base_ms": np.array([x.base_ms for x in specs]),
+                  "per_token_ms": np.array([x.per_token_ms for x in specs]),
+                  "parallelism": np.array([max(1, x.parallelism) for x in specs]),
+                  "rpc_overhead_ms": sim.rpc_overhead_ms, "service_cv": sim.service_cv,
+                  "retry_backoff_ms": sim.retry_backoff_ms, "retry_cap_ms": sim.retry_cap_ms,
+                  "max_retries": sim.max_retries}
+        server_cls = RequestServer
+        if self.mode == "aggregated":
+            from smoelib.sim.aggregate import AggregateServer
+            server_cls = AggregateServer
+        self.server = server_cls(self.plan, times_s=self.trace.times_s,
+                                 tokens=self.trace.tokens, router=router, params=params,
+                                 rng=np.random.default_rng(dispatch_seq))
+        self.tel = Telemetry(self.n, self.dt)
+        self.defaults = tg.defaults(self.dag)
+        self.targets = self.defaults
+        self.template = np.stack([self.defaults.cpu, self.defaults.memory_mb,
+                                  self.defaults.gpu_share,
+                                  self.defaults.concurrency.astype(float)], axis=1)
+        mins = np.array([x.replicas_min for x in specs])
+        maxs = np.array([x.replicas_max for x in specs])
+        init = self.defaults.replicas
+        self.hpa_e = Autoscaler(mins, maxs, behaviour=self.expert_behaviour, initial=init)
+        self.hpa_s = Autoscaler(mins, maxs, behaviour=self.segment_behaviour, initial=init)
+        for node in np.flatnonzero(init > 0):
+            pids = self.cluster.create(int(node), 0.0, int(init[node]),
+                                       **self._tpl(int(node)))
+            for pid in pids:  # a warm cluster at t = 0
+                self.cluster.cols["ready"][pid] = self.cluster.cols["start"][pid]
+        self.cluster.cold_starts = 0
+        self.rolling: set[int] = set()
+        self.size = self.template[:, :2].copy()
+        self.tick = 0
+        self.cost = 0.0
+        self.rollouts = 0
+        self.series: list[dict[str, float]] = []
+        return self._observe(0.0)
+
+    def _tpl(self, node: int) -> dict[str, Any]:
+        cpu, mem, share, conc = self.template[node]
+        return {"cpu": float(cpu), "mem": float(mem), "share": float(share), "conc": int(conc)}
+
+    @property
+    def spec_replicas(self) -> np.ndarray:
+        return np.where(self.is_expert, self.hpa_e.replicas,
+                        np.where(self.is_segment, self.hpa_s.replicas, 0))
+
+    def step(self, decision: Any | None) -> StepResult:
+        """Apply ``decision`` (None keeps the last one) and simulate one control tick.
+
+        Raises:
+            ConfigError: the decision names an unknown expert or has NaN/out-of-bound values.
+        """
+        if self.trace is None:
+            raise RuntimeError("call reset(seed) before step()")
+        t0, t1 = self.tick * self.dt, (self.tick + 1) * self.dt
+        if decision is not None:
+            self.targets = tg.from_decision(decision, self.dag, self.s, self.targets)
+        self._apply_knobs(t0)
+        self._autoscale(t0, t1)
+        cl = self.cluster
+        cl.forget_ended(t0)
+        self.server.run(t0, t1, cl, self.tel)
+        cost = cl.cost(t0, t1)
+        self.cost += cost
+        done = t1 >= self.duration_s - 1e-9
+        if done:
+            self._drain(t1)
+        self.tel.close(self.tick)
+        self.tick += 1
+        obs = self._observe(t1)
+        reward = self._reward(t0, t1, cost)
+        ready = obs.replicas_ready
+        self.series.append({"t_s": t0, "cost": cost, "expert_replicas": float(
+            ready[self.is_expert].sum()), "segment_replicas": float(ready[self.is_segment].sum())})
+        info = {"time_s": t1, "cold_starts": cl.cold_starts, "rejected": self.server.rejected,
+                "rollouts": self.rollouts, "pods_replaced": cl.replaced}
+        return StepResult(obs, reward, done, info)
+
+    def _reward(self, t0: float, t1: float, cost: float) -> RewardParts:
+        times, lat = self.trace.times_s, self.server.e2e
+        finished = lat[(times + lat >= t0) & (times + lat < t1)] * 1000.0
+        drops = int(self.server.dropped[(times >= t0) & (times < t1)].sum())
+        over = int((finished > self.dag.slo_ms).sum())
+        p95 = float(np.percentile(finished, 95)) if finished.size else float("nan")
+        return RewardParts(cost=cost, p95_ms=p95, violations=over + drops,
+                           requests=int(finished.size) + drops)
+
+    # ---- the scaling path ----------------------------------------------------------------
+    def _apply_knobs(self, t: float) -> None:
+        tg_, cl = self.targets, self.cluster
+        want = np.stack([tg_.cpu, tg_.memory_mb, tg_.gpu_share,
+                         tg_.concurrency.astype(float)], axis=1)
+        slow = slice(2, 4) if self.s.cluster.in_place_resize else slice(0, 4)
+        changed = self.is_expert & (want[:, slow] != self.template[:, slow]).any(axis=1)
+        for node in np.flatnonzero(changed):
+            self.template[node] = want[node]
+            cl.version[node] += 1
+            self.rollouts += 1
+            self.rolling.add(int(node))
+        self.size = np.where(self.is_expert[:, None], want[:, :2], self.template[:, :2])
+        resize = self.is_expert & ~changed & (want[:, :2] != self.template[:, :2]).any(axis=1)
+        for node in np.flatnonzero(resize):  # new pods start at template size: resize them too
+            cl.resize(int(node), t, float(want[node, 0]), float(want[node, 1]))
+        spec = self.spec_replicas
+        for node in sorted(self.rolling):
+            cl.roll(node, t, int(spec[node]), tuple(self.template[node]))
+            if not cl.rolling(node):
+                self.rolling.discard(node)
+        cl.schedule_pending(t)
+
+    def _autoscale(self, t0: float, t1: float) -> None:
+        sim = self.s.simulator
+        events = sorted({*_grid(t0, t1, sim.keda_polling_s), *_grid(t0, t1, sim.hpa_sync_s)})
+        for t in events:
+            before = self.spec_replicas.copy()
+            desired = self.targets.replicas.astype(float)
+            if _on(t, sim.keda_polling_s):
+                self.hpa_e.poll(t, desired)
+                self.hpa_s.poll(t, np.ones(self.n))
+            if _on(t, sim.hpa_sync_s):
+                self.hpa_e.sync(t, desired)
+                self.hpa_s.sync(t, self._utilisation(t), per_pod=False,
+                                target=sim.segment_target_utilization,
+                                base=np.maximum(self.hpa_s.replicas, 1))
+            after = self.spec_replicas
+            for node in np.flatnonzero(after != before):
+                self.cluster.reconcile(int(node), t, int(after[node]), tuple(self.template[node]))
+            self.cluster.schedule_pending(t)
+
+    def _utilisation(self, t: float) -> np.ndarray:
+        ticks = max(1, int(round(self.s.simulator.hpa_sync_s / self.dt)))
+        w = self.tel.window(self.tick - 1, ticks)
+        counts = self.cluster.counts(t, self.n)
+        par = np.array([max(1, x.parallelism) for x in self.specs])
+        capacity = np.maximum(counts["ready"], 1) * par * ticks * self.dt
+        return w["busy_s"] / capacity
+
+    def _drain(self, t: float) -> None:
+        end = t + self.s.simulator.drain_s
+        while t < end:
+            self.server.run(t, t + self.dt, self.cluster, self.tel)
+            t += self.dt
+
+    # ---- observation ---------------------------------------------------------------------
+    def _observe(self, t: float) -> Observation:
+        win_ticks = max(1, int(round(self.s.metrics.rate_window_s / self.dt)))
+        w = self.tel.window(self.tick - 1, win_ticks)
+        span = min(win_ticks, max(self.tick, 1)) * self.dt
+        counts = self.cluster.counts(t, self.n)
+        q = lambda p, h: histogram_quantile(p, h) * 1000.0  # noqa: E731
+        cfg = self.template
+        return Observation(
+            time_s=t, nodes=tuple(self.dag.nodes), calls_per_s=w["calls"] / span,
+            tokens_per_s=w["tokens"] / span,
+            inflight=self.server.inflight_at(t, self.n, self.cluster),
+            rejected_per_s=w["rejected"] / span, latency_p50_ms=q(0.5, w["lat_hist"]),
+            latency_p95_ms=q(0.95, w["lat_hist"]),
+            replicas_ready=counts["ready"].astype(float),
+            replicas_desired=self.spec_replicas.astype(float),
+            replicas_starting=counts["starting"].astype(float),
+            replicas_pending=counts["pending"].astype(float), cpu=self.size[:, 0].copy(),
+            memory_mb=self.size[:, 1].copy(), gpu_share=cfg[:, 2].copy(),
+            concurrency=cfg[:, 3].copy(), request_rate=float(w["requests"][0] / span),
+            p95_ms=float(q(0.95, w["e2e_hist"])), p99_ms=float(q(0.99, w["e2e_hist"])))
+
+
+def _grid(t0: float, t1: float, period: float) -> list[float]:
+    k0 = int(np.ceil(t0 / period - 1e-9))
+    return [k * period for k in range(k0, int(np.ceil(t1 / period - 1e-9)))]
+
+
+def _on(t: float, period: float) -> bool:
+    return abs(t / period - round(t / period)) < 1e-9
