@@ -1,0 +1,118 @@
+"""Show (and with --apply, apply) the patches a decision file needs against the live functions.
+
+Like ``kubectl diff``: prints the plan as YAML (each patch's target, why, what changes, and the
+body sent). ``--apply`` sends it as given: hysteresis and rollout budgets belong to the control
+loop, not to an operator's explicit command. A second identical run plans nothing. Exits 2 on
+bad input, 1 when any patch failed (each failure names its object), 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from smoelib.decisions import load_decision
+from smoelib.errors import ConfigError, Problem
+from smoelib.settings import Settings, load_settings
+from smoelib.topology import build_dag
+from smoelib.vertical.backends.base import Backend, apply_plan
+from smoelib.vertical.planner import Plan, PlanRules, plan_patches
+from smoelib.vertical.planner_yaml import plan_to_yaml
+
+EXIT_FAILED = 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pipeline", required=True, metavar="PIPELINE",
+                        help="pipeline.yml naming the expert functions")
+    parser.add_argument("--decisions", required=True, metavar="FILE", help="decision file (JSON)")
+    parser.add_argument("--config", metavar="CONFIG", help="config.yaml (default: built-in)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--kubeconfig", metavar="K",
+                       help="kubernetes backend with this kubeconfig (default: vertical.backend)")
+    where.add_argument("--gateway", metavar="URL", help="openfaas-gateway backend at URL")
+    parser.add_argument("--stack", metavar="STACK",
+                        help="stack.yml with every function's full spec (gateway backend)")
+    parser.add_argument("--apply", action="store_true", help="apply the plan")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    dag = build_dag(config=args.pipeline, validate=True, attach_metadata=True)
+    decision = load_decision(args.decisions)
+    if decision.pipeline != dag.name:
+        raise ConfigError([Problem("pipeline", f"the decision is for {decision.pipeline!r}, "
+                                   f"the pipeline file is {dag.name!r}")], source=args.decisions)
+    functions = {n: dag.function_name(n) for n in dag.experts}
+    backend = _backend(args, settings, sorted(functions.values()), dag.namespace)
+    rules = PlanRules.from_settings(settings)
+
+    def replan(only: frozenset[str] | None = None) -> Plan:
+        wanted = {n: d for n, d in decision.experts.items()
+                  if only is None or functions.get(n) in only}
+        names = sorted({functions[n] for n in wanted if n in functions})
+        state = backend.read_state(dag.name, dag.namespace, names)
+        return plan_patches(wanted, state, functions=functions, rules=rules, now=time.time())
+
+    plan = replan()
+    print(plan_to_yaml(plan, pipeline=dag.name), end="")
+    if not args.apply or not plan.patches:
+        return 0
+    report = apply_plan(plan, backend, replan=replan,
+                        conflict_retries=settings.vertical.conflict_retries,
+                        resize_watch_s=settings.vertical.resize_watch_s)
+    for outcome in report.outcomes:
+        line = f"{outcome.status}: {outcome.patch.target}"
+        sub = outcome.patch.subresource
+        line += f" ({sub})" if sub else ""
+        print(line + (f": {outcome.message}" if outcome.message else ""),
+              file=sys.stderr if outcome.status == "failed" else sys.stdout)
+    for note in report.notes[len(plan.notes):]:
+        print(f"note: {note}", file=sys.stderr)
+    return EXIT_FAILED if report.failed else 0
+
+
+def _backend(args: argparse.Namespace, settings: Settings, functions: list[str],
+             namespace: str) -> Backend:
+    v = settings.vertical
+    rules = PlanRules.from_settings(settings)
+    kind = ("openfaas-gateway" if args.gateway else "kubernetes" if args.kubeconfig
+            else v.backend)
+    if kind == "openfaas-gateway":
+        from smoelib.vertical.backends.gateway import GatewayBackend, read_basic_auth
+        from smoelib.vertical.backends.stack import load_stack
+
+        stack_file = args.stack or v.stack_file
+        if not stack_file:
+            raise ConfigError([Problem("vertical.stack_file", "the openfaas-gateway backend "
+                                       "needs stack.yml (--stack): a PUT replaces the whole "
+                                       "spec and a GET does not return env vars")])
+        stack = load_stack(stack_file, functions, namespace=namespace)
+        auth = read_basic_auth(v.gateway_auth_dir) if v.gateway_auth_dir else None
+        return GatewayBackend(args.gateway or v.gateway_url, stack=stack, rules=rules,
+                              timeout_s=v.request_timeout_s, auth=auth)
+    if kind == "kubernetes":
+        from smoelib.vertical.backends.kubernetes import KubernetesBackend
+
+        return KubernetesBackend(_api_client(args.kubeconfig), rules=rules,
+                                 timeout_s=v.request_timeout_s,
+                                 scaledobjects=settings.guards.pause_scaledobject_during_rollout)
+    raise ConfigError([Problem("vertical.backend", "the simulated backend applies to a "
+                               "running simulator; smoe plan needs --kubeconfig or --gateway")])
+
+
+def _api_client(kubeconfig: str | None) -> object:
+    from kubernetes import client, config
+
+    try:
+        if kubeconfig is None:
+            try:
+                config.load_incluster_config()
+                return client.ApiClient()
+            except config.ConfigException:
+                pass
+        return config.new_client_from_config(config_file=kubeconfig)
+    except (config.ConfigException, OSError) as e:
+        raise ConfigError([Problem("--kubeconfig", f"cannot load: {e}")],
+                          source=kubeconfig) from e
