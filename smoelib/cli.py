@@ -21,6 +21,7 @@ from smoelib.exit_codes import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("smoelib.commands.validate", "check a pipeline.yml (and config) and summarise it"),
     "serve": ("smoelib.scaler.serve", "serve the KEDA external scaler (and the controller)"),
+    "simulate": ("smoelib.sim.cli", "run a policy on the simulated cluster"),
     "plan": ("smoelib.vertical.cli", "show (and apply) the patches a decision file needs"),
     "manifests": ("smoelib.commands.manifests", "generate one KEDA ScaledObject per expert"),
 }

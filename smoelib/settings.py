@@ -253,8 +253,10 @@ class Simulator:
     cold_start_sigma: float = setting(0.5, "lognormal sigma of pod start", check=non_negative)
     weights_load_mb_per_s: float = setting(
         500.0, "weight-loading throughput at start", unit="MiB/s", check=positive)
-    rpc_overhead_ms: float = setting(1.0, "per-hop network and serialisation overhead",
-                                     unit="ms", check=non_negative)
+    rpc_overhead_ms: float = setting(
+        0.5, "per-hop network overhead between stages (the low end of 0.5-5 ms, research "
+        "brief 5.4: a node's base_ms already holds its per-call serialisation)", unit="ms",
+        check=non_negative)
     mode: Literal["auto", "request", "aggregated"] = setting(
         "auto", "request: every call simulated; aggregated: per-expert queueing arithmetic per "
         "tick; auto: aggregated above aggregate_above_experts experts")
@@ -270,10 +272,11 @@ class Simulator:
         0.6, "segments keep their own HPA on busy-time utilisation with this target",
         unit="fraction", check=fraction)
     share_exponent: float = setting(
-        0.5, "diminishing returns of GPU share (or cores): per-token time x share^-gamma",
+        0.3, "diminishing returns of GPU share (or cores): per-token time x share^-gamma "
+        "(small expert kernels are latency-bound, so a quarter GPU is far from 4x slower)",
         check=non_negative)
     mps_interference: float = setting(
-        0.2, "MPS interference: per-token time x (1 + beta x the other pods' share of the GPU)",
+        0.1, "MPS interference: per-token time x (1 + beta x the other pods' share of the GPU)",
         check=non_negative)
     service_cv: float = setting(
         0.2, "coefficient of variation of service time (gamma noise; 1 = exponential)",

@@ -1,0 +1,129 @@
+"""smoe simulate: run a policy on the simulated cluster and print what it achieved.
+
+Prints requests, dropped, P50/P95/P99 against the SLO, the 60 s window violation rate, cost,
+cold starts, 429s and rollouts. ``--out DIR`` writes the per-window series (``windows.csv``) and
+a plot of P95 and replicas over time (``windows.png``). With ``--exporter-port`` the run is
+paced at ``--speed`` times real time and serves ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+
+from smoelib.errors import ConfigError, Problem
+from smoelib.policy.base import get_decider
+from smoelib.settings import load_settings
+from smoelib.sim.env import SimEnv
+from smoelib.sim.summary import Summary, summarise, window_series
+from smoelib.topology import build_dag
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pipeline", required=True, help="pipeline.yml")
+    parser.add_argument("--config", default=None, help="config.yaml (default: built-in)")
+    parser.add_argument("--trace", default="conv",
+                        help="conv, conv-train, conv-eval, poisson, bursty, diurnal, spike, "
+                        "or a CSV path in the Azure LLM trace format")
+    parser.add_argument("--policy", default="static", help="decider name (default static)")
+    parser.add_argument("--duration", type=float, default=600.0, help="simulated seconds")
+    parser.add_argument("--seed", type=int, default=0, help="episode seed")
+    parser.add_argument("--time-scale", type=float, default=1.0,
+                        help="stretch the trace's time axis by this factor")
+    parser.add_argument("--rate-scale", type=float, default=1.0,
+                        help="multiply the request rate by this factor")
+    parser.add_argument("--out", default=None, help="write windows.csv and windows.png here")
+    parser.add_argument("--exporter-port", type=int, default=None,
+                        help="serve /metrics on this port and run paced")
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="with --exporter-port: simulated seconds per wall second")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.duration <= 0:
+        raise ConfigError([Problem("--duration", "must be > 0")])
+    if args.speed <= 0:
+        raise ConfigError([Problem("--speed", "must be > 0")])
+    dag = build_dag(args.pipeline)
+    settings = load_settings(args.config)
+    env = SimEnv(dag, settings, trace=args.trace, duration_s=args.duration,
+                 time_scale=args.time_scale, rate_scale=args.rate_scale)
+    decider = get_decider(args.policy, dag=dag, settings=settings)
+    collector = None
+    if args.exporter_port is not None:
+        from smoelib.sim.exporter import SimCollector, serve, snapshot
+        collector = SimCollector(dag)
+        serve(collector, args.exporter_port)
+    started = time.monotonic()
+    obs = env.reset(seed=args.seed)
+    decider.reset(args.seed)
+    ticks = int(-(-args.duration // env.dt))
+    from tqdm import tqdm
+    with tqdm(total=ticks, unit="tick", disable=args.no_progress, leave=False) as bar:
+        done = False
+        while not done:
+            result = env.step(decider.decide(obs))
+            obs, done = result.observation, result.done
+            bar.update(1)
+            if collector is not None:
+                collector.publish(snapshot(env))
+                lag = env.tick * env.dt / args.speed - (time.monotonic() - started)
+                if lag > 0:
+                    time.sleep(lag)
+    wall = time.monotonic() - started
+    summary = summarise(env)
+    print(_render(summary, dag=dag, args=args, wall_s=wall, currency=settings.prices.currency))
+    if args.out:
+        _write_out(Path(args.out), env)
+    return 0
+
+
+def _render(s: Summary, *, dag, args, wall_s: float, currency: str) -> str:
+    verdict = lambda v: "over" if v > s.slo_ms else "within"  # noqa: E731
+    pct = 100.0 * s.dropped / max(s.requests, 1)
+    return "\n".join([
+        f"pipeline {dag.name}, trace {args.trace}, policy {args.policy}, seed {args.seed}: "
+        f"{args.duration:g} s simulated in {wall_s:.1f} s",
+        f"requests {s.requests}, completed {s.completed}, dropped {s.dropped} ({pct:.2f}%)",
+        f"latency P50 {s.p50_ms:.1f} ms, P95 {s.p95_ms:.1f} ms ({verdict(s.p95_ms)} SLO "
+        f"{s.slo_ms:g} ms), P99 {s.p99_ms:.1f} ms",
+        f"window violation rate {s.window_violation_rate:.3f} (60 s windows with P95 > SLO)",
+        f"cost {s.cost:.4f} {currency}",
+        f"cold starts {s.cold_starts}, 429s {s.rejected} (retries {s.retries}), "
+        f"rollouts {s.rollouts} (pods replaced {s.pods_replaced})",
+    ])
+
+
+def _write_out(out: Path, env) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    series = window_series(env)
+    keys = ["t_s", "requests", "dropped", "p95_ms", "violation", "cost", "expert_replicas",
+            "segment_replicas"]
+    with (out / "windows.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(keys)
+        for i in range(series["t_s"].size):
+            w.writerow([f"{series[k][i]:.6g}" for k in keys])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
+    ax1.plot(series["t_s"], series["p95_ms"], label="P95 per 60 s window")
+    ax1.axhline(env.dag.slo_ms, color="red", linestyle="--", label="SLO")
+    ax1.set_ylabel("ms")
+    ax1.legend(loc="upper right")
+    ax2.plot(series["t_s"], series["expert_replicas"], label="expert replicas (ready)")
+    ax2.plot(series["t_s"], series["segment_replicas"], label="segment replicas (ready)")
+    ax2.set_xlabel("simulated time (s)")
+    ax2.set_ylabel("replicas")
+    ax2.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out / "windows.png", dpi=100)
+    plt.close(fig)
