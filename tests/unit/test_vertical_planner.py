@@ -14,6 +14,7 @@ from smoelib.vertical.records import FunctionState, Knobs
 from tests.integration.k8s_fixtures import openfaas_deployment, openfaas_pod
 
 NS = "openfaas-fn"
+DEFAULT = PlanRules()
 NOW = 1_900_000_000.0
 FUNCTIONS = {"moe1/e0": "bert-moe-moe1-e0", "moe1/e1": "bert-moe-moe1-e1"}
 LIVE_ENV = {"max_inflight": "4", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "25"}
@@ -24,7 +25,7 @@ def expert(cpu=1.0, memory_mb=2048, gpu_share=0.25, concurrency=4):
                           concurrency=concurrency)
 
 
-def state(*, ready=2, pods=2, rules=PlanRules(), free_gpus=None, resize_pending=None,
+def state(*, ready=2, pods=2, rules=DEFAULT, free_gpus=None, resize_pending=None,
           scaledobject=None, **kw):
     fs = {}
     for name in FUNCTIONS.values():
@@ -34,7 +35,7 @@ def state(*, ready=2, pods=2, rules=PlanRules(), free_gpus=None, resize_pending=
     return PipelineState("bert-moe", NS, fs, free_gpus=free_gpus)
 
 
-def plan(experts, live=None, rules=PlanRules(), now=NOW):
+def plan(experts, live=None, rules=DEFAULT, now=NOW):
     return plan_patches(experts, live or state(rules=rules), functions=FUNCTIONS, rules=rules,
                         now=now)
 

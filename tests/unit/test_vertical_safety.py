@@ -8,6 +8,8 @@ from smoelib.vertical.backends.kubernetes_state import function_state
 from tests.integration.k8s_fixtures import openfaas_deployment
 
 NS = "openfaas-fn"
+DEFAULT = PlanRules()
+SAFETY = SafetyRules()
 FUNCTIONS = {f"moe1/e{i}": f"bert-moe-moe1-e{i}" for i in range(3)}
 ENV = {"max_inflight": "4", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "25"}
 
@@ -23,7 +25,7 @@ def live(replicas=2):
     return PipelineState("bert-moe", NS, fs)
 
 
-def tick(experts, memory, now, rules=SafetyRules(), state=None, plan_rules=PlanRules()):
+def tick(experts, memory, now, rules=SAFETY, state=None, plan_rules=DEFAULT):
     return guarded_plan(experts, state or live(), memory, functions=FUNCTIONS,
                         plan_rules=plan_rules, rules=rules, now=now)
 
