@@ -169,3 +169,40 @@ def openfaas_pod(deployment: dict[str, Any], index: int, *, phase: str = "Runnin
             "status": {"phase": phase, "conditions": conditions,
                        "containerStatuses": [{"name": name, "ready": True,
                                               "resources": container["resources"]}]}}
+
+
+def seed_pipeline(cluster: K8sCluster, dag: Any, *, pods_per_function: int = 1,
+                  extra: tuple[str, ...] = ("nodeinfo",)) -> dict[str, dict[str, Any]]:
+    """Every function of ``dag`` (experts and segments) as OpenFaaS creates it, from each node's
+    spec (``max_inflight`` and the MPS thread percentage in its env), plus unrelated functions
+    ``extra``. Returns function name -> Deployment."""
+    out: dict[str, dict[str, Any]] = {}
+    names = [(dag.function_name(n), dag.spec(n)) for n in dag.nodes if dag.function_name(n)]
+    for name, spec in names + [(e, None) for e in extra]:
+        env = {"MODEL_PATH": f"/models/{name}"}
+        if spec is not None:
+            env.update({"max_inflight": str(spec.concurrency),
+                        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(round(spec.gpu_share * 100))})
+        cpu = f"{round((spec.cpu if spec else 0.1) * 1000)}m"
+        memory = f"{spec.memory_mb if spec else 128}Mi"
+        dep = openfaas_deployment(name, namespace=dag.namespace, env=env, cpu=cpu,
+                                  memory=memory, replicas=pods_per_function)
+        cluster.put(DEPLOYMENTS, dag.namespace, name, dep)
+        for i in range(pods_per_function):
+            pod = openfaas_pod(dep, i)
+            cluster.put(PODS, dag.namespace, pod["metadata"]["name"], pod)
+        out[name] = dep
+    return out
+
+
+def decision_for(dag: Any, **overrides: dict[str, Any]) -> dict[str, Any]:
+    """A decision file (JSON data) keeping every expert at its spec, except ``overrides``
+    (node id with ``/`` written as ``__`` -> knobs)."""
+    experts = {}
+    for node in dag.experts:
+        s = dag.spec(node)
+        knobs = {"replicas": 1, "cpu": s.cpu, "memory_mb": s.memory_mb,
+                 "gpu_share": s.gpu_share, "concurrency": s.concurrency}
+        knobs.update(overrides.get(node.replace("/", "__"), {}))
+        experts[node] = knobs
+    return {"pipeline": dag.name, "updated_at": 1_900_000_000, "experts": experts}

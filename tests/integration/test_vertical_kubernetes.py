@@ -1,0 +1,208 @@
+"""The real ``kubernetes`` client against kmock's emulator holding the bert-moe functions."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import kmock
+import pytest
+
+from smoelib.decisions import parse_decision
+from smoelib.topology import build_dag
+from smoelib.vertical import PlanRules, plan_patches
+from smoelib.vertical.backends.base import apply_plan
+from smoelib.vertical.backends.kubernetes import KubernetesBackend
+from tests.integration import k8s_fixtures
+from tests.integration.k8s_fixtures import (
+    DEPLOYMENTS,
+    FUNCTIONS,
+    PODS,
+    SCALEDOBJECTS,
+    decision_for,
+    openfaas_deployment,
+    seed_pipeline,
+)
+
+pytestmark = pytest.mark.integration
+k8s = k8s_fixtures.k8s  # the emulator fixture
+ROOT = Path(__file__).resolve().parents[2]
+DAG = build_dag(ROOT / "examples" / "pipelines" / "bert-moe.yml", validate=True,
+                attach_metadata=True)
+NS = DAG.namespace
+FNS = {n: DAG.function_name(n) for n in DAG.experts}
+
+
+class FakeTime:
+    """Time for the resize watch: each sleep advances the clock, nothing waits."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def sleep(self, s):
+        self.now += s
+
+    def clock(self):
+        return self.now
+
+
+def run(cluster, data, *, rules=None, watch_s=0.0):
+    rules = rules or PlanRules()
+    decision = parse_decision(data)
+    t = FakeTime()
+    backend = KubernetesBackend(cluster.api_client, rules=rules, timeout_s=5,
+                                scaledobjects=rules.pause_scaledobject, sleep=t.sleep,
+                                clock=t.clock)
+
+    def replan(only=None):
+        wanted = {n: d for n, d in decision.experts.items() if only is None or FNS[n] in only}
+        state = backend.read_state(DAG.name, NS, sorted({FNS[n] for n in wanted}))
+        return plan_patches(wanted, state, functions=FNS, rules=rules, now=time.time())
+
+    plan = replan()
+    report = apply_plan(plan, backend, replan=replan, conflict_retries=3,
+                        resize_watch_s=watch_s)
+    return plan, report
+
+
+def container(cluster, name):
+    return cluster.get(DEPLOYMENTS, NS, name)["spec"]["template"]["spec"]["containers"][0]
+
+
+def env(c):
+    return {e["name"]: e["value"] for e in c["env"]}
+
+
+def test_acceptance_slow_knobs_change_only_the_decided_experts_and_a_rerun_is_empty(k8s):
+    deployments = seed_pipeline(k8s, DAG)
+    data = decision_for(DAG, moe1__e0={"gpu_share": 0.5, "concurrency": 8},
+                        moe3__e2={"concurrency": 2})
+    plan, report = run(k8s, data)
+    assert sorted(p.target.name for p in plan.patches) == ["bert-moe-moe1-e0", "bert-moe-moe3-e2"]
+    assert report.failed == ()
+    for name, want in (("bert-moe-moe1-e0", {"max_inflight": "8",
+                                             "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "50"}),
+                       ("bert-moe-moe3-e2", {"max_inflight": "2"})):
+        old = deployments[name]["spec"]["template"]["spec"]["containers"][0]
+        new = container(k8s, name)
+        assert new["image"] == old["image"]
+        assert env(new) == {**env(old), **want}
+        assert [e["name"] for e in new["env"]] == [e["name"] for e in old["env"]]
+    changed = {("bert-moe-moe1-e0"), ("bert-moe-moe3-e2")}
+    for (resource, _ns, name), obj in k8s.handler.objects.items():
+        if name not in changed:
+            assert len(obj.history) == 1, f"{resource.plural} {name} was touched"
+    plan2, _ = run(k8s, data)
+    assert plan2.patches == ()
+
+
+def test_cpu_and_memory_resize_pods_in_place_and_leave_the_template(k8s):
+    deployments = seed_pipeline(k8s, DAG, pods_per_function=2)
+    plan, report = run(k8s, decision_for(DAG, moe2__e1={"cpu": 2.0, "memory_mb": 4096}))
+    assert [(o.patch.target.kind, o.patch.subresource, o.status) for o in report.outcomes] == [
+        ("Pod", "resize", "applied")] * 2
+    pod = k8s.get(PODS, NS, "bert-moe-moe2-e1-7d9f-0")
+    assert pod["spec"]["containers"][0]["resources"]["requests"] == {"cpu": "2", "memory": "4Gi"}
+    assert k8s.get(DEPLOYMENTS, NS, "bert-moe-moe2-e1") == deployments["bert-moe-moe2-e1"]
+    assert run(k8s, decision_for(DAG, moe2__e1={"cpu": 2.0, "memory_mb": 4096}))[0].patches == ()
+
+
+def test_an_infeasible_resize_falls_back_to_a_rollout(k8s):
+    seed_pipeline(k8s, DAG)
+    pod_name = "bert-moe-moe1-e3-7d9f-0"
+
+    def infeasible(request):
+        obj = k8s.handler.objects[PODS, NS, pod_name]
+        status = dict(obj.raw["status"])
+        status["conditions"] = status["conditions"] + [
+            {"type": "PodResizePending", "status": "True", "reason": "Infeasible",
+             "message": "Node didn't have enough capacity"}]
+        obj.patch({"status": status})
+        return obj.raw
+
+    k8s.react("patch", PODS, pod_name, subresource="resize", call=infeasible)
+    plan, report = run(k8s, decision_for(DAG, moe1__e3={"cpu": 2.0}), watch_s=1.0)
+    kinds = [(o.patch.target.kind, o.status) for o in report.outcomes]
+    assert kinds == [("Pod", "applied"), ("Deployment", "applied")]
+    c = container(k8s, "bert-moe-moe1-e3")
+    assert c["resources"]["requests"]["cpu"] == "2"
+    annotations = k8s.get(DEPLOYMENTS, NS, "bert-moe-moe1-e3")["spec"]["template"]["metadata"][
+        "annotations"]
+    assert annotations["smoe.io/resize-fallback"] == "cpu=2.0,memory_mb=2048"
+
+
+def test_a_conflict_is_retried_with_fresh_state_keeping_the_other_writers_change(k8s):
+    seed_pipeline(k8s, DAG)
+    name = "bert-moe-moe1-e0"
+    key = (DEPLOYMENTS, NS, name)
+
+    def conflict(request):
+        # The emulator stored our write; undo it as a real server would, and let another writer
+        # change the container meanwhile.
+        history = k8s.handler.objects[key].history
+        before = history[-2].raw
+        other = dict(before)
+        spec = before["spec"]["template"]["spec"]
+        c = dict(spec["containers"][0])
+        c["env"] = c["env"] + [{"name": "OTHER_WRITER", "value": "1"}]
+        other["spec"] = {**before["spec"], "template": {**before["spec"]["template"], "spec": {
+            **spec, "containers": [c]}}}
+        other["metadata"] = {**before["metadata"], "resourceVersion": "101"}
+        k8s.handler.objects[key].patch(other)
+        raise kmock.KubernetesError(status=409, reason="Conflict", message="the object has "
+                                    "been modified")
+
+    k8s.react("patch", DEPLOYMENTS, name, call=conflict)
+    plan, report = run(k8s, decision_for(DAG, moe1__e0={"concurrency": 8}))
+    assert [o.status for o in report.outcomes] == ["applied"] and report.failed == ()
+    got = env(container(k8s, name))
+    assert got["max_inflight"] == "8" and got["OTHER_WRITER"] == "1"
+    gets = [r for r in k8s.k8s_requests() if r.method == "GET" and r.name == name]
+    assert len(gets) == 2  # read, then re-read after the 409
+
+
+def test_forbidden_and_missing_objects_are_named_while_the_rest_applies(k8s):
+    seed_pipeline(k8s, DAG)
+    del k8s.handler.objects[DEPLOYMENTS, NS, "bert-moe-moe2-e0"]
+    k8s.react("patch", DEPLOYMENTS, "bert-moe-moe1-e0", status=403)
+    data = decision_for(DAG, moe1__e0={"concurrency": 8}, moe1__e1={"concurrency": 8},
+                        moe2__e0={"concurrency": 8})
+    plan, report = run(k8s, data)
+    failed = [o.message for o in report.failed]
+    assert failed == ["deployment openfaas-fn/bert-moe-moe1-e0: forbidden: scripted 403"]
+    assert any("bert-moe-moe2-e0: not planned (deployment openfaas-fn/bert-moe-moe2-e0: not "
+               "found)" == n for n in report.notes)
+    assert env(container(k8s, "bert-moe-moe1-e1"))["max_inflight"] == "8"
+
+
+def test_function_resources_are_patched_when_the_operator_owns_the_deployment(k8s):
+    name = "bert-moe-moe1-e0"
+    seed_pipeline(k8s, DAG)
+    dep = openfaas_deployment(name, env={"max_inflight": "4",
+                                         "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "25"},
+                              replicas=1, owner_function=True)
+    k8s.put(DEPLOYMENTS, NS, name, dep)
+    k8s.put(FUNCTIONS, NS, name, {"apiVersion": "openfaas.com/v1", "kind": "Function",
+                                  "metadata": {"name": name, "namespace": NS},
+                                  "spec": {"name": name, "image": "img:1", "environment": {
+                                      "max_inflight": "4", "MODEL_PATH": "/m",
+                                      "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "25"},
+                                      "requests": {"cpu": "1", "memory": "2Gi"}}})
+    plan, report = run(k8s, decision_for(DAG, moe1__e0={"concurrency": 8}))
+    assert report.failed == ()
+    assert k8s.get(FUNCTIONS, NS, name)["spec"]["environment"] == {
+        "max_inflight": "8", "MODEL_PATH": "/m", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "25"}
+    assert k8s.get(DEPLOYMENTS, NS, name) == dep
+
+
+def test_the_scaledobject_is_paused_during_a_rollout(k8s):
+    seed_pipeline(k8s, DAG)
+    so = {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+          "metadata": {"name": "bert-moe-moe1-e0", "namespace": NS},
+          "spec": {"scaleTargetRef": {"name": "bert-moe-moe1-e0"}}}
+    k8s.put(SCALEDOBJECTS, NS, "bert-moe-moe1-e0", so)
+    rules = PlanRules(pause_scaledobject=True)
+    plan, report = run(k8s, decision_for(DAG, moe1__e0={"concurrency": 8}), rules=rules)
+    assert report.failed == ()
+    annotations = k8s.get(SCALEDOBJECTS, NS, "bert-moe-moe1-e0")["metadata"]["annotations"]
+    assert annotations["autoscaling.keda.sh/paused"] == "true"
