@@ -1,0 +1,188 @@
+"""Decision files: one pipeline's per-expert knobs at one instant. Pure.
+
+``{"pipeline": NAME, "updated_at": UNIX_SECONDS, "experts": {NODE_ID: {"replicas": INT,
+"cpu": CORES, "memory_mb": INT, "gpu_share": FRACTION, "concurrency": INT}}}``. The controller,
+the scaler, ``smoe plan`` and the tests share this format. An expert missing from a file has no
+decision (never 0).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from smoelib.errors import ConfigError, Problem
+
+__all__ = ["ExpertDecision", "PipelineDecision", "parse_decision", "load_decision",
+           "dump_decision", "check_decision", "decision_to_json", "write_decision"]
+
+_FIELDS = {"replicas": int, "cpu": float, "memory_mb": int, "gpu_share": float,
+           "concurrency": int}
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertDecision:
+    """One expert's knobs: ``replicas`` pods, ``cpu`` cores, ``memory_mb`` MiB, ``gpu_share``
+    fraction of one GPU (0..1), ``concurrency`` OpenFaaS ``max_inflight`` (calls per replica)."""
+
+    replicas: int
+    cpu: float
+    memory_mb: int
+    gpu_share: float
+    concurrency: int
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineDecision:
+    """Every decided expert of one pipeline, stamped ``updated_at`` (Unix seconds)."""
+
+    pipeline: str
+    updated_at: float
+    experts: Mapping[str, ExpertDecision]
+
+
+def parse_decision(data: Any, *, source: str | None = None) -> PipelineDecision:
+    """A decision from parsed JSON, every problem reported at once.
+
+    Raises:
+        ConfigError: missing or unknown keys, wrong types, out-of-range values.
+    """
+    problems: list[Problem] = []
+    if not isinstance(data, Mapping):
+        raise ConfigError([Problem("", "a decision is a JSON object")], source=source)
+    for key in sorted(set(data) - {"pipeline", "updated_at", "experts"}):
+        problems.append(Problem(key, "unknown key"))
+    pipeline = data.get("pipeline")
+    if not isinstance(pipeline, str) or not pipeline:
+        problems.append(Problem("pipeline", "required: the pipeline's name"))
+    updated = data.get("updated_at")
+    if isinstance(updated, bool) or not isinstance(updated, int | float) or not math.isfinite(
+            updated) or updated < 0:
+        problems.append(Problem("updated_at", "required: Unix seconds >= 0"))
+    experts_in = data.get("experts")
+    experts: dict[str, ExpertDecision] = {}
+    if not isinstance(experts_in, Mapping):
+        problems.append(Problem("experts", "required: node id -> knobs"))
+        experts_in = {}
+    for node, knobs in experts_in.items():
+        parsed = _expert(str(node), knobs, problems)
+        if parsed is not None:
+            experts[str(node)] = parsed
+    if problems:
+        raise ConfigError(problems, source=source)
+    return PipelineDecision(pipeline=pipeline, updated_at=float(updated),
+                            experts=MappingProxyType(experts))
+
+
+def load_decision(path: str | Path) -> PipelineDecision:
+    """Read and parse a decision file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError([Problem("", f"cannot read: {e.strerror}")], source=str(path)) from e
+    except json.JSONDecodeError as e:
+        raise ConfigError([Problem("", f"not JSON: {e.msg}", e.lineno)], source=str(path)) from e
+    return parse_decision(data, source=str(path))
+
+
+def check_decision(decision: PipelineDecision, *, pipeline: str, experts: Collection[str],
+                   source: str | None = None) -> None:
+    """Refuse a decision that belongs to another pipeline or names nodes that are not experts.
+
+    Args:
+        decision: a parsed decision.
+        pipeline: the name of the pipeline it must belong to.
+        experts: that pipeline's expert node ids; experts it omits simply have no decision.
+
+    Raises:
+        ConfigError: the pipeline name differs, or an expert id is unknown (each named).
+    """
+    problems: list[Problem] = []
+    if decision.pipeline != pipeline:
+        problems.append(Problem("pipeline", f"is {decision.pipeline!r}: this file belongs to "
+                                            f"another pipeline than {pipeline!r}"))
+    known = experts if isinstance(experts, set | frozenset | Mapping) else frozenset(experts)
+    for node in decision.experts:
+        if node not in known:
+            problems.append(Problem(f"experts.{node}", f"not an expert of pipeline {pipeline!r}"))
+    if problems:
+        raise ConfigError(problems, source=source)
+
+
+def decision_to_json(decision: PipelineDecision) -> str:
+    """The decision file's text: JSON, experts in the decision's order, newline-terminated."""
+    return json.dumps(dump_decision(decision), indent=1, allow_nan=False) + "\n"
+
+
+def write_decision(path: str | Path, decision: PipelineDecision) -> None:
+    """Write the decision file atomically: a reader sees the old file or the new one, whole.
+
+    The text goes to a temporary file in the same directory, is fsynced, renamed over ``path``
+    (``os.replace``), and the directory is fsynced so the rename survives a crash.
+
+    Raises:
+        OSError: the directory is missing or not writable, the disk is full, ...
+    """
+    target = Path(path)
+    text = decision_to_json(decision).encode()
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def dump_decision(decision: PipelineDecision) -> dict[str, Any]:
+    """The decision as JSON-ready data (the inverse of :func:`parse_decision`)."""
+    return {"pipeline": decision.pipeline, "updated_at": decision.updated_at,
+            "experts": {n: {k: getattr(e, k) for k in _FIELDS}
+                        for n, e in decision.experts.items()}}
+
+
+def _expert(node: str, knobs: Any, problems: list[Problem]) -> ExpertDecision | None:
+    where = f"experts.{node}"
+    if not isinstance(knobs, Mapping):
+        problems.append(Problem(where, "knobs must be an object"))
+        return None
+    before = len(problems)
+    for key in sorted(set(knobs) - set(_FIELDS)):
+        problems.append(Problem(f"{where}.{key}", "unknown key"))
+    values: dict[str, Any] = {}
+    for key, kind in _FIELDS.items():
+        v = knobs.get(key)
+        ok = (not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
+              and (kind is float or float(v).is_integer()))
+        if not ok:
+            what = "a number" if kind is float else "an integer"
+            got = "missing" if key not in knobs else f"got {v!r}"
+            problems.append(Problem(f"{where}.{key}", f"required: {what} ({got})"))
+            continue
+        values[key] = kind(v)
+    if len(problems) > before:
+        return None
+    for key in ("replicas",):
+        if values[key] < 0:
+            problems.append(Problem(f"{where}.{key}", "must be >= 0"))
+    for key in ("cpu", "memory_mb", "concurrency"):
+        if values[key] <= 0:
+            problems.append(Problem(f"{where}.{key}", "must be > 0"))
+    if not 0.0 <= values["gpu_share"] <= 1.0:
+        problems.append(Problem(f"{where}.gpu_share", "must be within [0, 1]"))
+    return None if len(problems) > before else ExpertDecision(**values)
