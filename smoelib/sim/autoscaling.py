@@ -51,7 +51,8 @@ class Autoscaler:
         self.b = behaviour
         self.replicas = np.clip(np.asarray(initial, dtype=np.int64), self.min, self.max)
         self.last_active = np.zeros(self.min.size)
-        self._recs: deque[tuple[float, np.ndarray]] = deque()
+        # the Deployment was at ``initial`` before the episode: the window starts from it
+        self._recs: deque[tuple[float, np.ndarray]] = deque([(0.0, self.replicas.copy())])
         self._ups: deque[tuple[float, np.ndarray]] = deque()
 
     @property

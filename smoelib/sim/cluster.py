@@ -77,7 +77,8 @@ class Cluster:
         cpu_free = self.s.cluster.cpu_cores - c["cpu"][alive].sum()
         mem_free = self.s.cluster.memory_gib * 1024 - c["mem"][alive].sum()
         on_gpu = alive[c["gpu"][alive] >= 0]
-        used = np.bincount(c["gpu"][on_gpu], weights=c["share"][on_gpu], minlength=self.gpus)
+        used = np.bincount(c["gpu"][on_gpu], weights=c["share"][on_gpu],
+                           minlength=self.gpus).astype(float)  # (empty input gives ints)
         clients = np.bincount(c["gpu"][on_gpu], minlength=self.gpus).astype(float)
         slots = self.s.gpu_sharing.slots_per_gpu
         limit = (self.s.gpu_sharing.max_clients_per_gpu if self.mode == "mps-env" else slots)
@@ -241,6 +242,6 @@ class Cluster:
         factor = eff ** -sim.share_exponent
         alive = self._alive(t)
         on = alive[gpu[alive] >= 0]
-        used = np.bincount(gpu[on], weights=share[on], minlength=max(self.gpus, 1))
+        used = np.bincount(gpu[on], weights=share[on], minlength=max(self.gpus, 1)).astype(float)
         others = np.where(gpu >= 0, used[np.maximum(gpu, 0)] - share, 0.0)
         return factor * (1 + sim.mps_interference * np.clip(others, 0, None))
