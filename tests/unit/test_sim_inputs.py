@@ -1,0 +1,142 @@
+"""Traces, routing, decisions and observations: bad input, calibration, determinism."""
+
+from __future__ import annotations
+
+import math
+from types import MappingProxyType
+
+import numpy as np
+import pytest
+
+from smoelib.decisions import ExpertDecision, PipelineDecision
+from smoelib.errors import ConfigError
+from smoelib.settings import load_settings
+from smoelib.sim.env import SimEnv
+from smoelib.sim.routing import RoutingModel, RoutingParams, gini
+from smoelib.sim.traces import load_trace, read_trace_csv
+from smoelib.topology import build_dag
+
+HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+ROW = "2024-01-01 00:00:0{s}.0000000,{tok},5\n"
+
+
+@pytest.mark.parametrize("body, where", [
+    ("", "empty trace"),
+    (HEADER, "no requests"),
+    (HEADER + ROW.format(s=2, tok=10) + ROW.format(s=1, tok=10), "row 2"),
+    (HEADER + "yesterday,10,5\n", "row 1"),
+    (HEADER + ROW.format(s=1, tok=-3), "row 1"),
+    (HEADER + ROW.format(s=1, tok="ten"), "row 1"),
+    ("time,tokens\n1,2\n", "header"),
+])
+def test_bad_traces_name_the_file_and_row(tmp_path, body, where):
+    path = tmp_path / "t.csv"
+    path.write_text(body)
+    with pytest.raises(ConfigError) as e:
+        read_trace_csv(path)
+    assert str(path) in str(e.value) and where in str(e.value)
+
+
+def test_missing_trace_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_trace(str(tmp_path / "nope.csv"), seed=0, duration_s=10)
+
+
+def test_builtin_traces():
+    train = load_trace("conv-train", seed=0, duration_s=2400)
+    ev = load_trace("conv-eval", seed=0, duration_s=1000)
+    assert 13_000 < len(train) < 15_000 and train.times_s.max() < 2400
+    assert len(ev) > 4000 and np.all(np.diff(ev.times_s) >= 0)
+    bursty = load_trace("bursty", seed=1000, duration_s=3600)
+    assert bursty.rate_cv() > 1.5
+    for name in ("poisson", "diurnal", "spike"):
+        a = load_trace(name, seed=3, duration_s=600)
+        b = load_trace(name, seed=3, duration_s=600)
+        assert np.array_equal(a.times_s, b.times_s) and len(a) > 1000
+
+
+def test_routing_gini_is_calibrated_and_counts_are_consistent():
+    m = RoutingModel([8, 8, 16], [2, 2, 4], max_tokens=512,
+                     params=RoutingParams(gini=0.3, affinity=0.3),
+                     seed=np.random.SeedSequence(4))
+    assert gini(m.popularity(0.0)[:2, :8]) == pytest.approx([0.3, 0.3], abs=1e-6)
+    times = np.arange(600.0)
+    tokens = np.full(600, 1000)
+    counts = m.counts(0, 600, times, tokens)
+    assert counts[0].shape == (600, 8) and counts[2].shape == (600, 16)
+    assert (counts[0].sum(1) <= 512 * 2).all() and (counts[0] <= 512).all()
+    again = RoutingModel([8, 8, 16], [2, 2, 4], max_tokens=512,
+                         params=RoutingParams(gini=0.3, affinity=0.3),
+                         seed=np.random.SeedSequence(4))
+    assert np.array_equal(again.counts(300, 400, times, tokens)[1], counts[1][300:400])
+
+
+def _dag():
+    return build_dag({"name": "small", "slo_ms": 60, "max_seq_tokens": 256,
+                      "defaults": {"expert": {"replicas": {"min": 0, "max": 4}}},
+                      "stages": [{"id": "embed", "kind": "segment"},
+                                 {"id": "moe", "kind": "moe", "experts": 4, "top_k": 2}]})
+
+
+def _decision(dag, experts=None, **knobs):
+    base = dict(replicas=2, cpu=1.0, memory_mb=2048, gpu_share=0.25, concurrency=4)
+    base.update(knobs)
+    names = experts or dag.experts
+    return PipelineDecision(dag.name, 0.0, MappingProxyType(
+        {n: ExpertDecision(**base) for n in names}))
+
+
+@pytest.mark.parametrize("decision, where", [
+    (lambda d: _decision(d, experts=["moe/e9"]), "experts.moe/e9"),
+    (lambda d: _decision(d, experts=["embed"]), "experts.embed"),
+    (lambda d: _decision(d, cpu=math.nan), "experts.moe/e0.cpu"),
+    (lambda d: _decision(d, replicas=9), "experts.moe/e0.replicas"),
+    (lambda d: _decision(d, gpu_share=1.5), "experts.moe/e0.gpu_share"),
+    (lambda d: _decision(d, concurrency=1000), "experts.moe/e0.concurrency"),
+])
+def test_bad_decisions_name_the_expert_and_field(decision, where):
+    dag = _dag()
+    env = SimEnv(dag, load_settings(None), trace="poisson", duration_s=30)
+    env.reset(seed=0)
+    with pytest.raises(ConfigError) as e:
+        env.step(decision(dag))
+    assert where in str(e.value)
+
+
+def _run(dag, decisions, seed):
+    env = SimEnv(dag, load_settings(None), trace="bursty", duration_s=120)
+    obs = env.reset(seed=seed)
+    out = []
+    for d in decisions:
+        r = env.step(d)
+        obs = r.observation.validate()
+        out.append((r.reward.cost, r.reward.p95_ms, r.reward.violations, obs.calls_per_s.sum()))
+    return env, out
+
+
+def test_one_seed_one_trajectory_and_common_random_numbers():
+    dag = _dag()
+    ds = [_decision(dag, replicas=1 + (i % 3)) for i in range(24)]
+    a, ta = _run(dag, ds, seed=7)
+    b, tb = _run(dag, ds, seed=7)
+    assert np.array_equal(np.array(ta), np.array(tb), equal_nan=True)
+    c, _ = _run(dag, [_decision(dag, replicas=4)] * 24, seed=7)
+    assert np.array_equal(a.trace.times_s, c.trace.times_s)
+    assert np.array_equal(a.server.counts[1], c.server.counts[1])  # same routing
+    d, _ = _run(dag, ds, seed=8)
+    assert not np.array_equal(a.trace.times_s[:50], d.trace.times_s[:50])
+
+
+def test_observation_carries_the_controller_fields_and_refuses_nan():
+    dag = _dag()
+    env = SimEnv(dag, load_settings(None), trace="poisson", duration_s=60)
+    env.reset(seed=1)
+    for _ in range(6):
+        obs = env.step(_decision(dag)).observation
+    obs.validate()
+    e0 = obs.node("moe/e0")
+    assert e0["replicas_desired"] == 2 and e0["calls_per_s"] > 0 and e0["gpu_share"] == 0.25
+    assert obs.request_rate > 0 and obs.p95_ms > 0 and obs.time_s == 30.0
+    bad = type(obs)(**{**obs.__dict__, "calls_per_s": np.full(len(obs.nodes), np.nan)})
+    with pytest.raises(ValueError, match="calls_per_s"):
+        bad.validate()
