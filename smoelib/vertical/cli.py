@@ -12,7 +12,7 @@ import argparse
 import sys
 import time
 
-from smoelib.decisions import load_decision
+from smoelib.decisions import check_decision, load_decision
 from smoelib.errors import ConfigError, Problem
 from smoelib.settings import Settings, load_settings
 from smoelib.topology import build_dag
@@ -41,9 +41,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     dag = build_dag(config=args.pipeline, validate=True, attach_metadata=True)
     decision = load_decision(args.decisions)
-    if decision.pipeline != dag.name:
-        raise ConfigError([Problem("pipeline", f"the decision is for {decision.pipeline!r}, "
-                                   f"the pipeline file is {dag.name!r}")], source=args.decisions)
+    check_decision(decision, pipeline=dag.name, experts=dag.experts, source=args.decisions)
     functions = {n: dag.function_name(n) for n in dag.experts}
     backend = _backend(args, settings, sorted(functions.values()), dag.namespace)
     rules = PlanRules.from_settings(settings)

@@ -76,3 +76,11 @@ def test_the_gateway_backend_refuses_without_a_stack(tmp_path):
                 "--gateway", "http://127.0.0.1:9")
     assert proc.returncode == 2
     assert "needs stack.yml" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_decision_for_another_pipeline_is_refused(tmp_path):
+    decisions = tmp_path / "d.json"
+    decisions.write_text(json.dumps({**decision_for(DAG), "pipeline": "gpt2-moe"}))
+    proc = smoe("plan", "--pipeline", str(PIPELINE), "--decisions", str(decisions),
+                "--gateway", "http://127.0.0.1:9")
+    assert proc.returncode == 2 and "another pipeline" in proc.stderr
