@@ -227,6 +227,8 @@ def test_scaler_deployment_is_hardened(base):
 def test_ports_agree_across_settings_deployment_service_policy_and_scaled_objects(base, example):
     (configmap,) = by_kind(base, "ConfigMap")
     settings = load_settings(yaml.safe_load(configmap["data"]["config.yaml"]))
+    bert = (ROOT / "examples" / "pipelines" / "bert-moe.yml").read_text()
+    assert configmap["data"]["pipeline.yml"] == bert   # the example overlay relies on it
     dag = build_dag(config=yaml.safe_load(configmap["data"]["pipeline.yml"]))
     assert dag.namespace == FUNCTION_NAMESPACE
     (deploy,) = by_kind(base, "Deployment")
@@ -249,3 +251,26 @@ def test_ports_agree_across_settings_deployment_service_policy_and_scaled_object
     admitted = {r["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]:
                 [p["port"] for p in r["ports"]] for r in policy["spec"]["ingress"]}
     assert admitted == {"keda": ["grpc"], "monitoring": ["metrics"]}
+
+
+def test_the_overlay_in_docs_install_renders_with_the_users_pipeline(tmp_path):
+    text = (ROOT / "docs" / "install.md").read_text()
+    block = text.split("```yaml\n# my-smoe/kustomization.yaml\n", 1)[1].split("```", 1)[0]
+    assert "../smoe/manifests/base" in block
+    folder = tmp_path / "my-smoe"
+    overlay(folder, block.replace("../smoe/manifests/base", "@/manifests/base"))
+    pipeline = (ROOT / "examples" / "pipelines" / "gpt2-moe.yml").read_text()
+    (folder / "pipeline.yml").write_text(pipeline)
+    (folder / "config.yaml").write_text("control:\n  interval_s: 5.0\n")
+    rendered = kustomize(folder)
+    assert problems(rendered) == []
+    (configmap,) = by_kind(rendered, "ConfigMap")
+    assert configmap["data"] == {"pipeline.yml": pipeline, "config.yaml": "control:\n  "
+                                 "interval_s: 5.0\n"}
+    (deploy,) = by_kind(rendered, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "REGISTRY/smoe:0.1.0"
+    assert {"configMap": {"name": configmap["metadata"]["name"]}} in [
+        {k: v for k, v in vol.items() if k == "configMap"} for vol in pod["volumes"]]
+    (role,) = by_kind(rendered, "Role")
+    assert role["metadata"]["namespace"] == FUNCTION_NAMESPACE
