@@ -153,8 +153,15 @@ def test_tls_component_switches_every_trigger_to_tls_with_the_trigger_authentica
     pod = deploy["spec"]["template"]["spec"]
     secrets = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
     assert secrets == {"smoe-scaler-tls"}
-    mounts = {m["name"] for m in pod["containers"][0]["volumeMounts"]}
-    assert "tls" in mounts
+    (container,) = pod["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    args = container["args"]
+    for flag, key in (("--tls-cert", "tls.crt"), ("--tls-key", "tls.key"),
+                      ("--tls-client-ca", "ca.crt")):
+        assert f"{flag}={mounts['tls']}/{key}" in args
+    assert args[-1].endswith("pipeline.yml")  # options before the positional pipeline
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert "grpc" not in container[probe]  # the kubelet's gRPC probe has no TLS
 
 
 def test_service_monitor_scrapes_the_metrics_port(tmp_path, base):
