@@ -90,8 +90,9 @@ class DecisionStore:
         """Serve ``pipeline`` (anything with ``.name`` and ``.experts``, e.g. a PipelineDAG).
 
         With ``decision_path``, the decision file is read now if it exists (a missing file is
-        no decision yet) and written on every update. A corrupt or foreign file is logged,
-        returned, and the pipeline is served UNAVAILABLE until a good decision arrives.
+        no decision yet) and written on every update. A corrupt or foreign file is returned
+        (the caller reports it) and the pipeline is served UNAVAILABLE until a good decision
+        arrives.
 
         Raises:
             ValueError: the pipeline is already served, or its names make no metric name.
@@ -105,7 +106,7 @@ class DecisionStore:
             version = self._commit(pipeline.name, lambda s: s)
         self._notify(pipeline.name, version)
         if path is not None:
-            self.reload_if_changed(pipeline.name)
+            self._reload(pipeline.name, report=False)
         return self._states[pipeline.name].load_error
 
     def update(self, decision: PipelineDecision) -> int:
@@ -143,6 +144,9 @@ class DecisionStore:
         Returns:
             Whether the served decision changed.
         """
+        return self._reload(pipeline, report=True)
+
+    def _reload(self, pipeline: str, *, report: bool) -> bool:
         with self._lock:
             state = self._state(pipeline)
             path = state.decision_path
@@ -155,9 +159,10 @@ class DecisionStore:
                                source=str(path))
             except ConfigError as e:
                 error = e
-                log.error("decision file rejected, pipeline %s served %s: %s", pipeline,
-                          "from its last good decision" if state.decision else "UNAVAILABLE",
-                          "; ".join(error.lines()))
+                if report:
+                    log.error("decision file rejected, pipeline %s served %s: %s", pipeline,
+                              "from its last good decision" if state.decision
+                              else "UNAVAILABLE", "; ".join(error.lines()))
                 version = self._commit(pipeline, lambda s: replace(
                     s, load_error=error, file_stamp=stamp))
                 changed = False
