@@ -51,13 +51,17 @@ def register(name: str) -> Callable[[Factory], Factory]:
     return add
 
 
+def _import(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is None or not module.startswith(e.name):
+            raise
+
+
 def _load_modules() -> None:
     for module in DECIDER_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name is None or not module.startswith(e.name):
-                raise
+        _import(module)
 
 
 def available() -> tuple[str, ...]:
@@ -72,9 +76,14 @@ def get_decider(name: str, *, dag, settings) -> Decider:
     Raises:
         ConfigError: no decider of that name (the message lists the known ones).
     """
-    _load_modules()
+    if name not in _REGISTRY:  # import decider modules only when needed (torch is heavy)
+        for module in DECIDER_MODULES:
+            _import(module)
+            if name in _REGISTRY:
+                break
     factory = _REGISTRY.get(name)
     if factory is None:
+        _load_modules()
         raise ConfigError([Problem("policy", f"unknown policy {name!r}; available: "
                                    f"{', '.join(sorted(_REGISTRY))}")])
     return factory(dag=dag, settings=settings)
