@@ -65,7 +65,7 @@ class K8sCluster:
     @property
     def requests(self) -> list[Any]:
         """Every request served so far (``kmock.Request``: method, resource, subresource...)."""
-        return list(self.handler._requests)
+        return list(self.handler)
 
     def k8s_requests(self) -> list[Any]:
         return [r for r in self.requests if r.resource is not None]
