@@ -159,7 +159,6 @@ def test_tls_component_switches_every_trigger_to_tls_with_the_trigger_authentica
     for flag, key in (("--tls-cert", "tls.crt"), ("--tls-key", "tls.key"),
                       ("--tls-client-ca", "ca.crt")):
         assert f"{flag}={mounts['tls']}/{key}" in args
-    assert args[-1].endswith("pipeline.yml")  # options before the positional pipeline
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert "grpc" not in container[probe]  # the kubelet's gRPC probe has no TLS
 
@@ -281,3 +280,51 @@ def test_the_overlay_in_docs_install_renders_with_the_users_pipeline(tmp_path):
         {k: v for k, v in vol.items() if k == "configMap"} for vol in pod["volumes"]]
     (role,) = by_kind(rendered, "Role")
     assert role["metadata"]["namespace"] == FUNCTION_NAMESPACE
+
+
+def serve_parser():
+    """The real ``smoe serve`` argument parser (skips while ``smoelib.scaler.serve`` is absent)."""
+    from smoelib.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    if "serve" not in subparsers.choices:
+        pytest.skip("smoe serve is not part of this build")
+    return parser
+
+
+@pytest.mark.parametrize("component", [None, "tls"])
+def test_container_args_parse_as_smoe_serve(component, tmp_path):
+    parser = serve_parser()
+    folder = BASE if component is None else overlay(
+        tmp_path, f"resources: ['@/manifests/base']\ncomponents: ['@/manifests/components/"
+                  f"{component}']\n")
+    (deploy,) = by_kind(kustomize(folder), "Deployment")
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    args = parser.parse_args(["serve", *container["args"]])  # exits (fails) on an unknown flag
+    assert args.command == "serve"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
+    assert args.config == "/etc/smoe/config.yaml" and args.pipeline == ["/etc/smoe/pipeline.yml"]
+    assert "configMap" in volumes[mounts["/etc/smoe"]]
+    (decisions,) = args.decisions
+    assert "emptyDir" in volumes[mounts[decisions]]   # the decision file's directory
+
+
+def test_the_dry_run_flag_in_docs_install_is_one_smoe_serve_takes():
+    parser = serve_parser()
+    serve = next(a for a in parser._actions if a.dest == "command").choices["serve"]
+    flags = {s for action in serve._actions for s in action.option_strings}
+    text = (ROOT / "docs" / "install.md").read_text()
+    assert '"value": "--dry-run"' in text
+    if "--dry-run" not in flags:
+        pytest.skip("smoe serve has no --dry-run yet: docs/install.md (dry run, step 1) needs it")
+
+
+def test_probes_ask_the_health_services_the_scaler_registers(base):
+    server = pytest.importorskip("smoelib.scaler.server")
+    (deploy,) = by_kind(base, "Deployment")
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert container["livenessProbe"]["grpc"]["service"] in server.LIVENESS
+    assert container["startupProbe"]["grpc"]["service"] in server.LIVENESS
+    assert container["readinessProbe"]["grpc"]["service"] in server.READINESS
