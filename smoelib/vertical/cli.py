@@ -13,7 +13,7 @@ import sys
 import time
 
 from smoelib.decisions import check_decision, load_decision
-from smoelib.errors import ConfigError, Problem
+from smoelib.errors import ConfigError, PermanentError, Problem, TransientError
 from smoelib.settings import Settings, load_settings
 from smoelib.topology import build_dag
 from smoelib.vertical.backends.base import Backend, apply_plan
@@ -53,7 +53,11 @@ def run(args: argparse.Namespace) -> int:
         state = backend.read_state(dag.name, dag.namespace, names)
         return plan_patches(wanted, state, functions=functions, rules=rules, now=time.time())
 
-    plan = replan()
+    try:
+        plan = replan()
+    except (PermanentError, TransientError) as e:  # the API, not the input
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     print(plan_to_yaml(plan, pipeline=dag.name), end="")
     if not args.apply or not plan.patches:
         return 0
@@ -103,14 +107,17 @@ def _backend(args: argparse.Namespace, settings: Settings, functions: list[str],
 def _api_client(kubeconfig: str | None) -> object:
     from kubernetes import client, config
 
+    configuration = client.Configuration()
+    configuration.retries = False  # sMoE owns retries (409 re-plans); urllib3 must not add its own
     try:
         if kubeconfig is None:
             try:
-                config.load_incluster_config()
-                return client.ApiClient()
+                config.load_incluster_config(client_configuration=configuration)
+                return client.ApiClient(configuration)
             except config.ConfigException:
                 pass
-        return config.new_client_from_config(config_file=kubeconfig)
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        return client.ApiClient(configuration)
     except (config.ConfigException, OSError) as e:
         raise ConfigError([Problem("--kubeconfig", f"cannot load: {e}")],
                           source=kubeconfig) from e

@@ -92,7 +92,8 @@ def plan_patches(experts: Mapping[str, ExpertKnobs], state: PipelineState, *,
     patches: list[Patch] = []
     notes = [f"{f}: not planned ({why})" for f, why in sorted(state.missing.items())]
     free_gpus = state.free_gpus
-    for node in sorted(experts, key=list(functions).index):
+    order = {node: i for i, node in enumerate(functions)}
+    for node in sorted(experts, key=order.__getitem__):
         function = functions[node]
         live = state.functions.get(function)
         if live is None:

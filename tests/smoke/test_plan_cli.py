@@ -84,3 +84,19 @@ def test_a_decision_for_another_pipeline_is_refused(tmp_path):
     proc = smoe("plan", "--pipeline", str(PIPELINE), "--decisions", str(decisions),
                 "--gateway", "http://127.0.0.1:9")
     assert proc.returncode == 2 and "another pipeline" in proc.stderr
+
+
+def test_an_unreachable_cluster_is_an_api_failure_not_bad_input(tmp_path):
+    decisions = tmp_path / "d.json"
+    decisions.write_text(json.dumps(decision_for(DAG)))
+    proc = smoe("plan", "--pipeline", str(PIPELINE), "--decisions", str(decisions),
+                "--kubeconfig", kubeconfig(tmp_path, "http://127.0.0.1:9"),
+                "--config", str(_fast_config(tmp_path)))
+    assert proc.returncode == 1 and proc.stderr.startswith("error: pods in openfaas-fn: ")
+    assert "Traceback" not in proc.stderr
+
+
+def _fast_config(tmp_path: Path) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text("vertical:\n  request_timeout_s: 2\n")
+    return path
