@@ -29,9 +29,9 @@ def test_examples_build(name, experts, moe_layers):
     assert len(set(dag.function_of.values())) == len(dag.function_of)
 
 
-def test_bert2bert_encoder_output_feeds_every_cross_attention():
+def test_bert2bert_encoder_output_feeds_every_decoder_attention():
     dag = build_dag(config=str(EXAMPLES / "bert2bert-moe.yml"))
-    cross = [n for n in dag.segments if n.startswith("dec-cross")]
+    cross = [n for n in dag.segments if n.startswith("dec-attn")]
     assert len(cross) == 12
     assert all("enc-out" in dag.predecessors(n) for n in cross)
 
