@@ -1,0 +1,100 @@
+"""The guards, rule by rule, on a hand-made pipeline."""
+
+from __future__ import annotations
+
+import math
+from types import MappingProxyType
+
+import pytest
+
+from smoelib.decisions import ExpertDecision, PipelineDecision
+from smoelib.guards import gpu_demand, guard
+from smoelib.settings import load_settings
+from smoelib.topology import build_dag
+
+DAG = build_dag({"name": "p", "slo_ms": 100, "stages": [
+    {"id": "a"}, {"id": "m", "experts": 3, "replicas": {"min": 0, "max": 10}}]})
+SETTINGS = load_settings({"guards": {"max_step_up": 3, "max_step_down": 2,
+                                     "pressure_threshold": 0.9},
+                          "cluster": {"gpus": 100}})
+
+
+def decision(*replicas, share=0.25, cpu=1.0, pipeline="p", **extra):
+    experts = {f"m/e{i}": ExpertDecision(r, cpu, 2048, share, 4) for i, r in enumerate(replicas)}
+    experts.update(extra)
+    return PipelineDecision(pipeline, 100.0, MappingProxyType(experts))
+
+
+def reps(result):
+    return [result.decision.experts[f"m/e{i}"].replicas for i in range(3)]
+
+
+def test_a_proposal_within_every_rule_passes_unchanged():
+    result = guard(decision(2, 3, 4), dag=DAG, settings=SETTINGS, last=decision(2, 3, 4))
+    assert result.accepted and result.notes == ()
+    assert reps(result) == [2, 3, 4]
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_nan_and_infinity_are_refused_and_the_last_good_decision_stays(bad):
+    last = decision(1, 1, 1)
+    proposal = decision(1, 1, 1, **{"m/e2": ExpertDecision(1, bad, 2048, 0.25, 4)})
+    result = guard(proposal, dag=DAG, settings=SETTINGS, last=last)
+    assert not result.accepted
+    assert result.decision is last
+    assert result.notes[0].startswith("refused: m/e2.cpu is")
+
+
+def test_unknown_expert_and_foreign_pipeline_are_refused():
+    proposal = decision(1, 1, 1, **{"m/e9": ExpertDecision(1, 1.0, 2048, 0.25, 4)})
+    assert guard(proposal, dag=DAG, settings=SETTINGS).notes == (
+        "refused: 'm/e9' is not an expert of 'p'",)
+    assert not guard(decision(1, 1, 1, pipeline="q"), dag=DAG, settings=SETTINGS).accepted
+
+
+def test_bounds_from_the_pipeline_and_the_action_space():
+    result = guard(decision(12, 0, 1, cpu=99.0), dag=DAG, settings=SETTINGS)
+    assert reps(result) == [10, 0, 1]
+    assert result.decision.experts["m/e0"].cpu == max(SETTINGS.actions.cpu)
+    assert "m/e0: replicas 12 outside [0, 10] -> 10" in result.notes
+
+
+def test_max_step_up_and_down_are_separate():
+    result = guard(decision(9, 0, 5), dag=DAG, settings=SETTINGS, last=decision(1, 6, 5))
+    assert reps(result) == [4, 4, 5]
+    assert "m/e0: replicas 1 -> 9 limited to 4 (max step +3/-2 per tick)" in result.notes
+
+
+def test_scale_down_held_under_slo_pressure_only():
+    last = decision(5, 5, 5)
+    calm = guard(decision(4, 5, 6), dag=DAG, settings=SETTINGS, last=last, p95_ms=80.0)
+    assert reps(calm) == [4, 5, 6]
+    pressed = guard(decision(4, 5, 6), dag=DAG, settings=SETTINGS, last=last, p95_ms=95.0)
+    assert reps(pressed) == [5, 5, 6]
+    assert guard(decision(4, 5, 6), dag=DAG, settings=SETTINGS, last=last,
+                 p95_ms=math.nan).accepted
+
+
+def test_gpu_capacity_takes_back_the_largest_increases_first():
+    small = load_settings({"cluster": {"gpus": 2}, "guards": {"max_step_up": 10}})
+    last = decision(2, 2, 2)  # 6 pods x 0.25 = 1.5 GPUs
+    result = guard(decision(2, 8, 3), dag=DAG, settings=small, last=last)  # 3.25 GPUs asked
+    assert gpu_demand(result.decision, small) <= 2.0
+    assert reps(result) == [2, 3, 3]
+
+
+def test_device_plugin_counts_slots():
+    plugin = load_settings({"gpu_sharing": {"mode": "mps-device-plugin", "slots_per_gpu": 4},
+                            "cluster": {"gpus": 1}})
+    assert gpu_demand(decision(2, 2, 0, share=0.1), plugin) == 1.0
+    result = guard(decision(3, 3, 0, share=0.1), dag=DAG, settings=plugin)
+    assert sum(reps(result)) == 4
+
+
+def test_missing_experts_keep_the_last_decision():
+    last = decision(1, 2, 3)
+    partial = PipelineDecision("p", 100.0, MappingProxyType(
+        {"m/e0": ExpertDecision(2, 1.0, 2048, 0.25, 4)}))
+    result = guard(partial, dag=DAG, settings=SETTINGS, last=last)
+    assert reps(result) == [2, 2, 3]
+    assert "m/e1: no proposal; kept the last decision" in result.notes
