@@ -1,0 +1,243 @@
+"""Observation + :class:`PipelineDAG` -> the tensors the network reads. The only module that
+knows the observation's fields and the feature layout.
+
+Every feature is scale-free (logs of rates, ratios to the node's own bounds or SLO share,
+fractions of the largest choice, depth as a fraction), so one checkpoint serves pipelines of any
+size. The per-DAG part (level schedule, expert slots, static specs) is computed once and cached
+by the DAG object; a tick only fills arrays. The layout's signature is stored in checkpoints and
+checked at load (:func:`feature_signature`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import weakref
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from smoelib.policy.config import PolicyConfig
+from smoelib.policy.schedule import DagSchedule, build_schedule
+
+__all__ = ["FEATURE_NAMES", "FEATURE_VERSION", "feature_signature", "PolicyInput", "TrendState",
+           "DagTensors", "dag_tensors", "build_features", "collate"]
+
+FEATURE_VERSION = 1
+FEATURE_NAMES = (
+    "is_expert", "is_segment", "is_join", "log_tokens_per_s", "log_calls_per_s",
+    "token_share_vs_uniform", "trend_short", "trend_long", "p95_vs_slo_share",
+    "p50_vs_slo_share", "has_latency", "utilisation", "log_rejected_per_s", "log_replicas",
+    "log_replicas_ready", "log_replicas_pending", "log_replicas_min", "log_replicas_max",
+    "cpu_vs_max_choice", "memory_vs_max_choice", "gpu_share", "concurrency_vs_max_choice",
+    "depth_fraction", "routing_fraction", "log_weights_mb", "log_service_ms",
+    "pipeline_p95_vs_slo", "pipeline_p99_vs_slo", "log_request_rate", "gpu_pressure",
+)
+_TOKENS_FOR_SLO_SHARE = 256  # tokens per call assumed when splitting the SLO along the path
+
+
+def feature_signature(config: PolicyConfig) -> str:
+    """A short hash of the feature layout and the action layout a network was built for."""
+    parts = [str(FEATURE_VERSION), *FEATURE_NAMES,
+             *(f"{h}:{len(config.choices(h))}" for h in config.heads)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+class PolicyInput(NamedTuple):
+    """One or more ticks of one pipeline, as tensors.
+
+    Shapes: ``x`` ``(B, N, F)``; ``expert_index`` and ``expert_valid`` ``(L, E)`` (node index of
+    each expert slot of each MoE layer; padding at the end of a row); ``replicas`` ``(B, L, E)``;
+    ``choice_mask`` ``(B, L, E, heads, C)`` (True: allowed by the bounds; heads in
+    ``PolicyConfig.heads`` order, columns past a head's size False); ``budget`` ``(B, L)`` GPUs
+    each MoE layer's experts may use.
+    """
+
+    x: Tensor
+    schedule: DagSchedule
+    expert_index: Tensor
+    expert_valid: Tensor
+    replicas: Tensor
+    choice_mask: Tensor
+    budget: Tensor
+
+
+@dataclass(frozen=True)
+class TrendState:
+    """EWMAs of ``log1p(tokens/s)`` per node, carried from tick to tick."""
+
+    short: np.ndarray
+    long: np.ndarray
+
+
+@dataclass(frozen=True)
+class DagTensors:
+    """What one DAG contributes to every tick, computed once."""
+
+    schedule: DagSchedule
+    expert_index: Tensor
+    expert_valid: Tensor
+    expert_pos: np.ndarray  # (L, E) node index of each slot (0 for padding)
+    layer_of: np.ndarray  # (N,) MoE layer of each expert node, -1 otherwise
+    layer_sizes: np.ndarray  # (L,)
+    static: dict[str, np.ndarray]  # per-node spec arrays
+
+
+_CACHE: weakref.WeakKeyDictionary[Any, DagTensors] = weakref.WeakKeyDictionary()
+
+
+def dag_tensors(dag: Any) -> DagTensors:
+    """The per-DAG tensors, cached by the DAG object."""
+    cached = _CACHE.get(dag)
+    if cached is None:
+        cached = _CACHE[dag] = _build_dag_tensors(dag)
+    return cached
+
+
+def _build_dag_tensors(dag: Any) -> DagTensors:
+    nodes = dag.nodes
+    pos = {n: i for i, n in enumerate(nodes)}
+    edges = np.array([(pos[u], pos[v]) for u, v in dag.graph.edges], dtype=np.int64).reshape(-1, 2)
+    schedule = build_schedule(torch.as_tensor(edges.T.copy()), len(nodes))
+    layers = list(dag.moe_layers.values())
+    width = max((len(x) for x in layers), default=0)
+    expert_pos = np.zeros((len(layers), width), dtype=np.int64)
+    valid = np.zeros((len(layers), width), dtype=bool)
+    layer_of = np.full(len(nodes), -1, dtype=np.int64)
+    for li, experts in enumerate(layers):
+        idx = [pos[n] for n in experts]
+        expert_pos[li, :len(idx)], valid[li, :len(idx)] = idx, True
+        layer_of[idx] = li
+    specs = [dag.spec(n) for n in nodes]
+    depth = dag.depth
+    static = {
+        "kind": np.array([("expert", "segment", "join").index(s.kind) for s in specs]),
+        "replicas_min": np.array([s.replicas_min for s in specs], dtype=float),
+        "replicas_max": np.array([s.replicas_max for s in specs], dtype=float),
+        "weights_mb": np.array([s.weights_mb for s in specs], dtype=float),
+        "parallelism": np.array([s.parallelism for s in specs], dtype=float),
+        "base_ms": np.array([s.base_ms for s in specs], dtype=float),
+        "per_token_ms": np.array([s.per_token_ms for s in specs], dtype=float),
+        "routing": np.array([(s.top_k or 1) / (s.layer_size or 1) for s in specs]),
+        "depth": np.array([depth[n] for n in nodes], dtype=float)
+        / max(1, len(dag.depth_levels) - 1),
+    }
+    weight = static["base_ms"] + static["per_token_ms"] * _TOKENS_FOR_SLO_SHARE
+    path_ms, _ = dag.critical_path(dict(zip(nodes, weight, strict=True)))
+    static["slo_share_ms"] = dag.slo_ms * weight / max(path_ms, 1e-9)
+    return DagTensors(schedule=schedule, expert_index=torch.as_tensor(expert_pos),
+                      expert_valid=torch.as_tensor(valid), expert_pos=expert_pos,
+                      layer_of=layer_of, layer_sizes=valid.sum(1), static=static)
+
+
+def _log_ratio(num: np.ndarray, den: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ok = np.isfinite(num) & (num > 0) & (den > 0)
+    out = np.zeros_like(den, dtype=float)
+    out[ok] = np.clip(np.log(num[ok] / den[ok]), -5.0, 5.0)
+    return out, ok
+
+
+def build_features(obs: Any, dag: Any, *, config: PolicyConfig, gpus: float,
+                   trend: TrendState | None = None) -> tuple[PolicyInput, TrendState]:
+    """One tick's :class:`PolicyInput` (batch of 1) and the next trend state.
+
+    Args:
+        obs: a :class:`smoelib.sim.observation.Observation` (arrays in ``dag.nodes`` order).
+        dag: the pipeline.
+        config: the policy's config (the choices, for normalisation and masks).
+        gpus: GPUs in the cluster (``settings.cluster.gpus``).
+        trend: the previous tick's trend state; None starts the trends at the current load.
+    """
+    d = dag_tensors(dag)
+    s = d.static
+    tok = np.log1p(np.asarray(obs.tokens_per_s, dtype=float))
+    trend = trend or TrendState(short=tok, long=tok)
+    nxt = TrendState(short=trend.short + config.trend_short * (tok - trend.short),
+                     long=trend.long + config.trend_long * (tok - trend.long))
+    tokens = np.asarray(obs.tokens_per_s, dtype=float)
+    layer_tok = np.bincount(d.layer_of[d.layer_of >= 0], weights=tokens[d.layer_of >= 0],
+                            minlength=len(d.layer_sizes))
+    share = np.ones_like(tokens)
+    is_exp = d.layer_of >= 0
+    lt = layer_tok[d.layer_of[is_exp]]
+    share[is_exp] = np.where(lt > 0, tokens[is_exp] / np.maximum(lt, 1e-12)
+                             * d.layer_sizes[d.layer_of[is_exp]], 1.0)
+    p95, has = _log_ratio(np.asarray(obs.latency_p95_ms, dtype=float), s["slo_share_ms"])
+    p50, _ = _log_ratio(np.asarray(obs.latency_p50_ms, dtype=float), s["slo_share_ms"])
+    ready, desired = np.asarray(obs.replicas_ready, float), np.asarray(obs.replicas_desired, float)
+    conc, gshare = np.asarray(obs.concurrency, float), np.asarray(obs.gpu_share, float)
+    calls = np.asarray(obs.calls_per_s, float)
+    per_call = np.where(calls > 0, tokens / np.maximum(calls, 1e-12), 0.0)
+    service = s["base_ms"] + s["per_token_ms"] * per_call
+    seg_gpu = float((desired * gshare)[~is_exp].sum())
+    exp_gpu = float((desired * gshare)[is_exp].sum())
+    expert_budget = max(float(gpus) - seg_gpu, 0.0)
+    slo = float(dag.slo_ms)
+    glob = [_log_ratio(np.array([obs.p95_ms], float), np.array([slo]))[0][0],
+            _log_ratio(np.array([obs.p99_ms], float), np.array([slo]))[0][0],
+            np.log1p(obs.request_rate) / 10.0, min(exp_gpu / max(expert_budget, 1e-6), 4.0)]
+    cols = [s["kind"] == 0, s["kind"] == 1, s["kind"] == 2, tok / 10.0, np.log1p(calls) / 10.0,
+            np.log1p(share), tok - trend.short, tok - trend.long, p95, p50, has,
+            np.clip(np.asarray(obs.inflight, float) / np.maximum(ready * conc, 1.0), 0.0, 4.0),
+            np.log1p(np.asarray(obs.rejected_per_s, float)) / 5.0, np.log1p(desired),
+            np.log1p(ready),
+            np.log1p(np.asarray(obs.replicas_starting, float)
+                     + np.asarray(obs.replicas_pending, float)),
+            np.log1p(s["replicas_min"]), np.log1p(s["replicas_max"]),
+            np.asarray(obs.cpu, float) / config.cpu_choices[-1],
+            np.asarray(obs.memory_mb, float) / config.memory_choices[-1], gshare,
+            np.log1p(conc) / np.log1p(config.concurrency_choices[-1]), s["depth"], s["routing"],
+            np.log1p(s["weights_mb"]) / 10.0, np.log1p(service) / 5.0,
+            *(np.full(len(tokens), g) for g in glob)]
+    x = torch.as_tensor(np.stack(cols, -1), dtype=torch.float32).unsqueeze(0)  # (1, N, F)
+    slots = d.expert_pos  # (L, E) node index per expert slot
+    mask = _choice_mask(config, desired[slots], s["replicas_min"][slots], s["replicas_max"][slots],
+                   s["weights_mb"][slots], s["parallelism"][slots])
+    budget = expert_budget * d.layer_sizes / max(int(d.layer_sizes.sum()), 1)  # (L,)
+    inp = PolicyInput(x=x, schedule=d.schedule, expert_index=d.expert_index,
+                      expert_valid=d.expert_valid,
+                      replicas=torch.as_tensor(desired[slots], dtype=torch.float32).unsqueeze(0),
+                      choice_mask=torch.as_tensor(mask).unsqueeze(0),
+                      budget=torch.as_tensor(budget, dtype=torch.float32).unsqueeze(0))
+    return inp, nxt
+
+
+def _ensure_one(mask: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    return np.where(mask.any(-1, keepdims=True), mask, fallback)
+
+
+def _choice_mask(config: PolicyConfig, cur: np.ndarray, rmin: np.ndarray, rmax: np.ndarray,
+                 weights: np.ndarray, parallelism: np.ndarray) -> np.ndarray:
+    """Bounds masks ``(L, E, heads, C)``, at least one True per head."""
+    deltas = np.array(config.choices("replicas"))
+    target = cur[..., None] + deltas  # (L, E, C)
+    off = np.abs(np.clip(target, rmin[..., None], rmax[..., None]) - target)
+    replicas = off == off.min(-1, keepdims=True)  # in bounds, else the step toward them
+    shape = cur.shape
+    last = {}
+    for h in ("memory_mb", "concurrency"):
+        last[h] = np.zeros((*shape, len(config.choices(h))), dtype=bool)
+        last[h][..., -1] = True
+    out = {"replicas": replicas,
+           "cpu": np.ones((*shape, len(config.cpu_choices)), dtype=bool),
+           "memory_mb": _ensure_one(np.array(config.memory_choices) >= weights[..., None],
+                                    last["memory_mb"]),
+           "concurrency": _ensure_one(np.array(config.concurrency_choices)
+                                      >= parallelism[..., None], last["concurrency"])}
+    if "gpu_share" in config.heads:
+        out["gpu_share"] = np.ones((*shape, len(config.gpu_share_choices)), dtype=bool)
+    padded = np.zeros((*shape, len(config.heads), config.max_choices), dtype=bool)
+    for i, h in enumerate(config.heads):
+        padded[..., i, :out[h].shape[-1]] = out[h]
+    return padded
+
+
+def collate(inputs: list[PolicyInput]) -> PolicyInput:
+    """Stack ticks of one pipeline along the batch dimension."""
+    first = inputs[0]
+    return first._replace(x=torch.cat([i.x for i in inputs]),
+                          replicas=torch.cat([i.replicas for i in inputs]),
+                          choice_mask=torch.cat([i.choice_mask for i in inputs]),
+                          budget=torch.cat([i.budget for i in inputs]))
