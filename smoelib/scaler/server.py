@@ -55,6 +55,7 @@ class ScalerServer:
         self._servicer: ExternalScalerServicer | None = None
         self._health: health.aio.HealthServicer | None = None
         self._stopped = threading.Event()
+        self._unsubscribe: Callable[[], None] = lambda: None
         self.port = 0
 
     async def _start(self, address: str, *, store: DecisionStore, telemetry: ScalerTelemetry,
@@ -78,7 +79,7 @@ class ScalerServer:
         for service in LIVENESS:
             await health_servicer.set(service, _SERVING)
         await self._set_readiness(store)
-        store.subscribe(lambda _pipeline: self._loop.call_soon_threadsafe(
+        self._unsubscribe = store.subscribe(lambda _pipeline: self._loop.call_soon_threadsafe(
             self._loop.create_task, self._set_readiness(store)))
         return port
 
@@ -88,6 +89,7 @@ class ScalerServer:
             await self._health.set(service, status)
 
     async def _stop(self, grace_s: float) -> None:
+        self._unsubscribe()
         await self._health.enter_graceful_shutdown()
         self._servicer.close()
         await self._server.stop(grace_s)
