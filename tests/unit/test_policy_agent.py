@@ -1,0 +1,161 @@
+"""Features, decoder and agent on small hand-written pipelines: shapes, masks, capacity,
+scoring and determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from smoelib.policy.agent import SMoEAgent, SMoEDecider, actions_to_decision
+from smoelib.policy.config import PolicyConfig
+from smoelib.policy.features import FEATURE_NAMES, build_features, collate, feature_signature
+from smoelib.policy.heads import clip_and_mask, sample
+from smoelib.sim.observation import NODE_FIELDS, Observation
+from smoelib.topology import build_dag
+
+SMALL = {"name": "p", "slo_ms": 50, "stages": [{"id": "a"}, {"id": "m", "experts": 3},
+                                               {"id": "b", "experts": 2}, {"id": "z"}]}
+TINY = dict(hidden=8, decode_steps=2)
+
+
+@pytest.fixture(scope="module")
+def dag():
+    return build_dag(SMALL)
+
+
+def observation(dag, seed=0, *, replicas=None):
+    rng = np.random.default_rng(seed)
+    n = len(dag.nodes)
+    arrays = {f: rng.uniform(0.0, 4.0, n) for f in NODE_FIELDS}
+    arrays["replicas_desired"] = (np.full(n, float(replicas)) if replicas is not None
+                                  else rng.integers(0, 4, n).astype(float))
+    arrays["latency_p95_ms"][0] = np.nan
+    return Observation(time_s=12.0, nodes=dag.nodes, request_rate=5.0, p95_ms=40.0,
+                       p99_ms=60.0, **arrays)
+
+
+def features(dag, config, seed=0, gpus=8.0, **kw):
+    return build_features(observation(dag, seed, **kw), dag, config=config, gpus=gpus)[0]
+
+
+def test_feature_shapes(dag):
+    cfg = PolicyConfig(**TINY)
+    inp = features(dag, cfg)
+    n, layers, width = len(dag.nodes), len(dag.moe_layers), 3
+    assert inp.x.shape == (1, n, len(FEATURE_NAMES)) and torch.isfinite(inp.x).all()
+    assert inp.expert_index.shape == (layers, width)
+    assert inp.expert_valid.tolist() == [[True, True, True], [True, True, False]]
+    assert inp.replicas.shape == (1, layers, width) and inp.budget.shape == (1, layers)
+    assert inp.choice_mask.shape == (1, layers, width, len(cfg.heads), cfg.max_choices)
+    assert inp.choice_mask.any(-1).all()  # every head keeps a choice, padding included
+    both = collate([inp, features(dag, cfg, seed=1)])
+    assert both.x.shape[0] == 2 and both.choice_mask.shape[0] == 2
+
+
+def test_heads_follow_the_gpu_sharing_mode():
+    assert "gpu_share" in PolicyConfig(gpu_sharing="mps-env").heads
+    assert "gpu_share" not in PolicyConfig(gpu_sharing="mps-device-plugin").heads
+    assert "gpu_share" not in PolicyConfig(gpu_sharing="none").heads
+    assert feature_signature(PolicyConfig()) != feature_signature(PolicyConfig(gpu_sharing="none"))
+
+
+def test_trend_state_carries_between_ticks(dag):
+    cfg = PolicyConfig(**TINY)
+    first, trend = build_features(observation(dag, 0), dag, config=cfg, gpus=8)
+    i = FEATURE_NAMES.index("trend_short")
+    assert (first.x[0, :, i] == 0).all()  # the first tick starts the trends at the load
+    second, _ = build_features(observation(dag, 1), dag, config=cfg, gpus=8, trend=trend)
+    assert (second.x[0, :, i] != 0).any()
+
+
+@pytest.mark.parametrize("arch", ["smoe", "smoe-mlp", "smoe-independent"])
+@pytest.mark.parametrize("sharing", ["mps-env", "mps-device-plugin", "none"])
+def test_agent_shapes_and_rescoring(dag, arch, sharing):
+    cfg = PolicyConfig(architecture=arch, gpu_sharing=sharing, **TINY)
+    agent = SMoEAgent(cfg)
+    inp = collate([features(dag, cfg, 0), features(dag, cfg, 1)])
+    out = agent(inp, generator=torch.Generator().manual_seed(1))
+    assert out.actions.choices.shape == (2, 2, 3, len(cfg.heads))
+    assert out.log_prob.shape == out.entropy.shape == out.value.shape == (2,)
+    assert torch.isfinite(out.log_prob).all() and (out.entropy > 0).all()
+    again = agent(inp, actions=out.actions)  # teacher-forced: the same log-probabilities
+    assert torch.allclose(again.log_prob, out.log_prob, atol=1e-5)
+    again.log_prob.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in agent.parameters() if p.grad is not None)
+    order = out.actions.order[:, 0, :3].sort(-1).values  # layer m: a permutation of 0..2
+    assert order.tolist() == [[0, 1, 2], [0, 1, 2]]
+
+
+def test_a_masked_choice_is_never_sampled():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.tensor([5.0, 0.1, -0.1, 0.0]).repeat(20000, 1)
+    mask = torch.tensor([False, True, True, False])
+    scores = clip_and_mask(logits, mask, 10.0)
+    picks = sample(scores, gen)
+    assert set(picks.tolist()) == {1, 2}  # the masked favourite never, both allowed ones
+    p1 = torch.softmax(scores[0], -1)[1].item()
+    assert (picks == 1).float().mean().item() == pytest.approx(p1, abs=0.02)
+
+
+def test_decoded_actions_respect_bounds_and_masks(dag):
+    cfg = PolicyConfig(**TINY)
+    agent = SMoEAgent(cfg)
+    inp = features(dag, cfg, replicas=0)
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(20):
+        choices = agent(inp, generator=gen).actions.choices  # (1, L, E, heads)
+        allowed = inp.choice_mask.gather(-1, choices.unsqueeze(-1)).squeeze(-1)
+        assert allowed[0][inp.expert_valid].all()
+        decision = actions_to_decision(agent(inp, generator=gen).actions, inp, dag, config=cfg,
+                                       updated_at=1.0)
+        for node, d in decision.experts.items():
+            spec = dag.spec(node)
+            assert spec.replicas_min <= d.replicas <= min(spec.replicas_max, cfg.max_replica_step)
+            assert d.gpu_share in cfg.gpu_share_choices and d.cpu in cfg.cpu_choices
+        assert set(decision.experts) == set(dag.experts)
+
+
+def test_the_gpu_budget_caps_what_a_layer_takes(dag):
+    cfg = PolicyConfig(**TINY)
+    agent = SMoEAgent(cfg)
+    # a cluster whose segments already hold every GPU but 0.6: each layer gets 0.3 GPU
+    obs = observation(dag, replicas=1)
+    seg_gpu = sum(obs.gpu_share[i] for i, n in enumerate(dag.nodes) if n not in dag.experts)
+    inp = build_features(obs, dag, config=cfg, gpus=seg_gpu + 0.6)[0]
+    gen = torch.Generator().manual_seed(3)
+    deltas, shares = torch.tensor(cfg.choices("replicas")), torch.tensor(cfg.gpu_share_choices)
+    for _ in range(30):
+        c = agent(inp, generator=gen).actions.choices[0]  # (L, E, heads)
+        target = (inp.replicas[0] + deltas[c[..., 0]]).clamp_min(0)
+        used = (target * shares[c[..., 1]] * inp.expert_valid).sum(-1)  # (L,)
+        smallest = (inp.replicas[0] - cfg.max_replica_step).clamp_min(0) * shares[0]
+        # within budget, unless even the smallest choices do not fit
+        assert (used <= torch.maximum(inp.budget[0], (smallest * inp.expert_valid).sum(-1))
+                + 1e-5).all()
+
+
+def test_same_seed_same_parameters_and_actions(dag):
+    cfg = PolicyConfig(seed=7, **TINY)
+    a, b = SMoEAgent(cfg), SMoEAgent(cfg)
+    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert na == nb and torch.equal(pa, pb)
+    inp = features(dag, cfg)
+    out_a = a(inp, generator=torch.Generator().manual_seed(5))
+    out_b = b(inp, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(out_a.actions.choices, out_b.actions.choices)
+    assert torch.equal(out_a.actions.order, out_b.actions.order)
+    assert torch.equal(out_a.log_prob, out_b.log_prob)
+    other = SMoEAgent(PolicyConfig(seed=8, **TINY))
+    assert not torch.equal(other.decoder.init_state.weight, a.decoder.init_state.weight)
+
+
+def test_decider_runs_ticks_deterministically(dag):
+    agent = SMoEAgent(PolicyConfig(**TINY))
+    decider = SMoEDecider(dag=dag, agent=agent, gpus=8.0, sample=True)
+    runs = []
+    for _ in range(2):
+        decider.reset(seed=11)
+        runs.append([decider.decide(observation(dag, s)) for s in range(3)])
+    assert runs[0] == runs[1]
+    assert runs[0][0].pipeline == "p" and runs[0][0].updated_at == 12.0
