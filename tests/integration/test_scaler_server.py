@@ -291,8 +291,9 @@ def _wait_for(condition, *, attempts: int = 200) -> bool:
 
 def test_store_outlives_a_stopped_server(store):
     with running_scaler(store) as s:
-        s.stub.StreamIsActive(ref(), timeout=5)
+        stream = s.stub.StreamIsActive(ref(), timeout=5)  # held: a dropped call is cancelled
         assert _wait_for(lambda: s.registry.get_sample_value("smoe_scaler_streams_open") == 1)
+        stream.cancel()
     store.update(decision("tiny", {"moe1/e0": 1}))  # no listener left on the closed loop
     with running_scaler(store) as s:
         assert poll(s.stub, ref())[1:] == (1.0, True)
