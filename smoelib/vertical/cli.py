@@ -13,10 +13,11 @@ import sys
 import time
 
 from smoelib.decisions import check_decision, load_decision
-from smoelib.errors import ConfigError, PermanentError, Problem, TransientError
-from smoelib.settings import Settings, load_settings
+from smoelib.errors import PermanentError, TransientError
+from smoelib.settings import load_settings
 from smoelib.topology import build_dag
-from smoelib.vertical.backends.base import Backend, apply_plan
+from smoelib.vertical.backends.base import apply_plan
+from smoelib.vertical.factory import make_backend
 from smoelib.vertical.planner import Plan, PlanRules, plan_patches
 from smoelib.vertical.planner_yaml import plan_to_yaml
 
@@ -43,7 +44,11 @@ def run(args: argparse.Namespace) -> int:
     decision = load_decision(args.decisions)
     check_decision(decision, pipeline=dag.name, experts=dag.experts, source=args.decisions)
     functions = {n: dag.function_name(n) for n in dag.experts}
-    backend = _backend(args, settings, sorted(functions.values()), dag.namespace)
+    kind = ("openfaas-gateway" if args.gateway else "kubernetes" if args.kubeconfig
+            else settings.vertical.backend)
+    backend = make_backend(settings, functions=sorted(functions.values()),
+                           namespace=dag.namespace, kind=kind, kubeconfig=args.kubeconfig,
+                           gateway=args.gateway, stack=args.stack)
     rules = PlanRules.from_settings(settings)
 
     def replan(only: frozenset[str] | None = None) -> Plan:
@@ -73,51 +78,3 @@ def run(args: argparse.Namespace) -> int:
     for note in report.notes[len(plan.notes):]:
         print(f"note: {note}", file=sys.stderr)
     return EXIT_FAILED if report.failed else 0
-
-
-def _backend(args: argparse.Namespace, settings: Settings, functions: list[str],
-             namespace: str) -> Backend:
-    v = settings.vertical
-    rules = PlanRules.from_settings(settings)
-    kind = ("openfaas-gateway" if args.gateway else "kubernetes" if args.kubeconfig
-            else v.backend)
-    if kind == "openfaas-gateway":
-        from smoelib.vertical.backends.gateway import GatewayBackend, read_basic_auth
-        from smoelib.vertical.backends.stack import load_stack
-
-        stack_file = args.stack or v.stack_file
-        if not stack_file:
-            raise ConfigError([Problem("vertical.stack_file", "the openfaas-gateway backend "
-                                       "needs stack.yml (--stack): a PUT replaces the whole "
-                                       "spec and a GET does not return env vars")])
-        stack = load_stack(stack_file, functions, namespace=namespace)
-        auth = read_basic_auth(v.gateway_auth_dir) if v.gateway_auth_dir else None
-        return GatewayBackend(args.gateway or v.gateway_url, stack=stack, rules=rules,
-                              timeout_s=v.request_timeout_s, auth=auth)
-    if kind == "kubernetes":
-        from smoelib.vertical.backends.kubernetes import KubernetesBackend
-
-        return KubernetesBackend(_api_client(args.kubeconfig), rules=rules,
-                                 timeout_s=v.request_timeout_s,
-                                 scaledobjects=settings.guards.pause_scaledobject_during_rollout)
-    raise ConfigError([Problem("vertical.backend", "the simulated backend applies to a "
-                               "running simulator; smoe plan needs --kubeconfig or --gateway")])
-
-
-def _api_client(kubeconfig: str | None) -> object:
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    configuration.retries = False  # sMoE owns retries (409 re-plans); urllib3 must not add its own
-    try:
-        if kubeconfig is None:
-            try:
-                config.load_incluster_config(client_configuration=configuration)
-                return client.ApiClient(configuration)
-            except config.ConfigException:
-                pass
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        return client.ApiClient(configuration)
-    except (config.ConfigException, OSError) as e:
-        raise ConfigError([Problem("--kubeconfig", f"cannot load: {e}")],
-                          source=kubeconfig) from e

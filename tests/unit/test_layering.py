@@ -22,6 +22,7 @@ NETWORK = {"grpc", "requests", "urllib3", "urllib.request", "http.client", "http
 TORCH_ALLOWED = ["policy/*", "policy/**/*"]
 NETWORK_ALLOWED = ["metrics.py", "instrument.py", "controller.py", "scaler/*", "vertical/backend*",
                    "vertical/kubernetes*", "vertical/gateway*", "vertical/cli.py",
+                   "vertical/factory.py",
                    "sim/exporter.py", "sim/cli.py", "cli.py", "commands/*", "demo/*",
                    "keda_proto/*"]
 PURE = ["topology.py", "_dag_builder.py", "pipeline_schema.py", "model.py", "guards.py",
