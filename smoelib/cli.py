@@ -24,6 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("smoelib.sim.cli", "run a policy on the simulated cluster"),
     "plan": ("smoelib.vertical.cli", "show (and apply) the patches a decision file needs"),
     "manifests": ("smoelib.commands.manifests", "generate one KEDA ScaledObject per expert"),
+    "evaluate": ("smoelib.commands.evaluate", "compare policies on the same simulated requests"),
+    "tune": ("smoelib.commands.tune", "tune a baseline's settings on the training traces"),
+    "demo": ("smoelib.commands.demo", "run everything on the embedded simulated cluster"),
 }
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,7 +23,8 @@ TORCH_ALLOWED = ["policy/*", "policy/**/*"]
 NETWORK_ALLOWED = ["metrics.py", "instrument.py", "controller.py", "scaler/*", "vertical/backend*",
                    "vertical/kubernetes*", "vertical/gateway*", "vertical/cli.py",
                    "vertical/factory.py",
-                   "sim/exporter.py", "sim/cli.py", "cli.py", "commands/*", "demo/*",
+                   "sim/exporter.py", "sim/cli.py", "cli.py", "commands/*", "demo.py",
+                   "embedded.py",
                    "keda_proto/*"]
 PURE = ["topology.py", "_dag_builder.py", "pipeline_schema.py", "model.py", "guards.py",
         "settings.py", "settings_base.py", "errors.py", "yamlsrc.py", "decisions.py",

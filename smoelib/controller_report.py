@@ -1,0 +1,97 @@
+"""What the controller prints: one compact line per tick and a per-layer table.
+
+Pure formatting over a tick's report, its observation and decision.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from smoelib.decisions import ExpertDecision, PipelineDecision
+from smoelib.settings import Settings
+from smoelib.topology import PipelineDAG
+
+__all__ = ["format_tick", "layer_table", "changes", "cost_per_hour"]
+
+MAX_NAMED = 4
+"""Experts named per line; the rest are counted."""
+
+
+def cost_per_hour(e: ExpertDecision, settings: Settings) -> float:
+    """What ``e`` costs per hour at its replicas, in the configured currency."""
+    p = settings.prices
+    share = e.gpu_share if settings.gpu_sharing.mode != "none" else 0.0
+    if settings.gpu_sharing.mode == "mps-device-plugin" and share > 0:
+        share = 1.0 / settings.gpu_sharing.slots_per_gpu
+    return e.replicas * (e.cpu * p.cpu_core_hour + e.memory_mb / 1024 * p.memory_gib_hour
+                         + share * p.gpu_hour)
+
+
+def changes(before: PipelineDecision | None, after: PipelineDecision) -> list[str]:
+    """``node knob a->b`` for every changed knob, hottest changes (replicas) first."""
+    out = []
+    for node, e in after.experts.items():
+        old = before.experts.get(node) if before else None
+        if old is None:
+            continue
+        parts = []
+        if e.replicas != old.replicas:
+            parts.append(f"{old.replicas}->{e.replicas}")
+        if e.gpu_share != old.gpu_share:
+            parts.append(f"gpu {old.gpu_share:g}->{e.gpu_share:g}")
+        if e.concurrency != old.concurrency:
+            parts.append(f"conc {old.concurrency}->{e.concurrency}")
+        if e.cpu != old.cpu or e.memory_mb != old.memory_mb:
+            parts.append(f"{old.cpu:g}c/{old.memory_mb}M->{e.cpu:g}c/{e.memory_mb}M")
+        if parts:
+            out.append(f"{node} {' '.join(parts)}")
+    return out
+
+
+def format_tick(report: Any, dag: PipelineDAG, settings: Settings,
+                previous: PipelineDecision | None = None) -> str:
+    """One line: time, status, replicas and cost rate, the experts that changed."""
+    stamp = time.strftime("%H:%M:%S", time.gmtime(report.time))
+    head = f"[{stamp}] {dag.name} {report.status:<12}"
+    if report.status != "ok" or report.decision is None:
+        detail = report.error or ("; ".join(report.notes[:1]) if report.notes else "")
+        return f"{head} {detail}".rstrip()
+    d = report.decision
+    replicas = sum(e.replicas for e in d.experts.values())
+    rate = sum(cost_per_hour(e, settings) for e in d.experts.values())
+    line = (f"{head} decide {report.decide_ms:5.1f} ms  experts {len(d.experts)}  "
+            f"replicas {replicas}  {rate:.2f} {settings.prices.currency}/h")
+    changed = changes(previous, d)
+    if changed:
+        more = f" (+{len(changed) - MAX_NAMED} more)" if len(changed) > MAX_NAMED else ""
+        line += "  changed: " + ", ".join(changed[:MAX_NAMED]) + more
+    if report.patches:
+        line += f"  patches {report.patches}"
+    return line
+
+
+def layer_table(observation: Any, decision: PipelineDecision, dag: PipelineDAG,
+                settings: Settings) -> str:
+    """Per MoE layer: tokens/s, calls/s, replicas, hottest expert's P95 against the layer's
+    share of the SLO, cost rate; then the pipeline's end-to-end P95 against its SLO."""
+    index = {n: i for i, n in enumerate(observation.nodes)}
+    budget = dag.slo_ms / max(1, len(dag.stages))
+    rows = [f"{'layer':<10} {'tokens/s':>9} {'calls/s':>8} {'replicas':>8} "
+            f"{'p95 ms':>7} {'budget':>7} {'cost/h':>7}"]
+    for stage, experts in dag.moe_layers.items():
+        idx = [index[n] for n in experts]
+        p95 = observation.latency_p95_ms[idx]
+        worst = float(np.nanmax(p95)) if np.isfinite(p95).any() else math.nan
+        reps = sum(decision.experts[n].replicas for n in experts if n in decision.experts)
+        cost = sum(cost_per_hour(decision.experts[n], settings) for n in experts
+                   if n in decision.experts)
+        rows.append(f"{stage:<10} {observation.tokens_per_s[idx].sum():9.0f} "
+                    f"{observation.calls_per_s[idx].sum():8.1f} {reps:8d} {worst:7.1f} "
+                    f"{budget:7.1f} {cost:7.2f}")
+    rows.append(f"end to end: P95 {observation.p95_ms:.1f} ms against an SLO of "
+                f"{dag.slo_ms:g} ms at {observation.request_rate:.1f} req/s")
+    return "\n".join(rows)

@@ -1,0 +1,153 @@
+"""``smoe demo``: wire the embedded default together, run it, compare with a baseline."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from prometheus_client import CollectorRegistry
+
+from smoelib.controller import SMoEController
+from smoelib.controller_report import layer_table
+from smoelib.embedded import EmbeddedCluster, KedaPoller, SimClock
+from smoelib.policy.base import get_decider
+from smoelib.scaler.server import create_server
+from smoelib.scaler.store import DecisionStore
+from smoelib.settings import Settings, load_settings
+from smoelib.sim.env import SimEnv
+from smoelib.sim.summary import Summary, summarise
+from smoelib.topology import PipelineDAG, build_dag
+from smoelib.vertical.loop import VerticalLoop
+
+__all__ = ["DemoRun", "compare", "run_policy"]
+
+
+@dataclass
+class DemoRun:
+    """One embedded run: a pipeline, a trace, a seed, a policy."""
+
+    dag: PipelineDAG
+    settings: Settings
+    trace: str
+    duration_s: float
+    seed: int
+    policy: str
+    prometheus: str | None = None
+    exporter_port: int = 0
+    speed: float = 20.0
+    log: list[str] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, *, pipeline: str, config: str | None, trace: str, duration_s: float,
+              seed: int, policy: str | None, prometheus: str | None = None,
+              exporter_port: int = 0, speed: float = 20.0) -> DemoRun:
+        settings = load_settings(config)
+        dag = build_dag(config=pipeline, validate=True, attach_metadata=True)
+        return cls(dag, settings, trace, duration_s, seed, policy or settings.policy.name,
+                   prometheus, exporter_port, speed)
+
+    def banner(self) -> str:
+        source = f"Prometheus at {self.prometheus}" if self.prometheus else "the simulator"
+        return (f"smoe demo: {self.dag.name} ({len(self.dag.experts)} experts, SLO "
+                f"{self.dag.slo_ms:g} ms), trace {self.trace}, {self.duration_s:.0f} s, seed "
+                f"{self.seed}; policy {self.policy} reading {source}; replicas reach the "
+                "cluster through the KEDA external scaler over gRPC")
+
+    def run(self, *, table_every_s: float, out: TextIO) -> Summary:
+        """Run the policy through the controller, the scaler and the simulated cluster."""
+        env = SimEnv(self.dag, self.settings, trace=self.trace, duration_s=self.duration_s)
+        first = env.reset(self.seed)
+        clock_box: list[SimClock] = []
+        store = DecisionStore(staleness_s=self.settings.scaler.staleness_s,
+                              clock=lambda: clock_box[0].now())
+        store.add_pipeline(self.dag)
+        server, port = create_server("127.0.0.1:0", store=store, registry=CollectorRegistry())
+        poller = KedaPoller(f"127.0.0.1:{port}", self.dag, self.settings)
+        exporter = self._exporter(env) if self.prometheus else None
+        next_table = [table_every_s]
+
+        def on_tick(result: Any) -> None:
+            if exporter is not None:
+                exporter.publish(_snapshot(env))
+            t = env.tick * env.dt
+            if t >= next_table[0] and controller.last is not None:
+                next_table[0] += table_every_s
+                print(f"\n-- t = {t:.0f} s, cost so far {env.cost:.3f} "
+                      f"{self.settings.prices.currency}", file=out)
+                print(layer_table(result.observation, controller.last, self.dag,
+                                  self.settings), file=out, flush=True)
+
+        cluster = EmbeddedCluster(env, poller, first, on_tick=on_tick)
+        clock = SimClock(cluster, speed=self.speed if self.prometheus else None)
+        clock_box.append(clock)
+        decider = get_decider(self.policy, dag=self.dag, settings=self.settings)
+        decider.reset(self.seed)
+        vertical = VerticalLoop.from_settings(self.dag, self.settings, sim_target=cluster,
+                                              kind="simulated")
+        controller = SMoEController(
+            self.dag, self.settings, prometheus_url=self.prometheus, dry_run=False,
+            log_interval=math.inf, warmup_seconds=0, clock=clock,
+            source=None if self.prometheus else cluster, decider=decider, store=store,
+            vertical=vertical)
+        steps = int(round(self.duration_s / env.dt))
+        try:
+            reports = controller.run(interval=env.dt, max_steps=steps, verbose=False)
+        finally:
+            poller.close()
+            server.stop(grace_s=0)
+        self.reports = reports
+        self.keda_errors = poller.errors
+        return summarise(env)
+
+    def _exporter(self, env: SimEnv) -> Any:
+        from smoelib.sim.exporter import SimCollector, serve
+
+        collector = SimCollector(self.dag)
+        serve(collector, self.exporter_port)
+        return collector
+
+    def baseline(self, name: str) -> Summary:
+        """``name`` on the same trace and seed, straight on the simulator."""
+        return run_policy(self.dag, self.settings, name, trace=self.trace,
+                          duration_s=self.duration_s, seed=self.seed)
+
+
+def _snapshot(env: SimEnv) -> dict[str, Any]:
+    from smoelib.sim.exporter import snapshot
+
+    return snapshot(env)
+
+
+def run_policy(dag: PipelineDAG, settings: Settings, name: str, *, trace: str,
+               duration_s: float, seed: int) -> Summary:
+    """Run decider ``name`` directly on a fresh simulator; its summary."""
+    env = SimEnv(dag, settings, trace=trace, duration_s=duration_s)
+    observation = env.reset(seed)
+    decider = get_decider(name, dag=dag, settings=settings)
+    decider.reset(seed)
+    done = False
+    while not done:
+        result = env.step(decider.decide(observation))
+        observation, done = result.observation, result.done
+    return summarise(env)
+
+
+def compare(ours: Summary, theirs: Summary, *, policy: str, baseline: str, slo_ms: float,
+            currency: str) -> str:
+    """A side-by-side table of two runs on the same requests."""
+    rows = [("requests", "requests", "{:.0f}"), ("dropped", "dropped", "{:.0f}"),
+            ("P50 ms", "p50_ms", "{:.1f}"), ("P95 ms", "p95_ms", "{:.1f}"),
+            ("P99 ms", "p99_ms", "{:.1f}"), ("window violations", "window_violation_rate",
+                                            "{:.3f}"),
+            (f"cost {currency}", "cost", "{:.4f}"), ("cold starts", "cold_starts", "{:.0f}"),
+            ("429s", "rejected", "{:.0f}"), ("rollouts", "rollouts", "{:.0f}")]
+    width = max(len(policy), len(baseline), 10)
+    lines = ["", f"{'':<18} {policy:>{width}} {baseline:>{width}}"]
+    for label, key, fmt in rows:
+        a, b = getattr(ours, key), getattr(theirs, key)
+        lines.append(f"{label:<18} {fmt.format(a):>{width}} {fmt.format(b):>{width}}")
+    ratio = ours.cost / theirs.cost if theirs.cost else math.nan
+    lines.append(f"cost of {policy} is {ratio:.2f} x {baseline}; P95 {ours.p95_ms:.1f} ms vs "
+                 f"{theirs.p95_ms:.1f} ms against an SLO of {slo_ms:g} ms")
+    return "\n".join(lines)
