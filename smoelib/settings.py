@@ -345,6 +345,145 @@ class Manifests:
 
 
 @dataclass(frozen=True)
+class StaticVertical:
+    """A baseline's vertical configuration: the same for every expert, the best static one
+    found by ``smoe tune`` (docs/results/tuning.md)."""
+
+    gpu_share: float = setting(0.1, "GPU share of every expert replica", unit="fraction of one GPU",
+                               check=fraction)
+    cpu: float = setting(0.5, "CPU of every expert replica", unit="cores", check=positive)
+    memory_mb: int = setting(1024, "memory of every expert replica", unit="MiB", check=positive)
+    concurrency: int = setting(4, "OpenFaaS max_inflight of every expert replica", unit="calls",
+                               check=positive)
+
+
+@dataclass(frozen=True)
+class HpaBaseline:
+    """``hpa`` / ``hpa-stock``: KEDA's Prometheus scaler plus the HPA on per-replica load."""
+
+    metric: Literal["rps", "inflight"] = setting(
+        "rps", "per-replica metric: calls per second or calls in flight")
+    target: float = setting(20.0, "AverageValue target of the metric per replica",
+                            unit="calls/s or calls", check=positive)
+    vertical: StaticVertical = section(StaticVertical, "per-expert vertical configuration")
+
+
+@dataclass(frozen=True)
+class KpaBaseline:
+    """``kpa``: Knative's KPA (knative/serving config/core/configmaps/autoscaler.yaml)."""
+
+    metric: Literal["concurrency", "rps"] = setting(
+        "concurrency", "what a pod's target counts: in-flight calls or calls per second")
+    target: float = setting(4.0, "per-pod target (container-concurrency-target or rps target)",
+                            unit="calls or calls/s", check=positive)
+    utilization: float = setting(0.7, "container-concurrency-target-percentage / 100",
+                                 unit="fraction", check=fraction)
+    stable_window_s: float = setting(60.0, "stable window", unit="s", check=positive)
+    panic_window_pct: float = setting(10.0, "panic window as a percentage of the stable window",
+                                      unit="%", check=positive)
+    panic_threshold: float = setting(2.0, "panic when the panic-window pods exceed this many "
+                                     "times the ready pods", unit="ratio", check=positive)
+    max_scale_up_rate: float = setting(1000.0, "most pods per tick as a multiple of ready pods",
+                                       unit="ratio", check=positive)
+    max_scale_down_rate: float = setting(2.0, "ready pods divided by this is the floor per tick",
+                                         unit="ratio", check=positive)
+    scale_to_zero_grace_s: float = setting(30.0, "wait before the last pod goes", unit="s",
+                                           check=non_negative)
+    vertical: StaticVertical = section(StaticVertical, "per-expert vertical configuration")
+
+
+@dataclass(frozen=True)
+class OpenFaasBaseline:
+    """``openfaas``: the OpenFaaS Pro autoscaler (docs.openfaas.com/architecture/autoscaling)."""
+
+    mode: Literal["capacity", "rps"] = setting(
+        "capacity", "capacity: in-flight calls per replica; rps: calls per second per replica")
+    target: float = setting(4.0, "target load per replica", unit="calls or calls/s",
+                            check=positive)
+    target_proportion: float = setting(0.9, "com.openfaas.scale.target-proportion",
+                                       unit="fraction", check=positive)
+    vertical: StaticVertical = section(StaticVertical, "per-expert vertical configuration")
+
+
+@dataclass(frozen=True)
+class QueueingBaseline:
+    """``queueing`` (and ``oracle``, ``static-peak``): M/M/c/K sizing per expert on EWMA
+    forecasts, the SLO split across layers by load, EPLB apportionment (docs/baselines.md)."""
+
+    ewma_fast_s: float = setting(15.0, "time constant of the fast load EWMA", unit="s",
+                                 check=positive)
+    ewma_slow_s: float = setting(120.0, "time constant of the slow load EWMA", unit="s",
+                                 check=positive)
+    headroom: float = setting(0.3, "forecast load x (1 + headroom)", unit="fraction",
+                              check=non_negative)
+    slo_fraction: float = setting(0.9, "aim the P95 bound at this fraction of the SLO",
+                                  unit="fraction of SLO", check=positive)
+    tail: float = setting(0.01, "per-call tail probability each expert must meet its layer "
+                          "budget at", unit="probability", check=fraction)
+    arrival_scv: float = setting(1.5, "squared coefficient of variation of call arrivals "
+                                 "(Allen-Cunneen burstiness correction)", check=non_negative)
+    max_block: float = setting(0.001, "largest accepted 429 probability per call",
+                               unit="probability", check=fraction)
+    scale_down_delay_s: float = setting(30.0, "keep the highest replica count of this long",
+                                        unit="s", check=non_negative)
+    reconfigure_s: float = setting(300.0, "least time between GPU share or concurrency "
+                                   "changes of one expert", unit="s", check=non_negative)
+    reconfigure_saving: float = setting(0.15, "change the slow knobs only for this relative "
+                                        "saving", unit="fraction", check=non_negative)
+
+
+@dataclass(frozen=True)
+class ElasticMoeBaseline:
+    """``elasticmoe``: one elastic expert-parallel instance; the scale unit is one GPU."""
+
+    gpu_share: float = setting(0.1, "GPU share of one expert slot (slots per GPU = 1 / share)",
+                               unit="fraction of one GPU", check=fraction)
+    scale_up_utilization: float = setting(0.5, "add a GPU above this busy fraction of the "
+                                          "busiest slot", unit="fraction", check=positive)
+    scale_down_utilization: float = setting(0.2, "remove a GPU below this busy fraction",
+                                            unit="fraction", check=non_negative)
+    scale_up_p95: float = setting(0.9, "add a GPU while the P95 exceeds this fraction of the SLO",
+                                  unit="fraction of SLO", check=positive)
+    cooldown_s: float = setting(30.0, "least time between two scale events", unit="s",
+                                check=non_negative)
+    scale_up_start_s: float = setting(0.3, "pod start of a scale-up (P2P weight transfer, "
+                                      "zero-copy remapping; about 9x faster than a cold start)",
+                                      unit="s", check=positive)
+    concurrency: int = setting(4, "max_inflight of every slot", unit="calls", check=positive)
+
+
+@dataclass(frozen=True)
+class FaasConfBaseline:
+    """``faasconf``: FaaSConf's per-function configurator, re-implemented from the paper's
+    description (attention over DAG neighbours, the safe-exploration band)."""
+
+    target_utilization: float = setting(0.3, "replicas for this busy fraction per replica",
+                                        unit="fraction", check=positive)
+    neighbour_weight: float = setting(0.5, "weight of the attention summary of DAG neighbours",
+                                      unit="fraction", check=fraction)
+    latency_gain: float = setting(1.0, "GPU share step per unit of latency over target",
+                                  check=non_negative)
+    band_sigmas: float = setting(2.0, "safe-exploration band: mean +- this many sigmas of the "
+                                 "good-configuration library's price", check=positive)
+    noise: float = setting(0.05, "Gaussian noise on a library configuration (fraction of range)",
+                           check=non_negative)
+    concurrency: int = setting(4, "max_inflight", unit="calls", check=positive)
+
+
+@dataclass(frozen=True)
+class Baselines:
+    """Each baseline's tuned settings (``smoe tune``; docs/results/tuning.md)."""
+
+    hpa: HpaBaseline = section(HpaBaseline, "hpa: with sMoE's ScaledObject behaviour")
+    hpa_stock: HpaBaseline = section(HpaBaseline, "hpa-stock: with the stock HPA defaults")
+    kpa: KpaBaseline = section(KpaBaseline, "kpa: Knative KPA")
+    openfaas: OpenFaasBaseline = section(OpenFaasBaseline, "openfaas: OpenFaaS Pro autoscaler")
+    queueing: QueueingBaseline = section(QueueingBaseline, "queueing, oracle, static-peak")
+    elasticmoe: ElasticMoeBaseline = section(ElasticMoeBaseline, "elasticmoe")
+    faasconf: FaasConfBaseline = section(FaasConfBaseline, "faasconf")
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole settings tree (``config.yaml``)."""
 
@@ -360,6 +499,7 @@ class Settings:
     simulator: Simulator = section(Simulator, "simulated cluster")
     policy: Policy = section(Policy, "policy and checkpoint")
     manifests: Manifests = section(Manifests, "generated KEDA ScaledObjects")
+    baselines: Baselines = section(Baselines, "each baseline's tuned settings")
 
 
 def load_settings(config: str | Path | Mapping[str, Any] | None = None) -> Settings:

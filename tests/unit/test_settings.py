@@ -67,7 +67,8 @@ def test_every_problem_reported_with_file_field_and_line(tmp_path):
         f"{path}:2: gpu_sharing.mode: must be one of 'mps-env', 'mps-device-plugin', 'none', "
         "got 'mig'",
         f"{path}:3: bogus: unknown key 'bogus'; expected one of gpu_sharing, actions, cluster, "
-        "prices, control, guards, metrics, scaler, vertical, simulator, policy, manifests",
+        "prices, control, guards, metrics, scaler, vertical, simulator, policy, manifests, "
+        "baselines",
         f"{path}:5: actions.cpu: every item must be > 0 (got 0.0), got [0, 1]",
         f"{path}:9: guards.max_step_up: must be an integer, got 1.5",
         f"{path}:11: prices.gpu_hour: must be >= 0, got -1",

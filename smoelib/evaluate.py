@@ -1,0 +1,236 @@
+"""``smoe evaluate``: every (pipeline, trace, policy, seed) on the same arrivals and routing.
+
+Common random numbers: a run's arrivals and routing depend only on its trace and seed (the
+simulator's streams, docs/simulator.md), so every policy of a scenario sees the same requests.
+Every decision passes the same physical guards (:func:`smoelib.guards.guard` without a last
+decision or an observed P95: bounds and GPU capacity, never the sMoE-only step limits or
+scale-down hold), so no policy gets capacity another does not. Hooks a decider may have
+(docs/baselines.md): ``simulator_overrides`` (settings its model needs), ``see_future`` (the
+true offered load, for ``oracle``, ``static-peak`` and ``floor``), ``episode_cost`` (``floor``).
+Results: ``results.json`` (DESIGN.md "Results of smoe evaluate") and the markdown table with
+the acceptance checks (:func:`table_markdown`); the CLI draws the plots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smoelib.guards import guard
+from smoelib.policy.base import get_decider
+from smoelib.policy.baselines.common import Experts, Hindsight, with_overrides
+from smoelib.settings import load_settings
+from smoelib.sim.env import SimEnv
+from smoelib.sim.summary import summarise, window_series
+from smoelib.topology import build_dag
+
+__all__ = ["RunSpec", "run_one", "run_all", "hindsight", "segment_cost", "RUN_KEYS",
+           "write_json", "table_markdown", "checks"]
+
+RUN_KEYS = ("pipeline", "trace", "policy", "seed", "duration_s", "requests", "dropped", "cost",
+            "p95_ms", "p99_ms", "slo_ms", "window_violation_rate", "decide_ms_p50")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: ``pipeline`` (a pipeline.yml path), ``trace`` (built-in name or CSV path),
+    ``policy`` (registry name), ``seed``, ``duration_s`` (simulated seconds), ``config``
+    (config.yaml path or None for the packaged defaults), ``overrides`` (dotted settings paths
+    and values applied over it, as ``smoe tune`` tries them)."""
+
+    pipeline: str
+    trace: str
+    policy: str
+    seed: int
+    duration_s: float
+    config: str | None = None
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+
+def hindsight(env: SimEnv, ex: Experts) -> Hindsight:
+    """The episode's true offered load per tick and expert, from the env's own trace and
+    routing streams (drawn deterministically in fixed blocks, so reading them ahead changes
+    nothing the env later serves; tests/unit/test_evaluate.py checks it)."""
+    srv, dt = env.server, env.dt
+    times = env.trace.times_s
+    ticks = int(math.ceil(env.duration_s / dt - 1e-9))
+    calls = np.zeros((ticks, len(ex)))
+    tokens = np.zeros((ticks, len(ex)))
+    if times.size:
+        per_layer = srv.router.counts(0, times.size, times, srv.tok)
+        tick = np.minimum((times // dt).astype(np.int64), ticks - 1)
+        for li, members in enumerate(ex.layers):
+            cnt = per_layer[li]
+            for j, e in enumerate(members):
+                calls[:, e] = np.bincount(tick, weights=cnt[:, j] > 0, minlength=ticks)
+                tokens[:, e] = np.bincount(tick, weights=cnt[:, j], minlength=ticks)
+    return Hindsight(dt=dt, calls=calls / dt, tokens=tokens / dt)
+
+
+def segment_cost(env: SimEnv) -> float:
+    """What the segments' pods cost over the episode (they keep their own HPA)."""
+    c, n, p = env.cluster.cols, env.cluster.n, env.s.prices
+    seg = env.is_segment[c["node"][:n]]
+    overlap = np.clip(np.minimum(c["end"][:n], env.duration_s) - c["start"][:n], 0, None)
+    rate = (c["cpu"][:n] * p.cpu_core_hour + c["mem"][:n] / 1024 * p.memory_gib_hour
+            + c["share"][:n] * p.gpu_hour) / 3600.0
+    return float((overlap * rate)[seg].sum())
+
+
+def run_one(spec: RunSpec) -> dict[str, Any]:
+    """Run one combination; returns ``{"run": row, "series": per-window plot data}``."""
+    dag = build_dag(spec.pipeline)
+    settings = with_overrides(load_settings(spec.config), dict(spec.overrides))
+    decider = get_decider(spec.policy, dag=dag, settings=settings)
+    sim_settings = with_overrides(settings, getattr(decider, "simulator_overrides", {}))
+    env = SimEnv(dag, sim_settings, trace=spec.trace, duration_s=spec.duration_s)
+    obs = env.reset(seed=spec.seed)
+    decider.reset(spec.seed)
+    ex = Experts(dag)
+    future = hindsight(env, ex)
+    if hasattr(decider, "see_future"):
+        decider.see_future(future)
+    hot = int(np.argmax(future.calls.sum(axis=0) + 1e-9 * future.tokens.sum(axis=0)))
+    decide_ms: list[float] = []
+    hot_replicas: list[float] = []
+    done = False
+    while not done:
+        started = time.perf_counter()
+        proposal = decider.decide(obs)
+        decide_ms.append((time.perf_counter() - started) * 1000.0)
+        applied = guard(proposal, dag=dag, settings=settings).decision
+        result = env.step(applied)
+        obs, done = result.observation, result.done
+        hot_replicas.append(float(obs.replicas_ready[ex.index[hot]]))
+    s = summarise(env)
+    cost = s.cost
+    if hasattr(decider, "episode_cost"):
+        cost = decider.episode_cost(segment_cost=segment_cost(env))
+    row = {"pipeline": dag.name, "trace": spec.trace, "policy": spec.policy, "seed": spec.seed,
+           "duration_s": spec.duration_s, "requests": s.requests, "dropped": s.dropped,
+           "cost": cost, "p95_ms": s.p95_ms, "p99_ms": s.p99_ms, "slo_ms": s.slo_ms,
+           "window_violation_rate": s.window_violation_rate,
+           "decide_ms_p50": float(np.median(decide_ms)) if decide_ms else 0.0}
+    win = window_series(env)
+    series = {"t_s": win["t_s"].tolist(), "p95_ms": win["p95_ms"].tolist(),
+              "hot_expert": ex.nodes[hot], "hot_t_s": (np.arange(len(hot_replicas))
+                                                        * env.dt).tolist(),
+              "hot_replicas": hot_replicas}
+    return {"run": row, "series": series, "spec": asdict(spec)}
+
+
+def run_all(specs: list[RunSpec], *, jobs: int = 1, progress: bool = True
+            ) -> list[dict[str, Any]]:
+    """Run every spec, in ``jobs`` spawned processes (each builds its own env), with a
+    progress bar; results in the order of ``specs``."""
+    from tqdm import tqdm
+
+    out: list[dict[str, Any] | None] = [None] * len(specs)
+    bar = tqdm(total=len(specs), unit="run", disable=not progress)
+    if jobs <= 1:
+        for i, spec in enumerate(specs):
+            out[i] = run_one(spec)
+            bar.update(1)
+    else:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(jobs) as pool:
+            for i, res in pool.imap_unordered(_indexed, list(enumerate(specs))):
+                out[i] = res
+                bar.update(1)
+    bar.close()
+    return [r for r in out if r is not None]
+
+
+def _indexed(item: tuple[int, RunSpec]) -> tuple[int, dict[str, Any]]:
+    return item[0], run_one(item[1])
+
+
+def write_json(results: list[dict[str, Any]], out: Path) -> None:
+    """``results.json``: ``{"runs": [...]}`` with the DESIGN.md keys."""
+    runs = [{k: r["run"][k] for k in RUN_KEYS} for r in results]
+    (out / "results.json").write_text(json.dumps({"runs": runs}, indent=1,
+                                                 allow_nan=True) + "\n")
+
+
+def _stat(values: list[float], fmt: str) -> str:
+    v = np.asarray(values, float)
+    if v.size == 0 or not np.isfinite(v).all():
+        return "n/a"
+    return f"{v.mean():{fmt}} ± {v.std():{fmt}}" if v.size > 1 else f"{v[0]:{fmt}}"
+
+
+def _scenarios(rows: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault((r["pipeline"], r["trace"]), []).append(r)
+    return out
+
+
+def _by(rows: list[dict[str, Any]], policy: str) -> dict[int, dict[str, Any]]:
+    return {r["seed"]: r for r in rows if r["policy"] == policy}
+
+
+def table_markdown(results: list[dict[str, Any]], *, reference: str = "hpa") -> str:
+    """One table per scenario: cost relative to ``reference`` (per seed, then mean ± sd over
+    seeds), P95/SLO, P99/SLO, window violation rate, dropped requests, decide time; then the
+    acceptance checks."""
+    rows = [r["run"] for r in results]
+    lines: list[str] = []
+    for (pipe, trace), rs in _scenarios(rows).items():
+        ref = _by(rs, reference)
+        lines += [f"### {pipe} / {trace}", "",
+                  f"| policy | cost / {reference} | cost | P95 / SLO | P99 / SLO | window "
+                  "violations | dropped | decide ms (p50) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for policy in dict.fromkeys(r["policy"] for r in rs):
+            mine = _by(rs, policy)
+            rel = [mine[s]["cost"] / ref[s]["cost"] for s in mine if s in ref]
+            def col(k: str, d: float | None = 1.0, mine=mine) -> list[float]:
+                return [m[k] / (m["slo_ms"] if d is None else d) for m in mine.values()]
+            lines.append(
+                f"| {policy} | {_stat(rel, '.3f') if rel else 'n/a'} | "
+                f"{_stat(col('cost'), '.3f')} | {_stat(col('p95_ms', None), '.3f')} | "
+                f"{_stat(col('p99_ms', None), '.3f')} | "
+                f"{_stat(col('window_violation_rate'), '.3f')} | "
+                f"{_stat(col('dropped'), '.1f')} | {_stat(col('decide_ms_p50'), '.2f')} |")
+        lines.append("")
+    lines += ["### Acceptance checks", ""] + [f"- {c}" for c in checks(results)] + [""]
+    return "\n".join(lines)
+
+
+def checks(results: list[dict[str, Any]]) -> list[str]:
+    """Per scenario (mean over seeds): ``floor`` below every policy, ``oracle`` at most
+    ``queueing``, ``queueing`` cheaper than ``hpa`` with no more window violations and drops.
+    Each line says PASS or FAIL with the numbers; checks whose policies did not run are
+    skipped."""
+    out = []
+    for (pipe, trace), rs in _scenarios([r["run"] for r in results]).items():
+        mean = {p: {k: float(np.mean([r[k] for r in rs if r["policy"] == p]))
+                    for k in ("cost", "window_violation_rate", "dropped")}
+                for p in dict.fromkeys(r["policy"] for r in rs)}
+        tag = f"{pipe}/{trace}"
+        if "floor" in mean and len(mean) > 1:
+            other = min((v["cost"], p) for p, v in mean.items() if p != "floor")
+            ok = mean["floor"]["cost"] < other[0]
+            out.append(f"{'PASS' if ok else 'FAIL'} {tag}: floor {mean['floor']['cost']:.3f} "
+                       f"< cheapest other ({other[1]}) {other[0]:.3f}")
+        if "oracle" in mean and "queueing" in mean:
+            o, q = mean["oracle"]["cost"], mean["queueing"]["cost"]
+            out.append(f"{'PASS' if o <= q * (1 + 1e-9) else 'FAIL'} {tag}: oracle {o:.3f} "
+                       f"<= queueing {q:.3f}")
+        if "queueing" in mean and "hpa" in mean:
+            q, h = mean["queueing"], mean["hpa"]
+            ok = (q["cost"] < h["cost"] and q["window_violation_rate"]
+                  <= h["window_violation_rate"] + 1e-12 and q["dropped"] <= h["dropped"])
+            out.append(f"{'PASS' if ok else 'FAIL'} {tag}: queueing cost {q['cost']:.3f} vs "
+                       f"hpa {h['cost']:.3f}; violations {q['window_violation_rate']:.3f} vs "
+                       f"{h['window_violation_rate']:.3f}; dropped {q['dropped']:.1f} vs "
+                       f"{h['dropped']:.1f}")
+    return out

@@ -1,0 +1,97 @@
+"""``floor``: exactly the capacity the offered load needs at every instant, billed by the
+busy second, with no cold starts, no queueing and no MPS interference: a lower bound on the
+cost of any policy that keeps up with the load.
+
+Its cost is not the simulator's bill: :meth:`FloorDecider.episode_cost` is the experts' busy
+time at the cheapest configuration per unit of work (:func:`floor_cost`, from the harness's
+:class:`~smoelib.policy.baselines.common.Hindsight`) plus the segments' bill of its own run
+(segments keep their HPA for every policy). In the simulator it runs every expert at that
+cheapest configuration with just enough replicas for the load, so its latency columns describe
+that run and are no claim.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from smoelib.policy.base import register
+from smoelib.policy.baselines.common import (
+    PASS_THROUGH,
+    Experts,
+    Hindsight,
+    decide_all,
+    price_per_hour,
+)
+
+__all__ = ["FloorDecider", "floor_cost", "cheapest_work"]
+
+
+def cheapest_work(ex: Experts, settings) -> dict[str, np.ndarray]:
+    """Per expert, per candidate configuration (GPU share choices, or cores when CPU-only):
+    ``per_call`` and ``per_token`` cost (currency) of the busy time one call and one token
+    take, with no interference and mean service noise; plus the candidates' ``share``, ``cpu``.
+    """
+    a, sim = settings.actions, settings.simulator
+    if settings.gpu_sharing.mode == "none":
+        share, cpu = np.zeros(len(a.cpu)), np.array(a.cpu, float)
+        eff = cpu
+    else:
+        share, cpu = np.array(a.gpu_share, float), np.full(len(a.gpu_share), min(a.cpu))
+        eff = share
+    price_s = price_per_hour(settings, cpu=cpu, memory_mb=min(a.memory_mb),
+                             gpu_share=share) / 3600.0
+    per_s = price_s[None, :] / ex.parallelism[:, None]  # (E, C): a call holds 1/c of a pod
+    return {"per_call": per_s * ex.base_ms[:, None] / 1000.0,
+            "per_token": per_s * ex.per_token_ms[:, None] * eff[None, :]
+            ** -sim.share_exponent / 1000.0, "share": share, "cpu": cpu}
+
+
+def floor_cost(ex: Experts, settings, future: Hindsight) -> float:
+    """The experts' floor cost over the episode: per tick and expert, the offered calls and
+    tokens priced at the configuration that makes that work cheapest."""
+    w = cheapest_work(ex, settings)
+    calls, tokens = future.calls * future.dt, future.tokens * future.dt  # per tick
+    cost = calls[:, :, None] * w["per_call"][None] + tokens[:, :, None] * w["per_token"][None]
+    return float(cost.min(axis=2).sum())
+
+
+@register("floor")
+class FloorDecider:
+    """The reference lower bound (see the module docstring)."""
+
+    simulator_overrides = PASS_THROUGH
+
+    def __init__(self, *, dag, settings):
+        self.ex, self.s = Experts(dag), settings
+        self.future: Hindsight | None = None
+
+    def reset(self, seed: int) -> None:
+        self.future = None
+
+    def see_future(self, future: Hindsight) -> None:
+        """The episode's true offered load (from the harness)."""
+        self.future = future
+
+    def episode_cost(self, *, segment_cost: float) -> float:
+        """The cost reported for the episode: the experts' floor plus ``segment_cost``."""
+        if self.future is None:
+            raise RuntimeError("floor needs the harness's hindsight (see_future)")
+        return floor_cost(self.ex, self.s, self.future) + segment_cost
+
+    def decide(self, obs):
+        ex, a = self.ex, self.s.actions
+        w = cheapest_work(ex, self.s)
+        best = int(np.argmin(w["per_call"][0] + w["per_token"][0] * 100.0))
+        k = int(round(float(obs.time_s) / self.s.control.interval_s))
+        f = self.future
+        busy = np.zeros(len(ex))
+        if f is not None and f.calls.shape[0]:
+            k = min(k, f.calls.shape[0] - 1)
+            per_s = w["per_call"][:, best] * f.calls[k] + w["per_token"][:, best] * f.tokens[k]
+            price_s = price_per_hour(self.s, cpu=w["cpu"][best], memory_mb=min(a.memory_mb),
+                                     gpu_share=w["share"][best]) / 3600.0
+            busy = per_s / price_s  # busy pods
+        replicas = np.clip(np.ceil(busy - 1e-9), np.maximum(ex.rmin, 1), ex.rmax)
+        return decide_all(ex, float(obs.time_s), replicas=replicas, cpu=w["cpu"][best],
+                          memory_mb=min(a.memory_mb), gpu_share=w["share"][best],
+                          concurrency=max(a.concurrency))

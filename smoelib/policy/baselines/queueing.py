@@ -1,0 +1,169 @@
+"""``queueing`` (EWMA forecasts), ``oracle`` (the true future load) and ``static-peak`` (the
+episode's peak load, default vertical configuration), all sized by
+:class:`~smoelib.policy.baselines.sizing.QueueingSizer`. docs/baselines.md says what each models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from smoelib.policy.base import register
+from smoelib.policy.baselines.common import PASS_THROUGH, Hindsight, decide_all, on_period
+from smoelib.policy.baselines.sizing import QueueingSizer
+
+__all__ = ["QueueingDecider", "OracleDecider", "StaticPeakDecider"]
+
+
+class _Sized:
+    """Shared: the sizer, the slow-knob hysteresis, the scale-down delay, the decision."""
+
+    simulator_overrides = PASS_THROUGH
+
+    def __init__(self, *, dag, settings):
+        self.s, self.cfg = settings, settings.baselines.queueing
+        self.sizer = QueueingSizer(dag, settings, self.cfg)
+        self.ex = self.sizer.ex
+        self.dt = settings.control.interval_s
+
+    def reset(self, seed: int) -> None:
+        ex, sz = self.ex, self.sizer
+        n = len(ex)
+        self.current = np.full(n, -1)
+        for i in range(n):  # the pipeline default, if it is a candidate
+            hit = np.flatnonzero(np.isclose(sz.share, ex.default["gpu_share"][i])
+                                 & (sz.conc == ex.default["concurrency"][i]))
+            self.current[i] = hit[0] if hit.size and math.isclose(
+                sz.cpu[hit[0]], ex.default["cpu"][i]) else -1
+        self.changed_at = np.full(n, -math.inf)
+        self.recent: list[np.ndarray] = []
+        self.seg_ms = np.zeros(sz.path_segments.size)
+        self.last = None
+
+    def _segments(self, obs) -> np.ndarray:
+        seen = np.asarray(obs.latency_p95_ms)[self.sizer.path_segments]
+        a = 1.0 - math.exp(-self.dt / self.cfg.ewma_fast_s)
+        self.seg_ms = np.where(np.isnan(seen), self.seg_ms, (1 - a) * self.seg_ms + a * seen)
+        return self.seg_ms
+
+    def _choose(self, t: float, lam: np.ndarray, tokens: np.ndarray, tokens_per_s: np.ndarray,
+                segment_ms: np.ndarray, *, delay_s: float):
+        # a replica target takes effect only at a KEDA poll (from zero) or an HPA sync: plan
+        # there (and whenever the last plan is missing); in between, repeat the last decision
+        sim = self.s.simulator
+        if self.last is not None and not on_period(t, sim.hpa_sync_s):
+            return dataclasses.replace(self.last, updated_at=t)
+        self.last = self._plan(t, lam, tokens, tokens_per_s, segment_ms, delay_s=delay_s)
+        return self.last
+
+    def _plan(self, t: float, lam: np.ndarray, tokens: np.ndarray, tokens_per_s: np.ndarray,
+              segment_ms: np.ndarray, *, delay_s: float):
+        sz, cfg = self.sizer, self.cfg
+        budget = sz.budgets(tokens_per_s=tokens_per_s, segment_ms=segment_ms)
+        tail = sz.tail_ms(lam, tokens)
+        free = sz.plan(lam, tokens, budget, tail=tail)
+        kept = sz.plan(lam, tokens, budget, keep=self.current, tail=tail)
+        cost = lambda p: p.replicas * sz.price[p.candidate]  # noqa: E731
+        due = t - self.changed_at >= cfg.reconfigure_s
+        move = ((self.current < 0) | (~kept.feasible & free.feasible)
+                | (due & (cost(free) < (1 - cfg.reconfigure_saving) * cost(kept))))
+        pick = lambda a, b: np.where(move, a, b)  # noqa: E731
+        cand = pick(free.candidate, kept.candidate)
+        replicas = pick(free.replicas, kept.replicas)
+        self.changed_at = np.where(move & (cand != self.current), t, self.changed_at)
+        self.recent = [np.where(move & (cand != self.current), replicas, r) for r in self.recent]
+        self.current = cand
+        keep_n = int(round(delay_s / self.s.simulator.hpa_sync_s)) + 1
+        self.recent = (self.recent + [replicas])[-keep_n:]
+        replicas = np.max(np.stack(self.recent), axis=0)
+        return decide_all(self.ex, t, replicas=replicas, cpu=sz.cpu[cand],
+                          memory_mb=sz.memory_mb, gpu_share=sz.share[cand],
+                          concurrency=sz.conc[cand])
+
+
+@register("queueing")
+class QueueingDecider(_Sized):
+    """Queueing sizing on EWMA forecasts: ``lam = max(fast, slow EWMA) x (1 + headroom)`` of
+    the observed calls per second (served plus 429s); replicas are held at their highest of the
+    last ``scale_down_delay_s``. Before the first observed call every expert gets one replica
+    at the cheapest configuration.
+    """
+
+    def reset(self, seed: int) -> None:
+        super().reset(seed)
+        self.fast = self.slow = self.tok = None
+
+    def decide(self, obs):
+        ex, cfg, t = self.ex, self.cfg, float(obs.time_s)
+        calls = np.asarray(obs.calls_per_s)[ex.index] + np.asarray(obs.rejected_per_s)[ex.index]
+        tps = np.asarray(obs.tokens_per_s)[ex.index]
+        seg = self._segments(obs)
+        if self.fast is None:
+            if obs.request_rate <= 0:  # no load seen yet: one replica each, cheapest config
+                return self._choose(t, np.full(len(ex), 1e-6), np.ones(len(ex)), tps, seg,
+                                    delay_s=0.0)
+            self.fast, self.slow = calls.copy(), calls.copy()
+            self.tok = np.where(calls > 0, tps / np.maximum(calls, 1e-9), 0.0)
+        a_f = 1.0 - math.exp(-self.dt / cfg.ewma_fast_s)
+        a_s = 1.0 - math.exp(-self.dt / cfg.ewma_slow_s)
+        self.fast += a_f * (calls - self.fast)
+        self.slow += a_s * (calls - self.slow)
+        per_call = np.where(calls > 0, tps / np.maximum(calls, 1e-9), self.tok)
+        self.tok += a_s * (per_call - self.tok)
+        lam = np.maximum(self.fast, self.slow) * (1 + cfg.headroom)
+        return self._choose(t, lam, np.maximum(self.tok, per_call), tps, seg,
+                            delay_s=cfg.scale_down_delay_s)
+
+
+class _Hindsighted(_Sized):
+    """Deciders that read the harness's :class:`Hindsight` (``see_future``)."""
+
+    def see_future(self, future: Hindsight) -> None:
+        """Receive the episode's true offered load (called by the harness after ``reset``)."""
+        win = max(1, int(round(self.s.metrics.rate_window_s / future.dt)))
+        kernel = np.ones(win) / win
+        smooth = lambda x: np.stack([np.convolve(c, kernel)[:x.shape[0]]  # noqa: E731
+                                     for c in x.T], axis=1)
+        self.calls, self.tokens = smooth(future.calls), smooth(future.tokens)
+
+
+@register("oracle")
+class OracleDecider(_Hindsighted):
+    """The queueing optimiser fed the true future: per expert the highest true call rate
+    (averaged like the observation, over ``metrics.rate_window_s``) from now until the
+    decision can have taken effect (one HPA sync plus one tick), no forecast headroom."""
+
+    def decide(self, obs):
+        t = float(obs.time_s)
+        k = int(round(t / self.dt))
+        ahead = int(math.ceil((self.s.simulator.hpa_sync_s + self.dt) / self.dt))
+        sl = slice(min(k, len(self.calls) - 1), min(k + ahead + 1, len(self.calls)))
+        lam = self.calls[sl].max(axis=0)
+        tps = self.tokens[sl].max(axis=0)
+        tokens = np.where(lam > 0, tps / np.maximum(lam, 1e-9), 0.0)
+        return self._choose(t, lam, tokens, tps, self._segments(obs), delay_s=0.0)
+
+
+@register("static-peak")
+class StaticPeakDecider(_Hindsighted):
+    """Provisioned once for the episode's peak: the pipeline's default vertical configuration
+    with the replicas the queueing sizer needs at each expert's peak true call rate."""
+
+    def see_future(self, future: Hindsight) -> None:
+        super().see_future(future)
+        sz = self.sizer
+        lam = self.calls.max(axis=0)
+        tokens = (self.tokens / np.maximum(self.calls, 1e-9)).max(axis=0)
+        keep = self.current.copy()
+        budget = sz.budgets(tokens_per_s=self.tokens.max(axis=0), segment_ms=np.zeros(
+            sz.path_segments.size))
+        plan = sz.plan(lam, tokens, budget, keep=keep)
+        self.replicas = np.maximum(plan.replicas, np.maximum(self.ex.rmin, 1))
+
+    def decide(self, obs):
+        ex = self.ex
+        return decide_all(ex, float(obs.time_s), replicas=self.replicas, cpu=ex.default["cpu"],
+                          memory_mb=ex.default["memory_mb"], gpu_share=ex.default["gpu_share"],
+                          concurrency=ex.default["concurrency"])

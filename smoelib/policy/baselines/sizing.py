@@ -1,0 +1,168 @@
+"""The queueing-theory sizer: cheapest (GPU share, concurrency, replicas) per expert that meets
+its share of the SLO, under the simulator's dispatch model.
+
+Per expert ``e`` with forecast call rate ``lam`` and tokens per call ``tok``: calls are spread at
+random over ``R`` replicas, each an M/M/c/K queue (``c`` = parallelism, ``K`` = concurrency) at
+``lam / R``; the service time is the simulator's (``common.service_ms``, GPU assumed full). A
+candidate is feasible when its 429 probability is at most ``max_block`` and the call's tail
+latency (service at the ``1 - tail`` quantile of its noise, plus the exponential-tail wait
+quantile scaled by Allen-Cunneen's ``(ca^2 + cs^2) / 2``) fits the expert's layer budget. The
+budget is ``slo_fraction x SLO`` minus the segments and hops on the critical path, split across
+the MoE layers in proportion to their token load. CPU and memory do not change a GPU expert's
+service time in the model, so the cheapest choices are taken; CPU-only pipelines choose cores
+instead of GPU share. When the cluster's GPUs cannot hold the result, each layer's replicas are
+apportioned EPLB-style (:func:`~smoelib.queueing.apportion_replicas`).
+"""
+
+from __future__ import annotations
+
+from statistics import NormalDist
+
+import numpy as np
+
+from smoelib.policy.baselines.common import Experts, price_per_hour, service_ms
+from smoelib.queueing import apportion_replicas, mmck_batch, wait_quantile
+from smoelib.sim.serving import StagePlan
+
+__all__ = ["QueueingSizer", "Plan"]
+
+
+class Plan:
+    """Per expert: ``replicas``, ``gpu_share``, ``cpu``, ``memory_mb``, ``concurrency`` arrays
+    and ``feasible`` (some candidate met the budget)."""
+
+    def __init__(self, **arrays: np.ndarray):
+        self.__dict__.update(arrays)
+
+
+class QueueingSizer:
+    """Sizes every expert of a pipeline at once.
+
+    Args:
+        dag: the pipeline.
+        settings: the settings tree (actions, prices, simulator model, cluster GPUs).
+        cfg: ``settings.baselines.queueing`` (or a variant with the same fields).
+    """
+
+    def __init__(self, dag, settings, cfg):
+        self.ex, self.s, self.cfg = Experts(dag), settings, cfg
+        a = settings.actions
+        cpu_only = settings.gpu_sharing.mode == "none"
+        shares = [0.0] if cpu_only else list(a.gpu_share)
+        cpus = list(a.cpu) if cpu_only else [min(a.cpu)]
+        # equal prices: the larger concurrency first (fewer 429s for the same money)
+        grid = [(sh, cp, k) for sh in shares for cp in cpus
+                for k in sorted(a.concurrency, reverse=True)]
+        self.share = np.array([g[0] for g in grid])
+        self.cpu = np.array([g[1] for g in grid])
+        self.conc = np.array([g[2] for g in grid], dtype=np.int64)
+        self.memory_mb = float(min(a.memory_mb))
+        self.price = price_per_hour(settings, cpu=self.cpu, memory_mb=self.memory_mb,
+                                    gpu_share=self.share)
+        self.r = np.arange(1, int(self.ex.rmax.max()) + 1)
+        sim = settings.simulator
+        self.z = NormalDist().inv_cdf(1.0 - cfg.tail)
+        self.burst = (cfg.arrival_scv + sim.service_cv ** 2) / 2.0
+        self._path(dag)
+
+    def _path(self, dag) -> None:
+        """Segments and MoE layers on the longest stage path (the critical path)."""
+        plan = StagePlan(dag)
+        best: list[tuple[int, list[int]]] = []
+        for i in range(len(plan.stages)):
+            prev = max((best[p] for p in plan.preds[i]), default=(0, []), key=lambda x: x[0])
+            best.append((prev[0] + 1, prev[1] + [i]))
+        hops, path = max((best[i] for i in plan.sinks), key=lambda x: x[0])
+        self.hops = hops
+        self.path_segments = np.array([plan.nodes[i][0] for i in path if not plan.moe[i]],
+                                      dtype=np.int64)
+        self.path_layers = [plan.layer_of[i] for i in path if plan.moe[i]]
+
+    # ---- budgets -------------------------------------------------------------------------
+    def budgets(self, *, tokens_per_s: np.ndarray, segment_ms: np.ndarray) -> np.ndarray:
+        """Per expert budget (ms): the MoE share of ``slo_fraction x SLO`` after the critical
+        path's segments (``segment_ms`` per segment on it) and hops, split across the path's
+        layers by token load; layers off the path get the largest layer budget."""
+        ex, sim = self.ex, self.s.simulator
+        moe = self.cfg.slo_fraction * ex.slo_ms - float(np.sum(segment_ms)) \
+            - self.hops * sim.rpc_overhead_ms
+        load = np.array([tokens_per_s[m].sum() for m in ex.layers]) + 1e-9
+        on = np.zeros(len(ex.layers), bool)
+        on[self.path_layers] = True
+        share = np.where(on, load / load[on].sum(), 0.0) if on.any() else load / load.sum()
+        per_layer = np.maximum(moe, 0.0) * share
+        per_layer[~on] = per_layer.max(initial=0.0)
+        return per_layer[ex.layer]
+
+    # ---- sizing --------------------------------------------------------------------------
+    def tail_ms(self, lam: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tail latency (ms) and 429 probability of every (expert, candidate, replicas):
+        shapes ``(experts, candidates, len(self.r))``."""
+        ex, sim = self.ex, self.s.simulator
+        svc = service_ms(ex, self.s, tokens=np.asarray(tokens)[:, None],
+                         gpu_share=self.share[None, :], cpu=self.cpu[None, :])  # (E, C)
+        mu = 1000.0 / svc
+        lam_r = np.asarray(lam, float)[:, None, None] / self.r[None, None, :]
+        out_t = np.empty(lam_r.shape[:1] + (self.share.size, self.r.size))
+        out_b = np.empty_like(out_t)
+        for c in np.unique(ex.parallelism):
+            m = ex.parallelism == c
+            q = mmck_batch(lam_r[m], mu[m][:, :, None], int(c), self.conc[None, :, None])
+            wait = wait_quantile(q["p_wait"], q["mean_wait"], self.cfg.tail) * self.burst
+            out_t[m] = svc[m][:, :, None] * (1 + self.z * sim.service_cv) + wait * 1000.0
+            out_b[m] = q["p_block"]
+        return out_t, out_b
+
+    def plan(self, lam: np.ndarray, tokens: np.ndarray, budget_ms: np.ndarray, *,
+             keep: np.ndarray | None = None, tail: tuple | None = None) -> Plan:
+        """The cheapest feasible candidate and replicas per expert.
+
+        Args:
+            lam: forecast calls per second per expert.
+            tokens: tokens per call per expert.
+            budget_ms: per expert latency budget.
+            keep: per expert a candidate index to stay on (-1: free choice).
+            tail: ``tail_ms(lam, tokens)`` if already computed.
+        """
+        ex = self.ex
+        t, block = tail if tail is not None else self.tail_ms(lam, tokens)
+        ok = (t <= budget_ms[:, None, None]) & (block <= self.cfg.max_block)
+        ok &= (self.r[None, None, :] >= ex.rmin[:, None, None])
+        ok &= (self.r[None, None, :] <= ex.rmax[:, None, None])
+        cost = self.price[None, :, None] * self.r[None, None, :]
+        cost = np.where(ok, cost, np.inf)
+        if keep is not None:
+            cost = np.where((keep[:, None, None] >= 0)
+                            & (np.arange(self.share.size)[None, :, None] != keep[:, None, None]),
+                            np.inf, cost)
+        flat = cost.reshape(len(ex), -1)
+        best = flat.argmin(axis=1)
+        feasible = np.isfinite(flat[np.arange(len(ex)), best])
+        # infeasible: the fastest candidate at the most replicas the expert may have
+        t_max = np.where(self.r[None, None, :] <= ex.rmax[:, None, None], t, np.inf)
+        fallback = t_max.reshape(len(ex), -1).argmin(axis=1)
+        best = np.where(feasible, best, fallback)
+        cand, r_i = np.unravel_index(best, cost.shape[1:])
+        replicas = np.where(np.asarray(lam) > 0, self.r[r_i], ex.rmin)
+        replicas = np.where(feasible, replicas, np.maximum(ex.rmax, 1))
+        return self._fit_gpus(Plan(replicas=replicas.astype(np.int64),
+                                   gpu_share=self.share[cand], cpu=self.cpu[cand],
+                                   memory_mb=np.full(len(ex), self.memory_mb),
+                                   concurrency=self.conc[cand], candidate=cand,
+                                   feasible=feasible), lam)
+
+    def _fit_gpus(self, plan: Plan, lam: np.ndarray) -> Plan:
+        """EPLB apportionment of each layer's replicas when the GPUs cannot hold the plan."""
+        demand = float((plan.replicas * plan.gpu_share).sum())
+        capacity = float(self.s.cluster.gpus)
+        if self.s.gpu_sharing.mode != "mps-env" or demand <= capacity + 1e-9:
+            return plan
+        scale = capacity / demand
+        out = plan.replicas.copy()
+        for members in self.ex.layers:
+            floor = np.maximum(self.ex.rmin[members], np.asarray(lam)[members] > 0)
+            total = max(int(floor.sum()), int(plan.replicas[members].sum() * scale))
+            out[members] = apportion_replicas(np.asarray(lam)[members] + 1e-12, total,
+                                              minimum=floor.astype(int))
+        plan.replicas = out
+        return plan

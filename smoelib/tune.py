@@ -1,0 +1,106 @@
+"""``smoe tune``: the lowest-cost settings of one baseline whose runs all keep P95 <= SLO.
+
+Search: ``budget`` configurations drawn without replacement (seeded) from the policy's grid
+(:data:`SPACES`); every contender gets the same budget, traces, seeds and duration
+(docs/results/tuning.md). Only training data: ``conv-train`` or synthetic traces with seeds
+below 1000 (DESIGN.md "Traces"). A configuration is feasible when every run's P95 is within the
+SLO and no request is dropped; the best is the feasible one with the lowest mean cost (if none
+is feasible, the one with the lowest mean P95 / SLO).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from smoelib.errors import ConfigError, Problem
+from smoelib.evaluate import RunSpec, run_all
+
+__all__ = ["SPACES", "Trial", "grid", "tune", "check_training"]
+
+_V = "vertical."
+_SHARES = [0.1, 0.25, 0.5]
+_CONC = [2, 4, 8]
+SPACES: dict[str, dict[str, list[Any]]] = {
+    "hpa": {"metric": ["rps", "inflight"], "target": [1.0, 2.0, 5.0, 10.0, 20.0, 50.0],
+            _V + "gpu_share": _SHARES, _V + "concurrency": _CONC},
+    "kpa": {"metric": ["concurrency", "rps"], "target": [1.0, 2.0, 4.0, 10.0, 20.0],
+            "utilization": [0.5, 0.7, 0.9], _V + "gpu_share": _SHARES,
+            _V + "concurrency": _CONC},
+    "openfaas": {"mode": ["capacity", "rps"], "target": [1.0, 2.0, 4.0, 10.0, 20.0, 50.0],
+                 _V + "gpu_share": _SHARES, _V + "concurrency": _CONC},
+    "queueing": {"headroom": [0.0, 0.15, 0.3, 0.6], "slo_fraction": [0.8, 0.9, 1.0, 1.1],
+                 "tail": [0.01, 0.05], "arrival_scv": [1.0, 1.5, 2.5],
+                 "scale_down_delay_s": [0.0, 30.0, 60.0]},
+    "elasticmoe": {"gpu_share": [0.1, 0.25], "scale_up_utilization": [0.3, 0.5, 0.7],
+                   "scale_down_utilization": [0.05, 0.1, 0.2], "scale_up_p95": [0.8, 0.9],
+                   "cooldown_s": [15.0, 30.0, 60.0]},
+    "faasconf": {"target_utilization": [0.1, 0.3, 0.5], "neighbour_weight": [0.0, 0.5],
+                 "latency_gain": [0.5, 1.0, 2.0], "band_sigmas": [1.0, 2.0, 3.0]},
+}
+SPACES["hpa-stock"] = SPACES["hpa"]
+SECTION = {"hpa-stock": "hpa_stock"}  # registry name -> settings.baselines field
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One configuration's outcome: mean ``cost``, worst ``p95_over_slo``, ``dropped`` total,
+    ``feasible`` (every run within the SLO, nothing dropped)."""
+
+    values: dict[str, Any]
+    cost: float
+    p95_over_slo: float
+    dropped: int
+    feasible: bool
+
+
+def grid(policy: str, budget: int, *, seed: int) -> list[dict[str, Any]]:
+    """``budget`` configurations of ``policy``'s grid, drawn without replacement."""
+    if policy not in SPACES:
+        raise ConfigError([Problem("--policy", f"no search space for {policy!r}; tunable: "
+                                   f"{', '.join(sorted(SPACES))}")])
+    space = SPACES[policy]
+    combos = list(itertools.product(*space.values()))
+    rng = np.random.default_rng(seed)
+    pick = rng.permutation(len(combos))[:budget]
+    return [dict(zip(space, combos[i], strict=True)) for i in sorted(pick)]
+
+
+def check_training(traces: list[str], seeds: list[int]) -> None:
+    """Refuse evaluation data: ``conv-eval``, the whole ``conv``, or seeds >= 1000."""
+    problems = [Problem("--traces", f"{t!r} holds evaluation data; tune on conv-train or "
+                                    "synthetic traces") for t in traces if t in ("conv",
+                                                                                 "conv-eval")]
+    problems += [Problem("--seeds", f"seed {s} is reserved for evaluation (use < 1000)")
+                 for s in seeds if s >= 1000]
+    if problems:
+        raise ConfigError(problems)
+
+
+def tune(policy: str, *, pipelines: list[str], traces: list[str], seeds: list[int],
+         duration_s: float, budget: int, search_seed: int = 0, config: str | None = None,
+         jobs: int = 1, progress: bool = True) -> tuple[Trial, list[Trial]]:
+    """Try ``budget`` configurations; returns the best and every trial."""
+    check_training(traces, seeds)
+    section = "baselines." + SECTION.get(policy, policy) + "."
+    configs = grid(policy, budget, seed=search_seed)
+    specs = [RunSpec(p, t, policy, s, duration_s, config,
+                     tuple((section + k, v) for k, v in values.items()))
+             for values in configs for p in pipelines for t in traces for s in seeds]
+    results = run_all(specs, jobs=jobs, progress=progress)
+    per = len(pipelines) * len(traces) * len(seeds)
+    trials = []
+    for i, values in enumerate(configs):
+        runs = [r["run"] for r in results[i * per:(i + 1) * per]]
+        ratio = max(r["p95_ms"] / r["slo_ms"] if np.isfinite(r["p95_ms"]) else np.inf
+                    for r in runs)
+        dropped = sum(r["dropped"] for r in runs)
+        trials.append(Trial(values, float(np.mean([r["cost"] for r in runs])), float(ratio),
+                            int(dropped), bool(ratio <= 1.0 and dropped == 0)))
+    feasible = [t for t in trials if t.feasible]
+    best = (min(feasible, key=lambda t: t.cost) if feasible
+            else min(trials, key=lambda t: t.p95_over_slo))
+    return best, trials
