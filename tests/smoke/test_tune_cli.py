@@ -1,0 +1,29 @@
+"""A seconds-long ``smoe tune`` and its refusal of evaluation data."""
+
+from __future__ import annotations
+
+import yaml
+
+from smoelib.cli import main
+from smoelib.settings import load_settings
+
+
+def test_tune_prints_trials_and_writes_a_loadable_block(tmp_path, capsys):
+    out = tmp_path / "best.yaml"
+    code = main(["tune", "--policy", "openfaas", "--pipeline", "examples/pipelines/bert-moe.yml",
+                 "--traces", "conv-train", "--seeds", "1", "--duration", "15", "--budget", "2",
+                 "--write", str(out), "--no-progress"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert text.count("cost ") == 2 and "best (feasible)" in text
+    block = yaml.safe_load(out.read_text())
+    assert set(block["baselines"]["openfaas"]) >= {"mode", "target"}
+    load_settings(block)  # the block is a valid config.yaml
+
+
+def test_tune_refuses_evaluation_data(capsys):
+    code = main(["tune", "--policy", "hpa", "--pipeline", "examples/pipelines/bert-moe.yml",
+                 "--traces", "conv-eval", "--seeds", "1000", "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "conv-eval" in err and "seed 1000" in err

@@ -1,0 +1,110 @@
+"""queueing sizing, floor, elasticmoe against hand-computed numbers on a hand-made pipeline."""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+import pytest
+
+from smoelib.policy.base import get_decider
+from smoelib.policy.baselines.common import Experts, Hindsight
+from smoelib.policy.baselines.floor import floor_cost
+from smoelib.policy.baselines.sizing import QueueingSizer
+from smoelib.queueing import mmck
+from smoelib.settings import Settings
+from smoelib.topology import build_dag
+
+PIPELINE = """\
+name: tiny
+slo_ms: 40
+max_seq_tokens: 512
+defaults:
+  expert: {cpu: 1.0, memory_mb: 2048, gpu_share: 0.25, concurrency: 4, parallelism: 1,
+           replicas: {min: 0, max: 20}, weights_mb: 9.4,
+           profile: {base_ms: 0.6, per_token_ms: 0.002}}
+  segment: {cpu: 1.0, memory_mb: 1024, gpu_share: 0.25, concurrency: 8,
+            replicas: {min: 1, max: 4}, weights_mb: 10,
+            profile: {base_ms: 0.3, per_token_ms: 0.0005}}
+stages:
+  - {id: embed, kind: segment}
+  - {id: moe1, kind: moe, experts: 2, top_k: 1}
+  - {id: head, kind: segment}
+"""
+
+
+@pytest.fixture
+def dag(tmp_path):
+    path = tmp_path / "tiny.yml"
+    path.write_text(PIPELINE)
+    return build_dag(str(path))
+
+
+def test_tail_latency_is_the_mmck_wait_quantile_plus_noisy_service(dag):
+    s = Settings()
+    sz = QueueingSizer(dag, s, s.baselines.queueing)
+    cfg, sim = s.baselines.queueing, s.simulator
+    i = int(np.flatnonzero((sz.share == 0.1) & (sz.conc == 2))[0])
+    t, block = sz.tail_ms(np.array([300.0, 300.0]), np.array([100.0, 100.0]))
+    # service at share 0.1 on a full GPU: 0.6 + 100 x 0.002 x 0.1^-0.3 x (1 + 0.1 x 0.9) ms
+    svc = 0.6 + 100 * 0.002 * 0.1 ** -0.3 * 1.09
+    mu = 1000.0 / svc
+    for r in (1, 2):  # random spread: each replica an M/M/1/2 at 300 / r calls/s
+        q = mmck(300.0 / r, mu, 1, 2)
+        lam = 300.0 / r
+        a = lam / mu
+        p = np.array([1, a, a * a]) / (1 + a + a * a)
+        pw = p[1] / (1 - p[2])
+        wq = math.log(pw / cfg.tail) / (pw / q.mean_wait) if pw > cfg.tail else 0.0
+        burst = (cfg.arrival_scv + sim.service_cv ** 2) / 2
+        z = NormalDist().inv_cdf(1 - cfg.tail)
+        assert t[0, i, r - 1] == pytest.approx(svc * (1 + z * sim.service_cv)
+                                               + wq * burst * 1000.0, rel=1e-9)
+        assert block[0, i, r - 1] == pytest.approx(q.p_block, rel=1e-9)
+
+
+def test_sizer_picks_the_cheapest_feasible_configuration(dag):
+    s = Settings()
+    sz = QueueingSizer(dag, s, s.baselines.queueing)
+    lam, tok = np.array([5.0, 5.0]), np.array([100.0, 100.0])
+    plan = sz.plan(lam, tok, np.array([10.0, 10.0]))
+    assert plan.feasible.all()
+    assert plan.replicas.tolist() == [1, 1] and plan.gpu_share.tolist() == [0.1, 0.1]
+    assert plan.cpu.tolist() == [0.5, 0.5] and plan.memory_mb.tolist() == [1024, 1024]
+    # a budget only a larger share meets: the share rises, replicas stay at 1
+    t, _ = sz.tail_ms(lam, tok)
+    need = t[0, np.flatnonzero(sz.share == 0.5)[0], 0] + 1e-6
+    plan = sz.plan(lam, tok, np.array([need, need]))
+    assert plan.gpu_share.tolist() == [0.5, 0.5] and plan.replicas.tolist() == [1, 1]
+    # heavy load: more replicas, never past replicas.max
+    plan = sz.plan(np.array([3000.0, 1.0]), tok, np.array([10.0, 10.0]))
+    assert plan.replicas[0] > 1 and plan.replicas[0] <= 20 and plan.replicas[1] == 1
+
+
+def test_budget_splits_the_slo_after_segments_and_hops(dag):
+    s = Settings()
+    sz = QueueingSizer(dag, s, s.baselines.queueing)
+    b = sz.budgets(tokens_per_s=np.array([100.0, 300.0]), segment_ms=np.array([2.0, 3.0]))
+    # 0.9 x 40 - (2 + 3) - 3 hops x 0.5 = 29.5 ms; one layer on the path takes all of it
+    assert b.tolist() == pytest.approx([29.5, 29.5])
+
+
+def test_floor_on_a_hand_made_load(dag):
+    s = Settings()
+    ex = Experts(dag)
+    # one 5 s tick: expert 0 gets 2 calls/s of 50 tokens each (100 tokens/s), expert 1 none
+    future = Hindsight(dt=5.0, calls=np.array([[2.0, 0.0]]), tokens=np.array([[100.0, 0.0]]))
+    busy_s = (10 * 0.6 + 500 * 0.002 * 0.1 ** -0.3) / 1000.0  # cheapest: share 0.1
+    price_h = 0.5 * 0.031611 + 1.0 * 0.004237 + 0.1 * 0.56
+    assert floor_cost(ex, s, future) == pytest.approx(busy_s * price_h / 3600.0, rel=1e-9)
+
+
+def test_elasticmoe_scales_by_whole_gpus_and_apportions_slots(dag):
+    d = get_decider("elasticmoe", dag=dag, settings=Settings())
+    d.reset(0)
+    assert d.slots_per_gpu == 10 and d.gpus == 1  # 2 experts fit on one GPU of 10 slots
+    d.gpus = 1
+    r = d._apportion(np.array([900.0, 100.0]))
+    assert r.tolist() == [9, 1]  # EPLB: each next slot to the largest load per slot
+    assert d.simulator_overrides["simulator.cold_start_median_s"] == 0.3
