@@ -349,8 +349,8 @@ class StaticVertical:
     """A baseline's vertical configuration: the same for every expert, the best static one
     found by ``smoe tune`` (docs/results/tuning.md)."""
 
-    gpu_share: float = setting(0.1, "GPU share of every expert replica", unit="fraction of one GPU",
-                               check=fraction)
+    gpu_share: float = setting(0.1, "GPU share of every expert replica",
+                               unit="fraction of one GPU", check=fraction)
     cpu: float = setting(0.5, "CPU of every expert replica", unit="cores", check=positive)
     memory_mb: int = setting(1024, "memory of every expert replica", unit="MiB", check=positive)
     concurrency: int = setting(4, "OpenFaaS max_inflight of every expert replica", unit="calls",
@@ -362,10 +362,26 @@ class HpaBaseline:
     """``hpa`` / ``hpa-stock``: KEDA's Prometheus scaler plus the HPA on per-replica load."""
 
     metric: Literal["rps", "inflight"] = setting(
-        "rps", "per-replica metric: calls per second or calls in flight")
-    target: float = setting(20.0, "AverageValue target of the metric per replica",
+        "inflight", "per-replica metric: calls per second or calls in flight")
+    target: float = setting(1.0, "AverageValue target of the metric per replica",
                             unit="calls/s or calls", check=positive)
     vertical: StaticVertical = section(StaticVertical, "per-expert vertical configuration")
+
+
+@dataclass(frozen=True)
+class KpaVertical(StaticVertical):
+    """``kpa``'s tuned vertical configuration."""
+
+    concurrency: int = setting(8, "OpenFaaS max_inflight of every expert replica", unit="calls",
+                               check=positive)
+
+
+@dataclass(frozen=True)
+class OpenFaasVertical(StaticVertical):
+    """``openfaas``'s tuned vertical configuration."""
+
+    concurrency: int = setting(2, "OpenFaaS max_inflight of every expert replica", unit="calls",
+                               check=positive)
 
 
 @dataclass(frozen=True)
@@ -374,7 +390,7 @@ class KpaBaseline:
 
     metric: Literal["concurrency", "rps"] = setting(
         "concurrency", "what a pod's target counts: in-flight calls or calls per second")
-    target: float = setting(4.0, "per-pod target (container-concurrency-target or rps target)",
+    target: float = setting(10.0, "per-pod target (container-concurrency-target or rps target)",
                             unit="calls or calls/s", check=positive)
     utilization: float = setting(0.7, "container-concurrency-target-percentage / 100",
                                  unit="fraction", check=fraction)
@@ -389,7 +405,7 @@ class KpaBaseline:
                                          unit="ratio", check=positive)
     scale_to_zero_grace_s: float = setting(30.0, "wait before the last pod goes", unit="s",
                                            check=non_negative)
-    vertical: StaticVertical = section(StaticVertical, "per-expert vertical configuration")
+    vertical: KpaVertical = section(KpaVertical, "per-expert vertical configuration")
 
 
 @dataclass(frozen=True)
@@ -398,11 +414,11 @@ class OpenFaasBaseline:
 
     mode: Literal["capacity", "rps"] = setting(
         "capacity", "capacity: in-flight calls per replica; rps: calls per second per replica")
-    target: float = setting(4.0, "target load per replica", unit="calls or calls/s",
+    target: float = setting(10.0, "target load per replica", unit="calls or calls/s",
                             check=positive)
     target_proportion: float = setting(0.9, "com.openfaas.scale.target-proportion",
                                        unit="fraction", check=positive)
-    vertical: StaticVertical = section(StaticVertical, "per-expert vertical configuration")
+    vertical: OpenFaasVertical = section(OpenFaasVertical, "per-expert vertical configuration")
 
 
 @dataclass(frozen=True)
@@ -414,17 +430,17 @@ class QueueingBaseline:
                                  check=positive)
     ewma_slow_s: float = setting(120.0, "time constant of the slow load EWMA", unit="s",
                                  check=positive)
-    headroom: float = setting(0.3, "forecast load x (1 + headroom)", unit="fraction",
+    headroom: float = setting(0.15, "forecast load x (1 + headroom)", unit="fraction",
                               check=non_negative)
-    slo_fraction: float = setting(0.9, "aim the P95 bound at this fraction of the SLO",
+    slo_fraction: float = setting(1.1, "aim the P95 bound at this fraction of the SLO",
                                   unit="fraction of SLO", check=positive)
-    tail: float = setting(0.01, "per-call tail probability each expert must meet its layer "
+    tail: float = setting(0.05, "per-call tail probability each expert must meet its layer "
                           "budget at", unit="probability", check=fraction)
     arrival_scv: float = setting(1.5, "squared coefficient of variation of call arrivals "
                                  "(Allen-Cunneen burstiness correction)", check=non_negative)
     max_block: float = setting(0.001, "largest accepted 429 probability per call",
                                unit="probability", check=fraction)
-    scale_down_delay_s: float = setting(30.0, "keep the highest replica count of this long",
+    scale_down_delay_s: float = setting(0.0, "keep the highest replica count of this long",
                                         unit="s", check=non_negative)
     reconfigure_s: float = setting(300.0, "least time between GPU share or concurrency "
                                    "changes of one expert", unit="s", check=non_negative)
@@ -438,13 +454,13 @@ class ElasticMoeBaseline:
 
     gpu_share: float = setting(0.1, "GPU share of one expert slot (slots per GPU = 1 / share)",
                                unit="fraction of one GPU", check=fraction)
-    scale_up_utilization: float = setting(0.5, "add a GPU above this busy fraction of the "
+    scale_up_utilization: float = setting(0.3, "add a GPU above this busy fraction of the "
                                           "busiest slot", unit="fraction", check=positive)
-    scale_down_utilization: float = setting(0.2, "remove a GPU below this busy fraction",
+    scale_down_utilization: float = setting(0.05, "remove a GPU below this busy fraction",
                                             unit="fraction", check=non_negative)
     scale_up_p95: float = setting(0.9, "add a GPU while the P95 exceeds this fraction of the SLO",
                                   unit="fraction of SLO", check=positive)
-    cooldown_s: float = setting(30.0, "least time between two scale events", unit="s",
+    cooldown_s: float = setting(60.0, "least time between two scale events", unit="s",
                                 check=non_negative)
     scale_up_start_s: float = setting(0.3, "pod start of a scale-up (P2P weight transfer, "
                                       "zero-copy remapping; about 9x faster than a cold start)",
@@ -457,9 +473,9 @@ class FaasConfBaseline:
     """``faasconf``: FaaSConf's per-function configurator, re-implemented from the paper's
     description (attention over DAG neighbours, the safe-exploration band)."""
 
-    target_utilization: float = setting(0.3, "replicas for this busy fraction per replica",
+    target_utilization: float = setting(0.1, "replicas for this busy fraction per replica",
                                         unit="fraction", check=positive)
-    neighbour_weight: float = setting(0.5, "weight of the attention summary of DAG neighbours",
+    neighbour_weight: float = setting(0.0, "weight of the attention summary of DAG neighbours",
                                       unit="fraction", check=fraction)
     latency_gain: float = setting(1.0, "GPU share step per unit of latency over target",
                                   check=non_negative)

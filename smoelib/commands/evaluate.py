@@ -41,12 +41,22 @@ def split_list(text: str, flag: str) -> list[str]:
     return items
 
 
-def _policies(text: str) -> list[str]:
-    from smoelib.policy.base import available
+def _policies(text: str, *, dag, settings) -> list[str]:
+    """The named policies; ``ALL``: every registered one that can be built (a learned policy
+    without a trained checkpoint is skipped with a note on stderr)."""
+    from smoelib.policy.base import available, get_decider
 
     known = available()
     if text.strip() == "ALL":
-        return list(known)
+        usable = []
+        for name in known:
+            try:
+                get_decider(name, dag=dag, settings=settings)
+            except ConfigError as e:
+                print(f"note: skipping {name}: {'; '.join(e.lines())}", file=sys.stderr)
+                continue
+            usable.append(name)
+        return usable
     names = split_list(text, "--policies")
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -67,14 +77,14 @@ def run(args: argparse.Namespace) -> int:
         problems.append(Problem("--seeds", f"must be integers, got {args.seeds!r}"))
     if problems:
         raise ConfigError(problems)
-    pipelines = split_list(args.pipelines, "--pipelines")
-    for p in pipelines:  # fail before any work on a bad pipeline or config
-        from smoelib.topology import build_dag
-        build_dag(p)
     from smoelib.settings import load_settings
-    load_settings(args.config)
+    from smoelib.topology import build_dag
+
+    pipelines = split_list(args.pipelines, "--pipelines")
+    dags = [build_dag(p) for p in pipelines]  # fail before any work on bad input
+    settings = load_settings(args.config)
     traces = split_list(args.traces, "--traces")
-    policies = _policies(args.policies)
+    policies = _policies(args.policies, dag=dags[0], settings=settings)
     specs = [RunSpec(p, t, pol, s, args.duration, args.config)
              for p in pipelines for t in traces for s in seeds for pol in policies]
     results = run_all(specs, jobs=args.jobs, progress=not args.no_progress)

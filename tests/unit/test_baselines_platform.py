@@ -77,7 +77,8 @@ def test_hpa_stock_tolerance_band(tmp_path):
 
 def test_hpa_with_smoe_behaviour_follows_exactly(tmp_path):
     dag = tiny_dag(tmp_path)
-    s = settings_with(hpa=dataclasses.replace(Settings().baselines.hpa, target=1.0))
+    s = settings_with(hpa=dataclasses.replace(Settings().baselines.hpa, metric="rps",
+                                              target=1.0))
     d = get_decider("hpa", dag=dag, settings=s)
     d.reset(0)
     d.hpa.replicas = np.array([10, 10])
@@ -87,9 +88,15 @@ def test_hpa_with_smoe_behaviour_follows_exactly(tmp_path):
     assert d.simulator_overrides["simulator.hpa_preset"] == "smoe"
 
 
+KPA = settings_with(kpa=dataclasses.replace(Settings().baselines.kpa, target=4.0,
+                                           utilization=0.7))
+OPENFAAS = settings_with(openfaas=dataclasses.replace(Settings().baselines.openfaas, target=4.0,
+                                                     mode="capacity"))
+
+
 def test_kpa_panic_entry_and_exit(tmp_path):
     dag = tiny_dag(tmp_path)
-    d = get_decider("kpa", dag=dag, settings=Settings())
+    d = get_decider("kpa", dag=dag, settings=KPA)
     d.reset(0)
     # target 4 x 0.7 = 2.8 per pod. Panic value 6 -> ceil(6 / 2.8) = 3 pods >= 2 x 1 ready
     r = d.kpa_step(0.0, np.array([1.0, 1.0]), np.array([6.0, 1.0]), np.array([1, 1]))
@@ -104,7 +111,7 @@ def test_kpa_panic_entry_and_exit(tmp_path):
 
 def test_kpa_scale_to_zero_waits_for_the_grace_period(tmp_path):
     dag = tiny_dag(tmp_path)
-    d = get_decider("kpa", dag=dag, settings=Settings())
+    d = get_decider("kpa", dag=dag, settings=KPA)
     d.reset(0)
     d.kpa_step(0.0, np.array([1.0, 1.0]), np.array([1.0, 1.0]), np.array([1, 1]))
     zero = np.zeros(2)
@@ -114,7 +121,7 @@ def test_kpa_scale_to_zero_waits_for_the_grace_period(tmp_path):
 
 def test_openfaas_capacity_mode(tmp_path):
     dag = tiny_dag(tmp_path)
-    d = get_decider("openfaas", dag=dag, settings=Settings())
+    d = get_decider("openfaas", dag=dag, settings=OPENFAAS)
     d.reset(0)
     # in flight by Little's law: calls/s x P50 (s). 7.2 / (4 x 0.9) = 2; 7.3 -> 3
     obs = observation(dag, 5.0, calls_per_s=[720.0, 730.0], latency_p50_ms=[10.0, 10.0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from statistics import NormalDist
 
@@ -84,7 +85,7 @@ def test_sizer_picks_the_cheapest_feasible_configuration(dag):
 
 def test_budget_splits_the_slo_after_segments_and_hops(dag):
     s = Settings()
-    sz = QueueingSizer(dag, s, s.baselines.queueing)
+    sz = QueueingSizer(dag, s, dataclasses.replace(s.baselines.queueing, slo_fraction=0.9))
     b = sz.budgets(tokens_per_s=np.array([100.0, 300.0]), segment_ms=np.array([2.0, 3.0]))
     # 0.9 x 40 - (2 + 3) - 3 hops x 0.5 = 29.5 ms; one layer on the path takes all of it
     assert b.tolist() == pytest.approx([29.5, 29.5])
