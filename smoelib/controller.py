@@ -39,8 +39,10 @@ __all__ = ["SMoEController", "Clock", "WallClock", "TickReport"]
 log = logging.getLogger("smoelib.controller")
 
 Status = Literal["warmup", "backoff", "source-error", "decider-error", "refused", "ok"]
-MAX_BACKOFF_S = 60.0
-"""Longest wait between fetches while the metric source keeps failing, seconds."""
+MAX_BACKOFF_TICKS = 4
+"""Longest wait between fetches while the metric source keeps failing, in control intervals:
+long enough not to hammer a struggling Prometheus, short enough to recover well within the
+scaler's staleness limit."""
 
 
 class Clock(Protocol):
@@ -95,7 +97,8 @@ class SMoEController:
         store: the scaler's DecisionStore to write replica targets to (default: a new in-memory
             store holding this pipeline).
         vertical: the vertical loop (default: the configured backend; none in a dry run when
-            the backend cannot be reached).
+            the backend cannot be reached); False: replicas only, the other knobs stay as
+            they are.
     """
 
     def __init__(self, dag: PipelineDAG, config: str | Path | Settings | dict | None = None,
@@ -112,7 +115,8 @@ class SMoEController:
         self.source = source or self._prometheus(prometheus_url)
         self.decider = decider or self._decider()
         self.store = store if store is not None else self._store()
-        self.vertical = vertical if vertical is not None else self._vertical()
+        self.vertical = (None if vertical is False else vertical if vertical is not None
+                         else self._vertical())
         self.last: PipelineDecision | None = None
         self.previous: PipelineDecision | None = None
         self.observation: Any = None
@@ -130,7 +134,8 @@ class SMoEController:
         m = self.settings.metrics
         return PrometheusSource(self.dag, url=url or m.prometheus_url,
                                 timeout_s=m.query_timeout_s, window_s=m.rate_window_s,
-                                queries=dict(m.queries), configured=self._configured)
+                                queries=dict(m.queries), configured=self._configured,
+                                max_sample_age_s=m.max_sample_age_s)
 
     def _decider(self) -> Any:
         from smoelib.policy.base import get_decider
@@ -177,7 +182,8 @@ class SMoEController:
             observation = self.source.fetch(now)
         except (TransientError, PermanentError) as e:
             self.failures += 1
-            wait = min(self.settings.control.interval_s * 2 ** (self.failures - 1), MAX_BACKOFF_S)
+            interval = self.settings.control.interval_s
+            wait = interval * min(2 ** (self.failures - 1), MAX_BACKOFF_TICKS)
             self._retry_at = now + wait
             log.warning("metrics unavailable (%s); keeping the last decision (age %s), "
                         "retry in %.0f s", e, self._age(now), wait)

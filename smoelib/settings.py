@@ -152,6 +152,9 @@ class Metrics:
                                      check=positive)
     rate_window_s: float = setting(30.0, "window of rate() and histogram_quantile() queries",
                                    unit="s", check=positive)
+    max_sample_age_s: float = setting(
+        60.0, "refuse metrics whose newest sample is older than this (an exporter that is gone "
+        "keeps being answered from its last samples)", unit="s", check=positive)
     queries: Mapping[str, str] = setting(
         MappingProxyType({}), "PromQL overrides by template name (see smoelib.metrics for the "
         "names and the placeholders each template takes)")

@@ -114,9 +114,11 @@ class SimCollector:
 
 
 def serve(collector: SimCollector, port: int, *, registry: CollectorRegistry | None = None,
-          addr: str = "127.0.0.1") -> CollectorRegistry:
-    """Register ``collector`` on ``registry`` (a new one by default) and serve it on ``port``."""
+          addr: str = "127.0.0.1") -> Any:
+    """Register ``collector`` on ``registry`` (a new one by default) and serve it on ``port``
+    (0: any free port). Returns the HTTP server: ``server.server_port`` is the bound port,
+    ``server.shutdown()`` stops it."""
     registry = registry or CollectorRegistry(auto_describe=False)
     registry.register(collector)
-    start_http_server(port, addr=addr, registry=registry)
-    return registry
+    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    return server
