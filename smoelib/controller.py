@@ -154,6 +154,8 @@ class SMoEController:
     def _vertical(self) -> Any:
         from smoelib.vertical.loop import VerticalLoop
 
+        if self.settings.vertical.backend == "none":
+            return None
         try:
             return VerticalLoop.from_settings(self.dag, self.settings)
         except Exception as e:  # noqa: BLE001 - an unreachable cluster must not stop a dry run

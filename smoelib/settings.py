@@ -177,9 +177,9 @@ class Scaler:
 class Vertical:
     """How GPU share, CPU, memory and concurrency reach the functions."""
 
-    backend: Literal["kubernetes", "openfaas-gateway", "simulated"] = setting(
+    backend: Literal["kubernetes", "openfaas-gateway", "simulated", "none"] = setting(
         "kubernetes", "one writer per Deployment: the Kubernetes API, the OpenFaaS gateway, "
-        "or the simulator")
+        "or the simulator; none: replicas only, the other knobs stay as deployed")
     gateway_url: str = setting("http://gateway.openfaas:8080", "OpenFaaS gateway base URL")
     stack_file: str = setting("", "stack.yml with every function's full spec "
                                   "(required by the openfaas-gateway backend)")

@@ -82,13 +82,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-key", metavar="PEM", help="server private key")
     parser.add_argument("--tls-client-ca", metavar="PEM",
                         help="CA of client certificates: requires and verifies them (mTLS)")
+    parser.add_argument("--prometheus", metavar="URL",
+                        help="Prometheus the controller reads (default: metrics.prometheus_url)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="the controller decides and logs, and applies nothing: the "
+                             "scaler serves only what the decision files hold")
+    parser.add_argument("--scaler-only", action="store_true",
+                        help="serve the decision files; run no controller")
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM. Bad input: one line per problem on stderr, exit 2."""
     try:
         plan = plan_from_args(args)
-        return serve(plan)
+        return serve(plan, components=() if args.scaler_only else _controllers(plan, args))
     except (ConfigError, PipelineError) as e:
         for line in e.lines():
             print(f"error: {line}", file=sys.stderr)
@@ -185,6 +192,18 @@ def serve(plan: ServePlan, *, clock: Callable[[], float] = time.time,
             restore()
         log.info("smoe serve stopped")
     return EXIT_OK
+
+
+def _controllers(plan: ServePlan, args: argparse.Namespace) -> list[Component]:
+    """One controller per pipeline, joining the process (built before anything listens, so a
+    bad policy checkpoint or an unreachable cluster is refused up front)."""
+    from smoelib.controller import SMoEController
+    from smoelib.settings import load_settings
+
+    settings = load_settings(args.config)
+    return [SMoEController(dag, settings, prometheus_url=args.prometheus, dry_run=args.dry_run,
+                           log_interval=60.0, warmup_seconds=settings.control.warmup_s)
+            for dag, _path in plan.pipelines]
 
 
 def _port(option: str, given: int | None, default: int) -> int:

@@ -48,6 +48,9 @@ def make_backend(settings: Settings, *, functions: Sequence[str], namespace: str
         return KubernetesBackend(api_client(kubeconfig), rules=rules,
                                  timeout_s=v.request_timeout_s,
                                  scaledobjects=settings.guards.pause_scaledobject_during_rollout)
+    if kind == "none":
+        raise ConfigError([Problem("vertical.backend", "is 'none' (replicas only): there is "
+                                   "no backend to plan against; use --kubeconfig or --gateway")])
     if sim_target is None:
         raise ConfigError([Problem("vertical.backend", "the simulated backend applies to a "
                                    "running simulator (smoe demo); smoe plan needs "
@@ -78,4 +81,4 @@ def api_client(kubeconfig: str | None) -> object:
         return client.ApiClient(configuration)
     except (config.ConfigException, OSError) as e:
         raise ConfigError([Problem("--kubeconfig", f"cannot load: {e}")],
-                          source=kubeconfig) from e
+                          source=kubeconfig or "kubeconfig") from e

@@ -51,7 +51,7 @@ def test_smoe_serve_on_bert_moe_then_sigterm(tmp_path):
     replicas = write_bert_decision(decisions)
     before = decisions.read_bytes()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "smoelib.cli", "serve", "--pipeline", str(BERT),
+        [sys.executable, "-m", "smoelib.cli", "serve", "--scaler-only", "--pipeline", str(BERT),
          "--decisions", str(decisions), "--host", "127.0.0.1", "--grpc-port", "0",
          "--metrics-port", "0"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -91,10 +91,10 @@ def test_smoe_serve_on_bert_moe_then_sigterm(tmp_path):
     assert len(load_decision(decisions).experts) == 72
 
 
-def run_serve(argv: list[str], capsys) -> tuple[int, list[str]]:
+def run_serve(argv: list[str], capsys, *, scaler_only: bool = True) -> tuple[int, list[str]]:
     parser = argparse.ArgumentParser()
     serve.add_arguments(parser)
-    code = serve.run(parser.parse_args(argv))
+    code = serve.run(parser.parse_args(["--scaler-only", *argv] if scaler_only else argv))
     return code, capsys.readouterr().err.strip().splitlines()
 
 
@@ -131,6 +131,16 @@ def test_bad_certificate(capsys, tmp_path):
                            "--tls-key", str(pki.client_key)], capsys)
     assert code == 2 and len(err) == 1
     assert err[0].startswith(f"error: {pki.client_key}: --tls-key: does not match")
+
+
+def test_the_controller_needs_a_reachable_cluster_unless_dry_run(capsys, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    code, err = run_serve(["--pipeline", str(BERT), "--grpc-port", "0", "--metrics-port", "0"],
+                          capsys, scaler_only=False)
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: kubeconfig: --kubeconfig: cannot load")
 
 
 def test_busy_port(capsys):
