@@ -36,6 +36,10 @@ lint: install
 	$(PYTHON) -m ruff check smoelib tests benchmarks
 	$(PYTHON) -m pytest -q tests/unit/test_layering.py
 
+# The embedded default: simulated cluster, real scaler (gRPC) and controller, bundled policy.
+demo: install
+	$(PYTHON) -m smoelib.cli demo
+
 bench: install
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PYTHON) $$script || exit 1; done
 
