@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "manifests": ("smoelib.commands.manifests", "generate one KEDA ScaledObject per expert"),
     "evaluate": ("smoelib.commands.evaluate", "compare policies on the same simulated requests"),
     "tune": ("smoelib.commands.tune", "tune a baseline's settings on the training traces"),
+    "train": ("smoelib.commands.train", "train the sMoE policy with PPO on the simulator"),
     "demo": ("smoelib.commands.demo", "run everything on the embedded simulated cluster"),
 }
 

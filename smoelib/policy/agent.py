@@ -33,9 +33,16 @@ from smoelib.policy.features import (
 from smoelib.policy.heads import reset_linears
 from smoelib.policy.pointer import Actions, PointerDecoder
 
-__all__ = ["AgentOutput", "SMoEAgent", "SMoEDecider", "actions_to_decision"]
+__all__ = ["AgentOutput", "SMoEAgent", "SMoEDecider", "actions_to_decision", "bundled_path"]
 
-BUNDLED = Path(__file__).with_name("pretrained") / "smoe.pt"
+PRETRAINED = Path(__file__).with_name("pretrained")
+BUNDLED = PRETRAINED / "default.pt"
+"""the bundled ``smoe`` policy; the ablations ship as ``pretrained/<name>.pt``"""
+
+
+def bundled_path(architecture: str) -> Path:
+    """The bundled checkpoint a registry name loads when ``policy.checkpoint`` is empty."""
+    return BUNDLED if architecture == "smoe" else PRETRAINED / f"{architecture}.pt"
 
 
 class AgentOutput(NamedTuple):
@@ -157,7 +164,8 @@ def _factory(architecture: str):
     def make(*, dag: Any, settings: Any) -> SMoEDecider:
         from smoelib.policy.checkpoint import load_checkpoint  # file I/O lives there
 
-        path = Path(settings.policy.checkpoint) if settings.policy.checkpoint else BUNDLED
+        path = (Path(settings.policy.checkpoint) if settings.policy.checkpoint
+                else bundled_path(architecture))
         if not path.exists() and not settings.policy.checkpoint:
             raise ConfigError([Problem("policy.checkpoint", f"{architecture!r} needs a trained "
                                        "checkpoint and no bundled default is installed")])

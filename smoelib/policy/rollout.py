@@ -1,0 +1,163 @@
+"""Rollouts on the simulator: ``K`` environments on one scenario, stepped in lock-step.
+
+Every environment of a rollout is reset with the same seed, so all ``K`` see the same
+arrivals and routing (common random numbers, Decima): their returns differ only by the
+policy's own choices, which is what the per-tick baseline across them removes
+(:func:`smoelib.policy.train.crn_advantages`). The agent decides for all ``K`` in one batched
+forward pass. Every decision passes the same physical guards as in ``smoe evaluate``.
+
+Who acts: ``"sample"`` (the agent, sampling with the given generator: PPO), ``"greedy"`` (the
+agent's greedy actions: DAgger and validation) or ``"teacher"`` (a registered decider: the first
+behaviour-cloning round). With ``label=True`` the teacher also decides on every visited state
+and its decision is stored as :class:`Actions` labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from smoelib.guards import guard
+from smoelib.policy.agent import SMoEAgent, actions_to_decision
+from smoelib.policy.base import get_decider
+from smoelib.policy.features import PolicyInput, TrendState, build_features, collate
+from smoelib.policy.imitation import teacher_actions
+from smoelib.policy.pointer import Actions
+from smoelib.sim.env import RewardParts, SimEnv
+from smoelib.sim.summary import summarise, window_series
+
+__all__ = ["Rollout", "EpisodeStats", "collect", "overrun", "cat_actions"]
+
+Mode = Literal["sample", "greedy", "teacher"]
+_MAX_OVER = 5.0  # an overrun (fraction of the SLO) is capped here: one bad tick, bounded reward
+
+
+@dataclass(frozen=True)
+class EpisodeStats:
+    """One environment's episode: ``cost`` (currency), ``p95_over_slo`` over all requests,
+    ``worst_window`` the highest 60 s window P95 over the SLO (drops count as over; capped at
+    5), ``violation_rate`` of 60 s windows, ``dropped`` requests."""
+
+    cost: float
+    p95_over_slo: float
+    worst_window: float
+    violation_rate: float
+    dropped: int
+
+
+@dataclass
+class Rollout:
+    """``T`` ticks of ``K`` environments. Batch rows are time-major: row ``t * K + k``.
+
+    Shapes: ``inputs`` a :class:`PolicyInput` of batch ``T*K``; ``actions``, ``labels``
+    :class:`Actions` of batch ``T*K``; ``log_prob``, ``value``, ``cost``, ``overrun``,
+    ``dones`` ``(T, K)``.
+    """
+
+    inputs: PolicyInput
+    actions: Actions
+    log_prob: Tensor
+    value: Tensor
+    cost: Tensor
+    overrun: Tensor
+    dones: Tensor
+    labels: Actions | None
+    episodes: list[EpisodeStats]
+
+    @property
+    def steps(self) -> int:
+        return int(self.cost.numel())
+
+
+def overrun(parts: RewardParts, slo_ms: float) -> float:
+    """One tick's SLO overrun as a fraction of the SLO: ``max(0, p95 / SLO - 1)`` of the
+    requests finished in the tick plus the share of requests over the SLO or dropped beyond
+    the 5 % a P95 allows (so drops, which have no latency, still count); capped at 5."""
+    over = 0.0 if not np.isfinite(parts.p95_ms) else max(0.0, parts.p95_ms / slo_ms - 1.0)
+    if parts.requests > 0:
+        over += max(0.0, parts.violations / parts.requests - 0.05)
+    return min(over, _MAX_OVER)
+
+
+def cat_actions(items: list[Actions]) -> Actions:
+    """Stack actions along the batch dimension."""
+    return Actions(order=torch.cat([a.order for a in items]),
+                   choices=torch.cat([a.choices for a in items]))
+
+
+def _episode(env: SimEnv) -> EpisodeStats:
+    s = summarise(env)
+    win = window_series(env)["p95_ms"]
+    win = win[np.isfinite(win) | np.isinf(win)]  # NaN: a window without requests
+    worst = float(np.max(win)) / s.slo_ms if win.size else 0.0
+    return EpisodeStats(cost=s.cost, p95_over_slo=s.p95_ms / s.slo_ms,
+                        worst_window=min(worst, _MAX_OVER),
+                        violation_rate=s.window_violation_rate, dropped=s.dropped)
+
+
+def collect(agent: SMoEAgent, *, dag: Any, settings: Any, trace: str, seed: int,
+            duration_s: float, envs: int, mode: Mode, generator: torch.Generator | None = None,
+            teacher: str | None = None, label: bool = False) -> Rollout:
+    """Run ``envs`` environments of one scenario to the end of the episode.
+
+    Args:
+        agent: the policy (its log-probabilities and values are recorded in every mode).
+        dag, settings, trace, seed, duration_s: the scenario; every env is reset with ``seed``.
+        envs: ``K``.
+        mode: who acts (module docstring).
+        generator: the sampling generator (``mode="sample"``).
+        teacher: registry name of the teacher (``mode="teacher"`` or ``label=True``).
+        label: record the teacher's decisions as labels.
+    """
+    cfg = agent.config
+    sims = [SimEnv(dag, settings, trace=trace, duration_s=duration_s) for _ in range(envs)]
+    obs = [e.reset(seed) for e in sims]
+    teachers = []
+    if mode == "teacher" or label:
+        teachers = [get_decider(teacher, dag=dag, settings=settings) for _ in range(envs)]
+        for t in teachers:
+            t.reset(seed)
+    trends: list[TrendState | None] = [None] * envs
+    gpus = settings.cluster.gpus
+    steps: list[tuple[PolicyInput, Actions, Tensor, Tensor, list[RewardParts]]] = []
+    labels: list[Actions] = []
+    done = False
+    while not done:
+        rows = []
+        for k in range(envs):
+            inp, trends[k] = build_features(obs[k], dag, config=cfg, gpus=gpus,
+                                            trend=trends[k])
+            rows.append(inp)
+        batch = collate(rows)
+        with torch.no_grad():
+            out = agent(batch, generator=generator if mode == "sample" else None)
+        parts = []
+        for k, env in enumerate(sims):
+            taught = teachers[k].decide(obs[k]) if teachers else None
+            if taught is not None:
+                taught = guard(taught, dag=dag, settings=settings).decision
+                if label:
+                    labels.append(teacher_actions(taught, rows[k], dag, config=cfg))
+            proposal = taught if mode == "teacher" else actions_to_decision(
+                out.actions, batch, dag, config=cfg, updated_at=float(obs[k].time_s), row=k)
+            applied = guard(proposal, dag=dag, settings=settings).decision
+            result = env.step(applied)
+            obs[k], done = result.observation, result.done
+            parts.append(result.reward)
+        steps.append((batch, out.actions, out.log_prob, out.value, parts))
+    slo = float(dag.slo_ms)
+    n = len(steps)
+    dones = torch.zeros(n, envs)
+    dones[-1] = 1.0
+    return Rollout(
+        inputs=collate([s[0] for s in steps]), actions=cat_actions([s[1] for s in steps]),
+        log_prob=torch.stack([s[2] for s in steps]), value=torch.stack([s[3] for s in steps]),
+        cost=torch.tensor([[p.cost for p in s[4]] for s in steps], dtype=torch.float32),
+        overrun=torch.tensor([[overrun(p, slo) for p in s[4]] for s in steps],
+                             dtype=torch.float32),
+        dones=dones, labels=cat_actions(labels) if labels else None,
+        episodes=[_episode(e) for e in sims])

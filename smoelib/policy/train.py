@@ -1,0 +1,521 @@
+"""Training the sMoE policy: behaviour cloning from ``queueing``, then PPO with a Lagrange
+multiplier on the SLO, on the simulator's training split (docs/training.md).
+
+The loop, one update at a time (``update`` counts both phases):
+
+1. **Behaviour cloning** (updates ``0 .. bc_rounds - 1``, DAgger): each round runs
+   ``bc_episodes`` episodes, in round 0 all acted by the teacher, later every other one by the
+   agent itself (greedy), always labelled by the teacher on the states visited; the agent
+   maximises the log-probability of the teacher's actions and fits its value head to the
+   episodes' returns.
+2. **PPO** (the rest): ``envs`` rollouts of one curriculum scenario on common random numbers;
+   reward ``-(cost / reference cost) - lambda * overrun`` per tick (scaled); GAE advantages,
+   minus the leave-one-out mean of the other rollouts at the same tick (Decima's
+   input-dependent baseline); clipped surrogate, value loss, per-expert entropy bonus, KL early
+   stop; then one dual-ascent step on ``lambda`` towards "worst 60 s window P95 <= (1 +
+   slo_target) x SLO".
+
+Every random draw is a function of ``(seed, update)``: a stopped run resumed from its checkpoint
+continues exactly as an uninterrupted one, and one seed gives one checkpoint. Validation on fixed
+training-split scenarios (seed below 1000) keeps ``best.pt``: the cheapest policy that is no worse
+than the teacher on SLO violations there.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from smoelib.errors import ConfigError, Problem
+from smoelib.policy import ppo
+from smoelib.policy.agent import SMoEAgent
+from smoelib.policy.checkpoint import load_checkpoint, save_checkpoint
+from smoelib.policy.config import ARCHITECTURES, PolicyConfig
+from smoelib.policy.curriculum import (
+    TRAIN_TRACES,
+    scenario,
+    split_problems,
+    validation_scenarios,
+)
+from smoelib.policy.features import PolicyInput
+from smoelib.policy.imitation import bc_loss
+from smoelib.policy.pointer import Actions
+from smoelib.policy.rollout import EpisodeStats, Rollout, collect
+
+__all__ = ["TrainConfig", "TrainResult", "train", "crn_advantages", "reference_cost",
+           "LOG_KEYS"]
+
+_PIPELINES = ("examples/pipelines/bert-moe.yml", "examples/pipelines/gpt2-moe.yml",
+              "examples/pipelines/bert2bert-moe.yml")
+LOG_KEYS = (
+    "update", "phase", "env_steps", "wall_s", "pipeline", "trace", "seed", "duration_s",
+    "charts/episode_cost", "charts/cost_per_tick", "charts/p95_over_slo", "charts/worst_window",
+    "charts/violation_rate", "charts/dropped", "charts/return", "charts/lagrange",
+    "losses/bc", "losses/bc_kept", "losses/policy", "losses/value", "losses/entropy",
+    "losses/approx_kl", "losses/clip_fraction", "val/cost_ratio", "val/worst_window",
+    "val/violation_rate", "val/feasible")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; stored in its checkpoints (CleanRL's ``Args``)."""
+
+    pipelines: tuple[str, ...] = _PIPELINES
+    """pipeline.yml paths trained on (the curriculum opens them smallest first)"""
+    traces: tuple[str, ...] = TRAIN_TRACES
+    """training traces only: conv-train and the synthetic ones (DESIGN.md, "Traces")"""
+    seeds: tuple[int, int] = (0, 1000)
+    """episode seeds are drawn from [lo, hi); hi <= 1000 (1000 and above: evaluation)"""
+    config: str | None = None
+    """config.yaml of the simulated cluster (None: the packaged defaults)"""
+    architecture: str = "smoe"
+    """smoe, smoe-mlp or smoe-independent (PolicyConfig.architecture)"""
+    hidden: int = 32
+    """network width (PolicyConfig.hidden)"""
+    seed: int = 1
+    """seed of the parameters, the scenarios and the sampling"""
+    teacher: str = "queueing"
+    """registered decider cloned in the warm start"""
+    bc_rounds: int = 4
+    """behaviour-cloning (DAgger) rounds (updates)"""
+    bc_episodes: int = 6
+    """episodes per round (pipelines in turn)"""
+    bc_epochs: int = 8
+    """passes over a round's samples"""
+    bc_batch: int = 64
+    """samples per behaviour-cloning minibatch (ticks)"""
+    bc_learning_rate: float = 1e-3
+    """Adam step size while cloning"""
+    updates: int = 150
+    """PPO updates after cloning (a resumed run may extend or cut it)"""
+    envs: int = 4
+    """rollouts per update, all on the same scenario and seed (common random numbers)"""
+    episode_start_s: float = 120.0
+    """curriculum: first episode length (simulated s)"""
+    episode_s: float = 300.0
+    """curriculum: final episode length (simulated s), also the cloning episodes'"""
+    curriculum_updates: int = 30
+    """PPO updates over which episodes lengthen and pipelines open"""
+    update_epochs: int = 4
+    """PPO epochs per update"""
+    minibatches: int = 4
+    """PPO minibatches per epoch"""
+    learning_rate: float = 1e-4
+    """Adam step size for PPO"""
+    entropy_coef: float = 1e-3
+    """weight of the entropy bonus (entropy per expert)"""
+    target_kl: float = 0.05
+    """stop an update's epochs when the approximate KL exceeds this (0: never)"""
+    reward_scale: float = 0.1
+    """rewards are multiplied by this (keeps returns and the value loss near 1)"""
+    lagrange_init: float = 10.0
+    """initial SLO multiplier (reward per unit of overrun, in reference-cost ticks)"""
+    lagrange_lr: float = 2.0
+    """dual-ascent step per update, per unit of constraint violation"""
+    lagrange_max: float = 200.0
+    """the multiplier is capped here"""
+    slo_target: float = -0.1
+    """the constraint: worst 60 s window P95 / SLO - 1 <= slo_target (negative: a margin)"""
+    validate_every: int = 10
+    """PPO updates between validations (and after cloning; 0: never)"""
+    validation_s: float = 300.0
+    """validation episode length (simulated s)"""
+    validation_seed: int = 999
+    """validation episodes' seed (training split: below 1000)"""
+    checkpoint_every: int = 5
+    """updates between checkpoints (and at the end of cloning, of the run and on a stop)"""
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems, source="TrainConfig")
+
+    def problems(self) -> list[Problem]:
+        """Every invalid field at once, the data split first."""
+        p = split_problems(self.traces, self.seeds)
+        if not 0 <= self.validation_seed < 1000:
+            p.append(Problem("validation_seed", "must be below 1000 (training split)"))
+        if self.architecture not in ARCHITECTURES:
+            p.append(Problem("architecture", f"one of {', '.join(ARCHITECTURES)}"))
+        if not self.pipelines:
+            p.append(Problem("pipelines", "needs at least one pipeline"))
+        for name in ("hidden", "bc_episodes", "bc_epochs", "bc_batch", "envs", "update_epochs",
+                     "minibatches", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                p.append(Problem(name, "must be >= 1"))
+        for name in ("bc_rounds", "updates", "curriculum_updates", "validate_every"):
+            if getattr(self, name) < 0:
+                p.append(Problem(name, "must be >= 0"))
+        for name in ("episode_start_s", "episode_s", "validation_s", "learning_rate",
+                     "bc_learning_rate", "reward_scale"):
+            if not getattr(self, name) > 0:
+                p.append(Problem(name, "must be > 0"))
+        if self.envs < 2 and self.updates > 0:
+            p.append(Problem("envs", "PPO needs >= 2 rollouts for the common-random-numbers "
+                                     "baseline"))
+        return p
+
+    def to_dict(self) -> dict[str, Any]:
+        """Primitives only (lists for tuples), for checkpoints."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+                for f in dataclasses.fields(self)}
+
+    def policy_config(self, settings: Any) -> PolicyConfig:
+        """The network's config: the settings' action space plus this run's choices."""
+        return PolicyConfig.from_settings(
+            settings, architecture=self.architecture, hidden=self.hidden, seed=self.seed,
+            learning_rate=self.learning_rate, entropy_coef=self.entropy_coef,
+            lagrange_init=self.lagrange_init, lagrange_lr=self.lagrange_lr,
+            slo_violation_target=self.slo_target)
+
+    @property
+    def total_updates(self) -> int:
+        return self.bc_rounds + self.updates
+
+
+@dataclass
+class TrainResult:
+    """``finished``: every update ran (False: stopped by the time limit, resumable)."""
+
+    update: int
+    finished: bool
+    checkpoint: Path
+    best: Path | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---- small pieces ---------------------------------------------------------------------------
+def reference_cost(dag: Any, settings: Any) -> float:
+    """Cost of one control tick of ``dag`` at its pipeline defaults (currency): the unit
+    rewards are measured in, so that one reward scale serves pipelines of any size."""
+    from smoelib.policy.baselines.common import price_per_hour
+    from smoelib.sim.targets import defaults
+
+    d = defaults(dag)
+    per_h = price_per_hour(settings, cpu=d.cpu, memory_mb=d.memory_mb, gpu_share=d.gpu_share)
+    return float((d.replicas * per_h).sum()) * settings.control.interval_s / 3600.0
+
+
+def crn_advantages(adv: torch.Tensor) -> torch.Tensor:
+    """Subtract, per tick, the mean advantage of the *other* rollouts (leave-one-out, so the
+    baseline never depends on the rollout's own actions): what all rollouts share through the
+    common arrivals cancels. Shapes: ``(T, K)`` -> ``(T, K)``, ``K >= 2``."""
+    k = adv.shape[1]
+    others = (adv.sum(1, keepdim=True) - adv) / (k - 1)
+    return adv - others
+
+
+def _rows(inp: PolicyInput, actions: Actions, idx: torch.Tensor
+          ) -> tuple[PolicyInput, Actions]:
+    """The batch rows ``idx`` of a collated input and its actions."""
+    return (inp._replace(x=inp.x[idx], replicas=inp.replicas[idx],
+                         choice_mask=inp.choice_mask[idx], budget=inp.budget[idx]),
+            Actions(order=actions.order[idx], choices=actions.choices[idx]))
+
+
+def _generator(seed: int, update: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + update)
+
+
+def _episode_charts(episodes: list[EpisodeStats], ticks: int) -> dict[str, float]:
+    mean = lambda k: float(np.mean([getattr(e, k) for e in episodes]))  # noqa: E731
+    return {"charts/episode_cost": mean("cost"),
+            "charts/cost_per_tick": mean("cost") / max(ticks, 1),
+            "charts/p95_over_slo": mean("p95_over_slo"),
+            "charts/worst_window": mean("worst_window"),
+            "charts/violation_rate": mean("violation_rate"), "charts/dropped": mean("dropped")}
+
+
+class _Log:
+    """``log.csv`` (``LOG_KEYS`` columns) and, when installed, TensorBoard. A resumed run
+    keeps the rows up to its checkpoint and appends."""
+
+    def __init__(self, out: Path, *, keep_until: int):
+        self.path = out / "log.csv"
+        rows = []
+        if keep_until > 0 and self.path.exists():
+            with self.path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["update"]) < keep_until]
+        self.wall0 = float(rows[-1]["wall_s"]) if rows else 0.0
+        with self.path.open("w", newline="") as f:
+            w = csv.DictWriter(f, LOG_KEYS)
+            w.writeheader()
+            w.writerows(rows)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(out / "tb"))
+        except ImportError:  # TensorBoard is optional
+            self.tb = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, LOG_KEYS).writerow({k: row.get(k, "") for k in LOG_KEYS})
+        if self.tb is not None:
+            for k, v in row.items():
+                if "/" in k and isinstance(v, int | float):
+                    self.tb.add_scalar(k, v, row["update"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ---- the phases -----------------------------------------------------------------------------
+def _bc_round(agent, opt, cfg: TrainConfig, *, update: int, dags, settings, refs,
+              lagrange: float) -> tuple[dict[str, float], int]:
+    """One DAgger round: collect labelled episodes, then ``bc_epochs`` passes over them."""
+    rng = np.random.default_rng([cfg.seed, update, 0xBC])
+    gen = _generator(cfg.seed, update)
+    pipes = list(dags)
+    data: dict[str, list[tuple[Rollout, torch.Tensor]]] = {}
+    episodes, steps = [], 0
+    pcfg = agent.config
+    for i in range(cfg.bc_episodes):
+        pipe = pipes[i % len(pipes)]
+        trace = cfg.traces[int(rng.integers(len(cfg.traces)))]
+        seed = int(rng.integers(*cfg.seeds))
+        mode = "teacher" if update == 0 or i % 2 == 0 else "greedy"
+        agent.eval()
+        ro = collect(agent, dag=dags[pipe], settings=settings, trace=trace, seed=seed,
+                     duration_s=cfg.episode_s, envs=1, mode=mode, teacher=cfg.teacher,
+                     label=True)
+        r = cfg.reward_scale * ppo.reward(ro.cost / refs[pipe], ro.overrun, lagrange)
+        _, returns = ppo.gae(r, torch.zeros_like(r), ro.dones, torch.zeros(1),
+                             gamma=pcfg.gamma, lam=1.0)  # Monte-Carlo returns
+        data.setdefault(pipe, []).append((ro, returns.reshape(-1)))
+        episodes += ro.episodes
+        steps += ro.steps
+    for g in opt.param_groups:
+        g["lr"] = cfg.bc_learning_rate
+    agent.train()
+    losses, kept = [], []
+    batches = []
+    for pipe, items in data.items():
+        inp = _cat_inputs([ro.inputs for ro, _ in items])
+        labels = Actions(order=torch.cat([ro.labels.order for ro, _ in items]),
+                         choices=torch.cat([ro.labels.choices for ro, _ in items]))
+        returns = torch.cat([ret for _, ret in items])
+        batches.append((pipe, inp, labels, returns))
+    for _ in range(cfg.bc_epochs):
+        work = []
+        for bi, (_, inp, _, _) in enumerate(batches):
+            perm = torch.randperm(inp.x.shape[0], generator=gen)
+            work += [(bi, perm[j:j + cfg.bc_batch])
+                     for j in range(0, perm.numel(), cfg.bc_batch)]
+        for w in torch.randperm(len(work), generator=gen).tolist():
+            bi, idx = work[w]
+            pipe, inp, labels, returns = batches[bi]
+            sub, acts = _rows(inp, labels, idx)
+            out = agent(sub, actions=acts)
+            nll, k = bc_loss(out.log_prob, len(dags[pipe].experts))
+            loss = nll + pcfg.value_coef * ppo.value_loss(out.value, returns[idx])
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(agent.parameters(), pcfg.max_grad_norm)
+            opt.step()
+            losses.append(float(nll.detach()))
+            kept.append(float(k))
+    stats = {"losses/bc": float(np.mean(losses[-len(work):])),
+             "losses/bc_kept": float(np.mean(kept)),
+             **_episode_charts(episodes, steps // max(len(episodes), 1))}
+    return stats, steps
+
+
+def _cat_inputs(items: list[PolicyInput]) -> PolicyInput:
+    first = items[0]
+    return first._replace(x=torch.cat([i.x for i in items]),
+                          replicas=torch.cat([i.replicas for i in items]),
+                          choice_mask=torch.cat([i.choice_mask for i in items]),
+                          budget=torch.cat([i.budget for i in items]))
+
+
+def _ppo_update(agent, opt, cfg: TrainConfig, *, update: int, dags, sizes, settings, refs,
+                lagrange: float) -> tuple[dict[str, Any], int, float]:
+    """One PPO update on one curriculum scenario; returns stats, env steps, the new lambda."""
+    pcfg = agent.config
+    sc = scenario(update - cfg.bc_rounds, pipelines=list(dags), sizes=sizes,
+                  traces=cfg.traces, seeds=cfg.seeds, seed=cfg.seed,
+                  start_s=cfg.episode_start_s, end_s=cfg.episode_s,
+                  ramp=cfg.curriculum_updates, tick_s=settings.control.interval_s)
+    gen = _generator(cfg.seed, update)
+    agent.eval()
+    ro = collect(agent, dag=dags[sc.pipeline], settings=settings, trace=sc.trace,
+                 seed=sc.seed, duration_s=sc.duration_s, envs=cfg.envs, mode="sample",
+                 generator=gen)
+    rewards = cfg.reward_scale * ppo.reward(ro.cost / refs[sc.pipeline], ro.overrun, lagrange)
+    adv, returns = ppo.gae(rewards, ro.value, ro.dones, torch.zeros(cfg.envs),
+                           gamma=pcfg.gamma, lam=pcfg.gae_lambda)
+    adv = crn_advantages(adv).reshape(-1)
+    returns, old_lp, old_v = returns.reshape(-1), ro.log_prob.reshape(-1), ro.value.reshape(-1)
+    n_experts = len(dags[sc.pipeline].experts)
+    for g in opt.param_groups:
+        g["lr"] = cfg.learning_rate
+    agent.train()
+    b = adv.numel()
+    size = max(1, b // cfg.minibatches)
+    acc: dict[str, list[float]] = {}
+    stop = False
+    for _ in range(cfg.update_epochs):
+        perm = torch.randperm(b, generator=gen)
+        for j in range(0, b - size + 1, size):
+            idx = perm[j:j + size]
+            sub, acts = _rows(ro.inputs, ro.actions, idx)
+            out = agent(sub, actions=acts)
+            a = adv[idx]
+            a = (a - a.mean()) / (a.std() + 1e-8)
+            pl, st = ppo.policy_loss(out.log_prob, old_lp[idx], a, clip=pcfg.clip_range)
+            vl = ppo.value_loss(out.value, returns[idx], old_values=old_v[idx],
+                                clip=pcfg.clip_range)
+            ent = ppo.entropy_loss(out.entropy / n_experts)
+            loss = pl + pcfg.value_coef * vl + pcfg.entropy_coef * ent
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(agent.parameters(), pcfg.max_grad_norm)
+            opt.step()
+            for k, v in {"losses/policy": pl, "losses/value": vl, "losses/entropy": -ent,
+                         **st}.items():
+                acc.setdefault(k, []).append(float(v.detach()))
+            if cfg.target_kl > 0 and float(st["losses/approx_kl"]) > cfg.target_kl:
+                stop = True
+                break
+        if stop:
+            break
+    worst = float(np.mean([e.worst_window for e in ro.episodes]))
+    new_lagrange = min(cfg.lagrange_max, ppo.lagrange_update(
+        lagrange, worst - 1.0, lr=pcfg.lagrange_lr, target=pcfg.slo_violation_target))
+    stats = {**{k: float(np.mean(v)) for k, v in acc.items()},
+             **_episode_charts(ro.episodes, ro.steps // cfg.envs),
+             "charts/return": float(rewards.sum(0).mean()), "pipeline": Path(sc.pipeline).stem,
+             "trace": sc.trace, "seed": sc.seed, "duration_s": sc.duration_s}
+    return stats, ro.steps, new_lagrange
+
+
+def _validate(agent, cfg: TrainConfig, *, dags, settings, mode: str) -> list[EpisodeStats]:
+    agent.eval()
+    out = []
+    for sc in validation_scenarios(list(dags), traces=cfg.traces, seed=cfg.validation_seed,
+                                   duration_s=cfg.validation_s):
+        out += collect(agent, dag=dags[sc.pipeline], settings=settings, trace=sc.trace,
+                       seed=sc.seed, duration_s=sc.duration_s, envs=1, mode=mode,
+                       teacher=cfg.teacher).episodes
+    return out
+
+
+def _score(mine: list[EpisodeStats], ref: list[dict[str, float]]) -> dict[str, float]:
+    """Cost relative to the teacher; feasible: in every scenario no worse than the teacher on
+    window violations and drops, and the worst window within the SLO (or the teacher's)."""
+    feasible = all(m.violation_rate <= r["violation_rate"] + 1e-9 and m.dropped <= r["dropped"]
+                   and m.worst_window <= max(1.0, r["worst_window"])
+                   for m, r in zip(mine, ref, strict=True))
+    return {"val/cost_ratio": sum(m.cost for m in mine) / max(sum(r["cost"] for r in ref), 1e-12),
+            "val/worst_window": max(m.worst_window for m in mine),
+            "val/violation_rate": float(np.mean([m.violation_rate for m in mine])),
+            "val/feasible": float(feasible)}
+
+
+# ---- the loop ------------------------------------------------------------------------------
+def train(cfg: TrainConfig, *, out: str | Path, resume: bool = False, progress: bool = True,
+          time_limit_s: float | None = None) -> TrainResult:
+    """Train (or resume) into ``out``: ``checkpoint.pt`` (resumable), ``best.pt`` (selected
+    on validation), ``log.csv``.
+
+    Raises:
+        ConfigError: a bad pipeline or config, or ``resume`` without a matching checkpoint.
+    """
+    from tqdm import tqdm
+
+    from smoelib.settings import load_settings
+    from smoelib.topology import build_dag
+
+    out = Path(out)
+    settings = load_settings(cfg.config)
+    dags = {p: build_dag(p) for p in cfg.pipelines}
+    sizes = [len(d.experts) for d in dags.values()]
+    refs = {p: reference_cost(d, settings) for p, d in dags.items()}
+    pcfg = cfg.policy_config(settings)
+    ckpt_path, best_path = out / "checkpoint.pt", out / "best.pt"
+    agent = SMoEAgent(pcfg)
+    opt = torch.optim.Adam(agent.parameters(), lr=cfg.bc_learning_rate)
+    state: dict[str, Any] = {"update": 0, "lagrange": cfg.lagrange_init, "env_steps": 0,
+                             "best_ratio": math.inf, "teacher_val": []}
+    if resume:
+        ck = load_checkpoint(ckpt_path, expect=pcfg)
+        stored = ck.training.get("train_config") or {}
+        # the number of PPO updates may change (a run extended or cut): nothing before the
+        # last update depends on it
+        diff = sorted(k for k, v in cfg.to_dict().items()
+                      if stored.get(k) != v and k != "updates")
+        if diff or not stored:
+            raise ConfigError([Problem("--resume", f"the checkpoint was trained with other "
+                                       f"settings: {', '.join(diff) or 'none stored'}")],
+                              source=str(ckpt_path))
+        agent, state = ck.agent, dict(ck.training["state"])
+        opt = torch.optim.Adam(agent.parameters(), lr=cfg.bc_learning_rate)
+        opt.load_state_dict(ck.optimizer)
+    out.mkdir(parents=True, exist_ok=True)
+    log = _Log(out, keep_until=state["update"])
+    started = time.perf_counter()
+
+    def save(path: Path = ckpt_path) -> None:
+        save_checkpoint(path, agent, optimizer=opt,
+                        training={"state": state, "train_config": cfg.to_dict()})
+
+    bar = tqdm(total=cfg.total_updates, initial=state["update"], unit="update",
+               disable=not progress)
+    history, finished = [], True
+    while state["update"] < cfg.total_updates:
+        u = state["update"]
+        if u < cfg.bc_rounds:
+            stats, steps = _bc_round(agent, opt, cfg, update=u, dags=dags, settings=settings,
+                                     refs=refs, lagrange=state["lagrange"])
+            stats["phase"] = "bc"
+        else:
+            stats, steps, state["lagrange"] = _ppo_update(
+                agent, opt, cfg, update=u, dags=dags, sizes=sizes, settings=settings,
+                refs=refs, lagrange=state["lagrange"])
+            stats["phase"] = "ppo"
+        state["env_steps"] += steps
+        state["update"] = u + 1
+        done_bc = state["update"] == cfg.bc_rounds
+        ppo_done = state["update"] - cfg.bc_rounds
+        if cfg.validate_every and (done_bc or (ppo_done > 0 and ppo_done % cfg.validate_every
+                                               == 0) or state["update"] == cfg.total_updates):
+            if not state["teacher_val"]:
+                state["teacher_val"] = [dataclasses.asdict(e) for e in _validate(
+                    agent, cfg, dags=dags, settings=settings, mode="teacher")]
+            score = _score(_validate(agent, cfg, dags=dags, settings=settings, mode="greedy"),
+                           state["teacher_val"])
+            stats.update(score)
+            if score["val/feasible"] and score["val/cost_ratio"] < state["best_ratio"]:
+                state["best_ratio"] = score["val/cost_ratio"]
+                save_checkpoint(best_path, agent, training={
+                    "update": state["update"], "cost_ratio": score["val/cost_ratio"],
+                    "train_config": cfg.to_dict()})
+        stats.update({"update": u, "env_steps": state["env_steps"], "charts/lagrange":
+                      state["lagrange"], "wall_s": log.wall0 + time.perf_counter() - started})
+        log.write(stats)
+        history.append(stats)
+        bar.update(1)
+        bar.set_postfix(phase=stats["phase"], cost=f"{stats['charts/episode_cost']:.3f}",
+                        lam=f"{state['lagrange']:.2f}")
+        over_time = time_limit_s is not None and time.perf_counter() - started > time_limit_s
+        if (state["update"] % cfg.checkpoint_every == 0 or done_bc or over_time
+                or state["update"] == cfg.total_updates):
+            save()
+        if over_time and state["update"] < cfg.total_updates:
+            finished = False
+            break
+    bar.close()
+    log.close()
+    if not ckpt_path.exists():
+        save()
+    return TrainResult(update=state["update"], finished=finished, checkpoint=ckpt_path,
+                       best=best_path if best_path.exists() else None, history=history)

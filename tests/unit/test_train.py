@@ -1,0 +1,177 @@
+"""Training pieces: the data split, the CRN baseline, teacher labels, behaviour cloning, the
+curriculum, and whole tiny runs (same seed, same checkpoint; a resumed run as an uninterrupted
+one)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from smoelib.decisions import ExpertDecision, PipelineDecision
+from smoelib.errors import ConfigError
+from smoelib.policy.agent import SMoEAgent, actions_to_decision
+from smoelib.policy.config import PolicyConfig
+from smoelib.policy.curriculum import scenario
+from smoelib.policy.features import build_features, collate
+from smoelib.policy.imitation import bc_loss, teacher_actions
+from smoelib.policy.train import TrainConfig, crn_advantages, train
+from smoelib.sim.observation import NODE_FIELDS, Observation
+from smoelib.topology import build_dag
+
+SMALL = {"name": "p", "slo_ms": 50, "stages": [{"id": "a"}, {"id": "m", "experts": 3},
+                                               {"id": "b", "experts": 2}, {"id": "z"}]}
+
+
+@pytest.fixture(scope="module")
+def dag():
+    return build_dag(SMALL)
+
+
+@pytest.fixture
+def small_yml(tmp_path):
+    path = tmp_path / "small.yml"
+    path.write_text(yaml.safe_dump(SMALL))
+    return str(path)
+
+
+def observation(dag, seed=0, replicas=2.0):
+    rng = np.random.default_rng(seed)
+    n = len(dag.nodes)
+    arrays = {f: rng.uniform(0.0, 4.0, n) for f in NODE_FIELDS}
+    arrays["replicas_desired"] = np.full(n, replicas)
+    return Observation(time_s=10.0, nodes=dag.nodes, request_rate=5.0, p95_ms=30.0,
+                       p99_ms=40.0, **arrays)
+
+
+def decision(dag, seed=0):
+    rng = np.random.default_rng(seed)
+    return PipelineDecision(pipeline=dag.name, updated_at=10.0, experts={
+        e: ExpertDecision(replicas=int(rng.integers(0, 5)), cpu=float(rng.choice([0.5, 1.0])),
+                          memory_mb=int(rng.choice([1024, 2048])),
+                          gpu_share=float(rng.choice([0.1, 0.25])),
+                          concurrency=int(rng.choice([1, 4, 16])))
+        for e in dag.experts})
+
+
+# ---- the data split ------------------------------------------------------------------------
+@pytest.mark.parametrize("kw, needle", [
+    ({"traces": ("conv-eval",)}, "conv-eval"), ({"traces": ("conv",)}, "'conv'"),
+    ({"traces": ("data/x.csv",)}, "x.csv"), ({"seeds": (0, 1001)}, "evaluation split"),
+    ({"validation_seed": 1000}, "validation_seed")])
+def test_evaluation_data_is_refused(kw, needle):
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(**kw)
+    assert needle in str(e.value)
+
+
+# ---- maths ---------------------------------------------------------------------------------
+def test_crn_advantages_subtract_the_other_rollouts_mean():
+    adv = torch.tensor([[1.0, 2.0, 6.0], [0.0, 0.0, 3.0]])
+    # row 0: 1 - (2+6)/2 = -3, 2 - (1+6)/2 = -1.5, 6 - (1+2)/2 = 4.5
+    want = torch.tensor([[-3.0, -1.5, 4.5], [-1.5, -1.5, 3.0]])
+    assert torch.allclose(crn_advantages(adv), want)
+    shared = torch.tensor([[5.0, 5.0], [-2.0, -2.0]])  # what every rollout shares cancels
+    assert torch.equal(crn_advantages(shared), torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("architecture", ["smoe", "smoe-independent"])
+def test_teacher_labels_reproduce_the_teacher_decision(dag, architecture):
+    cfg = PolicyConfig(hidden=8, decode_steps=2, architecture=architecture)
+    inp, _ = build_features(observation(dag), dag, config=cfg, gpus=64.0)
+    want = decision(dag)
+    acts = teacher_actions(want, inp, dag, config=cfg)
+    got = actions_to_decision(acts, inp, dag, config=cfg, updated_at=10.0)
+    assert dict(got.experts) == dict(want.experts)
+    with torch.no_grad():  # the decoder scores them: finite, allowed
+        out = SMoEAgent(cfg)(inp, actions=acts)
+    assert torch.isfinite(out.log_prob).all() and float(out.log_prob[0]) > -1e4
+    # the order decodes the biggest GPU users first (pointer) and is a permutation
+    for li, experts in enumerate(dag.moe_layers.values()):
+        order = acts.order[0, li, :len(experts)].tolist()
+        assert sorted(order) == list(range(len(experts)))
+
+
+def test_bc_loss_decreases_on_a_fixed_batch(dag):
+    cfg = PolicyConfig(hidden=16, decode_steps=2)
+    agent = SMoEAgent(cfg)
+    rows, labels = [], []
+    for s in range(8):
+        inp, _ = build_features(observation(dag, s), dag, config=cfg, gpus=64.0)
+        rows.append(inp)
+        labels.append(teacher_actions(decision(dag, s), inp, dag, config=cfg))
+    batch = collate(rows)
+    acts = type(labels[0])(order=torch.cat([a.order for a in labels]),
+                           choices=torch.cat([a.choices for a in labels]))
+    opt = torch.optim.Adam(agent.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(20):
+        loss, kept = bc_loss(agent(batch, actions=acts).log_prob, len(dag.experts))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert float(kept) == 1.0
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_curriculum_is_a_function_of_seed_and_update():
+    kw = dict(pipelines=["big", "small"], sizes=[144, 6], traces=("poisson", "spike"),
+              seeds=(0, 1000), seed=3, start_s=60.0, end_s=300.0, ramp=10, tick_s=5.0)
+    assert scenario(4, **kw) == scenario(4, **kw)
+    first = [scenario(u, **kw) for u in range(4)]
+    assert all(s.pipeline == "small" for s in first)  # smallest pipeline first
+    assert [s.duration_s for s in first] == sorted(s.duration_s for s in first)
+    assert first[0].duration_s == 60.0 and scenario(50, **kw).duration_s == 300.0
+    assert {scenario(u, **kw).pipeline for u in range(10, 40)} == {"big", "small"}
+    assert all(0 <= scenario(u, **kw).seed < 1000 for u in range(40))
+
+
+# ---- whole runs ----------------------------------------------------------------------------
+def tiny(small_yml, **kw):
+    base = dict(pipelines=(small_yml,), traces=("poisson", "bursty"), bc_rounds=1,
+                bc_episodes=1, bc_epochs=2, bc_batch=8, updates=2, envs=2,
+                episode_start_s=20.0, episode_s=30.0, curriculum_updates=2, update_epochs=2,
+                minibatches=2, validate_every=0, validation_s=20.0, checkpoint_every=10)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def tensors(path):
+    data = torch.load(path, weights_only=True)
+    return data["model"], data["optimizer"]["state"], data["training"]
+
+
+def same(a, b):
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def test_same_seed_same_checkpoint_and_resume_continues_identically(small_yml, tmp_path):
+    cfg = tiny(small_yml)
+    a = train(cfg, out=tmp_path / "a", progress=False)
+    b = train(cfg, out=tmp_path / "b", progress=False)
+    assert a.finished and a.update == 3
+    assert same(tensors(a.checkpoint), tensors(b.checkpoint))
+    assert [h["phase"] for h in a.history] == ["bc", "ppo", "ppo"]
+    # stopped after every update by the time limit, resumed each time: the same checkpoint
+    c = train(cfg, out=tmp_path / "c", progress=False, time_limit_s=0.0)
+    while not c.finished:
+        c = train(cfg, out=tmp_path / "c", progress=False, resume=True, time_limit_s=0.0)
+    assert same(tensors(a.checkpoint), tensors(c.checkpoint))
+    assert (tmp_path / "c" / "log.csv").read_text().count("\n") == 1 + 3
+    other = train(tiny(small_yml, seed=2, updates=0), out=tmp_path / "d", progress=False)
+    assert not same(tensors(a.checkpoint)[0], tensors(other.checkpoint)[0])
+
+
+def test_resume_refuses_other_settings(small_yml, tmp_path):
+    train(tiny(small_yml, updates=0), out=tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="bc_episodes"):
+        train(tiny(small_yml, updates=0, bc_episodes=2), out=tmp_path, progress=False,
+              resume=True)
