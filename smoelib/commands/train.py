@@ -1,7 +1,8 @@
 """smoe train: behaviour cloning from ``queueing``, then PPO, on the simulator's training split.
 
 Writes ``OUT/checkpoint.pt`` (resumable with ``--resume``), ``OUT/best.pt`` (selected on
-training-split validation), ``OUT/log.csv`` (``losses/...``, ``charts/...``, ``val/...``) and,
+training-split validation), ``OUT/log.csv`` (``losses/...``, ``charts/...``, ``val/...``), its
+plot ``OUT/curves.png`` and,
 with ``--export FILE``, the selected policy alone (no optimizer: small) for bundling.
 Evaluation data (``conv-eval``, ``conv``, CSV files, seeds >= 1000) is refused. docs/training.md.
 """
@@ -39,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bc-episodes", type=int, default=d.bc_episodes,
                         help="episodes per cloning round")
     parser.add_argument("--updates", type=int, default=d.updates, help="PPO updates")
+    parser.add_argument("--learning-rate", type=float, default=d.learning_rate,
+                        help="Adam step size for PPO")
     parser.add_argument("--envs", type=int, default=d.envs,
                         help="rollouts per update (common random numbers)")
     parser.add_argument("--episode", type=float, default=d.episode_s,
@@ -81,6 +84,7 @@ def _config(args: argparse.Namespace):
         traces=tuple(split_list(args.traces, "--traces")), seeds=(lo, hi), seed=args.seed,
         config=args.config, architecture=args.architecture, bc_rounds=args.bc_rounds,
         bc_episodes=args.bc_episodes, updates=args.updates, envs=args.envs,
+        learning_rate=args.learning_rate,
         episode_s=args.episode, episode_start_s=min(args.episode_start, args.episode),
         validate_every=args.validate_every, validation_s=args.validation_episode,
         checkpoint_every=args.checkpoint_every, teacher=args.teacher)
@@ -118,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     state = "finished" if result.finished else "stopped by --time-limit (resume with --resume)"
     print(f"{state} at update {result.update}/{cfg.total_updates}: {result.checkpoint}"
           + (f", best {result.best}" if result.best else ""))
+    _plot(out)
     if args.export and result.finished:
         source = result.best or result.checkpoint
         ck = load_checkpoint(source)
@@ -125,3 +130,34 @@ def run(args: argparse.Namespace) -> int:
         save_checkpoint(args.export, ck.agent, training={"source": source.name, **meta})
         print(f"exported {source} -> {args.export}")
     return 0
+
+
+def _plot(out: Path) -> None:
+    """``OUT/curves.png``: cost per tick, worst window P95 / SLO, lambda and the losses over
+    updates, from ``log.csv``."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with (out / "log.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    panels = (("charts/cost_per_tick", "cost per control tick"),
+              ("charts/worst_window", "worst 60 s window P95 / SLO"),
+              ("charts/lagrange", "SLO multiplier lambda"),
+              ("losses/bc", "cloning NLL per expert"), ("losses/approx_kl", "PPO approx. KL"),
+              ("val/cost_ratio", "validation cost / teacher"))
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    for ax, (key, title) in zip(axes.flat, panels, strict=True):
+        pts = [(int(r["update"]), float(r[key])) for r in rows if r.get(key)]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="." if len(pts) < 40 else None, lw=0.9)
+        if key == "charts/worst_window":
+            ax.axhline(1.0, color="red", linestyle="--", lw=0.8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("update")
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=80)
+    plt.close(fig)

@@ -94,7 +94,7 @@ class TrainConfig:
     """samples per behaviour-cloning minibatch (ticks)"""
     bc_learning_rate: float = 1e-3
     """Adam step size while cloning"""
-    updates: int = 150
+    updates: int = 60
     """PPO updates after cloning (a resumed run may extend or cut it)"""
     envs: int = 4
     """rollouts per update, all on the same scenario and seed (common random numbers)"""
@@ -108,7 +108,7 @@ class TrainConfig:
     """PPO epochs per update"""
     minibatches: int = 4
     """PPO minibatches per epoch"""
-    learning_rate: float = 1e-4
+    learning_rate: float = 3e-4
     """Adam step size for PPO"""
     entropy_coef: float = 1e-3
     """weight of the entropy bonus (entropy per expert)"""
