@@ -303,6 +303,11 @@ class Simulator:
     synthetic_rate_per_s: float = setting(
         5.5, "mean request rate of the synthetic traces (conv's mean)", unit="requests/s",
         check=positive)
+    rate_scale: float = setting(
+        1.0, "multiply every trace's request rate (replayed and synthetic) by this: conv is a "
+        "sample of one service at ~5.5 requests/s, where one replica of every expert at the "
+        "smallest configuration is busy ~1% of the time; examples/loaded.yaml replays it 10x",
+        unit="factor", check=positive)
     drain_s: float = setting(30.0, "after the last arrival, serve this long to finish requests",
                              unit="s", check=non_negative)
 

@@ -34,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="episode seed")
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="stretch the trace's time axis by this factor")
-    parser.add_argument("--rate-scale", type=float, default=1.0,
-                        help="multiply the request rate by this factor")
+    parser.add_argument("--rate-scale", type=float, default=None,
+                        help="multiply the request rate by this factor "
+                             "(default: simulator.rate_scale)")
     parser.add_argument("--out", default=None, help="write windows.csv and windows.png here")
     parser.add_argument("--exporter-port", type=int, default=None,
                         help="serve /metrics on this port and run paced")

@@ -66,14 +66,17 @@ class SimEnv:
         settings: the settings tree.
         trace: a built-in trace name or a CSV path.
         duration_s: episode length; the trace is cut (or repeated) to it.
-        time_scale, rate_scale: see :func:`~smoelib.sim.traces.scale_trace`.
+        time_scale, rate_scale: see :func:`~smoelib.sim.traces.scale_trace`; ``rate_scale``
+            defaults to ``simulator.rate_scale``.
     """
 
     def __init__(self, dag, settings: Settings, *, trace: str = "conv",
-                 duration_s: float = 3600.0, time_scale: float = 1.0, rate_scale: float = 1.0):
+                 duration_s: float = 3600.0, time_scale: float = 1.0,
+                 rate_scale: float | None = None):
         self.dag, self.s = dag, settings
         self.trace_name, self.duration_s = trace, float(duration_s)
-        self.time_scale, self.rate_scale = time_scale, rate_scale
+        self.time_scale = time_scale
+        self.rate_scale = settings.simulator.rate_scale if rate_scale is None else rate_scale
         self.dt = settings.control.interval_s
         self.plan = StagePlan(dag)
         specs = [dag.spec(n) for n in dag.nodes]
