@@ -22,24 +22,31 @@ from smoelib.evaluate import RunSpec, run_all
 __all__ = ["SPACES", "Trial", "grid", "tune", "check_training"]
 
 _V = "vertical."
-_SHARES = [0.1, 0.25, 0.5]
-_CONC = [2, 4, 8]
+# The GPU shares and concurrencies every contender with those knobs may pick (queueing picks
+# from the whole action space itself); widened with 1.0 and 16 for the loaded scenario
+# (examples/loaded.yaml), where bursts overflow a replica's in-flight limit.
+_SHARES = [0.1, 0.25, 0.5, 1.0]
+_CONC = [2, 4, 8, 16]
+# Per-replica targets below 1 let an in-flight target scale a replica that is busy < 100 %.
+_TARGETS = [0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0]
 SPACES: dict[str, dict[str, list[Any]]] = {
-    "hpa": {"metric": ["rps", "inflight"], "target": [1.0, 2.0, 5.0, 10.0, 20.0, 50.0],
+    "hpa": {"metric": ["rps", "inflight"], "target": _TARGETS,
             _V + "gpu_share": _SHARES, _V + "concurrency": _CONC},
-    "kpa": {"metric": ["concurrency", "rps"], "target": [1.0, 2.0, 4.0, 10.0, 20.0],
+    "kpa": {"metric": ["concurrency", "rps"], "target": [0.25, 0.5, 1.0, 2.0, 4.0, 10.0, 20.0],
             "utilization": [0.5, 0.7, 0.9], _V + "gpu_share": _SHARES,
             _V + "concurrency": _CONC},
-    "openfaas": {"mode": ["capacity", "rps"], "target": [1.0, 2.0, 4.0, 10.0, 20.0, 50.0],
+    "openfaas": {"mode": ["capacity", "rps"], "target": _TARGETS,
                  _V + "gpu_share": _SHARES, _V + "concurrency": _CONC},
-    "queueing": {"headroom": [0.0, 0.15, 0.3, 0.6], "slo_fraction": [0.8, 0.9, 1.0, 1.1],
-                 "tail": [0.01, 0.05], "arrival_scv": [1.0, 1.5, 2.5],
+    "queueing": {"headroom": [0.0, 0.15, 0.3, 0.6, 1.0],
+                 "slo_fraction": [0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5],
+                 "tail": [0.01, 0.05], "arrival_scv": [1.0, 1.5, 2.5, 4.0],
                  "scale_down_delay_s": [0.0, 30.0, 60.0]},
-    "elasticmoe": {"gpu_share": [0.1, 0.25], "scale_up_utilization": [0.3, 0.5, 0.7],
+    "elasticmoe": {"gpu_share": [0.1, 0.25, 0.5], "scale_up_utilization": [0.3, 0.5, 0.7],
                    "scale_down_utilization": [0.05, 0.1, 0.2], "scale_up_p95": [0.8, 0.9],
-                   "cooldown_s": [15.0, 30.0, 60.0]},
-    "faasconf": {"target_utilization": [0.1, 0.3, 0.5], "neighbour_weight": [0.0, 0.5],
-                 "latency_gain": [0.5, 1.0, 2.0], "band_sigmas": [1.0, 2.0, 3.0]},
+                   "cooldown_s": [15.0, 30.0, 60.0], "concurrency": _CONC},
+    "faasconf": {"target_utilization": [0.05, 0.1, 0.3, 0.5], "neighbour_weight": [0.0, 0.5],
+                 "latency_gain": [0.5, 1.0, 2.0], "band_sigmas": [1.0, 2.0, 3.0],
+                 "concurrency": _CONC},
 }
 SPACES["hpa-stock"] = SPACES["hpa"]
 SECTION = {"hpa-stock": "hpa_stock"}  # registry name -> settings.baselines field

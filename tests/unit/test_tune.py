@@ -1,0 +1,79 @@
+"""``smoe tune``'s search spaces: every point builds its baseline, the contenders share the same
+vertical choices, draws are seeded, and evaluation data is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from smoelib.errors import ConfigError
+from smoelib.policy.base import get_decider
+from smoelib.policy.baselines.common import with_overrides
+from smoelib.settings import Settings
+from smoelib.topology import build_dag
+from smoelib.tune import SECTION, SPACES, check_training, grid
+
+PIPELINE = """\
+name: tiny
+slo_ms: 40
+max_seq_tokens: 512
+defaults:
+  expert: {cpu: 1.0, memory_mb: 2048, gpu_share: 0.25, concurrency: 4, parallelism: 1,
+           replicas: {min: 0, max: 4}, weights_mb: 9.4,
+           profile: {base_ms: 0.6, per_token_ms: 0.002}}
+  segment: {cpu: 1.0, memory_mb: 1024, gpu_share: 0.25, concurrency: 8,
+            replicas: {min: 1, max: 4}, weights_mb: 10,
+            profile: {base_ms: 0.3, per_token_ms: 0.0005}}
+stages:
+  - {id: embed, kind: segment}
+  - {id: moe1, kind: moe, experts: 2, top_k: 1}
+"""
+
+
+def _concurrency(space: dict) -> list:
+    return space.get("vertical.concurrency", space.get("concurrency"))
+
+
+@pytest.mark.parametrize("policy", sorted(SPACES))
+def test_every_grid_value_is_a_setting_the_baseline_builds_with(policy, tmp_path):
+    path = tmp_path / "tiny.yml"
+    path.write_text(PIPELINE)
+    dag = build_dag(str(path))
+    section = "baselines." + SECTION.get(policy, policy) + "."
+    for pick in (min, max):  # the corners of the grid
+        values = {section + k: pick(v) for k, v in SPACES[policy].items()}
+        settings = with_overrides(Settings(), values)
+        decider = get_decider(policy, dag=dag, settings=settings)
+        decider.reset(0)
+
+
+def test_contenders_with_vertical_knobs_search_the_same_choices():
+    actions = Settings().actions
+    shares = {tuple(SPACES[p]["vertical.gpu_share"]) for p in ("hpa", "kpa", "openfaas")}
+    assert shares == {tuple(SPACES["hpa"]["vertical.gpu_share"])}
+    assert set(SPACES["hpa"]["vertical.gpu_share"]) <= set(actions.gpu_share)
+    assert max(SPACES["hpa"]["vertical.gpu_share"]) == max(actions.gpu_share)
+    concurrency = {tuple(_concurrency(SPACES[p]))
+                   for p in ("hpa", "kpa", "openfaas", "elasticmoe", "faasconf")}
+    assert len(concurrency) == 1
+    assert max(next(iter(concurrency))) == max(actions.concurrency)
+    assert set(next(iter(concurrency))) <= set(actions.concurrency)
+
+
+def test_queueing_slo_fraction_is_not_capped_at_its_default():
+    default = Settings().baselines.queueing.slo_fraction
+    assert max(SPACES["queueing"]["slo_fraction"]) > default
+    assert min(SPACES["queueing"]["slo_fraction"]) < 1.0
+
+
+def test_grid_draws_are_seeded_and_without_replacement():
+    a = grid("hpa", 10, seed=0)
+    assert a == grid("hpa", 10, seed=0)
+    assert len({tuple(sorted(c.items())) for c in a}) == 10
+    assert a != grid("hpa", 10, seed=1)
+
+
+def test_evaluation_data_is_refused():
+    with pytest.raises(ConfigError) as e:
+        check_training(["conv-train", "conv-eval", "conv"], [1, 1000])
+    assert len(e.value.problems) == 3
+    check_training(["conv-train", "bursty"], [1, 999])
