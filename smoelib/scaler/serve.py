@@ -2,8 +2,10 @@
 
 Each ``--pipeline`` is served from its decision file: ``--decisions`` given once per pipeline
 (paired in order), or once as an existing directory holding ``<pipeline name>.json``. Without
-``--decisions`` decisions live in memory only. A decision file is read at start (a bad one is
-refused: exit 2) and re-read whenever it changes on disk; a bad file then is logged and the
+``--decisions`` decisions live in memory only. A decision file is read at start and re-read
+whenever it changes on disk. A corrupt or foreign file is logged as an error naming the file
+and field, and never served: at start the pipeline answers UNAVAILABLE (so KEDA's fallback
+acts, and a restarting pod does not crash-loop) until a good decision arrives; later, the
 pipeline keeps its last good decision, whose age keeps growing until it is stale.
 
 Ports and staleness default to the ``scaler`` section of ``--config``. SIGTERM (or SIGINT) stops
@@ -140,7 +142,7 @@ def serve(plan: ServePlan, *, clock: Callable[[], float] = time.time,
     Prints one line when serving: ``smoe serve: scaler on HOST:PORT, metrics on HOST:PORT``.
 
     Raises:
-        ConfigError: a decision file is bad at start, or a port cannot be bound.
+        ConfigError: a port cannot be bound.
     """
     from prometheus_client import CollectorRegistry, start_http_server
 
@@ -151,8 +153,10 @@ def serve(plan: ServePlan, *, clock: Callable[[], float] = time.time,
     store = DecisionStore(staleness_s=plan.staleness_s, clock=clock)
     for dag, path in plan.pipelines:
         error = store.add_pipeline(dag, decision_path=path)
-        if error is not None:
-            raise error
+        if error is not None:  # serve UNAVAILABLE (KEDA's fallback) until a good decision
+            for line in error.lines():
+                log.error("%s; pipeline %s answers UNAVAILABLE until a good decision arrives",
+                          line, dag.name)
         if path is None:
             log.warning("pipeline %s: no --decisions, decisions are kept in memory only",
                         dag.name)

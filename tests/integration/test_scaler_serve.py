@@ -103,14 +103,48 @@ def test_missing_pipeline_file(capsys, tmp_path):
     assert code == 2 and err == [f"error: {tmp_path / 'nope.yml'}: no such file"]
 
 
-def test_bad_decision_file(capsys, tmp_path):
+def test_a_bad_decision_file_is_logged_and_served_unavailable(caplog, tmp_path):
+    """A corrupt file at start is never served, and the scaler does not crash-loop: the
+    pipeline answers UNAVAILABLE (KEDA's fallback acts) until a good decision arrives."""
     bad = tmp_path / "bert-moe.json"
     bad.write_text(json.dumps({"pipeline": "bert-moe", "updated_at": 1, "experts": {
         "moe1/e0": {"replicas": -3, "cpu": 1, "memory_mb": 1, "gpu_share": 0,
                     "concurrency": 1}}}))
-    code, err = run_serve(["--pipeline", str(BERT), "--decisions", str(bad),
-                           "--grpc-port", "0", "--metrics-port", "0"], capsys)
-    assert code == 2 and err == [f"error: {bad}: experts.moe1/e0.replicas: must be >= 0"]
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    plan = serve.plan_from_args(parser.parse_args([
+        "--scaler-only", "--pipeline", str(BERT), "--decisions", str(bad), "--host",
+        "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0"]))
+    plan = serve.ServePlan(plan.pipelines, host=plan.host, grpc_port=_free_port(),
+                           metrics_port=0, staleness_s=plan.staleness_s, tls=None)
+    stop = threading.Event()
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(serve.serve(plan, stop=stop)))
+    thread.start()
+    try:
+        ref = pb.ScaledObjectRef(name="x", namespace="openfaas-fn",
+                                 scalerMetadata={"pipeline": "bert-moe", "expert": "moe1/e0"})
+        with grpc.insecure_channel(f"127.0.0.1:{plan.grpc_port}") as channel:
+            stub = ExternalScalerStub(channel)
+            request = pb.GetMetricsRequest(scaledObjectRef=ref, metricName="bert-moe-moe1-e0")
+            with pytest.raises(grpc.RpcError) as info:
+                stub.GetMetrics(request, timeout=5, wait_for_ready=True)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "experts.moe1/e0.replicas: must be >= 0" in info.value.details()
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert result == [0]
+    assert f"{bad}: experts.moe1/e0.replicas: must be >= 0; pipeline bert-moe answers " \
+           "UNAVAILABLE until a good decision arrives" in caplog.text
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize("argv,needle", [
