@@ -160,7 +160,14 @@ class Cluster:
         if not old:
             return
         for p in [p for p in old if c["ready"][p] > t]:  # old pods not serving yet: drop now
+            ready_at = c["ready"][p]
             self.terminate_pod(p, t)
+            # the serving pod it was to replace stays until a pod of the newest version is
+            # ready (the Deployment controller scales down only available old pods)
+            for q in [q for q in self.ended[node] if c["end"][q] == ready_at > t]:
+                self.ended[node].remove(q)
+                self.live[node].append(q)
+                c["end"][q] = math.inf
         old = [p for p in self.live[node] if c["version"][p] < v]
         surge = max(1, math.ceil(0.25 * replicas))
         budget = replicas + surge - len(self.live[node])
