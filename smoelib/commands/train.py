@@ -106,17 +106,16 @@ def run(args: argparse.Namespace) -> int:
     for p in cfg.pipelines:
         if not Path(p).is_file():
             raise ConfigError([Problem("--pipelines", f"no such file: {p}")])
-    import torch
-
     from smoelib.policy.base import get_decider
     from smoelib.policy.checkpoint import load_checkpoint, save_checkpoint
+    from smoelib.policy.runtime import set_threads
     from smoelib.policy.train import train
     from smoelib.settings import load_settings
     from smoelib.topology import build_dag
 
     get_decider(cfg.teacher, dag=build_dag(cfg.pipelines[0]),
                 settings=load_settings(cfg.config))  # an unknown teacher fails before work
-    torch.set_num_threads(args.threads)  # a process setting: only the CLI touches it
+    set_threads(args.threads)  # a process setting: only the CLI touches it
     result = train(cfg, out=out, resume=args.resume, progress=not args.no_progress,
                    time_limit_s=None if args.time_limit is None else args.time_limit * 60.0)
     state = "finished" if result.finished else "stopped by --time-limit (resume with --resume)"
