@@ -20,7 +20,7 @@ from smoelib.sim.summary import Summary, summarise
 from smoelib.topology import PipelineDAG, build_dag
 from smoelib.vertical.loop import VerticalLoop
 
-__all__ = ["DemoRun", "compare", "run_policy"]
+__all__ = ["DemoRun", "compare"]
 
 
 @dataclass
@@ -54,8 +54,11 @@ class DemoRun:
                 f"{self.seed}; policy {self.policy} reading {source}; replicas reach the "
                 "cluster through the KEDA external scaler over gRPC")
 
-    def run(self, *, table_every_s: float, out: TextIO) -> Summary:
-        """Run the policy through the controller, the scaler and the simulated cluster."""
+    def run(self, *, table_every_s: float, out: TextIO | None,
+            policy: str | None = None) -> Summary:
+        """Run the policy (or ``policy``) through the controller, the scaler and the simulated
+        cluster; ``out`` gets a live per-layer table every ``table_every_s`` simulated
+        seconds (None: quiet)."""
         env = SimEnv(self.dag, self.settings, trace=self.trace, duration_s=self.duration_s)
         first = env.reset(self.seed)
         clock_box: list[SimClock] = []
@@ -71,7 +74,7 @@ class DemoRun:
             if exporter is not None:
                 exporter.publish(_snapshot(env))
             t = env.tick * env.dt
-            if t >= next_table[0] and controller.last is not None:
+            if out is not None and t >= next_table[0] and controller.last is not None:
                 next_table[0] += table_every_s
                 print(f"\n-- t = {t:.0f} s, cost so far {env.cost:.3f} "
                       f"{self.settings.prices.currency}", file=out)
@@ -81,7 +84,7 @@ class DemoRun:
         cluster = EmbeddedCluster(env, poller, first, on_tick=on_tick)
         clock = SimClock(cluster, speed=self.speed if self.prometheus else None)
         clock_box.append(clock)
-        decider = get_decider(self.policy, dag=self.dag, settings=self.settings)
+        decider = get_decider(policy or self.policy, dag=self.dag, settings=self.settings)
         decider.reset(self.seed)
         vertical = VerticalLoop.from_settings(self.dag, self.settings, sim_target=cluster,
                                               kind="simulated")
@@ -108,29 +111,15 @@ class DemoRun:
         return collector
 
     def baseline(self, name: str) -> Summary:
-        """``name`` on the same trace and seed, straight on the simulator."""
-        return run_policy(self.dag, self.settings, name, trace=self.trace,
-                          duration_s=self.duration_s, seed=self.seed)
+        """``name`` on the same trace and seed, through the same controller, guards, scaler
+        and vertical path (only the decider differs)."""
+        return self.run(table_every_s=math.inf, out=None, policy=name)
 
 
 def _snapshot(env: SimEnv) -> dict[str, Any]:
     from smoelib.sim.exporter import snapshot
 
     return snapshot(env)
-
-
-def run_policy(dag: PipelineDAG, settings: Settings, name: str, *, trace: str,
-               duration_s: float, seed: int) -> Summary:
-    """Run decider ``name`` directly on a fresh simulator; its summary."""
-    env = SimEnv(dag, settings, trace=trace, duration_s=duration_s)
-    observation = env.reset(seed)
-    decider = get_decider(name, dag=dag, settings=settings)
-    decider.reset(seed)
-    done = False
-    while not done:
-        result = env.step(decider.decide(observation))
-        observation, done = result.observation, result.done
-    return summarise(env)
 
 
 def compare(ours: Summary, theirs: Summary, *, policy: str, baseline: str, slo_ms: float,

@@ -316,8 +316,10 @@ class Simulator:
 class Policy:
     """The decider the controller and the demo run."""
 
-    name: str = setting("queueing", "registry name of the decider (smoe, queueing, hpa, ...)")
-    checkpoint: str = setting("", "policy checkpoint; empty: the bundled default")
+    name: str = setting("smoe", "registry name of the decider: smoe (the bundled learned "
+                        "policy), or a baseline (queueing, hpa, ...)")
+    checkpoint: str = setting("", "policy checkpoint; empty: the bundled default "
+                              "(smoelib/policy/pretrained/default.pt)")
     torch_threads: int = setting(2, "CPU threads for policy inference", unit="threads",
                                  check=positive)
 

@@ -3,7 +3,8 @@
 The simulated cluster (with its exporter), the KEDA external scaler on a real loopback gRPC
 port polled the way KEDA polls it, the controller with the configured policy on an accelerated
 clock, and the vertical module's simulated backend. Prints a live per-layer table and ends with
-a comparison against the ``hpa`` baseline on the same trace and seed. With ``--prometheus URL``
+a comparison against the ``hpa`` baseline on the same trace and seed, run through the same
+controller, guards, scaler and vertical path. With ``--prometheus URL``
 the controller reads a real Prometheus that scrapes the exporter (the run is then paced).
 """
 
