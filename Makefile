@@ -4,7 +4,7 @@ PIP := $(PYTHON) -m pip
 PROTO_DIR := smoelib/keda_proto
 PROTO_OUT := $(PROTO_DIR)/externalscaler_pb2.py $(PROTO_DIR)/externalscaler_pb2_grpc.py
 
-.PHONY: install proto test lint bench demo clean
+.PHONY: install proto test lint bench demo train clean
 
 # The CPU wheel of torch is pinned only here, and only when torch is missing: a looser
 # requirement resolved with no torch installed would pull a multi-GB CUDA build.
@@ -39,6 +39,10 @@ lint: install
 # The embedded default: simulated cluster, real scaler (gRPC) and controller, bundled policy.
 demo: install
 	$(PYTHON) -m smoelib.cli demo
+
+# Reproduces the bundled policy (resumable: `make train TRAIN_ARGS=--resume`); see docs/training.md.
+train: install
+	$(PYTHON) -m smoelib.cli train --out runs/smoe --seed 1 --export smoelib/policy/pretrained/default.pt $(TRAIN_ARGS)
 
 bench: install
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PYTHON) $$script || exit 1; done
