@@ -22,7 +22,14 @@ PROTO_OUT := $(PROTO_DIR)/externalscaler_pb2.py $(PROTO_DIR)/externalscaler_pb2_
 	  else echo "note: install Debian's 'prometheus' package for the integration tests"; fi; }
 	@touch $@
 
-install: .install-stamp .prometheus-stamp proto
+# A stamp left by another Python or another checkout is stale: check (outside this directory)
+# that the installed package is this checkout and the dev tools import; else reinstall.
+install:
+	@$(PYTHON) -I -c "import os, smoelib, kmock, grpc_tools; \
+	  assert os.path.samefile(os.path.dirname(smoelib.__file__), 'smoelib')" 2>/dev/null \
+	  || rm -f .install-stamp
+	@command -v prometheus >/dev/null 2>&1 || rm -f .prometheus-stamp
+	@$(MAKE) --no-print-directory .install-stamp .prometheus-stamp proto
 
 $(PROTO_OUT): $(PROTO_DIR)/externalscaler.proto .install-stamp
 	$(PYTHON) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. $(PROTO_DIR)/externalscaler.proto
