@@ -1,5 +1,6 @@
 """``smoe tune``'s search spaces: every point builds its baseline, the contenders share the same
-vertical choices, draws are seeded, and evaluation data is refused."""
+vertical choices, draws are seeded, evaluation data is refused, and the pick is the cheapest
+feasible trial or, with none feasible, the one that drops least."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from smoelib.policy.base import get_decider
 from smoelib.policy.baselines.common import with_overrides
 from smoelib.settings import Settings
 from smoelib.topology import build_dag
-from smoelib.tune import SECTION, SPACES, check_training, grid
+from smoelib.tune import SECTION, SPACES, Trial, best, check_training, grid
 
 PIPELINE = """\
 name: tiny
@@ -77,3 +78,14 @@ def test_evaluation_data_is_refused():
         check_training(["conv-train", "conv-eval", "conv"], [1, 1000])
     assert len(e.value.problems) == 3
     check_training(["conv-train", "bursty"], [1, 999])
+
+
+def test_best_is_the_cheapest_feasible_trial_else_the_one_that_drops_least():
+    cheap_but_slow = Trial({"k": 1}, cost=1.0, p95_over_slo=1.2, dropped=0, feasible=False)
+    dear = Trial({"k": 2}, cost=3.0, p95_over_slo=0.9, dropped=0, feasible=True)
+    fair = Trial({"k": 3}, cost=2.0, p95_over_slo=0.95, dropped=0, feasible=True)
+    assert best([cheap_but_slow, dear, fair]) is fair
+    # none feasible: a low P95 over the completed requests does not excuse dropped ones
+    fast_dropping = Trial({"k": 4}, cost=1.0, p95_over_slo=0.8, dropped=40, feasible=False)
+    slow_complete = Trial({"k": 5}, cost=1.5, p95_over_slo=1.4, dropped=0, feasible=False)
+    assert best([fast_dropping, slow_complete, cheap_but_slow]) is cheap_but_slow
