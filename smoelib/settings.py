@@ -456,6 +456,13 @@ class QueueingBaseline:
                                    "changes of one expert", unit="s", check=non_negative)
     reconfigure_saving: float = setting(0.15, "change the slow knobs only for this relative "
                                         "saving", unit="fraction", check=non_negative)
+    feedback_target: float = setting(0.85, "the measured end-to-end P95 the budget "
+                                     "calibration aims at", unit="fraction of SLO",
+                                     check=positive)
+    feedback_gain: float = setting(0.5, "per plan, budgets x (target / measured P95) ^ gain "
+                                   "(0: the model alone)", check=non_negative)
+    feedback_max: float = setting(3.0, "the calibration relaxes the model's budgets by at "
+                                  "most this factor", check=positive)
 
 
 @dataclass(frozen=True)

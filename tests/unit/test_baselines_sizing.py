@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from smoelib.policy.base import get_decider
-from smoelib.policy.baselines.common import Experts, Hindsight
+from smoelib.policy.baselines.common import Experts, Hindsight, with_overrides
 from smoelib.policy.baselines.floor import floor_cost
 from smoelib.policy.baselines.sizing import QueueingSizer
 from smoelib.queueing import mmck
@@ -109,3 +109,27 @@ def test_elasticmoe_scales_by_whole_gpus_and_apportions_slots(dag):
     r = d._apportion(np.array([900.0, 100.0]))
     assert r.tolist() == [9, 1]  # EPLB: each next slot to the largest load per slot
     assert d.simulator_overrides["simulator.cold_start_median_s"] == 0.3
+
+
+def test_queueing_calibration_relaxes_budgets_toward_the_target_and_never_tightens(dag):
+    s = Settings()
+    cfg = s.baselines.queueing  # target 0.85, gain 0.5, at most 3x; the SLO is 40 ms
+    d = get_decider("queueing", dag=dag, settings=s)
+    d.reset(0)
+    assert d.scale == 1.0
+    d._calibrate(8.5)  # P95 at a quarter of the target: x (34 / 8.5) ^ 0.5 = x 2
+    assert d.scale == pytest.approx((cfg.feedback_target * 40 / 8.5) ** cfg.feedback_gain)
+    assert d.scale == pytest.approx(2.0)
+    d._calibrate(8.5)  # capped at feedback_max
+    assert d.scale == pytest.approx(cfg.feedback_max)
+    d._calibrate(136.0)  # 4x the target: x 0.5
+    assert d.scale == pytest.approx(1.5)
+    d._calibrate(1e6)  # far over: back to the model's budgets, never tighter
+    assert d.scale == 1.0
+    d._calibrate(float("nan"))  # a window with no request: unchanged
+    assert d.scale == 1.0
+    off = get_decider("queueing", dag=dag, settings=with_overrides(
+        s, {"baselines.queueing.feedback_gain": 0.0}))
+    off.reset(0)
+    off._calibrate(1.0)  # gain 0: the model alone
+    assert off.scale == 1.0

@@ -41,6 +41,7 @@ class _Sized:
         self.recent: list[np.ndarray] = []
         self.seg_ms = np.zeros(sz.path_segments.size)
         self.last = None
+        self.scale = 1.0  # the budget calibration (see _calibrate)
 
     def _segments(self, obs) -> np.ndarray:
         seen = np.asarray(obs.latency_p95_ms)[self.sizer.path_segments]
@@ -48,20 +49,34 @@ class _Sized:
         self.seg_ms = np.where(np.isnan(seen), self.seg_ms, (1 - a) * self.seg_ms + a * seen)
         return self.seg_ms
 
-    def _choose(self, t: float, lam: np.ndarray, tokens: np.ndarray, tokens_per_s: np.ndarray,
+    def _calibrate(self, p95_ms: float) -> None:
+        """Relax the model's budgets by ``(target x SLO / measured P95) ^ gain`` per plan, kept
+        within ``[1, feedback_max]``: the model's per-call tail bounds, summed over the layers,
+        overstate the end-to-end P95 when it is far below the SLO. Never tighter than the model:
+        a tighter budget under a burst buys bigger GPU shares, and each share change rolls the
+        expert's pods (cold starts) just when capacity is short."""
+        cfg = self.cfg
+        if cfg.feedback_gain <= 0 or not math.isfinite(p95_ms) or p95_ms <= 0:
+            return
+        ratio = cfg.feedback_target * self.ex.slo_ms / p95_ms
+        self.scale = float(np.clip(self.scale * ratio ** cfg.feedback_gain, 1.0,
+                                   max(cfg.feedback_max, 1.0)))
+
+    def _choose(self, obs, lam: np.ndarray, tokens: np.ndarray, tokens_per_s: np.ndarray,
                 segment_ms: np.ndarray, *, delay_s: float):
         # a replica target takes effect only at a KEDA poll (from zero) or an HPA sync: plan
         # there (and whenever the last plan is missing); in between, repeat the last decision
-        sim = self.s.simulator
+        t, sim = float(obs.time_s), self.s.simulator
         if self.last is not None and not on_period(t, sim.hpa_sync_s):
             return dataclasses.replace(self.last, updated_at=t)
+        self._calibrate(float(obs.p95_ms))
         self.last = self._plan(t, lam, tokens, tokens_per_s, segment_ms, delay_s=delay_s)
         return self.last
 
     def _plan(self, t: float, lam: np.ndarray, tokens: np.ndarray, tokens_per_s: np.ndarray,
               segment_ms: np.ndarray, *, delay_s: float):
         sz, cfg = self.sizer, self.cfg
-        budget = sz.budgets(tokens_per_s=tokens_per_s, segment_ms=segment_ms)
+        budget = sz.budgets(tokens_per_s=tokens_per_s, segment_ms=segment_ms) * self.scale
         tail = sz.tail_ms(lam, tokens)
         free = sz.plan(lam, tokens, budget, tail=tail)
         kept = sz.plan(lam, tokens, budget, keep=self.current, tail=tail)
@@ -102,7 +117,7 @@ class QueueingDecider(_Sized):
         seg = self._segments(obs)
         if self.fast is None:
             if obs.request_rate <= 0:  # no load seen yet: one replica each, cheapest config
-                return self._choose(t, np.full(len(ex), 1e-6), np.ones(len(ex)), tps, seg,
+                return self._choose(obs, np.full(len(ex), 1e-6), np.ones(len(ex)), tps, seg,
                                     delay_s=0.0)
             self.fast, self.slow = calls.copy(), calls.copy()
             self.tok = np.where(calls > 0, tps / np.maximum(calls, 1e-9), 0.0)
@@ -113,7 +128,7 @@ class QueueingDecider(_Sized):
         per_call = np.where(calls > 0, tps / np.maximum(calls, 1e-9), self.tok)
         self.tok += a_s * (per_call - self.tok)
         lam = np.maximum(self.fast, self.slow) * (1 + cfg.headroom)
-        return self._choose(t, lam, np.maximum(self.tok, per_call), tps, seg,
+        return self._choose(obs, lam, np.maximum(self.tok, per_call), tps, seg,
                             delay_s=cfg.scale_down_delay_s)
 
 
@@ -131,19 +146,20 @@ class _Hindsighted(_Sized):
 
 @register("oracle")
 class OracleDecider(_Hindsighted):
-    """The queueing optimiser fed the true future: per expert the highest true call rate
-    (averaged like the observation, over ``metrics.rate_window_s``) from now until the
-    decision can have taken effect (one HPA sync plus one tick), no forecast headroom."""
+    """The queueing optimiser (with its budget calibration) fed the true future in place of the
+    forecast: per expert the mean true call rate (averaged like the observation, over
+    ``metrics.rate_window_s``) over the period the decision governs, from now to the next plan
+    (one HPA sync plus one tick), no forecast headroom and no scale-down delay."""
 
     def decide(self, obs):
         t = float(obs.time_s)
         k = int(round(t / self.dt))
         ahead = int(math.ceil((self.s.simulator.hpa_sync_s + self.dt) / self.dt))
         sl = slice(min(k, len(self.calls) - 1), min(k + ahead + 1, len(self.calls)))
-        lam = self.calls[sl].max(axis=0)
-        tps = self.tokens[sl].max(axis=0)
+        lam = self.calls[sl].mean(axis=0)
+        tps = self.tokens[sl].mean(axis=0)
         tokens = np.where(lam > 0, tps / np.maximum(lam, 1e-9), 0.0)
-        return self._choose(t, lam, tokens, tps, self._segments(obs), delay_s=0.0)
+        return self._choose(obs, lam, tokens, tps, self._segments(obs), delay_s=0.0)
 
 
 @register("static-peak")
