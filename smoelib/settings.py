@@ -440,17 +440,17 @@ class QueueingBaseline:
                                  check=positive)
     ewma_slow_s: float = setting(120.0, "time constant of the slow load EWMA", unit="s",
                                  check=positive)
-    headroom: float = setting(0.15, "forecast load x (1 + headroom)", unit="fraction",
+    headroom: float = setting(0.0, "forecast load x (1 + headroom)", unit="fraction",
                               check=non_negative)
     slo_fraction: float = setting(1.1, "aim the P95 bound at this fraction of the SLO",
                                   unit="fraction of SLO", check=positive)
-    tail: float = setting(0.05, "per-call tail probability each expert must meet its layer "
+    tail: float = setting(0.01, "per-call tail probability each expert must meet its layer "
                           "budget at", unit="probability", check=fraction)
     arrival_scv: float = setting(1.5, "squared coefficient of variation of call arrivals "
                                  "(Allen-Cunneen burstiness correction)", check=non_negative)
     max_block: float = setting(0.001, "largest accepted 429 probability per call",
                                unit="probability", check=fraction)
-    scale_down_delay_s: float = setting(0.0, "keep the highest replica count of this long",
+    scale_down_delay_s: float = setting(30.0, "keep the highest replica count of this long",
                                         unit="s", check=non_negative)
     reconfigure_s: float = setting(300.0, "least time between GPU share or concurrency "
                                    "changes of one expert", unit="s", check=non_negative)
@@ -461,6 +461,9 @@ class QueueingBaseline:
                                      check=positive)
     feedback_gain: float = setting(0.5, "per plan, budgets x (target / measured P95) ^ gain "
                                    "(0: the model alone)", check=non_negative)
+    feedback_window_s: float = setting(120.0, "the calibration reads the highest measured "
+                                       "P95 of this long: one burst keeps the budgets tight",
+                                       unit="s", check=positive)
     feedback_max: float = setting(3.0, "the calibration relaxes the model's budgets by at "
                                   "most this factor", check=positive)
 

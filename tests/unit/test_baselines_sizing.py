@@ -111,25 +111,29 @@ def test_elasticmoe_scales_by_whole_gpus_and_apportions_slots(dag):
     assert d.simulator_overrides["simulator.cold_start_median_s"] == 0.3
 
 
-def test_queueing_calibration_relaxes_budgets_toward_the_target_and_never_tightens(dag):
-    s = Settings()
+def test_queueing_calibration_relaxes_budgets_on_the_window_worst_p95_and_never_tightens(dag):
+    s = with_overrides(Settings(), {"baselines.queueing.feedback_window_s": 60.0})
     cfg = s.baselines.queueing  # target 0.85, gain 0.5, at most 3x; the SLO is 40 ms
     d = get_decider("queueing", dag=dag, settings=s)
     d.reset(0)
     assert d.scale == 1.0
-    d._calibrate(8.5)  # P95 at a quarter of the target: x (34 / 8.5) ^ 0.5 = x 2
+    d._calibrate(0.0, 8.5)  # P95 at a quarter of the target: x (34 / 8.5) ^ 0.5 = x 2
     assert d.scale == pytest.approx((cfg.feedback_target * 40 / 8.5) ** cfg.feedback_gain)
     assert d.scale == pytest.approx(2.0)
-    d._calibrate(8.5)  # capped at feedback_max
+    d._calibrate(15.0, 8.5)  # capped at feedback_max
     assert d.scale == pytest.approx(cfg.feedback_max)
-    d._calibrate(136.0)  # 4x the target: x 0.5
+    d._calibrate(30.0, 136.0)  # 4x the target: x 0.5
     assert d.scale == pytest.approx(1.5)
-    d._calibrate(1e6)  # far over: back to the model's budgets, never tighter
+    d._calibrate(45.0, 8.5)  # 136 ms is still the worst of the last 60 s: x 0.5 again
+    assert d.scale == 1.0  # never tighter than the model
+    d._calibrate(60.0, float("nan"))  # a window with no request: unchanged
     assert d.scale == 1.0
-    d._calibrate(float("nan"))  # a window with no request: unchanged
-    assert d.scale == 1.0
+    d._calibrate(91.0, 34.0)  # 136 ms (t = 30) has left the window; 34 ms is on target
+    assert d.scale == pytest.approx(1.0)
+    d._calibrate(106.0, 8.5)  # the worst of (91, 34) and (106, 8.5) is 34 ms: x 1
+    assert d.scale == pytest.approx(1.0)
     off = get_decider("queueing", dag=dag, settings=with_overrides(
         s, {"baselines.queueing.feedback_gain": 0.0}))
     off.reset(0)
-    off._calibrate(1.0)  # gain 0: the model alone
+    off._calibrate(0.0, 1.0)  # gain 0: the model alone
     assert off.scale == 1.0
