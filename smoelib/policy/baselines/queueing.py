@@ -116,7 +116,7 @@ class QueueingDecider(_Sized):
         self.fast = self.slow = self.tok = None
 
     def decide(self, obs):
-        ex, cfg, t = self.ex, self.cfg, float(obs.time_s)
+        ex, cfg = self.ex, self.cfg
         calls = np.asarray(obs.calls_per_s)[ex.index] + np.asarray(obs.rejected_per_s)[ex.index]
         tps = np.asarray(obs.tokens_per_s)[ex.index]
         seg = self._segments(obs)
