@@ -4,7 +4,7 @@ PIP := $(PYTHON) -m pip
 PROTO_DIR := smoelib/keda_proto
 PROTO_OUT := $(PROTO_DIR)/externalscaler_pb2.py $(PROTO_DIR)/externalscaler_pb2_grpc.py
 
-.PHONY: install proto test lint bench demo train clean
+.PHONY: install proto test lint bench demo train train-ablations clean
 
 # The CPU wheel of torch is pinned only here, and only when torch is missing: a looser
 # requirement resolved with no torch installed would pull a multi-GB CUDA build.
@@ -50,6 +50,11 @@ demo: install
 # Reproduces the bundled policy (resumable: `make train TRAIN_ARGS=--resume`); see docs/training.md.
 train: install
 	$(PYTHON) -m smoelib.cli train --out runs/smoe --seed 1 --export smoelib/policy/pretrained/default.pt $(TRAIN_ARGS)
+
+# The two ablations with the same budget and seed (docs/training.md): no DAGNN, no pointer.
+train-ablations: install
+	$(PYTHON) -m smoelib.cli train --out runs/smoe-mlp --architecture smoe-mlp --seed 1 --export smoelib/policy/pretrained/smoe-mlp.pt $(TRAIN_ARGS)
+	$(PYTHON) -m smoelib.cli train --out runs/smoe-independent --architecture smoe-independent --seed 1 --export smoelib/policy/pretrained/smoe-independent.pt $(TRAIN_ARGS)
 
 bench: install
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PYTHON) $$script || exit 1; done
