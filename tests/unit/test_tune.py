@@ -10,24 +10,8 @@ from smoelib.errors import ConfigError
 from smoelib.policy.base import get_decider
 from smoelib.policy.baselines.common import with_overrides
 from smoelib.settings import Settings
-from smoelib.topology import build_dag
 from smoelib.tune import SECTION, SPACES, Trial, best, check_training, grid
-
-PIPELINE = """\
-name: tiny
-slo_ms: 40
-max_seq_tokens: 512
-defaults:
-  expert: {cpu: 1.0, memory_mb: 2048, gpu_share: 0.25, concurrency: 4, parallelism: 1,
-           replicas: {min: 0, max: 4}, weights_mb: 9.4,
-           profile: {base_ms: 0.6, per_token_ms: 0.002}}
-  segment: {cpu: 1.0, memory_mb: 1024, gpu_share: 0.25, concurrency: 8,
-            replicas: {min: 1, max: 4}, weights_mb: 10,
-            profile: {base_ms: 0.3, per_token_ms: 0.0005}}
-stages:
-  - {id: embed, kind: segment}
-  - {id: moe1, kind: moe, experts: 2, top_k: 1}
-"""
+from tests.unit.tiny_pipeline import tiny_dag
 
 
 def _concurrency(space: dict) -> list:
@@ -36,9 +20,7 @@ def _concurrency(space: dict) -> list:
 
 @pytest.mark.parametrize("policy", sorted(SPACES))
 def test_every_grid_value_is_a_setting_the_baseline_builds_with(policy, tmp_path):
-    path = tmp_path / "tiny.yml"
-    path.write_text(PIPELINE)
-    dag = build_dag(str(path))
+    dag = tiny_dag(tmp_path)
     section = "baselines." + SECTION.get(policy, policy) + "."
     for pick in (min, max):  # the corners of the grid
         values = {section + k: pick(v) for k, v in SPACES[policy].items()}
