@@ -226,30 +226,10 @@ class HpaStock:
 
 
 @dataclass(frozen=True)
-class HpaSmoe(HpaStock):
-    """The behaviour sMoE's generated ScaledObjects set: tolerance 0 (where the cluster honours
-    it; otherwise the 10 % default applies), no scale-down window, scale-up wide enough for the
-    policy's largest step, and a cooldown of two control ticks (sMoE does its own hysteresis)."""
-
-    tolerance: float = setting(0.0, "HPA tolerance (needs cluster.hpa_configurable_tolerance)",
-                               unit="fraction", check=non_negative)
-    scale_up_pods: int = setting(64, "scale-up policy: pods added per period", unit="pods",
-                                 check=positive)
-    scale_up_percent: float = setting(1000.0, "scale-up policy: percent added per period",
-                                      unit="%", check=non_negative)
-    scale_down_window_s: float = setting(0.0, "scale-down stabilisation window", unit="s",
-                                         check=non_negative)
-    cooldown_s: float = setting(10.0, "KEDA cooldownPeriod before scaling to zero", unit="s",
-                                check=non_negative)
-
-
-@dataclass(frozen=True)
 class Simulator:
     """The simulated cluster (the embedded default). Assumptions and sources: docs/simulator.md.
     """
 
-    keda_polling_s: float = setting(5.0, "KEDA pollingInterval of the generated ScaledObjects",
-                                    unit="s", check=positive)
     hpa_sync_s: float = setting(15.0, "HPA sync period", unit="s", check=positive)
     cold_start_median_s: float = setting(
         2.5, "median pod start before weights load (lognormal)", unit="s", check=positive)
@@ -267,9 +247,9 @@ class Simulator:
         2000, "auto mode switches to aggregated above this many experts", unit="experts",
         check=positive)
     hpa_preset: Literal["smoe", "stock"] = setting(
-        "smoe", "HPA behaviour applied to policy-driven experts: smoe (what sMoE's generated "
-        "ScaledObjects set) or stock (Kubernetes/KEDA defaults)")
-    hpa_smoe: HpaSmoe = section(HpaSmoe, "the smoe preset")
+        "smoe", "HPA behaviour applied to policy-driven experts: smoe (what `smoe manifests` "
+        "writes, derived from control.interval_s and the manifests section) or stock "
+        "(simulator.hpa_stock)")
     hpa_stock: HpaStock = section(HpaStock, "the stock preset (also used by segment HPAs)")
     segment_target_utilization: float = setting(
         0.6, "segments keep their own HPA on busy-time utilisation with this target",

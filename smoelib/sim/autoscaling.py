@@ -19,7 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["HpaBehaviour", "Autoscaler"]
+from smoelib import manifests
+from smoelib.settings import Settings
+
+__all__ = ["HpaBehaviour", "Autoscaler", "smoe_behaviour", "stock_behaviour",
+           "keda_polling_s"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,33 @@ class HpaBehaviour:
     scale_down_window_s: float = 300.0
     cooldown_s: float = 300.0
     activation: float = 0.0
+
+
+def smoe_behaviour(settings: Settings) -> HpaBehaviour:
+    """What ``smoe manifests`` writes into every expert's ScaledObject, derived by the same
+    functions: tolerance 0 where the cluster honours it (else the 10 % default), scale-up by
+    ``max(scale_up_pods, 100 %)`` per ``manifests.hpa_period_s``, no scale-down window,
+    ``cooldownPeriod`` of ``manifests.cooldown_ticks`` control ticks, activation at any load."""
+    return HpaBehaviour(
+        tolerance=0.0 if settings.cluster.hpa_configurable_tolerance else 0.1,
+        scale_up_pods=manifests.scale_up_pods(settings), scale_up_percent=100.0,
+        scale_up_period_s=float(settings.manifests.hpa_period_s), scale_down_window_s=0.0,
+        cooldown_s=float(manifests.cooldown_period_s(settings)), activation=0.0)
+
+
+def stock_behaviour(settings: Settings) -> HpaBehaviour:
+    """The Kubernetes and KEDA defaults (``simulator.hpa_stock``)."""
+    b = settings.simulator.hpa_stock
+    return HpaBehaviour(tolerance=b.tolerance, scale_up_pods=b.scale_up_pods,
+                        scale_up_percent=b.scale_up_percent,
+                        scale_up_period_s=b.scale_up_period_s,
+                        scale_down_window_s=b.scale_down_window_s, cooldown_s=b.cooldown_s,
+                        activation=b.activation)
+
+
+def keda_polling_s(settings: Settings) -> float:
+    """KEDA's ``pollingInterval`` for the experts: the one ``smoe manifests`` writes."""
+    return float(manifests.polling_interval_s(settings))
 
 
 class Autoscaler:

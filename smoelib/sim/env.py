@@ -2,9 +2,10 @@
 
 One step is one control tick (``settings.control.interval_s``). Inside a tick, in order: the
 decision's slow knobs (GPU share, concurrency; CPU and memory too without in-place resize) start
-a rollout, CPU and memory are resized in place, KEDA polls the replica targets
-(``keda_polling_s``), the HPA syncs (``hpa_sync_s``) and the Deployment controller creates or
-removes pods at those instants; then every call of the tick is served and the pods are billed.
+a rollout, CPU and memory are resized in place, KEDA polls the replica targets (the
+ScaledObjects' ``pollingInterval``), the HPA syncs (``hpa_sync_s``) and the Deployment
+controller creates or removes pods at those instants; then every call of the tick is served and
+the pods are billed.
 Seeds: ``SeedSequence(seed)`` spawns separate streams for routing, cluster noise (cold starts)
 and dispatch (replica choice, service noise, backoff jitter); arrivals come from the trace
 seeded by ``seed`` alone, so every policy sees the same arrivals and routing.
@@ -19,7 +20,12 @@ import numpy as np
 
 from smoelib.settings import Settings
 from smoelib.sim import targets as tg
-from smoelib.sim.autoscaling import Autoscaler, HpaBehaviour
+from smoelib.sim.autoscaling import (
+    Autoscaler,
+    keda_polling_s,
+    smoe_behaviour,
+    stock_behaviour,
+)
 from smoelib.sim.cluster import Cluster
 from smoelib.sim.observation import Observation
 from smoelib.sim.routing import RoutingModel, RoutingParams
@@ -48,14 +54,6 @@ class StepResult:
     reward: RewardParts
     done: bool
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def _behaviour(b) -> HpaBehaviour:
-    return HpaBehaviour(tolerance=b.tolerance, scale_up_pods=b.scale_up_pods,
-                        scale_up_percent=b.scale_up_percent,
-                        scale_up_period_s=b.scale_up_period_s,
-                        scale_down_window_s=b.scale_down_window_s, cooldown_s=b.cooldown_s,
-                        activation=b.activation)
 
 
 class SimEnv:
@@ -89,11 +87,10 @@ class SimEnv:
         if mode == "auto":
             mode = "aggregated" if len(dag.experts) > sim.aggregate_above_experts else "request"
         self.mode = mode
-        preset = sim.hpa_smoe if sim.hpa_preset == "smoe" else sim.hpa_stock
-        behaviour = _behaviour(preset)
-        if sim.hpa_preset == "smoe" and not settings.cluster.hpa_configurable_tolerance:
-            behaviour = HpaBehaviour(**{**behaviour.__dict__, "tolerance": 0.1})
-        self.expert_behaviour, self.segment_behaviour = behaviour, _behaviour(sim.hpa_stock)
+        self.expert_behaviour = (smoe_behaviour(settings) if sim.hpa_preset == "smoe"
+                                 else stock_behaviour(settings))
+        self.segment_behaviour = stock_behaviour(settings)
+        self.keda_polling_s = keda_polling_s(settings)
         self.trace: Trace | None = None
 
     # ---- episode -------------------------------------------------------------------------
@@ -230,11 +227,11 @@ class SimEnv:
 
     def _autoscale(self, t0: float, t1: float) -> None:
         sim = self.s.simulator
-        events = sorted({*_grid(t0, t1, sim.keda_polling_s), *_grid(t0, t1, sim.hpa_sync_s)})
+        events = sorted({*_grid(t0, t1, self.keda_polling_s), *_grid(t0, t1, sim.hpa_sync_s)})
         for t in events:
             before = self.spec_replicas.copy()
             desired = self.targets.replicas.astype(float)
-            if _on(t, sim.keda_polling_s):
+            if _on(t, self.keda_polling_s):
                 self.hpa_e.poll(t, desired)
                 self.hpa_s.poll(t, np.ones(self.n))
             if _on(t, sim.hpa_sync_s):

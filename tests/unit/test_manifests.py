@@ -22,6 +22,7 @@ from smoelib.manifests import (
     scaled_objects,
 )
 from smoelib.settings import load_settings
+from smoelib.sim.autoscaling import keda_polling_s, smoe_behaviour
 from smoelib.topology import build_dag
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -193,3 +194,21 @@ def test_rendered_yaml_round_trips(bert):
     assert list(yaml.safe_load_all(render_yaml(objects))) == objects
     k = kustomization(["a.yaml", "b.yaml"])
     assert k["resources"] == ["a.yaml", "b.yaml"] and "namespace" not in k
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"control": {"interval_s": 2.5}, "manifests": {"hpa_period_s": 30, "cooldown_ticks": 4}},
+    {"cluster": {"hpa_configurable_tolerance": False}}])
+def test_the_simulated_smoe_preset_is_what_the_scaled_objects_say(bert, overrides):
+    settings = load_settings(overrides)
+    spec = scaled_object(bert, "moe1/e0", settings)["spec"]
+    up = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleUp"]
+    pods = next(p for p in up["policies"] if p["type"] == "Pods")
+    percent = next(p for p in up["policies"] if p["type"] == "Percent")
+    sim = smoe_behaviour(settings)
+    assert keda_polling_s(settings) == spec["pollingInterval"]
+    assert sim.cooldown_s == spec["cooldownPeriod"]
+    assert (sim.scale_up_pods, sim.scale_up_percent) == (pods["value"], percent["value"])
+    assert sim.scale_up_period_s == pods["periodSeconds"] == percent["periodSeconds"]
+    assert sim.scale_down_window_s == up["stabilizationWindowSeconds"] == 0
+    assert sim.tolerance == up.get("tolerance", 0.1)  # left out: the cluster's 10 % applies

@@ -18,7 +18,12 @@ import numpy as np
 
 from smoelib.policy.base import register
 from smoelib.policy.baselines.common import PASS_THROUGH, Experts, decide_all, on_period
-from smoelib.sim.autoscaling import Autoscaler, HpaBehaviour
+from smoelib.sim.autoscaling import (
+    Autoscaler,
+    keda_polling_s,
+    smoe_behaviour,
+    stock_behaviour,
+)
 
 __all__ = ["HpaDecider", "HpaStockDecider", "KpaDecider", "OpenFaasDecider", "concurrency_of"]
 
@@ -55,12 +60,9 @@ class _Hpa(_Static):
     def __init__(self, *, dag, settings):
         name = "hpa" if self.preset == "smoe" else "hpa_stock"
         super().__init__(dag, settings, getattr(settings.baselines, name))
-        b = settings.simulator.hpa_smoe if self.preset == "smoe" else settings.simulator.hpa_stock
-        fields = ("tolerance", "scale_up_pods", "scale_up_percent", "scale_up_period_s",
-                  "scale_down_window_s", "cooldown_s", "activation")
-        self.behaviour = HpaBehaviour(**{f: getattr(b, f) for f in fields})
-        if self.preset == "smoe" and not settings.cluster.hpa_configurable_tolerance:
-            self.behaviour = HpaBehaviour(**{**self.behaviour.__dict__, "tolerance": 0.1})
+        self.behaviour = (smoe_behaviour(settings) if self.preset == "smoe"
+                          else stock_behaviour(settings))
+        self.keda_polling_s = keda_polling_s(settings)
 
     def reset(self, seed: int) -> None:
         self.hpa = Autoscaler(self.ex.rmin, self.ex.rmax, behaviour=self.behaviour,
@@ -71,7 +73,7 @@ class _Hpa(_Static):
         t, sim, idx = float(obs.time_s), self.s.simulator, self.ex.index
         rps = np.asarray(obs.calls_per_s)[idx] + np.asarray(obs.rejected_per_s)[idx]
         usage = rps if self.cfg.metric == "rps" else np.asarray(obs.inflight, float)[idx]
-        if on_period(t, sim.keda_polling_s):
+        if on_period(t, self.keda_polling_s):
             self.hpa.poll(t, rps)  # activation on any traffic
         if on_period(t, sim.hpa_sync_s):
             self.hpa.sync(t, usage, target=self.cfg.target)
