@@ -64,7 +64,8 @@ class PolicyConfig:
     """EWMA weight of the newest tick in the long load trend (per tick)"""
     seed: int = 0
     """seed of the parameter initialisation (same seed, same parameters)"""
-    # ---- PPO (the training loop reads these; the model ignores them) ----------------------
+    # ---- PPO (the training loop reads these; the model ignores them). The defaults are the
+    # recipe of docs/training.md; TrainConfig takes its defaults from here ------------------
     learning_rate: float = 3e-4
     """Adam step size"""
     gamma: float = 0.99
@@ -75,16 +76,17 @@ class PolicyConfig:
     """PPO ratio clip epsilon"""
     value_coef: float = 0.5
     """weight of the value loss"""
-    entropy_coef: float = 0.01
-    """weight of the entropy bonus"""
+    entropy_coef: float = 1e-3
+    """weight of the entropy bonus (entropy per expert)"""
     max_grad_norm: float = 0.5
     """gradient norm clip"""
     lagrange_init: float = 10.0
     """initial SLO weight lambda (settings.control.slo_weight)"""
-    lagrange_lr: float = 0.05
+    lagrange_lr: float = 2.0
     """step size of the dual ascent on lambda (per unit of constraint violation)"""
-    slo_violation_target: float = 0.0
-    """allowed mean SLO overrun (fraction of the SLO) the multiplier aims at"""
+    slo_violation_target: float = -0.1
+    """the constraint the multiplier enforces: worst 60 s window P95 / SLO - 1 <= this
+    (negative: a margin)"""
 
     def __post_init__(self) -> None:
         problems = self.problems()

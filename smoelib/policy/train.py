@@ -108,21 +108,21 @@ class TrainConfig:
     """PPO epochs per update"""
     minibatches: int = 4
     """PPO minibatches per epoch"""
-    learning_rate: float = 3e-4
+    learning_rate: float = PolicyConfig.learning_rate
     """Adam step size for PPO"""
-    entropy_coef: float = 1e-3
+    entropy_coef: float = PolicyConfig.entropy_coef
     """weight of the entropy bonus (entropy per expert)"""
     target_kl: float = 0.05
     """stop an update's epochs when the approximate KL exceeds this (0: never)"""
     reward_scale: float = 0.1
     """rewards are multiplied by this (keeps returns and the value loss near 1)"""
-    lagrange_init: float = 10.0
+    lagrange_init: float = PolicyConfig.lagrange_init
     """initial SLO multiplier (reward per unit of overrun, in reference-cost ticks)"""
-    lagrange_lr: float = 2.0
+    lagrange_lr: float = PolicyConfig.lagrange_lr
     """dual-ascent step per update, per unit of constraint violation"""
     lagrange_max: float = 200.0
     """the multiplier is capped here"""
-    slo_target: float = -0.1
+    slo_target: float = PolicyConfig.slo_violation_target
     """the constraint: worst 60 s window P95 / SLO - 1 <= slo_target (negative: a margin)"""
     validate_every: int = 10
     """PPO updates between validations (and after cloning; 0: never)"""
