@@ -1,11 +1,17 @@
 """Shared pieces of the scaler tests: a settable clock, small pipelines, decisions, a running
-scaler on 127.0.0.1:0, and a throwaway PKI. Nothing of ours is faked: the clock is the injected
-port, the server and channel are real."""
+scaler on 127.0.0.1:0, a ``smoe serve`` process, and a throwaway PKI. Nothing of ours is faked:
+the clock is the injected port, the server and channel are real."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -87,6 +93,45 @@ def running_scaler(store: DecisionStore, *, tls: TlsMaterial | None = None,
         if own:
             channel.close()
         server.stop(grace_s=1)
+
+
+@dataclass(frozen=True)
+class ServeProcess:
+    """A running ``smoe serve``: its ports as its banner announced them."""
+
+    proc: subprocess.Popen
+    grpc_port: int
+    metrics_port: int
+
+
+@contextmanager
+def serve_process(args: list[str], *, cwd: Path, startup_s: float = 60.0
+                  ) -> Iterator[ServeProcess]:
+    """``python -m smoelib.cli serve ARGS --host 127.0.0.1 --grpc-port 0 --metrics-port 0`` as
+    a real process, up once its banner names its ports. On leaving the block normally it gets
+    SIGTERM and must exit 0 with no traceback on stderr; on an error it is killed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smoelib.cli", "serve", *args, "--host", "127.0.0.1",
+         "--grpc-port", "0", "--metrics-port", "0"],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    try:
+        banner = lines.get(timeout=startup_s)  # bounded wait for the process to come up
+        match = re.search(r"scaler on 127\.0\.0\.1:(\d+), metrics on 127\.0\.0\.1:(\d+)",
+                          banner)
+        assert match, banner
+        yield ServeProcess(proc, int(match[1]), int(match[2]))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        stderr = proc.stderr.read()
+        proc.stderr.close()
+    assert "Traceback" not in stderr, stderr
 
 
 @dataclass(frozen=True)

@@ -7,15 +7,20 @@ import socket
 import threading
 from pathlib import Path
 
+import grpc
 import pytest
 import yaml
 
 from smoelib.controller import SMoEController
+from smoelib.decisions import load_decision
 from smoelib.errors import TransientError
+from smoelib.keda_proto import externalscaler_pb2 as pb
+from smoelib.keda_proto.externalscaler_pb2_grpc import ExternalScalerStub
 from smoelib.metrics import PrometheusSource
 from smoelib.settings import load_settings
 from smoelib.topology import build_dag
 from tests.integration.prometheus_fixtures import PacedSim, PrometheusProcess, free_port
+from tests.integration.scaler_fixtures import serve_process
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINE = ROOT / "examples" / "pipelines" / "bert-moe.yml"
@@ -173,35 +178,15 @@ def test_faults_keep_the_last_decision_and_it_recovers(config_file):
 
 def test_smoe_serve_runs_controller_and_scaler_in_one_process(live, tmp_path):
     """The Kubernetes Deployment's process: Prometheus -> controller -> store -> gRPC."""
-    import queue
-    import re
-    import signal
-    import subprocess
-    import sys
-
-    import grpc
-
-    from smoelib.decisions import load_decision
-    from smoelib.keda_proto import externalscaler_pb2 as pb
-    from smoelib.keda_proto.externalscaler_pb2_grpc import ExternalScalerStub
-
     dag, sim, prom = live
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({**CONFIG, "vertical": {"backend": "none"},
                                       "control": {"interval_s": 1, "warmup_s": 0}}))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "smoelib.cli", "serve", "--pipeline", str(PIPELINE),
-         "--config", str(config), "--prometheus", prom.url, "--decisions", str(tmp_path),
-         "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
-    try:
-        banner = lines.get(timeout=60)
-        port = int(re.search(r"scaler on 127\.0\.0\.1:(\d+)", banner)[1])
-        ref = pb.ScaledObjectRef(name="bert-moe-moe1-e0", namespace="openfaas-fn",
-                                 scalerMetadata={"pipeline": "bert-moe", "expert": "moe1/e0"})
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    ref = pb.ScaledObjectRef(name="bert-moe-moe1-e0", namespace="openfaas-fn",
+                             scalerMetadata={"pipeline": "bert-moe", "expert": "moe1/e0"})
+    with serve_process(["--pipeline", str(PIPELINE), "--config", str(config), "--prometheus",
+                        prom.url, "--decisions", str(tmp_path)], cwd=ROOT) as serving:
+        with grpc.insecure_channel(f"127.0.0.1:{serving.grpc_port}") as channel:
             stub = ExternalScalerStub(channel)
             request = pb.GetMetricsRequest(scaledObjectRef=ref, metricName="bert-moe-moe1-e0")
             value = None
@@ -213,15 +198,5 @@ def test_smoe_serve_runs_controller_and_scaler_in_one_process(live, tmp_path):
                     assert e.code() == grpc.StatusCode.UNAVAILABLE  # no decision yet
                     threading.Event().wait(0.2)
             assert value == 1  # static: max(1, replicas_min)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        stderr = proc.stderr.read()
-        proc.stderr.close()
-    assert "Traceback" not in stderr, stderr
     saved = load_decision(tmp_path / "bert-moe.json")
     assert set(saved.experts) == set(dag.experts)

@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import queue
-import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -23,7 +18,7 @@ from smoelib.keda_proto import externalscaler_pb2 as pb
 from smoelib.keda_proto.externalscaler_pb2_grpc import ExternalScalerStub
 from smoelib.scaler import serve
 from smoelib.topology import build_dag
-from tests.integration.scaler_fixtures import make_pki
+from tests.integration.scaler_fixtures import make_pki, serve_process
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,28 +36,13 @@ def write_bert_decision(path: Path) -> dict[str, int]:
     return replicas
 
 
-def read_lines(stream, into: queue.Queue) -> None:
-    for line in stream:
-        into.put(line)
-
-
 def test_smoe_serve_on_bert_moe_then_sigterm(tmp_path):
     decisions = tmp_path / "bert-moe.json"
     replicas = write_bert_decision(decisions)
     before = decisions.read_bytes()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "smoelib.cli", "serve", "--scaler-only", "--pipeline", str(BERT),
-         "--decisions", str(decisions), "--host", "127.0.0.1", "--grpc-port", "0",
-         "--metrics-port", "0"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=read_lines, args=(proc.stdout, lines), daemon=True).start()
-    try:
-        banner = lines.get(timeout=STARTUP_S)  # bounded wait for the process to come up
-        match = re.search(r"scaler on 127\.0\.0\.1:(\d+), metrics on 127\.0\.0\.1:(\d+)", banner)
-        assert match, banner
-        grpc_port, metrics_port = int(match[1]), int(match[2])
-        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+    with serve_process(["--scaler-only", "--pipeline", str(BERT), "--decisions",
+                        str(decisions)], cwd=ROOT, startup_s=STARTUP_S) as serving:
+        with grpc.insecure_channel(f"127.0.0.1:{serving.grpc_port}") as channel:
             stub = ExternalScalerStub(channel)
             for node, want in replicas.items():
                 r = pb.ScaledObjectRef(name=f"so-{node.replace('/', '-')}", namespace="openfaas-fn",
@@ -73,20 +53,11 @@ def test_smoe_serve_on_bert_moe_then_sigterm(tmp_path):
                                         timeout=5).metricValues[0]
                 assert (value.metricValue, value.metricValueFloat) == (want, float(want))
                 assert stub.IsActive(r, timeout=5).result is (want > 0)
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as rsp:
+        metrics = f"http://127.0.0.1:{serving.metrics_port}/metrics"
+        with urllib.request.urlopen(metrics, timeout=5) as rsp:
             text = rsp.read().decode()
         assert 'smoe_scaler_rpcs_total{code="OK",method="GetMetrics"} 72.0' in text
         assert 'smoe_scaler_decision_age_seconds{pipeline="bert-moe"}' in text
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        stderr = proc.stderr.read()
-        proc.stderr.close()
-    assert "Traceback" not in stderr, stderr
     assert decisions.read_bytes() == before
     assert len(load_decision(decisions).experts) == 72
 
