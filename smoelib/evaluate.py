@@ -207,9 +207,9 @@ def table_markdown(results: list[dict[str, Any]], *, reference: str = "hpa") -> 
 
 def checks(results: list[dict[str, Any]]) -> list[str]:
     """Per scenario (mean over seeds): ``floor`` below every policy, ``oracle`` at most
-    ``queueing``, ``queueing`` cheaper than ``hpa`` with no more window violations and drops.
-    Each line says PASS or FAIL with the numbers; checks whose policies did not run are
-    skipped."""
+    ``queueing``, ``queueing`` cheaper than ``hpa`` with no more window violations and drops,
+    and ``smoe`` cheaper than both with no more of either. Each line says PASS or FAIL with the
+    numbers; checks whose policies did not run are skipped."""
     out = []
     for (pipe, trace), rs in _scenarios([r["run"] for r in results]).items():
         mean = {p: {k: float(np.mean([r[k] for r in rs if r["policy"] == p]))
@@ -225,12 +225,16 @@ def checks(results: list[dict[str, Any]]) -> list[str]:
             o, q = mean["oracle"]["cost"], mean["queueing"]["cost"]
             out.append(f"{'PASS' if o <= q * (1 + 1e-9) else 'FAIL'} {tag}: oracle {o:.3f} "
                        f"<= queueing {q:.3f}")
-        if "queueing" in mean and "hpa" in mean:
-            q, h = mean["queueing"], mean["hpa"]
-            ok = (q["cost"] < h["cost"] and q["window_violation_rate"]
-                  <= h["window_violation_rate"] + 1e-12 and q["dropped"] <= h["dropped"])
-            out.append(f"{'PASS' if ok else 'FAIL'} {tag}: queueing cost {q['cost']:.3f} vs "
-                       f"hpa {h['cost']:.3f}; violations {q['window_violation_rate']:.3f} vs "
-                       f"{h['window_violation_rate']:.3f}; dropped {q['dropped']:.1f} vs "
-                       f"{h['dropped']:.1f}")
+        for policy, rivals in (("queueing", ("hpa",)), ("smoe", ("queueing", "hpa"))):
+            for rival in (r for r in rivals if policy in mean and r in mean):
+                out.append(_beats(tag, policy, mean[policy], rival, mean[rival]))
     return out
+
+
+def _beats(tag: str, name: str, a: dict[str, float], rival: str, b: dict[str, float]) -> str:
+    """``name`` strictly cheaper than ``rival`` with no more window violations and drops."""
+    ok = (a["cost"] < b["cost"] and a["window_violation_rate"]
+          <= b["window_violation_rate"] + 1e-12 and a["dropped"] <= b["dropped"])
+    return (f"{'PASS' if ok else 'FAIL'} {tag}: {name} cost {a['cost']:.3f} vs {rival} "
+            f"{b['cost']:.3f}; violations {a['window_violation_rate']:.3f} vs "
+            f"{b['window_violation_rate']:.3f}; dropped {a['dropped']:.1f} vs {b['dropped']:.1f}")

@@ -72,3 +72,9 @@ def test_table_and_checks_say_pass_or_fail():
     assert lines[2].startswith("PASS") and "queueing" in lines[2]
     text = table_markdown(results)
     assert "| queueing | 0.750 |" in text and "Acceptance checks" in text
+    # the learned policy against both: cheaper than hpa, but a tie with queueing is no win
+    lines = checks(results + [run("smoe", 1.5)])
+    assert [x[:4] for x in lines[3:]] == ["FAIL", "PASS"]
+    assert "smoe cost 1.500 vs queueing 1.500" in lines[3] and "vs hpa 2.000" in lines[4]
+    lines = checks(results + [run("smoe", 1.0, viol=0.1)])  # cheaper, but violates more
+    assert [x[:4] for x in lines[3:]] == ["FAIL", "FAIL"]
