@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -83,10 +84,23 @@ def segment_cost(env: SimEnv) -> float:
     return float((overlap * rate)[seg].sum())
 
 
+_THREAD_CAP: int | None = None
+"""set in each worker of a parallel run: the learned policy's inference threads at most this"""
+
+
+def _cap_threads(cap: int) -> None:
+    """Pool initializer: ``jobs`` workers share the cores; more inference threads than a
+    worker's share make OpenMP spin against the other workers (decisions 50x slower)."""
+    global _THREAD_CAP
+    _THREAD_CAP = cap
+
+
 def run_one(spec: RunSpec) -> dict[str, Any]:
     """Run one combination; returns ``{"run": row, "series": per-window plot data}``."""
     dag = build_dag(spec.pipeline)
     settings = with_overrides(load_settings(spec.config), dict(spec.overrides))
+    if _THREAD_CAP is not None and settings.policy.torch_threads > _THREAD_CAP:
+        settings = with_overrides(settings, {"policy.torch_threads": _THREAD_CAP})
     decider = get_decider(spec.policy, dag=dag, settings=settings)
     sim_settings = with_overrides(settings, getattr(decider, "simulator_overrides", {}))
     env = SimEnv(dag, sim_settings, trace=spec.trace, duration_s=spec.duration_s)
@@ -127,8 +141,9 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
 
 def run_all(specs: list[RunSpec], *, jobs: int = 1, progress: bool = True
             ) -> list[dict[str, Any]]:
-    """Run every spec, in ``jobs`` spawned processes (each builds its own env), with a
-    progress bar; results in the order of ``specs``."""
+    """Run every spec, in ``jobs`` spawned processes (each builds its own env and uses at most
+    its share of the cores for policy inference), with a progress bar; results in the order
+    of ``specs``."""
     from tqdm import tqdm
 
     out: list[dict[str, Any] | None] = [None] * len(specs)
@@ -140,7 +155,9 @@ def run_all(specs: list[RunSpec], *, jobs: int = 1, progress: bool = True
     else:
         import multiprocessing as mp
 
-        with mp.get_context("spawn").Pool(jobs) as pool:
+        cap = max(1, (os.cpu_count() or 1) // jobs)
+        with mp.get_context("spawn").Pool(jobs, initializer=_cap_threads,
+                                          initargs=(cap,)) as pool:
             for i, res in pool.imap_unordered(_indexed, list(enumerate(specs))):
                 out[i] = res
                 bar.update(1)
