@@ -84,23 +84,14 @@ def segment_cost(env: SimEnv) -> float:
     return float((overlap * rate)[seg].sum())
 
 
-_THREAD_CAP: int | None = None
-"""set in each worker of a parallel run: the learned policy's inference threads at most this"""
-
-
-def _cap_threads(cap: int) -> None:
-    """Pool initializer: ``jobs`` workers share the cores; more inference threads than a
-    worker's share make OpenMP spin against the other workers (decisions 50x slower)."""
-    global _THREAD_CAP
-    _THREAD_CAP = cap
-
-
-def run_one(spec: RunSpec) -> dict[str, Any]:
-    """Run one combination; returns ``{"run": row, "series": per-window plot data}``."""
+def run_one(spec: RunSpec, *, thread_cap: int | None = None) -> dict[str, Any]:
+    """Run one combination; returns ``{"run": row, "series": per-window plot data}``.
+    ``thread_cap``: at most this many policy inference threads (a worker's share of the cores
+    in a parallel run: more make OpenMP spin against the other workers)."""
     dag = build_dag(spec.pipeline)
     settings = with_overrides(load_settings(spec.config), dict(spec.overrides))
-    if _THREAD_CAP is not None and settings.policy.torch_threads > _THREAD_CAP:
-        settings = with_overrides(settings, {"policy.torch_threads": _THREAD_CAP})
+    if thread_cap is not None and settings.policy.torch_threads > thread_cap:
+        settings = with_overrides(settings, {"policy.torch_threads": thread_cap})
     decider = get_decider(spec.policy, dag=dag, settings=settings)
     sim_settings = with_overrides(settings, getattr(decider, "simulator_overrides", {}))
     env = SimEnv(dag, sim_settings, trace=spec.trace, duration_s=spec.duration_s)
@@ -156,17 +147,18 @@ def run_all(specs: list[RunSpec], *, jobs: int = 1, progress: bool = True
         import multiprocessing as mp
 
         cap = max(1, (os.cpu_count() or 1) // jobs)
-        with mp.get_context("spawn").Pool(jobs, initializer=_cap_threads,
-                                          initargs=(cap,)) as pool:
-            for i, res in pool.imap_unordered(_indexed, list(enumerate(specs))):
+        work = [(i, spec, cap) for i, spec in enumerate(specs)]
+        with mp.get_context("spawn").Pool(jobs) as pool:
+            for i, res in pool.imap_unordered(_indexed, work):
                 out[i] = res
                 bar.update(1)
     bar.close()
     return [r for r in out if r is not None]
 
 
-def _indexed(item: tuple[int, RunSpec]) -> tuple[int, dict[str, Any]]:
-    return item[0], run_one(item[1])
+def _indexed(item: tuple[int, RunSpec, int]) -> tuple[int, dict[str, Any]]:
+    i, spec, cap = item
+    return i, run_one(spec, thread_cap=cap)
 
 
 def write_json(results: list[dict[str, Any]], out: Path) -> None:
@@ -242,9 +234,9 @@ def checks(results: list[dict[str, Any]]) -> list[str]:
             o, q = mean["oracle"]["cost"], mean["queueing"]["cost"]
             out.append(f"{'PASS' if o <= q * (1 + 1e-9) else 'FAIL'} {tag}: oracle {o:.3f} "
                        f"<= queueing {q:.3f}")
-        for policy, rivals in (("queueing", ("hpa",)), ("smoe", ("queueing", "hpa"))):
-            for rival in (r for r in rivals if policy in mean and r in mean):
-                out.append(_beats(tag, policy, mean[policy], rival, mean[rival]))
+        for name, rival in (("queueing", "hpa"), ("smoe", "queueing"), ("smoe", "hpa")):
+            if name in mean and rival in mean:
+                out.append(_beats(tag, name, mean[name], rival, mean[rival]))
     return out
 
 

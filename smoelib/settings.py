@@ -445,7 +445,8 @@ class QueueingBaseline:
                                        "P95 of this long: one burst keeps the budgets tight",
                                        unit="s", check=positive)
     feedback_max: float = setting(3.0, "the calibration relaxes the model's budgets by at "
-                                  "most this factor", check=positive)
+                                  "most this factor",
+                                  check=lambda v: None if v >= 1 else "must be >= 1")
 
 
 @dataclass(frozen=True)

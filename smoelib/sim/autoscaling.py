@@ -15,7 +15,7 @@ are not modelled. Pure: no clock, no randomness.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -53,12 +53,7 @@ def smoe_behaviour(settings: Settings) -> HpaBehaviour:
 
 def stock_behaviour(settings: Settings) -> HpaBehaviour:
     """The Kubernetes and KEDA defaults (``simulator.hpa_stock``)."""
-    b = settings.simulator.hpa_stock
-    return HpaBehaviour(tolerance=b.tolerance, scale_up_pods=b.scale_up_pods,
-                        scale_up_percent=b.scale_up_percent,
-                        scale_up_period_s=b.scale_up_period_s,
-                        scale_down_window_s=b.scale_down_window_s, cooldown_s=b.cooldown_s,
-                        activation=b.activation)
+    return HpaBehaviour(**asdict(settings.simulator.hpa_stock))
 
 
 def keda_polling_s(settings: Settings) -> float:

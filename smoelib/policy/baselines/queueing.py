@@ -65,7 +65,7 @@ class _Sized:
         self.p95_seen.append((t, p95_ms))
         ratio = cfg.feedback_target * self.ex.slo_ms / max(p for _, p in self.p95_seen)
         self.scale = float(np.clip(self.scale * ratio ** cfg.feedback_gain, 1.0,
-                                   max(cfg.feedback_max, 1.0)))
+                                   cfg.feedback_max))
 
     def _choose(self, obs, lam: np.ndarray, tokens: np.ndarray, tokens_per_s: np.ndarray,
                 segment_ms: np.ndarray, *, delay_s: float):
