@@ -5,7 +5,9 @@ within its range), a freshly initialised agent of the default PolicyConfig, and 
 features (observation + DAG -> tensors), encode (DAGNN) and predict (pointer decoder, greedy,
 no log-probabilities). The per-DAG tensors are built once before timing (they are cached by the
 DAG). Prints median and p95 wall time over the repeats, and the thread CPU time, which is less
-disturbed by other processes on a shared machine. Targets: bert-moe <= 5 ms, deepseek-v3 <= 150 ms
+disturbed by other processes on a shared machine. The same ticks are then decided by the traced
+graph the ``smoe`` deciders run (``trace_greedy``), interleaved with the eager path, and the
+ratio of the two is printed. Targets: bert-moe <= 5 ms, deepseek-v3 <= 150 ms
 (median).
 
 Run: python3 benchmarks/bench_policy.py [--repeat N] [--threads 2] [--pipelines a,b]
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smoelib.policy.agent import SMoEAgent
+from smoelib.policy.agent import SMoEAgent, trace_greedy
 from smoelib.policy.config import PolicyConfig
 from smoelib.policy.features import build_features, dag_tensors
 from smoelib.sim.observation import NODE_FIELDS, Observation
@@ -94,6 +96,26 @@ def measure(name: str, config: PolicyConfig, repeat: int, gpus: float) -> None:
     for key, xs in wall.items():
         print(f"  {key:9s} wall ms  {stats(xs)}")
     print(f"  {'total':9s} cpu  ms  {stats(cpu)}  (main thread CPU time)")
+
+    inp, _ = build_features(observations[0], dag, config=config, gpus=gpus)
+    start = time.perf_counter()
+    traced = trace_greedy(agent, inp, name=name)
+    print(f"  traced once in {time.perf_counter() - start:.2f} s; eager and traced, interleaved:")
+    paths = {"eager": lambda i: agent(i, score=False),
+             "traced": lambda i: traced(i.x, i.replicas, i.choice_mask, i.budget)}
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    with torch.inference_mode():
+        for i in range(repeat + 3):
+            obs = observations[i % len(observations)]
+            for key, run in paths.items():
+                t0 = time.perf_counter()
+                run(build_features(obs, dag, config=config, gpus=gpus)[0])
+                if i >= 3:
+                    times[key].append((time.perf_counter() - t0) * 1000)
+    for key, xs in times.items():
+        print(f"  {key:9s} wall ms  {stats(xs)}  (features + encode + predict)")
+    ratio = statistics.median(times["traced"]) / statistics.median(times["eager"])
+    print(f"  traced / eager median: {ratio:.2f}")
 
 
 def main() -> None:

@@ -177,7 +177,8 @@ class PointerDecoder(nn.Module):
                     block = scores.topk(bk, -1).indices  # (B, L, K): greedy order
                 else:
                     block = (scores + gumbel(scores.shape, generator)).topk(bk, -1).indices
-                available = available.scatter(2, block, False)
+                # 0 is False here; a bool scalar does not trace (torch.jit)
+                available = available.scatter(2, block, 0)
                 if score:
                     lp, ent = plackett_luce(scores, block, pv, available)  # (B, L) each
                     log_prob, entropy = log_prob + lp.sum(-1), entropy + ent.sum(-1)
