@@ -298,8 +298,12 @@ class Policy:
 
     name: str = setting("smoe", "registry name of the decider: smoe (the bundled learned "
                         "policy), or a baseline (queueing, hpa, ...)")
-    checkpoint: str = setting("", "policy checkpoint; empty: the bundled default "
-                              "(smoelib/policy/pretrained/default.pt)")
+    checkpoint: str = setting("", "policy checkpoint; empty: the registry name's checkpoint "
+                              "in policy.pretrained")
+    pretrained: str = setting(
+        "", "folder of the learned policies' checkpoints, default.pt (smoe), smoe-mlp.pt and "
+        "smoe-independent.pt, as `smoe train --export` writes them; empty: the bundled ones "
+        "(smoelib/policy/pretrained/). Relative paths are read from the working directory")
     torch_threads: int = setting(2, "CPU threads for policy inference", unit="threads",
                                  check=positive)
 

@@ -45,9 +45,11 @@ BUNDLED = PRETRAINED / "default.pt"
 """the bundled ``smoe`` policy; the ablations ship as ``pretrained/<name>.pt``"""
 
 
-def bundled_path(architecture: str) -> Path:
-    """The bundled checkpoint a registry name loads when ``policy.checkpoint`` is empty."""
-    return BUNDLED if architecture == "smoe" else PRETRAINED / f"{architecture}.pt"
+def bundled_path(architecture: str, folder: str | Path = "") -> Path:
+    """The checkpoint a registry name loads when ``policy.checkpoint`` is empty: its file in
+    ``folder`` (``policy.pretrained``), or in the bundled folder when that is empty."""
+    return (Path(folder) if folder else PRETRAINED) / (
+        BUNDLED.name if architecture == "smoe" else f"{architecture}.pt")
 
 
 class AgentOutput(NamedTuple):
@@ -220,11 +222,15 @@ def _factory(architecture: str):
     def make(*, dag: Any, settings: Any) -> SMoEDecider:
         from smoelib.policy.checkpoint import load_checkpoint  # file I/O lives there
 
+        folder = settings.policy.pretrained
         path = (Path(settings.policy.checkpoint) if settings.policy.checkpoint
-                else bundled_path(architecture))
+                else bundled_path(architecture, folder))
         if not path.exists() and not settings.policy.checkpoint:
-            raise ConfigError([Problem("policy.checkpoint", f"{architecture!r} needs a trained "
-                                       "checkpoint and no bundled default is installed")])
+            where = (f"policy.pretrained has no {path.name}" if folder
+                     else "no bundled default is installed")
+            raise ConfigError([Problem("policy.pretrained" if folder else "policy.checkpoint",
+                                       f"{architecture!r} needs a trained checkpoint and "
+                                       f"{where}")], source=folder or None)
         agent = load_checkpoint(path).agent
         if agent.config.architecture != architecture:
             raise ConfigError([Problem("policy.name", f"checkpoint holds a "

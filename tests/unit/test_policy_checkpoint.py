@@ -114,13 +114,14 @@ def test_a_checkpoint_for_another_config(tmp_path):
         load_checkpoint(path, expect=PolicyConfig(hidden=16, decode_steps=2, seed=3))
 
 
-def _settings(checkpoint):
+def _settings(checkpoint="", pretrained=""):
     import dataclasses
 
     from smoelib.settings import load_settings
 
     s = load_settings(None)
-    return dataclasses.replace(s, policy=dataclasses.replace(s.policy, checkpoint=checkpoint))
+    return dataclasses.replace(s, policy=dataclasses.replace(s.policy, checkpoint=checkpoint,
+                                                             pretrained=pretrained))
 
 
 def test_the_registry_builds_a_decider_from_a_checkpoint(tmp_path):
@@ -137,3 +138,21 @@ def test_the_registry_builds_a_decider_from_a_checkpoint(tmp_path):
         get_decider("smoe-mlp", dag=dag, settings=_settings(str(path)))
     with pytest.raises(ConfigError, match="no such checkpoint file"):
         get_decider("smoe", dag=dag, settings=_settings(str(tmp_path / "missing.pt")))
+
+
+def test_the_registry_reads_each_architecture_from_the_pretrained_folder(tmp_path):
+    from smoelib.policy.base import get_decider
+    from smoelib.topology import build_dag
+
+    dag = build_dag({"name": "p", "slo_ms": 50, "stages": [{"id": "a"}, {"id": "m",
+                                                                        "experts": 3}]})
+    for name, file in (("smoe", "default.pt"), ("smoe-mlp", "smoe-mlp.pt")):
+        cfg = PolicyConfig(hidden=8, decode_steps=2, seed=3, architecture=name)
+        save_checkpoint(tmp_path / file, SMoEAgent(cfg))
+        decider = get_decider(name, dag=dag, settings=_settings(pretrained=str(tmp_path)))
+        assert decider.agent.config == cfg
+    with pytest.raises(ConfigError, match="policy.pretrained: 'smoe-independent' needs a "
+                                          "trained checkpoint and policy.pretrained has no "
+                                          "smoe-independent.pt") as e:
+        get_decider("smoe-independent", dag=dag, settings=_settings(pretrained=str(tmp_path)))
+    assert str(tmp_path) in str(e.value)
