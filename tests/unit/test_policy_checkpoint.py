@@ -46,6 +46,11 @@ def test_round_trip_restores_weights_config_and_training_state(tmp_path):
     assert torch.equal(torch.rand(3, generator=resumed), torch.rand(3, generator=gen))
 
 
+def test_a_saved_checkpoint_is_readable_by_everyone(tmp_path):
+    path, _ = saved(tmp_path)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
 def test_same_seed_same_checkpoint_bytes_of_weights(tmp_path):
     a = load_checkpoint(save_checkpoint(tmp_path / "a.pt", SMoEAgent(CFG))).agent
     b = load_checkpoint(save_checkpoint(tmp_path / "b.pt", SMoEAgent(CFG))).agent
