@@ -4,7 +4,7 @@ PIP := $(PYTHON) -m pip
 PROTO_DIR := smoelib/keda_proto
 PROTO_OUT := $(PROTO_DIR)/externalscaler_pb2.py $(PROTO_DIR)/externalscaler_pb2_grpc.py
 
-.PHONY: install proto test lint bench demo train train-ablations clean
+.PHONY: install proto test lint bench demo train train-ablations train-loaded clean
 
 # The CPU wheel of torch is pinned only here, and only when torch is missing: a looser
 # requirement resolved with no torch installed would pull a multi-GB CUDA build.
@@ -55,6 +55,13 @@ train: install
 train-ablations: install
 	$(PYTHON) -m smoelib.cli train --out runs/smoe-mlp --architecture smoe-mlp --seed 1 --export smoelib/policy/pretrained/smoe-mlp.pt $(TRAIN_ARGS)
 	$(PYTHON) -m smoelib.cli train --out runs/smoe-independent --architecture smoe-independent --seed 1 --export smoelib/policy/pretrained/smoe-independent.pt $(TRAIN_ARGS)
+
+# The three learned policies trained at 10x load, which examples/loaded.yaml loads through
+# policy.pretrained (docs/results/loaded.md); same recipe, budget and seed.
+train-loaded: install
+	$(PYTHON) -m smoelib.cli train --config examples/loaded.yaml --out runs/smoe-loaded --seed 1 --export examples/loaded/default.pt $(TRAIN_ARGS)
+	$(PYTHON) -m smoelib.cli train --config examples/loaded.yaml --out runs/smoe-mlp-loaded --architecture smoe-mlp --seed 1 --export examples/loaded/smoe-mlp.pt $(TRAIN_ARGS)
+	$(PYTHON) -m smoelib.cli train --config examples/loaded.yaml --out runs/smoe-independent-loaded --architecture smoe-independent --seed 1 --export examples/loaded/smoe-independent.pt $(TRAIN_ARGS)
 
 bench: install
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PYTHON) $$script || exit 1; done
