@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue from OUT/checkpoint.pt (same settings)")
     parser.add_argument("--architecture", default=d.architecture,
                         help="smoe, smoe-mlp or smoe-independent")
+    parser.add_argument("--capacity", default=d.capacity,
+                        help="capacity masks of the decoder: even (the default) or spare "
+                             "(layer budgets follow the current use; for loaded clusters)")
     parser.add_argument("--pipelines", default=",".join(d.pipelines),
                         help="comma-separated pipeline.yml paths")
     parser.add_argument("--traces", default=",".join(d.traces),
@@ -82,7 +85,8 @@ def _config(args: argparse.Namespace):
     values = dict(
         pipelines=tuple(split_list(args.pipelines, "--pipelines")),
         traces=tuple(split_list(args.traces, "--traces")), seeds=(lo, hi), seed=args.seed,
-        config=args.config, architecture=args.architecture, bc_rounds=args.bc_rounds,
+        config=args.config, architecture=args.architecture, capacity=args.capacity,
+        bc_rounds=args.bc_rounds,
         bc_episodes=args.bc_episodes, updates=args.updates, envs=args.envs,
         learning_rate=args.learning_rate,
         episode_s=args.episode, episode_start_s=min(args.episode_start, args.episode),

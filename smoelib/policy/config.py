@@ -16,11 +16,12 @@ from typing import Any, Literal
 
 from smoelib.errors import ConfigError, Problem
 
-__all__ = ["PolicyConfig", "ARCHITECTURES", "Architecture"]
+__all__ = ["PolicyConfig", "ARCHITECTURES", "Architecture", "CAPACITY_MODES"]
 
 Architecture = Literal["smoe", "smoe-mlp", "smoe-independent"]
 ARCHITECTURES: tuple[str, ...] = ("smoe", "smoe-mlp", "smoe-independent")
 _SHARING = ("mps-env", "mps-device-plugin", "none")
+CAPACITY_MODES: tuple[str, ...] = ("even", "spare")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,13 @@ class PolicyConfig:
     """pointer decoding steps per MoE layer; each step decodes a block of
     ceil(max experts per layer / decode_steps) experts (2 per step for 6-expert layers, 64 at
     256); the sequential cost is decode_steps whatever the pipeline's size"""
+    capacity: Literal["even", "spare"] = "even"
+    """how the decoder's capacity masks share the cluster's expert GPUs. even: every MoE layer
+    gets a share in proportion to its expert count and the experts of a block split what is
+    left of it evenly (a block never overdraws). spare: every layer keeps its current GPU use
+    plus its expert count's share of the unused GPUs, and each expert of a block may take all
+    that is left of its layer (a block may overdraw it; the guard fits the cluster). Under load
+    the even split forbids decisions that give one hot expert more than its even share"""
     tanh_clip: float = 10.0
     """logits are squashed to [-tanh_clip, tanh_clip] before masking (Bello et al.); 0 disables"""
     gpu_sharing: Literal["mps-env", "mps-device-plugin", "none"] = "mps-env"
@@ -98,6 +106,8 @@ class PolicyConfig:
         p: list[Problem] = []
         if self.architecture not in ARCHITECTURES:
             p.append(Problem("architecture", f"one of {', '.join(ARCHITECTURES)}"))
+        if self.capacity not in CAPACITY_MODES:
+            p.append(Problem("capacity", f"one of {', '.join(CAPACITY_MODES)}"))
         if self.gpu_sharing not in _SHARING:
             p.append(Problem("gpu_sharing", f"one of {', '.join(_SHARING)}"))
         for name in ("hidden", "dagnn_layers", "decode_steps", "slots_per_gpu",

@@ -195,7 +195,13 @@ def build_features(obs: Any, dag: Any, *, config: PolicyConfig, gpus: float,
     slots = d.expert_pos  # (L, E) node index per expert slot
     mask = _choice_mask(config, desired[slots], s["replicas_min"][slots], s["replicas_max"][slots],
                    s["weights_mb"][slots], s["parallelism"][slots])
-    budget = expert_budget * d.layer_sizes / max(int(d.layer_sizes.sum()), 1)  # (L,)
+    n_experts = max(int(d.layer_sizes.sum()), 1)
+    if config.capacity == "spare":  # each layer keeps its use, plus its share of what is free
+        use = np.bincount(d.layer_of[is_exp], weights=(desired * gshare)[is_exp],
+                          minlength=len(d.layer_sizes))  # (L,) GPUs
+        budget = use + max(expert_budget - float(use.sum()), 0.0) * d.layer_sizes / n_experts
+    else:  # by expert count
+        budget = expert_budget * d.layer_sizes / n_experts  # (L,)
     inp = PolicyInput(x=x, schedule=d.schedule, expert_index=d.expert_index,
                       expert_valid=d.expert_valid,
                       replicas=torch.as_tensor(desired[slots], dtype=torch.float32).unsqueeze(0),

@@ -12,7 +12,10 @@ after it, so that the capacity masks of both see the remaining budget. The block
 Why blocks: a strictly sequential pointer needs 256 steps at DeepSeek-V3 scale; with blocks the
 number of sequential steps is ``decode_steps`` whatever the layer size, and small layers (6
 experts, ``decode_steps`` 8) still decode one expert per step. The capacity masks share the
-remaining budget evenly among the experts of a block, so a block can never overdraw it.
+remaining budget evenly among the experts of a block, so a block can never overdraw it
+(``PolicyConfig.capacity`` "even"); with "spare" each expert of a block may take all that remains
+of its layer (a block may overdraw it; the guard fits the cluster), and the layer budgets follow
+the current use (:func:`smoelib.policy.features.build_features`).
 
 ``pointer=False`` is the ``smoe-independent`` ablation: one block of every expert, no order, no
 state update (each expert gets an even share of the layer budget).
@@ -119,6 +122,7 @@ class PointerDecoder(nn.Module):
             shares[:len(config.gpu_share_choices)] = torch.tensor(config.gpu_share_choices)
         self.register_buffer("shares", shares, persistent=False)  # (C,) padded
         self.budgeted = bool(shares[0] > 0)
+        self.even = config.capacity == "even"
         self.init_state = nn.Linear(2 * h, h)
         self.heads = FactorisedHeads(h, 3 * h + 2, h, {n: len(config.choices(n))
                                                        for n in self.head_names})
@@ -185,7 +189,8 @@ class PointerDecoder(nn.Module):
             else:
                 block = torch.arange(e).expand(b, n_layers, e)  # (B, L, E): one block
             n_blk = n_block[..., t]  # (B, L)
-            allowance = remaining / n_blk  # (B, L): GPUs per expert of this block
+            # (B, L): GPUs each expert of this block may take (capacity: "even" or "spare")
+            allowance = remaining / n_blk if self.even else remaining
             ctx = torch.cat([state, fixed_ctx, rem_frac, (allowance / scale).unsqueeze(-1)], -1)
             logits = self.heads(expert_part.gather(2, block.unsqueeze(-1).expand(
                 b, n_layers, bk, h)), ctx)  # (B, L, K, heads, C)

@@ -38,7 +38,7 @@ from smoelib.errors import ConfigError, Problem
 from smoelib.policy import ppo
 from smoelib.policy.agent import SMoEAgent
 from smoelib.policy.checkpoint import load_checkpoint, save_checkpoint
-from smoelib.policy.config import ARCHITECTURES, PolicyConfig
+from smoelib.policy.config import ARCHITECTURES, CAPACITY_MODES, PolicyConfig
 from smoelib.policy.curriculum import (
     TRAIN_TRACES,
     scenario,
@@ -80,6 +80,8 @@ class TrainConfig:
     """smoe, smoe-mlp or smoe-independent (PolicyConfig.architecture)"""
     hidden: int = 32
     """network width (PolicyConfig.hidden)"""
+    capacity: str = PolicyConfig.capacity
+    """how the decoder's capacity masks share GPUs: even or spare (PolicyConfig.capacity)"""
     seed: int = 1
     """seed of the parameters, the scenarios and the sampling"""
     teacher: str = "queueing"
@@ -145,6 +147,8 @@ class TrainConfig:
             p.append(Problem("validation_seed", "must be below 1000 (training split)"))
         if self.architecture not in ARCHITECTURES:
             p.append(Problem("architecture", f"one of {', '.join(ARCHITECTURES)}"))
+        if self.capacity not in CAPACITY_MODES:
+            p.append(Problem("capacity", f"one of {', '.join(CAPACITY_MODES)}"))
         if not self.pipelines:
             p.append(Problem("pipelines", "needs at least one pipeline"))
         for name in ("hidden", "bc_episodes", "bc_epochs", "bc_batch", "envs", "update_epochs",
@@ -172,6 +176,7 @@ class TrainConfig:
         """The network's config: the settings' action space plus this run's choices."""
         return PolicyConfig.from_settings(
             settings, architecture=self.architecture, hidden=self.hidden, seed=self.seed,
+            capacity=self.capacity,
             learning_rate=self.learning_rate, entropy_coef=self.entropy_coef,
             lagrange_init=self.lagrange_init, lagrange_lr=self.lagrange_lr,
             slo_violation_target=self.slo_target)

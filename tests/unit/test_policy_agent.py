@@ -135,6 +135,51 @@ def test_the_gpu_budget_caps_what_a_layer_takes(dag):
                 + 1e-5).all()
 
 
+def _with_configs(obs, dag, shares):
+    """``obs`` with one replica of every node and the given GPU share per expert."""
+    import dataclasses
+
+    n = len(dag.nodes)
+    share = np.array([shares.get(v, 0.1) if v in dag.experts else 0.0 for v in dag.nodes])
+    return dataclasses.replace(obs, replicas_desired=np.ones(n), replicas_ready=np.ones(n),
+                               gpu_share=share)
+
+
+def test_spare_capacity_budgets_follow_the_current_use(dag):
+    # layer m (3 experts) uses 0.5 + 0.1 + 0.1 = 0.7 GPU, layer b (2 experts) 0.2; 5 GPUs
+    # for experts leave 4.1 spare, shared 3:2 by expert count
+    obs = _with_configs(observation(dag), dag, {"m/e0": 0.5})
+    spare = build_features(obs, dag, config=PolicyConfig(capacity="spare", **TINY), gpus=5.0)[0]
+    assert spare.budget[0].tolist() == pytest.approx([0.7 + 4.1 * 3 / 5, 0.2 + 4.1 * 2 / 5])
+    even = build_features(obs, dag, config=PolicyConfig(**TINY), gpus=5.0)[0]
+    assert even.budget[0].tolist() == pytest.approx([5.0 * 3 / 5, 5.0 * 2 / 5])
+    # over capacity, a layer keeps what it uses and nothing more
+    full = build_features(obs, dag, config=PolicyConfig(capacity="spare", **TINY), gpus=0.5)[0]
+    assert full.budget[0].tolist() == pytest.approx([0.7, 0.2])
+
+
+def test_spare_capacity_lets_one_expert_of_a_block_take_the_rest_of_its_layer(dag):
+    # one hot expert asks for 4 replicas at share 0.5 (2 GPUs) of a 3-GPU layer budget: more
+    # than the even split of a 2-expert block allows (1.5), within what spare allows (3)
+    obs = _with_configs(observation(dag), dag, {})
+    labels = {}
+    for mode in ("even", "spare"):
+        cfg = PolicyConfig(capacity=mode, **TINY)
+        agent = SMoEAgent(cfg)
+        inp = build_features(obs, dag, config=cfg, gpus=5.0)[0]
+        inp = inp._replace(budget=torch.tensor([[3.0, 2.0]]))
+        greedy = agent(inp).actions
+        choices = greedy.choices.clone()
+        hot = int(greedy.order[0, 0, 0])  # the first expert decoded in layer m
+        choices[0, 0, hot, 0] = cfg.choices("replicas").index(3)  # 1 -> 4 replicas
+        choices[0, 0, hot, 1] = cfg.gpu_share_choices.index(0.5)
+        for j in range(3):  # every other expert of layer m at 1 replica, share 0.1
+            if j != hot:
+                choices[0, 0, j, :2] = torch.tensor([cfg.choices("replicas").index(0), 0])
+        labels[mode] = agent(inp, actions=greedy._replace(choices=choices)).log_prob.item()
+    assert labels["even"] < -1e4 < labels["spare"]  # masked with even, allowed with spare
+
+
 def test_same_seed_same_parameters_and_actions(dag):
     cfg = PolicyConfig(seed=7, **TINY)
     a, b = SMoEAgent(cfg), SMoEAgent(cfg)

@@ -66,6 +66,14 @@ def test_evaluation_data_is_refused(kw, needle):
     assert needle in str(e.value)
 
 
+def test_the_capacity_mode_reaches_the_network_and_is_checked():
+    from smoelib.settings import load_settings
+
+    assert TrainConfig(capacity="spare").policy_config(load_settings(None)).capacity == "spare"
+    with pytest.raises(ConfigError, match="capacity: one of even, spare"):
+        TrainConfig(capacity="greedy")
+
+
 # ---- maths ---------------------------------------------------------------------------------
 def test_crn_advantages_subtract_the_other_rollouts_mean():
     adv = torch.tensor([[1.0, 2.0, 6.0], [0.0, 0.0, 3.0]])
