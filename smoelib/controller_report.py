@@ -90,8 +90,15 @@ def layer_table(observation: Any, decision: PipelineDecision, dag: PipelineDAG,
         cost = sum(cost_per_hour(decision.experts[n], settings) for n in experts
                    if n in decision.experts)
         rows.append(f"{stage:<10} {observation.tokens_per_s[idx].sum():9.0f} "
-                    f"{observation.calls_per_s[idx].sum():8.1f} {reps:8d} {worst:7.1f} "
+                    f"{observation.calls_per_s[idx].sum():8.1f} {reps:8d} {_ms(worst):>7} "
                     f"{budget:7.1f} {cost:7.2f}")
-    rows.append(f"end to end: P95 {observation.p95_ms:.1f} ms against an SLO of "
-                f"{dag.slo_ms:g} ms at {observation.request_rate:.1f} req/s")
+    p95 = (f"P95 {observation.p95_ms:.1f} ms" if math.isfinite(observation.p95_ms)
+           else "no request completed yet")
+    rows.append(f"end to end: {p95} against an SLO of {dag.slo_ms:g} ms at "
+                f"{observation.request_rate:.1f} req/s")
     return "\n".join(rows)
+
+
+def _ms(value: float) -> str:
+    """A latency for the table, or '-' where no call completed (NaN)."""
+    return f"{value:.1f}" if math.isfinite(value) else "-"
