@@ -30,7 +30,7 @@ from typing import Any, Literal, Protocol
 from smoelib.controller_report import format_tick, layer_table
 from smoelib.decisions import PipelineDecision
 from smoelib.errors import PermanentError, TransientError
-from smoelib.guards import guard
+from smoelib.guards import busy_experts, guard
 from smoelib.settings import Settings, load_settings
 from smoelib.topology import PipelineDAG
 
@@ -200,7 +200,7 @@ class SMoEController:
             return TickReport(now, "decider-error", self.last, error=f"{type(e).__name__}: {e}")
         decide_ms = (time.perf_counter() - start) * 1000.0
         result = guard(proposal, dag=self.dag, settings=self.settings, last=self.last,
-                       p95_ms=observation.p95_ms)
+                       p95_ms=observation.p95_ms, busy=busy_experts(observation, self.dag))
         if not result.accepted:
             log.warning("decision refused: %s", "; ".join(result.notes))
             return TickReport(now, "refused", self.last, result.notes, decide_ms=decide_ms)

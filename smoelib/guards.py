@@ -8,17 +8,21 @@ may be applied, rule by rule:
 2. clamp every knob to the pipeline's replica bounds and the action space's range;
 3. limit each expert's replica change per tick (up and down separately);
 4. hold scale-down while the latest observation shows SLO pressure;
-5. fit the GPU capacity of the cluster, taking replicas back from the largest increases first.
+5. keep one replica of every expert that the latest observation shows busy (calls, calls in
+   flight or 429s): scaling it to zero would stall every request that needs it;
+6. fit the GPU capacity of the cluster, taking replicas back from the largest increases first.
 
-Rules 2-5 adjust and say what they changed; rule 1 refuses. Nothing here raises for bad
+Rules 2-6 adjust and say what they changed; rule 1 refuses. Nothing here raises for bad
 proposals: the controller logs the notes and keeps going.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +30,7 @@ from smoelib.decisions import ExpertDecision, PipelineDecision
 from smoelib.settings import Settings
 from smoelib.topology import PipelineDAG
 
-__all__ = ["GuardResult", "guard", "gpu_demand"]
+__all__ = ["GuardResult", "guard", "gpu_demand", "busy_experts"]
 
 _KNOBS = ("replicas", "cpu", "memory_mb", "gpu_share", "concurrency")
 
@@ -53,7 +57,8 @@ def gpu_demand(decision: PipelineDecision, settings: Settings) -> float:
 
 
 def guard(proposed: PipelineDecision, *, dag: PipelineDAG, settings: Settings,
-          last: PipelineDecision | None = None, p95_ms: float | None = None) -> GuardResult:
+          last: PipelineDecision | None = None, p95_ms: float | None = None,
+          busy: Collection[str] = ()) -> GuardResult:
     """Apply the safety rules to ``proposed``.
 
     Args:
@@ -62,6 +67,8 @@ def guard(proposed: PipelineDecision, *, dag: PipelineDAG, settings: Settings,
         settings: guards, actions, cluster capacity, GPU sharing mode.
         last: the last applied decision (step limits and scale-down hold start from it).
         p95_ms: the latest observed end-to-end P95 (None or NaN: no pressure known).
+        busy: experts the latest observation shows serving or refusing calls
+            (:func:`busy_experts`); each keeps at least one replica.
     """
     refusal = _refusal(proposed, dag)
     if refusal:
@@ -79,6 +86,7 @@ def guard(proposed: PipelineDecision, *, dag: PipelineDAG, settings: Settings,
         slo = dag.slo_ms * settings.guards.pressure_threshold
         if p95_ms is not None and math.isfinite(p95_ms) and p95_ms > slo:
             experts = _hold_scale_down(experts, last, p95_ms, notes)
+    experts = _keep_busy(experts, busy, notes)
     experts = _fit_gpus(experts, last, dag=dag, settings=settings, notes=notes)
     decision = replace(proposed, experts=MappingProxyType(
         {n: experts[n] for n in dag.experts if n in experts}))
@@ -149,6 +157,25 @@ def _hold_scale_down(experts: dict[str, ExpertDecision], last: PipelineDecision,
         notes.append(f"scale-down held for {len(held)} experts: P95 {p95_ms:.1f} ms shows SLO "
                      "pressure")
     return out
+
+
+def busy_experts(observation: Any, dag: PipelineDAG) -> frozenset[str]:
+    """The experts an observation shows with calls, calls in flight or 429s."""
+    traffic = (np.nan_to_num(np.asarray(observation.calls_per_s, float))
+               + np.nan_to_num(np.asarray(observation.inflight, float))
+               + np.nan_to_num(np.asarray(observation.rejected_per_s, float)))
+    experts = set(dag.experts)
+    return frozenset(n for n, t in zip(observation.nodes, traffic, strict=True)
+                     if t > 0 and n in experts)
+
+
+def _keep_busy(experts: dict[str, ExpertDecision], busy: Collection[str], notes: list[str]
+               ) -> dict[str, ExpertDecision]:
+    kept = [n for n, e in experts.items() if e.replicas < 1 and n in busy]
+    if kept:
+        notes.append(f"kept one replica of {len(kept)} busy experts proposed at zero: "
+                     + ", ".join(sorted(kept)[:5]) + (" ..." if len(kept) > 5 else ""))
+    return {n: replace(e, replicas=1) if n in kept else e for n, e in experts.items()}
 
 
 def _fit_gpus(experts: dict[str, ExpertDecision], last: PipelineDecision | None, *,

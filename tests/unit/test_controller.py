@@ -136,6 +136,22 @@ def test_a_nan_proposal_is_refused_and_never_applied(rig, bad):
     assert store.lookup("tiny", "moe1/e1").replicas == 1
 
 
+def test_a_busy_expert_proposed_at_zero_keeps_one_replica(rig):
+    controller, cluster, store, _, decider, _ = rig
+    for _ in range(3):  # traffic reaches every expert (top-1 of 3, poisson)
+        controller.step()
+        controller.clock.sleep(5)
+    assert "moe1/e1" in controller.observation.nodes
+    experts = dict(controller.last.experts)
+    experts["moe1/e1"] = ExpertDecision(replicas=0, cpu=0.5, memory_mb=1024, gpu_share=0.1,
+                                        concurrency=4)
+    decider.next = PipelineDecision("tiny", 0.0, MappingProxyType(experts))
+    report = controller.step()
+    assert report.status == "ok"
+    assert any("kept one replica of 1 busy experts" in n for n in report.notes)
+    assert store.lookup("tiny", "moe1/e1").replicas == 1
+
+
 def test_dry_run_applies_nothing(rig):
     controller, cluster, store, *_ = rig
     controller.dry_run = True

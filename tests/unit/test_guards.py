@@ -98,3 +98,28 @@ def test_missing_experts_keep_the_last_decision():
     result = guard(partial, dag=DAG, settings=SETTINGS, last=last)
     assert reps(result) == [2, 2, 3]
     assert "m/e1: no proposal; kept the last decision" in result.notes
+
+
+def test_a_busy_expert_keeps_one_replica_and_an_idle_one_may_go_to_zero():
+    result = guard(decision(0, 0, 2), dag=DAG, settings=SETTINGS, busy={"m/e0"})
+    assert reps(result) == [1, 0, 2]
+    assert "kept one replica of 1 busy experts proposed at zero: m/e0" in result.notes
+    assert reps(guard(decision(0, 0, 2), dag=DAG, settings=SETTINGS)) == [0, 0, 2]
+
+
+def test_busy_experts_are_the_ones_with_calls_in_flight_or_429s():
+    import numpy as np
+
+    from smoelib.guards import busy_experts
+    from smoelib.sim.observation import NODE_FIELDS, Observation
+
+    n = len(DAG.nodes)
+    arrays = {f: np.zeros(n) for f in NODE_FIELDS}
+    at = {v: i for i, v in enumerate(DAG.nodes)}
+    arrays["calls_per_s"][at["m/e0"]] = 2.0
+    arrays["rejected_per_s"][at["m/e1"]] = 0.5
+    arrays["calls_per_s"][at["a"]] = 9.0  # a segment: not an expert
+    arrays["inflight"][at["m/e2"]] = np.nan  # unknown is not busy
+    obs = Observation(time_s=0.0, nodes=DAG.nodes, request_rate=1.0, p95_ms=10.0, p99_ms=10.0,
+                      **arrays)
+    assert busy_experts(obs, DAG) == {"m/e0", "m/e1"}
