@@ -36,7 +36,8 @@ from smoelib.policy.features import (
 from smoelib.policy.heads import reset_linears
 from smoelib.policy.pointer import Actions, PointerDecoder
 
-__all__ = ["AgentOutput", "SMoEAgent", "SMoEDecider", "actions_to_decision", "bundled_path"]
+__all__ = ["AgentOutput", "SMoEAgent", "SMoEDecider", "actions_to_decision", "bundled_path",
+           "trace_greedy"]
 
 log = logging.getLogger(__name__)
 
