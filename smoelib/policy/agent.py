@@ -209,7 +209,7 @@ class SMoEDecider:
         if not self.sample and not self._traced:
             self._greedy, self._traced = trace_greedy(self.agent, inp, name=self.dag.name), True
         with torch.inference_mode():
-            if self._greedy is not None and not self.sample:
+            if self._greedy is not None:  # traced only for greedy deciding
                 actions = Actions(*self._greedy(inp.x, inp.replicas, inp.choice_mask,
                                                 inp.budget))
             else:

@@ -16,12 +16,14 @@ from typing import Any, Literal
 
 from smoelib.errors import ConfigError, Problem
 
-__all__ = ["PolicyConfig", "ARCHITECTURES", "Architecture", "CAPACITY_MODES"]
+__all__ = ["PolicyConfig", "ARCHITECTURES", "Architecture", "CAPACITY_MODES",
+           "choice_problems"]
 
 Architecture = Literal["smoe", "smoe-mlp", "smoe-independent"]
 ARCHITECTURES: tuple[str, ...] = ("smoe", "smoe-mlp", "smoe-independent")
 _SHARING = ("mps-env", "mps-device-plugin", "none")
 CAPACITY_MODES: tuple[str, ...] = ("even", "spare")
+_CHOICES = {"architecture": ARCHITECTURES, "capacity": CAPACITY_MODES, "gpu_sharing": _SHARING}
 
 
 @dataclass(frozen=True)
@@ -104,12 +106,8 @@ class PolicyConfig:
     def problems(self) -> list[Problem]:
         """Every invalid field, at once."""
         p: list[Problem] = []
-        if self.architecture not in ARCHITECTURES:
-            p.append(Problem("architecture", f"one of {', '.join(ARCHITECTURES)}"))
-        if self.capacity not in CAPACITY_MODES:
-            p.append(Problem("capacity", f"one of {', '.join(CAPACITY_MODES)}"))
-        if self.gpu_sharing not in _SHARING:
-            p.append(Problem("gpu_sharing", f"one of {', '.join(_SHARING)}"))
+        p += choice_problems(architecture=self.architecture, capacity=self.capacity,
+                             gpu_sharing=self.gpu_sharing)
         for name in ("hidden", "dagnn_layers", "decode_steps", "slots_per_gpu",
                      "max_replica_step"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
@@ -208,6 +206,13 @@ class PolicyConfig:
                     lagrange_init=float(settings.control.slo_weight))
         base.update(overrides)
         return cls(**base)
+
+
+def choice_problems(**values: str) -> list[Problem]:
+    """A problem for each named field whose value is not one of its choices (``architecture``,
+    ``capacity``, ``gpu_sharing``); shared by ``PolicyConfig`` and ``TrainConfig``."""
+    return [Problem(name, f"one of {', '.join(_CHOICES[name])}")
+            for name, value in values.items() if value not in _CHOICES[name]]
 
 
 def _same_kind(default: Any, value: Any) -> bool:

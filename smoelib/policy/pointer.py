@@ -18,7 +18,7 @@ of its layer (a block may overdraw it; the guard fits the cluster), and the laye
 the current use (:func:`smoelib.policy.features.build_features`).
 
 ``pointer=False`` is the ``smoe-independent`` ablation: one block of every expert, no order, no
-state update (each expert gets an even share of the layer budget).
+state update (each expert gets an even share of the layer budget, or all of it with "spare").
 """
 
 from __future__ import annotations

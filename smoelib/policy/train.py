@@ -38,7 +38,7 @@ from smoelib.errors import ConfigError, Problem
 from smoelib.policy import ppo
 from smoelib.policy.agent import SMoEAgent
 from smoelib.policy.checkpoint import load_checkpoint, save_checkpoint
-from smoelib.policy.config import ARCHITECTURES, CAPACITY_MODES, PolicyConfig
+from smoelib.policy.config import PolicyConfig, choice_problems
 from smoelib.policy.curriculum import (
     TRAIN_TRACES,
     scenario,
@@ -145,10 +145,7 @@ class TrainConfig:
         p = split_problems(self.traces, self.seeds)
         if not 0 <= self.validation_seed < 1000:
             p.append(Problem("validation_seed", "must be below 1000 (training split)"))
-        if self.architecture not in ARCHITECTURES:
-            p.append(Problem("architecture", f"one of {', '.join(ARCHITECTURES)}"))
-        if self.capacity not in CAPACITY_MODES:
-            p.append(Problem("capacity", f"one of {', '.join(CAPACITY_MODES)}"))
+        p += choice_problems(architecture=self.architecture, capacity=self.capacity)
         if not self.pipelines:
             p.append(Problem("pipelines", "needs at least one pipeline"))
         for name in ("hidden", "bc_episodes", "bc_epochs", "bc_batch", "envs", "update_epochs",
