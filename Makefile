@@ -36,12 +36,14 @@ $(PROTO_OUT): $(PROTO_DIR)/externalscaler.proto .install-stamp
 
 proto: $(PROTO_OUT)
 
+# The layering contracts (pyproject.toml, [tool.importlinter]) are part of the tests.
 test: install
+	$(PYTHON) -m importlinter.cli --no-cache
 	$(PYTHON) -m pytest
 
 lint: install
 	$(PYTHON) -m ruff check smoelib tests benchmarks
-	$(PYTHON) -m pytest -q tests/unit/test_layering.py
+	$(PYTHON) -m importlinter.cli --no-cache
 
 # The embedded default: simulated cluster, real scaler (gRPC) and controller, bundled policy.
 demo: install

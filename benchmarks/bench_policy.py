@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smoelib.policy.agent import SMoEAgent, trace_greedy
+from smoelib.core.observation import NODE_FIELDS, Observation
+from smoelib.policy.agent import SMoEAgent
 from smoelib.policy.config import PolicyConfig
+from smoelib.policy.decider import trace_greedy
 from smoelib.policy.features import build_features, dag_tensors
-from smoelib.sim.observation import NODE_FIELDS, Observation
 from smoelib.topology import build_dag
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import grpc
 from prometheus_client import CollectorRegistry
 
-from smoelib.decisions import parse_decision
+from smoelib.core.decisions import parse_decision
 from smoelib.keda_proto import externalscaler_pb2 as pb
 from smoelib.keda_proto.externalscaler_pb2_grpc import ExternalScalerStub
 from smoelib.scaler import DecisionStore, create_server

@@ -9,7 +9,7 @@ The seed API::
 
 from smoelib._version import __version__
 from smoelib.errors import ConfigError, PipelineError, SmoeError
-from smoelib.topology import PipelineDAG, build_dag
+from smoelib.pipeline.topology import PipelineDAG, build_dag
 
 __all__ = ["__version__", "build_dag", "PipelineDAG", "SmoeError", "PipelineError", "ConfigError"]
 
@@ -17,7 +17,7 @@ __all__ = ["__version__", "build_dag", "PipelineDAG", "SmoeError", "PipelineErro
 def __getattr__(name: str):
     # The controller pulls in the metrics client and the scaler: import it only when asked for.
     if name == "SMoEController":
-        from smoelib.controller import SMoEController
+        from smoelib.control.controller import SMoEController
 
         return SMoEController
     raise AttributeError(f"module 'smoelib' has no attribute {name!r}")

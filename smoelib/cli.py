@@ -14,15 +14,14 @@ import sys
 from collections.abc import Sequence
 
 from smoelib._version import __version__
-from smoelib.errors import SmoeError
-from smoelib.exit_codes import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from smoelib.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, SmoeError
 
 # name -> (module, one-line help). Each module defines add_arguments(parser) and run(args).
 COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("smoelib.commands.validate", "check a pipeline.yml (and config) and summarise it"),
-    "serve": ("smoelib.scaler.serve", "serve the KEDA external scaler (and the controller)"),
-    "simulate": ("smoelib.sim.cli", "run a policy on the simulated cluster"),
-    "plan": ("smoelib.vertical.cli", "show (and apply) the patches a decision file needs"),
+    "serve": ("smoelib.commands.serve", "serve the KEDA external scaler (and the controller)"),
+    "simulate": ("smoelib.commands.simulate", "run a policy on the simulated cluster"),
+    "plan": ("smoelib.commands.plan", "show (and apply) the patches a decision file needs"),
     "manifests": ("smoelib.commands.manifests", "generate one KEDA ScaledObject per expert"),
     "evaluate": ("smoelib.commands.evaluate", "compare policies on the same simulated requests"),
     "tune": ("smoelib.commands.tune", "tune a baseline's settings on the training traces"),

@@ -15,9 +15,20 @@ __all__ = [
     "TransientError",
     "PermanentError",
     "Problem",
+    "EXIT_OK",
+    "EXIT_FAILED",
+    "EXIT_BAD_INPUT",
+    "EXIT_INTERRUPTED",
 ]
 
 from dataclasses import dataclass
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+"""The command ran and something it tried failed (``smoe plan --apply``: a patch was refused)."""
+EXIT_BAD_INPUT = 2
+"""Bad input (a pipeline, config, trace, checkpoint or decision file): one line per problem."""
+EXIT_INTERRUPTED = 130
 
 
 @dataclass(frozen=True)

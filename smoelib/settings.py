@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from smoelib.errors import ConfigError, Problem
+from smoelib.pipeline.yamlsrc import YamlProblem, load
 from smoelib.settings_base import (
     each,
     fraction,
@@ -27,7 +28,6 @@ from smoelib.settings_base import (
     section,
     setting,
 )
-from smoelib.yamlsrc import YamlProblem, load
 
 __all__ = ["Settings", "load_settings", "render_example", "GpuSharingMode"]
 
@@ -156,8 +156,8 @@ class Metrics:
         60.0, "refuse metrics whose newest sample is older than this (an exporter that is gone "
         "keeps being answered from its last samples)", unit="s", check=positive)
     queries: Mapping[str, str] = setting(
-        MappingProxyType({}), "PromQL overrides by template name (see smoelib.metrics for the "
-        "names and the placeholders each template takes)")
+        MappingProxyType({}), "PromQL overrides by template name (see smoelib.control.metrics "
+        "for the names and the placeholders each template takes)")
 
 
 @dataclass(frozen=True)

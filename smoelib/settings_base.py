@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from smoelib.errors import Problem
-from smoelib.yamlsrc import Path_, Source, render_path
+from smoelib.pipeline.yamlsrc import Path_, Source, render_path
 
 Check = Callable[[Any], str | None]
 

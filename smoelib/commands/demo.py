@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from smoelib.demo import DemoRun, compare
+    from smoelib.harness.demo import DemoRun, compare
 
     if not Path(args.pipeline).exists():
         raise ConfigError([Problem("--pipeline", "no such file (run from the repository root, "

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from smoelib.errors import ConfigError, Problem
-from smoelib.evaluate import RunSpec, run_all, table_markdown, write_json
+from smoelib.harness.evaluate import RunSpec, run_all, table_markdown, write_json
 
 __all__ = ["add_arguments", "run", "split_list"]
 
@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
         problems.append(Problem("--seeds", f"must be integers, got {args.seeds!r}"))
     if problems:
         raise ConfigError(problems)
+    from smoelib.pipeline.topology import build_dag
     from smoelib.settings import load_settings
-    from smoelib.topology import build_dag
 
     pipelines = split_list(args.pipelines, "--pipelines")
     dags = [build_dag(p) for p in pipelines]  # fail before any work on bad input

@@ -12,9 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from smoelib.manifests import file_name, kustomization, render_yaml, scaled_objects
+from smoelib.pipeline.topology import build_dag
+from smoelib.scaler.manifests import file_name, kustomization, render_yaml, scaled_objects
 from smoelib.settings import load_settings
-from smoelib.topology import build_dag
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -110,12 +110,12 @@ def run(args: argparse.Namespace) -> int:
     for p in cfg.pipelines:
         if not Path(p).is_file():
             raise ConfigError([Problem("--pipelines", f"no such file: {p}")])
+    from smoelib.pipeline.topology import build_dag
     from smoelib.policy.base import get_decider
     from smoelib.policy.checkpoint import load_checkpoint, save_checkpoint
     from smoelib.policy.runtime import set_threads
     from smoelib.policy.train import train
     from smoelib.settings import load_settings
-    from smoelib.topology import build_dag
 
     get_decider(cfg.teacher, dag=build_dag(cfg.pipelines[0]),
                 settings=load_settings(cfg.config))  # an unknown teacher fails before work

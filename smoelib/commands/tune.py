@@ -14,7 +14,7 @@ import yaml
 
 from smoelib.commands.evaluate import split_list
 from smoelib.errors import ConfigError, Problem
-from smoelib.tune import SECTION, tune
+from smoelib.harness.tune import SECTION, tune
 
 __all__ = ["add_arguments", "run"]
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from smoelib.errors import ConfigError, PipelineError
-from smoelib.exit_codes import EXIT_BAD_INPUT
+from smoelib.errors import EXIT_BAD_INPUT, ConfigError, PipelineError
+from smoelib.pipeline.topology import build_dag
 from smoelib.settings import load_settings
-from smoelib.topology import build_dag
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,7 @@
 """The decider protocol and the registry every decider is found through.
 
-A decider turns an :class:`~smoelib.sim.observation.Observation` into a
-:class:`~smoelib.decisions.PipelineDecision` once per control tick. Deciders are built by name
+A decider turns an :class:`~smoelib.core.observation.Observation` into a
+:class:`~smoelib.core.decisions.PipelineDecision` once per control tick. Deciders are built by name
 with ``get_decider(name, dag=..., settings=...)``; a module registers its deciders with
 ``@register("name")`` and is listed in :data:`DECIDER_MODULES` so that it is imported on first
 lookup (no import-time side effects elsewhere).
@@ -13,7 +13,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-from smoelib.decisions import PipelineDecision
+from smoelib.core.decisions import PipelineDecision
 from smoelib.errors import ConfigError, Problem
 
 __all__ = ["Decider", "register", "get_decider", "available", "DECIDER_MODULES"]
@@ -22,7 +22,7 @@ __all__ = ["Decider", "register", "get_decider", "available", "DECIDER_MODULES"]
 DECIDER_MODULES: tuple[str, ...] = (
     "smoelib.policy.static",
     "smoelib.policy.baselines",
-    "smoelib.policy.agent",
+    "smoelib.policy.decider",
 )
 
 Factory = Callable[..., "Decider"]

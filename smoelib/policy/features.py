@@ -144,7 +144,7 @@ def build_features(obs: Any, dag: Any, *, config: PolicyConfig, gpus: float,
     """One tick's :class:`PolicyInput` (batch of 1) and the next trend state.
 
     Args:
-        obs: a :class:`smoelib.sim.observation.Observation` (arrays in ``dag.nodes`` order).
+        obs: a :class:`smoelib.core.observation.Observation` (arrays in ``dag.nodes`` order).
         dag: the pipeline.
         config: the policy's config (the choices, for normalisation and masks).
         gpus: GPUs in the cluster (``settings.cluster.gpus``).

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from smoelib.guards import guard
+from smoelib.core.guards import guard
 from smoelib.policy.agent import SMoEAgent, actions_to_decision
 from smoelib.policy.base import get_decider
 from smoelib.policy.features import PolicyInput, TrendState, build_features, collate

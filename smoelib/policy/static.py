@@ -8,7 +8,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any
 
-from smoelib.decisions import ExpertDecision, PipelineDecision
+from smoelib.core.decisions import ExpertDecision, PipelineDecision
 from smoelib.policy.base import register
 
 __all__ = ["StaticDecider"]

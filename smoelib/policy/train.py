@@ -434,8 +434,8 @@ def train(cfg: TrainConfig, *, out: str | Path, resume: bool = False, progress: 
     """
     from tqdm import tqdm
 
+    from smoelib.pipeline.topology import build_dag
     from smoelib.settings import load_settings
-    from smoelib.topology import build_dag
 
     out = Path(out)
     settings = load_settings(cfg.config)

@@ -8,7 +8,7 @@ Public API::
     ...
     server.stop(grace_s=5)
 
-Names load on first use, so that importing ``smoelib.scaler.serve`` (which every ``smoe``
+Names load on first use, so that importing ``smoelib.commands.serve`` (which every ``smoe``
 command does to build its parser) does not pull in gRPC.
 """
 

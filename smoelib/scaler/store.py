@@ -20,7 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Protocol
 
-from smoelib.decisions import PipelineDecision, check_decision, load_decision, write_decision
+from smoelib.core.decisions import PipelineDecision, check_decision, load_decision, write_decision
 from smoelib.errors import ConfigError
 from smoelib.scaler.naming import metric_name
 from smoelib.scaler.status import ExpertNotFound, NoDecision, PipelineNotFound, StaleDecision

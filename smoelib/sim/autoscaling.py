@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from smoelib import manifests
+from smoelib.core import keda
 from smoelib.settings import Settings
 
 __all__ = ["HpaBehaviour", "Autoscaler", "smoe_behaviour", "stock_behaviour",
@@ -46,9 +46,9 @@ def smoe_behaviour(settings: Settings) -> HpaBehaviour:
     ``cooldownPeriod`` of ``manifests.cooldown_ticks`` control ticks, activation at any load."""
     return HpaBehaviour(
         tolerance=0.0 if settings.cluster.hpa_configurable_tolerance else 0.1,
-        scale_up_pods=manifests.scale_up_pods(settings), scale_up_percent=100.0,
+        scale_up_pods=keda.scale_up_pods(settings), scale_up_percent=100.0,
         scale_up_period_s=float(settings.manifests.hpa_period_s), scale_down_window_s=0.0,
-        cooldown_s=float(manifests.cooldown_period_s(settings)), activation=0.0)
+        cooldown_s=float(keda.cooldown_period_s(settings)), activation=0.0)
 
 
 def stock_behaviour(settings: Settings) -> HpaBehaviour:
@@ -58,7 +58,7 @@ def stock_behaviour(settings: Settings) -> HpaBehaviour:
 
 def keda_polling_s(settings: Settings) -> float:
     """KEDA's ``pollingInterval`` for the experts: the one ``smoe manifests`` writes."""
-    return float(manifests.polling_interval_s(settings))
+    return float(keda.polling_interval_s(settings))
 
 
 class Autoscaler:

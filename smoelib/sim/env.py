@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from smoelib.core.observation import Observation
 from smoelib.settings import Settings
 from smoelib.sim import targets as tg
 from smoelib.sim.autoscaling import (
@@ -27,7 +28,6 @@ from smoelib.sim.autoscaling import (
     stock_behaviour,
 )
 from smoelib.sim.cluster import Cluster
-from smoelib.sim.observation import Observation
 from smoelib.sim.routing import RoutingModel, RoutingParams
 from smoelib.sim.serving import RequestServer, StagePlan
 from smoelib.sim.telemetry import Telemetry, histogram_quantile

@@ -2,7 +2,7 @@
 
 The ``smoe_expert_*`` and ``smoe_pipeline_*`` series (names from
 :data:`smoelib.instrument.SERIES`, labels ``pipeline`` and ``expert``) and the
-kube-state-metrics series of :data:`smoelib.metrics.QUERIES` (``deployment``, ``container``,
+kube-state-metrics series of :data:`smoelib.control.metrics.QUERIES` (``deployment``, ``container``,
 per-pod ``Pending`` phase with ``label_faas_function``). A collector on an injected registry
 reads the latest :func:`snapshot` the simulation published; serving it is the caller's choice
 (:func:`serve` starts prometheus_client's HTTP server on that registry).

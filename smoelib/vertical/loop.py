@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from smoelib.decisions import PipelineDecision
+from smoelib.core.decisions import PipelineDecision
 from smoelib.errors import PermanentError, TransientError
+from smoelib.pipeline.topology import PipelineDAG
 from smoelib.settings import Settings
-from smoelib.topology import PipelineDAG
 from smoelib.vertical.backends.base import Backend, apply_plan
 from smoelib.vertical.planner import Plan, PlanRules, plan_patches
 from smoelib.vertical.planner_yaml import plan_to_yaml

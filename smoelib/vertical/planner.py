@@ -33,7 +33,8 @@ __all__ = ["Plan", "PlanRules", "plan_patches", "ExpertKnobs", "check_scope"]
 
 
 class ExpertKnobs(Protocol):
-    """What the planner reads of one expert's decision (``smoelib.decisions.ExpertDecision``)."""
+    """What the planner reads of one expert's decision
+    (``smoelib.core.decisions.ExpertDecision``)."""
 
     cpu: float
     memory_mb: int

@@ -24,11 +24,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client import CollectorRegistry
 
-from smoelib.decisions import PipelineDecision, parse_decision
+from smoelib.core.decisions import PipelineDecision, parse_decision
 from smoelib.keda_proto import externalscaler_pb2 as pb
 from smoelib.keda_proto import externalscaler_pb2_grpc as pb_grpc
+from smoelib.pipeline.topology import PipelineDAG, build_dag
 from smoelib.scaler import DecisionStore, TlsMaterial, create_server
-from smoelib.topology import PipelineDAG, build_dag
 
 T0 = 1_800_000_000.0  # a fixed "now", UNIX seconds
 STALENESS_S = 60.0

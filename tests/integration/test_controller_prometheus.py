@@ -11,12 +11,12 @@ import grpc
 import pytest
 import yaml
 
+from smoelib.control.metrics import PrometheusSource
 from smoelib.controller import SMoEController
-from smoelib.decisions import load_decision
+from smoelib.core.decisions import load_decision
 from smoelib.errors import TransientError
 from smoelib.keda_proto import externalscaler_pb2 as pb
 from smoelib.keda_proto.externalscaler_pb2_grpc import ExternalScalerStub
-from smoelib.metrics import PrometheusSource
 from smoelib.settings import load_settings
 from smoelib.topology import build_dag
 from tests.integration.prometheus_fixtures import PacedSim, PrometheusProcess, free_port
@@ -67,7 +67,7 @@ def test_seed_snippet_runs_against_prometheus(live, tmp_path, monkeypatch, capsy
     Path("pipeline.yml").write_text(PIPELINE.read_text())
     Path("config.yaml").write_text(yaml.safe_dump(CONFIG))
     from smoelib.controller import SMoEController
-    from smoelib.topology import build_dag as build
+    from smoelib.pipeline.topology import build_dag as build
 
     # The seed API, verbatim but for prometheus_url, dry_run, warmup_seconds, interval and
     # max_steps:

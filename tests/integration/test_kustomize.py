@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from smoelib.manifests import file_name, render_yaml, scaled_objects
+from smoelib.scaler.manifests import file_name, render_yaml, scaled_objects
 from smoelib.settings import load_settings
 from smoelib.topology import build_dag
 
@@ -289,7 +289,8 @@ def test_the_overlay_in_docs_install_renders_with_the_users_pipeline(tmp_path):
 
 
 def serve_parser():
-    """The real ``smoe serve`` argument parser (skips while ``smoelib.scaler.serve`` is absent)."""
+    """The real ``smoe serve`` argument parser (skips while ``smoelib.commands.serve`` is
+    absent)."""
     from smoelib.cli import build_parser
 
     parser = build_parser()

@@ -18,7 +18,7 @@ import jsonschema
 import pytest
 import yaml
 
-from smoelib.decisions import parse_decision
+from smoelib.core.decisions import parse_decision
 from smoelib.errors import ConfigError
 from smoelib.topology import build_dag
 from smoelib.vertical import PlanRules, plan_patches

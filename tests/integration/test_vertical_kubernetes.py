@@ -8,7 +8,7 @@ from pathlib import Path
 import kmock
 import pytest
 
-from smoelib.decisions import parse_decision
+from smoelib.core.decisions import parse_decision
 from smoelib.topology import build_dag
 from smoelib.vertical import PlanRules, plan_patches
 from smoelib.vertical.backends.base import apply_plan

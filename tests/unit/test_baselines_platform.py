@@ -6,9 +6,9 @@ import dataclasses
 
 import numpy as np
 
+from smoelib.core.observation import NODE_FIELDS, Observation
 from smoelib.policy.base import get_decider
 from smoelib.settings import Settings
-from smoelib.sim.observation import NODE_FIELDS, Observation
 from tests.unit.tiny_pipeline import tiny_dag
 
 

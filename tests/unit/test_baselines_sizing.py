@@ -12,8 +12,8 @@ import pytest
 from smoelib.policy.base import get_decider
 from smoelib.policy.baselines.common import Experts, Hindsight, with_overrides
 from smoelib.policy.baselines.floor import floor_cost
+from smoelib.policy.baselines.mmck import mmck
 from smoelib.policy.baselines.sizing import QueueingSizer
-from smoelib.queueing import mmck
 from smoelib.settings import Settings
 from tests.unit.tiny_pipeline import tiny_dag
 

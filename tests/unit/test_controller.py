@@ -10,9 +10,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from smoelib.controller import SMoEController
-from smoelib.decisions import ExpertDecision, PipelineDecision
-from smoelib.embedded import EmbeddedCluster, KedaPoller, SimClock
+from smoelib.core.decisions import ExpertDecision, PipelineDecision
 from smoelib.errors import TransientError
+from smoelib.harness.embedded import EmbeddedCluster, KedaPoller, SimClock
 from smoelib.policy.base import get_decider
 from smoelib.scaler.server import create_server
 from smoelib.scaler.status import NoDecision, StaleDecision

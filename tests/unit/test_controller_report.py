@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from smoelib.controller_report import layer_table
-from smoelib.decisions import ExpertDecision, PipelineDecision
+from smoelib.control.report import layer_table
+from smoelib.core.decisions import ExpertDecision, PipelineDecision
+from smoelib.core.observation import NODE_FIELDS, Observation
 from smoelib.settings import load_settings
-from smoelib.sim.observation import NODE_FIELDS, Observation
 from smoelib.topology import build_dag
 
 DAG = build_dag({"name": "p", "slo_ms": 50, "stages": [{"id": "a"}, {"id": "m", "experts": 2}]})

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smoelib.decisions import (
+from smoelib.core.decisions import (
     ExpertDecision,
     PipelineDecision,
     check_decision,

@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from smoelib.evaluate import RUN_KEYS, RunSpec, checks, hindsight, run_one, table_markdown
+from smoelib.harness.evaluate import RUN_KEYS, RunSpec, checks, hindsight, run_one, table_markdown
 from smoelib.policy.baselines.common import Experts, with_overrides
 from smoelib.settings import Settings
 from smoelib.sim.env import SimEnv

@@ -7,8 +7,8 @@ from types import MappingProxyType
 
 import pytest
 
-from smoelib.decisions import ExpertDecision, PipelineDecision
-from smoelib.guards import gpu_demand, guard
+from smoelib.core.decisions import ExpertDecision, PipelineDecision
+from smoelib.core.guards import gpu_demand, guard
 from smoelib.settings import load_settings
 from smoelib.topology import build_dag
 
@@ -110,8 +110,8 @@ def test_a_busy_expert_keeps_one_replica_and_an_idle_one_may_go_to_zero():
 def test_busy_experts_are_the_ones_with_calls_in_flight_or_429s():
     import numpy as np
 
-    from smoelib.guards import busy_experts
-    from smoelib.sim.observation import NODE_FIELDS, Observation
+    from smoelib.core.guards import busy_experts
+    from smoelib.core.observation import NODE_FIELDS, Observation
 
     n = len(DAG.nodes)
     arrays = {f: np.zeros(n) for f in NODE_FIELDS}

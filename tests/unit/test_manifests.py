@@ -11,13 +11,12 @@ import jsonschema
 import pytest
 import yaml
 
+from smoelib.core.keda import fallback_replicas, scale_up_pods
 from smoelib.errors import PipelineError
-from smoelib.manifests import (
+from smoelib.scaler.manifests import (
     SCALED_OBJECT_NAME_MAX,
-    fallback_replicas,
     kustomization,
     render_yaml,
-    scale_up_pods,
     scaled_object,
     scaled_objects,
 )

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from smoelib.policy.agent import SMoEAgent, SMoEDecider, actions_to_decision
+from smoelib.core.observation import NODE_FIELDS, Observation
+from smoelib.policy.agent import SMoEAgent, actions_to_decision
 from smoelib.policy.config import PolicyConfig
+from smoelib.policy.decider import SMoEDecider
 from smoelib.policy.features import FEATURE_NAMES, build_features, collate, feature_signature
 from smoelib.policy.heads import clip_and_mask, sample
-from smoelib.sim.observation import NODE_FIELDS, Observation
 from smoelib.topology import build_dag
 
 SMALL = {"name": "p", "slo_ms": 50, "stages": [{"id": "a"}, {"id": "m", "experts": 3},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from smoelib.decisions import PipelineDecision
+from smoelib.core.decisions import PipelineDecision
 from smoelib.errors import ConfigError
 from smoelib.policy.base import Decider, available, get_decider
 from smoelib.settings import load_settings

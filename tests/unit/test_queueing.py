@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from smoelib.queueing import allen_cunneen_wait, apportion_replicas, erlang_c, mmck
+from smoelib.policy.baselines.mmck import allen_cunneen_wait, apportion_replicas, erlang_c, mmck
 
 
 def test_mm1k_matches_the_textbook_formula():
@@ -64,7 +64,7 @@ def test_apportion_gives_each_replica_to_the_largest_load_per_replica():
 
 
 # ---- batched M/M/c/K, the wait tail, EPLB -----------------------------------------------------
-from smoelib.queueing import balanced_packing, eplb_plan, mmck_batch, wait_quantile  # noqa: E402
+from smoelib.policy.baselines.mmck import balanced_packing, eplb_plan, mmck_batch, wait_quantile  # noqa: E402
 
 
 @pytest.mark.parametrize("lam, mu, c, k", [(0.8, 1.0, 1, 4), (1.0, 1.0, 2, 3), (1.5, 1.0, 2, 40),

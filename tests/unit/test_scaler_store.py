@@ -8,7 +8,7 @@ import threading
 import grpc
 import pytest
 
-from smoelib.decisions import parse_decision
+from smoelib.core.decisions import parse_decision
 from smoelib.errors import ConfigError
 from smoelib.scaler import DecisionStore, grpc_status, metric_name
 from smoelib.scaler.naming import requested_metric

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from smoelib.queueing import mmck
+from smoelib.policy.baselines.mmck import mmck
 from smoelib.settings import load_settings
 from smoelib.sim.env import SimEnv
 from smoelib.sim.summary import summarise

@@ -8,7 +8,7 @@ from types import MappingProxyType
 import numpy as np
 import pytest
 
-from smoelib.decisions import ExpertDecision, PipelineDecision
+from smoelib.core.decisions import ExpertDecision, PipelineDecision
 from smoelib.errors import ConfigError
 from smoelib.settings import load_settings
 from smoelib.sim.env import SimEnv

@@ -9,7 +9,7 @@ from types import MappingProxyType
 import numpy as np
 import pytest
 
-from smoelib.decisions import ExpertDecision, PipelineDecision
+from smoelib.core.decisions import ExpertDecision, PipelineDecision
 from smoelib.settings import load_settings
 from smoelib.sim.autoscaling import Autoscaler, HpaBehaviour
 from smoelib.sim.cluster import Cluster

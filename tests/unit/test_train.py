@@ -9,7 +9,8 @@ import pytest
 import torch
 import yaml
 
-from smoelib.decisions import ExpertDecision, PipelineDecision
+from smoelib.core.decisions import ExpertDecision, PipelineDecision
+from smoelib.core.observation import NODE_FIELDS, Observation
 from smoelib.errors import ConfigError
 from smoelib.policy.agent import SMoEAgent, actions_to_decision
 from smoelib.policy.config import PolicyConfig
@@ -17,7 +18,6 @@ from smoelib.policy.curriculum import scenario
 from smoelib.policy.features import build_features, collate
 from smoelib.policy.imitation import bc_loss, teacher_actions
 from smoelib.policy.train import TrainConfig, crn_advantages, train
-from smoelib.sim.observation import NODE_FIELDS, Observation
 from smoelib.topology import build_dag
 
 SMALL = {"name": "p", "slo_ms": 50, "stages": [{"id": "a"}, {"id": "m", "experts": 3},

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 
 from smoelib.errors import ConfigError
+from smoelib.harness.tune import SECTION, SPACES, Trial, best, check_training, grid
 from smoelib.policy.base import get_decider
 from smoelib.policy.baselines.common import with_overrides
 from smoelib.settings import Settings
-from smoelib.tune import SECTION, SPACES, Trial, best, check_training, grid
 from tests.unit.tiny_pipeline import tiny_dag
 
 

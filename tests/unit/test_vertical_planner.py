@@ -6,7 +6,7 @@ import jsonpatch
 import pytest
 import yaml
 
-from smoelib.decisions import ExpertDecision
+from smoelib.core.decisions import ExpertDecision
 from smoelib.errors import ConfigError
 from smoelib.vertical import PipelineState, PlanRules, check_scope, plan_patches, plan_to_yaml
 from smoelib.vertical.backends.kubernetes_state import function_state

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from smoelib.decisions import ExpertDecision
+from smoelib.core.decisions import ExpertDecision
 from smoelib.vertical import PipelineState, PlanRules, SafetyMemory, SafetyRules, guarded_plan
 from smoelib.vertical.backends.kubernetes_state import function_state
 from tests.integration.k8s_fixtures import openfaas_deployment

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from smoelib.decisions import ExpertDecision
+from smoelib.core.decisions import ExpertDecision
 from smoelib.vertical import PlanRules, plan_patches
 from smoelib.vertical.backends.base import apply_plan
 from smoelib.vertical.backends.simulated import SimulatedBackend

@@ -3,7 +3,7 @@ segment, one MoE layer of two experts (top-1), a head segment; SLO 40 ms."""
 
 from __future__ import annotations
 
-from smoelib.topology import PipelineDAG, build_dag
+from smoelib.pipeline.topology import PipelineDAG, build_dag
 
 PIPELINE = """\
 name: tiny

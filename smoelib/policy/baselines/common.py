@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from smoelib.decisions import ExpertDecision, PipelineDecision
+from smoelib.core.decisions import ExpertDecision, PipelineDecision
 from smoelib.settings import Settings
 
 __all__ = ["Experts", "Hindsight", "decide_all", "price_per_hour", "service_ms",

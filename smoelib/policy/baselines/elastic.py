@@ -19,8 +19,8 @@ import numpy as np
 
 from smoelib.policy.base import register
 from smoelib.policy.baselines.common import PASS_THROUGH, Experts, decide_all
+from smoelib.policy.baselines.mmck import apportion_replicas
 from smoelib.policy.baselines.platform import concurrency_of
-from smoelib.queueing import apportion_replicas
 
 __all__ = ["ElasticMoeDecider"]
 

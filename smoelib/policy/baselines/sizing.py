@@ -11,7 +11,7 @@ budget is ``slo_fraction x SLO`` minus the segments and hops on the critical pat
 the MoE layers in proportion to their token load. CPU and memory do not change a GPU expert's
 service time in the model, so the cheapest choices are taken; CPU-only pipelines choose cores
 instead of GPU share. When the cluster's GPUs cannot hold the result, each layer's replicas are
-apportioned EPLB-style (:func:`~smoelib.queueing.apportion_replicas`).
+apportioned EPLB-style (:func:`~smoelib.policy.baselines.mmck.apportion_replicas`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from statistics import NormalDist
 import numpy as np
 
 from smoelib.policy.baselines.common import Experts, price_per_hour, service_ms
-from smoelib.queueing import apportion_replicas, mmck_batch, wait_quantile
+from smoelib.policy.baselines.mmck import apportion_replicas, mmck_batch, wait_quantile
 from smoelib.sim.serving import StagePlan
 
 __all__ = ["QueueingSizer", "Plan"]

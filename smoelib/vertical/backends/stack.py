@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from smoelib.errors import ConfigError, Problem
-from smoelib.yamlsrc import YamlProblem, load
+from smoelib.pipeline.yamlsrc import YamlProblem, load
 
 __all__ = ["load_stack"]
 

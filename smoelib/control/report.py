@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from smoelib.decisions import ExpertDecision, PipelineDecision
+from smoelib.core.decisions import ExpertDecision, PipelineDecision
+from smoelib.pipeline.topology import PipelineDAG
 from smoelib.settings import Settings
-from smoelib.topology import PipelineDAG
 
 __all__ = ["format_tick", "layer_table", "changes", "cost_per_hour"]
 

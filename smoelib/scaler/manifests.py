@@ -1,6 +1,6 @@
 """KEDA ScaledObjects for a pipeline's experts, as plain dicts: one per expert, none elsewhere.
 
-Pure: builds objects from a :class:`~smoelib.topology.PipelineDAG` and
+Pure: builds objects from a :class:`~smoelib.pipeline.topology.PipelineDAG` and
 :class:`~smoelib.settings.Settings`; writing them is :mod:`smoelib.commands.manifests`.
 
 Each ScaledObject targets the expert's function Deployment with one ``external-push`` trigger
@@ -13,19 +13,23 @@ scaling policies that never cap the guards' largest step, and ``pollingInterval`
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import yaml
 
+from smoelib.core.keda import (
+    cooldown_period_s,
+    fallback_replicas,
+    polling_interval_s,
+    scale_up_pods,
+)
 from smoelib.errors import PipelineError, Problem
-from smoelib.model import NodeSpec
+from smoelib.pipeline.topology import PipelineDAG
 from smoelib.settings import Settings
-from smoelib.topology import PipelineDAG
 
-__all__ = ["SCALED_OBJECT_NAME_MAX", "fallback_replicas", "kustomization", "polling_interval_s",
-           "render_yaml", "scale_up_pods", "scaled_object", "scaled_objects"]
+__all__ = ["SCALED_OBJECT_NAME_MAX", "kustomization", "render_yaml", "scaled_object",
+           "scaled_objects", "file_name"]
 
 SCALED_OBJECT_NAME_MAX = 54
 """KEDA names the HPA ``keda-hpa-<name>``, which must fit a 63-character DNS label."""
@@ -33,37 +37,6 @@ TRIGGER_TYPE = "external-push"
 MANAGED_BY = "smoe"
 PIPELINE_LABEL = "smoe.io/pipeline"
 EXPERT_ANNOTATION = "smoe.io/expert"
-
-
-def polling_interval_s(settings: Settings) -> int:
-    """KEDA ``pollingInterval``: the control interval rounded up to whole seconds (>= 1)."""
-    return max(1, math.ceil(settings.control.interval_s))
-
-
-def cooldown_period_s(settings: Settings) -> int:
-    """KEDA ``cooldownPeriod``: ``manifests.cooldown_ticks`` control intervals, in seconds."""
-    return max(1, math.ceil(settings.manifests.cooldown_ticks * settings.control.interval_s))
-
-
-def scale_up_pods(settings: Settings) -> int:
-    """Pods the HPA may add per ``hpa_period_s``: the largest step per tick, every tick.
-
-    The larger of the policy's proposal limit and the guards' cap, times the control ticks that
-    fit in one HPA period (rounded up), so the HPA never clips a step the guards allowed.
-    """
-    step = max(settings.actions.max_replica_step, settings.guards.max_step_up)
-    ticks = math.ceil(settings.manifests.hpa_period_s / settings.control.interval_s)
-    return step * max(1, ticks)
-
-
-def fallback_replicas(spec: NodeSpec, settings: Settings) -> int:
-    """The floor KEDA holds an expert at while the scaler fails (replicas, within max).
-
-    The ScaledObject uses fallback behavior ``currentReplicasIfHigher``: an outage never scales
-    an expert down or to zero, and never below this floor.
-    """
-    floor = math.ceil(settings.manifests.fallback_fraction * spec.replicas_max)
-    return min(spec.replicas_max, max(spec.replicas_min, 1, floor))
 
 
 def _behavior(settings: Settings) -> dict[str, Any]:

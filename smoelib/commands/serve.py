@@ -25,21 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from smoelib.errors import ConfigError, PipelineError, Problem
+from smoelib.errors import EXIT_BAD_INPUT, EXIT_OK, ConfigError, PipelineError, Problem
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from smoelib.pipeline.topology import PipelineDAG
     from smoelib.scaler.store import DecisionStore
     from smoelib.scaler.tls import TlsMaterial
-    from smoelib.topology import PipelineDAG
 
 __all__ = ["add_arguments", "run", "ServePlan", "plan_from_args", "serve", "Component"]
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2
 _ARGS = "smoe serve"  # the "file" named by problems with command-line values
 RELOAD_INTERVAL_S = 1.0
 """How often decision files are checked for changes on disk, seconds."""
@@ -111,9 +109,9 @@ def plan_from_args(args: argparse.Namespace) -> ServePlan:
         PipelineError: a pipeline file is missing or invalid.
         ConfigError: the config, a port, the decision paths or the TLS files are wrong.
     """
+    from smoelib.pipeline.topology import build_dag
     from smoelib.scaler.tls import TlsMaterial
     from smoelib.settings import load_settings
-    from smoelib.topology import build_dag
 
     scaler = load_settings(args.config).scaler
     grpc_port = _port("--grpc-port", args.grpc_port, scaler.grpc_port)
@@ -201,7 +199,7 @@ def serve(plan: ServePlan, *, clock: Callable[[], float] = time.time,
 def _controllers(plan: ServePlan, args: argparse.Namespace) -> list[Component]:
     """One controller per pipeline, joining the process (built before anything listens, so a
     bad policy checkpoint or an unreachable cluster is refused up front)."""
-    from smoelib.controller import SMoEController
+    from smoelib.control.controller import SMoEController
     from smoelib.settings import load_settings
 
     settings = load_settings(args.config)

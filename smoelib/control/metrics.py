@@ -23,9 +23,9 @@ import urllib3
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
 from urllib3.util.retry import Retry
 
+from smoelib.core.observation import Observation
 from smoelib.errors import PermanentError, TransientError
-from smoelib.sim.observation import Observation
-from smoelib.topology import PipelineDAG
+from smoelib.pipeline.topology import PipelineDAG
 
 __all__ = ["QUERIES", "MetricsSource", "PrometheusSource"]
 

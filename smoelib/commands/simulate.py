@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 from smoelib.errors import ConfigError, Problem
+from smoelib.pipeline.topology import build_dag
 from smoelib.policy.base import get_decider
 from smoelib.settings import load_settings
 from smoelib.sim.env import SimEnv
 from smoelib.sim.summary import Summary, summarise, window_series
-from smoelib.topology import build_dag
 
 __all__ = ["add_arguments", "run"]
 

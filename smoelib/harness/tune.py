@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from smoelib.errors import ConfigError, Problem
-from smoelib.evaluate import RunSpec, run_all
+from smoelib.harness.evaluate import RunSpec, run_all
 
 __all__ = ["SPACES", "Trial", "grid", "tune", "best", "check_training"]
 

@@ -1,4 +1,5 @@
-"""Assemble the networkx graph of a pipeline from its parsed YAML (see :mod:`smoelib.topology`).
+"""Assemble the networkx graph of a pipeline from its parsed YAML
+(see :mod:`smoelib.pipeline.topology`).
 
 Every problem is collected before anything is raised, so ``smoe validate`` prints them all.
 """
@@ -10,11 +11,11 @@ from typing import Any
 
 import networkx as nx
 
-from smoelib import pipeline_schema as schema
 from smoelib.errors import PipelineError
-from smoelib.model import NodeSpec
-from smoelib.pipeline_schema import Checker
-from smoelib.yamlsrc import Source
+from smoelib.pipeline import schema
+from smoelib.pipeline.model import NodeSpec
+from smoelib.pipeline.schema import Checker
+from smoelib.pipeline.yamlsrc import Source
 
 _TOP_FIELDS = {"slo_ms": schema._Field("number", schema._positive),
                "max_seq_tokens": schema._Field("int", schema._positive)}

@@ -12,16 +12,14 @@ import argparse
 import sys
 import time
 
-from smoelib.decisions import check_decision, load_decision
-from smoelib.errors import PermanentError, TransientError
+from smoelib.core.decisions import check_decision, load_decision
+from smoelib.errors import EXIT_FAILED, PermanentError, TransientError
+from smoelib.pipeline.topology import build_dag
 from smoelib.settings import load_settings
-from smoelib.topology import build_dag
 from smoelib.vertical.backends.base import apply_plan
 from smoelib.vertical.factory import make_backend
 from smoelib.vertical.planner import Plan, PlanRules, plan_patches
 from smoelib.vertical.planner_yaml import plan_to_yaml
-
-EXIT_FAILED = 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,8 @@
 """The ``pipeline.yml`` contract: built-in defaults, field rules, and the checks behind them.
 
-Pure: no I/O. :mod:`smoelib.topology` reads a :class:`~smoelib.yamlsrc.Source`, calls
-:func:`check_pipeline` to collect every problem at once, and builds the DAG from the result.
+Pure: no I/O. :mod:`smoelib.pipeline.topology` reads a
+:class:`~smoelib.pipeline.yamlsrc.Source`, calls :func:`check_pipeline` to collect every
+problem at once, and builds the DAG from the result.
 Structural problems (a wrong type, an unknown ``after``) are reported even with
 ``validate=False``, since the graph cannot be built without them; semantic ones (ranges, names,
 bounds) only when validating.
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smoelib.errors import Problem
-from smoelib.yamlsrc import Path_, Source, render_path
+from smoelib.pipeline.yamlsrc import Path_, Source, render_path
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 PIPELINE_NAME_MAX = 24

@@ -8,16 +8,16 @@ from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry
 
-from smoelib.controller import SMoEController
-from smoelib.controller_report import layer_table
-from smoelib.embedded import EmbeddedCluster, KedaPoller, SimClock
+from smoelib.control.controller import SMoEController
+from smoelib.control.report import layer_table
+from smoelib.harness.embedded import EmbeddedCluster, KedaPoller, SimClock
+from smoelib.pipeline.topology import PipelineDAG, build_dag
 from smoelib.policy.base import get_decider
 from smoelib.scaler.server import create_server
 from smoelib.scaler.store import DecisionStore
 from smoelib.settings import Settings, load_settings
 from smoelib.sim.env import SimEnv
 from smoelib.sim.summary import Summary, summarise
-from smoelib.topology import PipelineDAG, build_dag
 from smoelib.vertical.loop import VerticalLoop
 
 __all__ = ["DemoRun", "compare"]

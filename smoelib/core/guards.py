@@ -1,6 +1,6 @@
 """Safety rules between a policy's proposal and the cluster. Pure: no I/O, no clock.
 
-:func:`guard` turns a proposed :class:`~smoelib.decisions.PipelineDecision` into the one that
+:func:`guard` turns a proposed :class:`~smoelib.core.decisions.PipelineDecision` into the one that
 may be applied, rule by rule:
 
 1. refuse a proposal with NaN or infinite values, or experts the pipeline does not have (the last
@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from smoelib.decisions import ExpertDecision, PipelineDecision
+from smoelib.core.decisions import ExpertDecision, PipelineDecision
+from smoelib.pipeline.topology import PipelineDAG
 from smoelib.settings import Settings
-from smoelib.topology import PipelineDAG
 
 __all__ = ["GuardResult", "guard", "gpu_demand", "busy_experts"]
 

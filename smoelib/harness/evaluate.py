@@ -2,7 +2,7 @@
 
 Common random numbers: a run's arrivals and routing depend only on its trace and seed (the
 simulator's streams, docs/simulator.md), so every policy of a scenario sees the same requests.
-Every decision passes the same physical guards (:func:`smoelib.guards.guard` without a last
+Every decision passes the same physical guards (:func:`smoelib.core.guards.guard` without a last
 decision or an observed P95: bounds and GPU capacity, never the sMoE-only step limits or
 scale-down hold), so no policy gets capacity another does not. Hooks a decider may have
 (docs/baselines.md): ``simulator_overrides`` (settings its model needs), ``see_future`` (the
@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from smoelib.guards import guard
+from smoelib.core.guards import guard
+from smoelib.pipeline.topology import build_dag
 from smoelib.policy.base import get_decider
 from smoelib.policy.baselines.common import Experts, Hindsight, with_overrides
 from smoelib.settings import load_settings
 from smoelib.sim.env import SimEnv
 from smoelib.sim.summary import summarise, window_series
-from smoelib.topology import build_dag
 
 __all__ = ["RunSpec", "run_one", "run_all", "hindsight", "segment_cost", "RUN_KEYS",
            "write_json", "table_markdown", "checks"]

@@ -22,14 +22,14 @@ from types import MappingProxyType
 
 import grpc
 
-from smoelib.decisions import ExpertDecision, PipelineDecision
+from smoelib.core.decisions import ExpertDecision, PipelineDecision
+from smoelib.core.keda import fallback_replicas
+from smoelib.core.observation import Observation
 from smoelib.keda_proto import externalscaler_pb2 as pb
 from smoelib.keda_proto import externalscaler_pb2_grpc as pb_grpc
-from smoelib.manifests import fallback_replicas
+from smoelib.pipeline.topology import PipelineDAG
 from smoelib.settings import Settings
 from smoelib.sim.env import SimEnv, StepResult
-from smoelib.sim.observation import Observation
-from smoelib.topology import PipelineDAG
 
 __all__ = ["EmbeddedCluster", "KedaPoller", "SimClock"]
 
