@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from smoelib.core.accounting import price_per_hour
 from smoelib.core.decisions import ExpertDecision, PipelineDecision
 from smoelib.pipeline.topology import PipelineDAG
 from smoelib.settings import Settings
@@ -23,12 +24,8 @@ MAX_NAMED = 4
 
 def cost_per_hour(e: ExpertDecision, settings: Settings) -> float:
     """What ``e`` costs per hour at its replicas, in the configured currency."""
-    p = settings.prices
-    share = e.gpu_share if settings.gpu_sharing.mode != "none" else 0.0
-    if settings.gpu_sharing.mode == "mps-device-plugin" and share > 0:
-        share = 1.0 / settings.gpu_sharing.slots_per_gpu
-    return e.replicas * (e.cpu * p.cpu_core_hour + e.memory_mb / 1024 * p.memory_gib_hour
-                         + share * p.gpu_hour)
+    return e.replicas * float(price_per_hour(settings, cpu=e.cpu, memory_mb=e.memory_mb,
+                                             gpu_share=e.gpu_share))
 
 
 def changes(before: PipelineDecision | None, after: PipelineDecision) -> list[str]:

@@ -18,13 +18,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from smoelib.core.knobs import KNOBS
 from smoelib.errors import ConfigError, Problem
 
 __all__ = ["ExpertDecision", "PipelineDecision", "parse_decision", "load_decision",
            "dump_decision", "check_decision", "decision_to_json", "write_decision"]
 
-_FIELDS = {"replicas": int, "cpu": float, "memory_mb": int, "gpu_share": float,
-           "concurrency": int}
+_FIELDS = {k.name: k.kind for k in KNOBS}
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,13 +26,14 @@ from typing import Any
 
 import numpy as np
 
+from smoelib.core.accounting import gpu_per_pod
 from smoelib.core.decisions import ExpertDecision, PipelineDecision
+from smoelib.core.knobs import KNOB_NAMES
 from smoelib.pipeline.topology import PipelineDAG
 from smoelib.settings import Settings
 
-__all__ = ["GuardResult", "guard", "gpu_demand", "busy_experts"]
+__all__ = ["GuardResult", "guard", "busy_experts"]
 
-_KNOBS = ("replicas", "cpu", "memory_mb", "gpu_share", "concurrency")
 
 
 @dataclass(frozen=True)
@@ -43,17 +44,6 @@ class GuardResult:
     decision: PipelineDecision | None
     accepted: bool
     notes: tuple[str, ...]
-
-
-def gpu_demand(decision: PipelineDecision, settings: Settings) -> float:
-    """GPUs the experts of ``decision`` occupy under the configured GPU sharing mode."""
-    mode = settings.gpu_sharing.mode
-    if mode == "none":
-        return 0.0
-    if mode == "mps-device-plugin":  # every GPU pod takes one slot of 1/N of a GPU
-        slots = sum(e.replicas for e in decision.experts.values() if e.gpu_share > 0)
-        return slots / settings.gpu_sharing.slots_per_gpu
-    return sum(e.replicas * e.gpu_share for e in decision.experts.values())
 
 
 def guard(proposed: PipelineDecision, *, dag: PipelineDAG, settings: Settings,
@@ -100,7 +90,7 @@ def _refusal(proposed: PipelineDecision, dag: PipelineDAG) -> str | None:
     for node, e in proposed.experts.items():
         if node not in known:
             return f"refused: {node!r} is not an expert of {dag.name!r}"
-        for knob in _KNOBS:
+        for knob in KNOB_NAMES:
             value = getattr(e, knob)
             if not isinstance(value, int | float) or not math.isfinite(value):
                 return f"refused: {node}.{knob} is {value!r}"
@@ -187,11 +177,8 @@ def _fit_gpus(experts: dict[str, ExpertDecision], last: PipelineDecision | None,
         return experts
     nodes = list(experts)
     replicas = np.array([experts[n].replicas for n in nodes], dtype=float)
-    if mode == "mps-device-plugin":
-        per_pod = np.array([1.0 / settings.gpu_sharing.slots_per_gpu
-                            if experts[n].gpu_share > 0 else 0.0 for n in nodes])
-    else:
-        per_pod = np.array([experts[n].gpu_share for n in nodes])
+    per_pod = gpu_per_pod([experts[n].gpu_share for n in nodes], mode=mode,
+                          slots_per_gpu=settings.gpu_sharing.slots_per_gpu)
     demand = float(replicas @ per_pod)
     if demand <= capacity + 1e-9:
         return experts

@@ -1,4 +1,6 @@
-"""What the controller reads from Prometheus, as one frozen record per tick.
+"""What the controller reads (from Prometheus, or from the simulator), as one frozen record per
+tick. The one observation type: the Prometheus source, the simulator, the guards, the features
+of the learned policy and the baselines all read this record.
 
 Per-node arrays follow ``dag.nodes`` order (joins carry zeros). Sources (DESIGN.md "Metrics"):
 ``smoe_expert_calls_total``, ``smoe_expert_tokens_total``, ``smoe_expert_rejected_total`` as
@@ -7,10 +9,17 @@ by ``histogram_quantile`` over the window; replicas from kube-state-metrics
 (``kube_deployment_status_replicas_ready``, ``kube_deployment_spec_replicas``, and pods not yet
 ready / Pending); the current config of each function; the pipeline's request rate and
 end-to-end p95/p99 (``smoe_pipeline_requests_total``, ``smoe_pipeline_latency_seconds``).
+
+Room for the per-pass view of LLM serving: ``ttft_p95_ms`` and ``tpot_p95_ms`` (time to first
+token, time per output token), ``slo_attainment`` (the share of the window's requests that met
+the SLO) and ``dropped_per_s``. A source that does not measure one leaves it NaN (unknown, never
+a made-up 0); :func:`smoelib.core.slo.slo_pressure` compares whichever latencies are known with
+their SLOs.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -20,7 +29,8 @@ __all__ = ["Observation", "NODE_FIELDS"]
 NODE_FIELDS = ("calls_per_s", "tokens_per_s", "inflight", "rejected_per_s", "latency_p50_ms",
                "latency_p95_ms", "replicas_ready", "replicas_desired", "replicas_starting",
                "replicas_pending", "cpu", "memory_mb", "gpu_share", "concurrency")
-_MAY_BE_NAN = {"latency_p50_ms", "latency_p95_ms", "p95_ms", "p99_ms"}
+_MAY_BE_NAN = {"latency_p50_ms", "latency_p95_ms", "p95_ms", "p99_ms", "ttft_p95_ms",
+               "tpot_p95_ms", "slo_attainment", "dropped_per_s"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -28,8 +38,9 @@ class Observation:
     """One tick's view of a pipeline.
 
     Units: rates per second, latencies milliseconds (NaN where the window saw no call), cpu
-    cores, memory MiB, gpu_share fraction of a GPU, concurrency calls, ``time_s`` seconds since
-    the episode start. Shapes: every per-node array is ``(len(nodes),)``.
+    cores, memory MiB, gpu_share fraction of a GPU, concurrency calls, ``slo_attainment`` a
+    fraction, ``time_s`` the source's clock (Unix seconds from Prometheus, seconds since the
+    episode start in the simulator). Shapes: every per-node array is ``(len(nodes),)``.
     """
 
     time_s: float
@@ -51,6 +62,10 @@ class Observation:
     request_rate: float
     p95_ms: float
     p99_ms: float
+    ttft_p95_ms: float = math.nan
+    tpot_p95_ms: float = math.nan
+    slo_attainment: float = math.nan
+    dropped_per_s: float = math.nan
 
     def validate(self) -> Observation:
         """Check shapes and refuse NaN or negative values where they would mislead a policy

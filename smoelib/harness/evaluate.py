@@ -76,12 +76,10 @@ def hindsight(env: SimEnv, ex: Experts) -> Hindsight:
 
 def segment_cost(env: SimEnv) -> float:
     """What the segments' pods cost over the episode (they keep their own HPA)."""
-    c, n, p = env.cluster.cols, env.cluster.n, env.s.prices
+    c, n = env.cluster.cols, env.cluster.n
     seg = env.is_segment[c["node"][:n]]
     overlap = np.clip(np.minimum(c["end"][:n], env.duration_s) - c["start"][:n], 0, None)
-    rate = (c["cpu"][:n] * p.cpu_core_hour + c["mem"][:n] / 1024 * p.memory_gib_hour
-            + c["share"][:n] * p.gpu_hour) / 3600.0
-    return float((overlap * rate)[seg].sum())
+    return float((overlap * env.cluster.price_per_s())[seg].sum())
 
 
 def run_one(spec: RunSpec, *, thread_cap: int | None = None) -> dict[str, Any]:

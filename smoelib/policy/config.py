@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from smoelib.core.accounting import gpu_per_pod
 from smoelib.errors import ConfigError, Problem
 
 __all__ = ["PolicyConfig", "ARCHITECTURES", "Architecture", "CAPACITY_MODES",
@@ -149,8 +150,9 @@ class PolicyConfig:
     @property
     def fixed_gpu_share(self) -> float:
         """The share every pod gets when the policy does not choose it (fraction of a GPU)."""
-        return {"mps-device-plugin": 1.0 / self.slots_per_gpu, "none": 0.0}.get(
-            self.gpu_sharing, 0.0)
+        if self.gpu_sharing == "mps-env":
+            return 0.0  # the policy chooses it (the gpu_share head)
+        return gpu_per_pod(1.0, mode=self.gpu_sharing, slots_per_gpu=self.slots_per_gpu)
 
     # ---- stored form -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -198,7 +198,7 @@ class TrainResult:
 def reference_cost(dag: Any, settings: Any) -> float:
     """Cost of one control tick of ``dag`` at its pipeline defaults (currency): the unit
     rewards are measured in, so that one reward scale serves pipelines of any size."""
-    from smoelib.policy.baselines.common import price_per_hour
+    from smoelib.core.accounting import price_per_hour
     from smoelib.sim.targets import defaults
 
     d = defaults(dag)

@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from smoelib.core.accounting import gpu_per_pod, pod_price_per_hour
 from smoelib.settings import Settings
 
 __all__ = ["Cluster"]
@@ -118,10 +119,7 @@ class Cluster:
     def create(self, node: int, t: float, count: int, *, cpu: float, mem: float, share: float,
                conc: int) -> list[int]:
         """Create ``count`` pods of ``node`` at ``t`` at the given config; schedule them."""
-        if self.mode == "mps-device-plugin" and share > 0:
-            share = 1.0 / self.s.gpu_sharing.slots_per_gpu
-        elif self.mode == "none":
-            share = 0.0
+        share = gpu_per_pod(share, mode=self.mode, slots_per_gpu=self.s.gpu_sharing.slots_per_gpu)
         pids = [self._add(node=node, start=math.inf, ready=math.inf, end=math.inf, created=t,
                           cpu=cpu, mem=mem, share=share, conc=conc,
                           version=self.version[node], gpu=-1) for _ in range(count)]
@@ -234,11 +232,16 @@ class Cluster:
 
     def cost(self, t0: float, t1: float) -> float:
         """Cost of every pod over ``[t0, t1)``: pod-seconds x (cores, GiB, GPU share) prices."""
-        c, n, p = self.cols, self.n, self.s.prices
+        c, n = self.cols, self.n
         overlap = np.clip(np.minimum(c["end"][:n], t1) - np.maximum(c["start"][:n], t0), 0, None)
-        rate = (c["cpu"][:n] * p.cpu_core_hour + c["mem"][:n] / 1024 * p.memory_gib_hour
-                + c["share"][:n] * p.gpu_hour) / 3600.0
-        return float((overlap * rate).sum())
+        return float((overlap * self.price_per_s()).sum())
+
+    def price_per_s(self) -> np.ndarray:
+        """Per pod, what it costs per second it lives (its share is already what it occupies
+        under the sharing mode)."""
+        c, n = self.cols, self.n
+        return pod_price_per_hour(self.s.prices, cpu=c["cpu"][:n], memory_mb=c["mem"][:n],
+                                  gpus=c["share"][:n]) / 3600.0
 
     def slowdown(self, t: float) -> np.ndarray:
         """Per pod, the factor on the per-token time: ``eff ** -gamma`` (``eff`` the GPU share,

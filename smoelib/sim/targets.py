@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
+from smoelib.core.knobs import KNOB_NAMES
 from smoelib.errors import ConfigError, Problem
 from smoelib.settings import Settings
 
 __all__ = ["Targets", "defaults", "from_decision"]
 
-KNOBS = ("replicas", "cpu", "memory_mb", "gpu_share", "concurrency")
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def from_decision(decision: Any, dag, settings: Settings, base: Targets) -> Targ
             every problem names the expert and the field.
     """
     index = {n: i for i, n in enumerate(dag.nodes)}
-    out = {k: getattr(base, k).copy() for k in KNOBS}
+    out = {k: getattr(base, k).copy() for k in KNOB_NAMES}
     decided = np.zeros(len(dag.nodes), bool)
     problems: list[Problem] = []
     experts = getattr(decision, "experts", None)
@@ -75,7 +75,7 @@ def from_decision(decision: Any, dag, settings: Settings, base: Targets) -> Targ
             problems.append(Problem(where, f"unknown expert {node!r} in pipeline {dag.name!r}"))
             continue
         bounds = _bounds(dag, node, settings)
-        for k in KNOBS:
+        for k in KNOB_NAMES:
             v = knobs.get(k) if isinstance(knobs, dict) else getattr(knobs, k, None)
             if v is None or isinstance(v, bool) or not isinstance(v, int | float | np.number):
                 problems.append(Problem(f"{where}.{k}", f"must be a number, got {v!r}"))

@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from smoelib.core.accounting import gpu_per_pod
 from smoelib.vertical.records import FunctionState, Knobs, ObjectRef, Patch, PodState
 from smoelib.vertical.template import (
     SharingRules,
@@ -194,7 +195,7 @@ def _strategy(live: FunctionState, want: Knobs, rules: SharingRules, free_gpus: 
               notes: list[str]) -> tuple[dict[str, Any], float | None]:
     share = want.gpu_share or 0.0
     gpu = rules.mode != "none" and share > 0
-    need = share if rules.mode == "mps-env" else 1.0 / rules.slots_per_gpu
+    need = gpu_per_pod(share, mode=rules.mode, slots_per_gpu=rules.slots_per_gpu)
     if not gpu:
         step = _SURGE
     elif free_gpus is not None and free_gpus >= need - 1e-9:

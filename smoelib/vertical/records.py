@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = ["ObjectRef", "Patch", "PodState", "FunctionState", "PipelineState", "Knobs",
-           "Writer", "PatchType", "KNOBS"]
+           "Writer", "PatchType"]
 
 Writer = Literal["deployment", "function", "gateway", "simulated"]
 """Who owns a function's spec: the Deployment itself (patched directly), an OpenFaaS ``Function``
@@ -26,7 +26,6 @@ PatchType = Literal["json", "merge", "put", "sim"]
 """How a body is sent: RFC 6902 JSON patch, RFC 7386 merge patch, a whole-spec PUT, or a
 simulator change set."""
 
-KNOBS = ("cpu", "memory_mb", "gpu_share", "concurrency")
 
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from smoelib.commands import serve
 from smoelib.core.decisions import load_decision
 from smoelib.keda_proto import externalscaler_pb2 as pb
 from smoelib.keda_proto.externalscaler_pb2_grpc import ExternalScalerStub
-from smoelib.commands import serve
 from smoelib.topology import build_dag
 from tests.integration.scaler_fixtures import make_pki, serve_process
 

@@ -97,21 +97,22 @@ def test_queueing_calibration_relaxes_budgets_on_the_window_worst_p95_and_never_
     cfg = s.baselines.queueing  # target 0.85, gain 0.5, at most 3x; the SLO is 40 ms
     d = get_decider("queueing", dag=dag, settings=s)
     d.reset(0)
+    slo = 40.0  # the calibration reads P95 / SLO (smoelib.core.slo.slo_pressure)
     assert d.scale == 1.0
-    d._calibrate(0.0, 8.5)  # P95 at a quarter of the target: x (34 / 8.5) ^ 0.5 = x 2
+    d._calibrate(0.0, 8.5 / slo)  # P95 at a quarter of the target: x (34 / 8.5) ^ 0.5 = x 2
     assert d.scale == pytest.approx((cfg.feedback_target * 40 / 8.5) ** cfg.feedback_gain)
     assert d.scale == pytest.approx(2.0)
-    d._calibrate(15.0, 8.5)  # capped at feedback_max
+    d._calibrate(15.0, 8.5 / slo)  # capped at feedback_max
     assert d.scale == pytest.approx(cfg.feedback_max)
-    d._calibrate(30.0, 136.0)  # 4x the target: x 0.5
+    d._calibrate(30.0, 136.0 / slo)  # 4x the target: x 0.5
     assert d.scale == pytest.approx(1.5)
-    d._calibrate(45.0, 8.5)  # 136 ms is still the worst of the last 60 s: x 0.5 again
+    d._calibrate(45.0, 8.5 / slo)  # 136 ms is still the worst of the last 60 s: x 0.5 again
     assert d.scale == 1.0  # never tighter than the model
     d._calibrate(60.0, float("nan"))  # a window with no request: unchanged
     assert d.scale == 1.0
-    d._calibrate(91.0, 34.0)  # 136 ms (t = 30) has left the window; 34 ms is on target
+    d._calibrate(91.0, 34.0 / slo)  # 136 ms (t = 30) has left the window; 34 ms is on target
     assert d.scale == pytest.approx(1.0)
-    d._calibrate(106.0, 8.5)  # the worst of (91, 34) and (106, 8.5) is 34 ms: x 1
+    d._calibrate(106.0, 8.5 / slo)  # the worst of (91, 34) and (106, 8.5) is 34 ms: x 1
     assert d.scale == pytest.approx(1.0)
     off = get_decider("queueing", dag=dag, settings=with_overrides(
         s, {"baselines.queueing.feedback_gain": 0.0}))

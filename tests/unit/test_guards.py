@@ -7,8 +7,9 @@ from types import MappingProxyType
 
 import pytest
 
+from smoelib.core.accounting import gpu_demand
 from smoelib.core.decisions import ExpertDecision, PipelineDecision
-from smoelib.core.guards import gpu_demand, guard
+from smoelib.core.guards import guard
 from smoelib.settings import load_settings
 from smoelib.topology import build_dag
 
@@ -79,14 +80,14 @@ def test_gpu_capacity_takes_back_the_largest_increases_first():
     small = load_settings({"cluster": {"gpus": 2}, "guards": {"max_step_up": 10}})
     last = decision(2, 2, 2)  # 6 pods x 0.25 = 1.5 GPUs
     result = guard(decision(2, 8, 3), dag=DAG, settings=small, last=last)  # 3.25 GPUs asked
-    assert gpu_demand(result.decision, small) <= 2.0
+    assert gpu_demand(result.decision.experts, small) <= 2.0
     assert reps(result) == [2, 3, 3]
 
 
 def test_device_plugin_counts_slots():
     plugin = load_settings({"gpu_sharing": {"mode": "mps-device-plugin", "slots_per_gpu": 4},
                             "cluster": {"gpus": 1}})
-    assert gpu_demand(decision(2, 2, 0, share=0.1), plugin) == 1.0
+    assert gpu_demand(decision(2, 2, 0, share=0.1).experts, plugin) == 1.0
     result = guard(decision(3, 3, 0, share=0.1), dag=DAG, settings=plugin)
     assert sum(reps(result)) == 4
 

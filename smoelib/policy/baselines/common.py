@@ -23,7 +23,7 @@ import numpy as np
 from smoelib.core.decisions import ExpertDecision, PipelineDecision
 from smoelib.settings import Settings
 
-__all__ = ["Experts", "Hindsight", "decide_all", "price_per_hour", "service_ms",
+__all__ = ["Experts", "Hindsight", "decide_all", "service_ms",
            "with_overrides", "PASS_THROUGH", "on_period"]
 
 PASS_THROUGH: Mapping[str, Any] = MappingProxyType({
@@ -80,18 +80,6 @@ def decide_all(ex: Experts, t: float, *, replicas, cpu, memory_mb, gpu_share, co
                                  concurrency=int(b[4][i])) for i, n in enumerate(ex.nodes)}
     return PipelineDecision(pipeline=ex.pipeline, updated_at=float(t),
                             experts=MappingProxyType(experts))
-
-
-def price_per_hour(settings: Settings, *, cpu, memory_mb, gpu_share) -> np.ndarray:
-    """Price of one replica for an hour (currency), as the simulator bills it."""
-    p = settings.prices
-    share = np.asarray(gpu_share, float)
-    if settings.gpu_sharing.mode == "mps-device-plugin":
-        share = np.where(share > 0, 1.0 / settings.gpu_sharing.slots_per_gpu, 0.0)
-    elif settings.gpu_sharing.mode == "none":
-        share = np.zeros_like(share)
-    return (np.asarray(cpu, float) * p.cpu_core_hour
-            + np.asarray(memory_mb, float) / 1024.0 * p.memory_gib_hour + share * p.gpu_hour)
 
 
 def service_ms(ex: Experts, settings: Settings, *, tokens, gpu_share, cpu,

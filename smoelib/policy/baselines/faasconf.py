@@ -20,8 +20,9 @@ import math
 
 import numpy as np
 
+from smoelib.core.accounting import price_per_hour
 from smoelib.policy.base import register
-from smoelib.policy.baselines.common import PASS_THROUGH, Experts, decide_all, price_per_hour
+from smoelib.policy.baselines.common import PASS_THROUGH, Experts, decide_all
 from smoelib.policy.baselines.platform import concurrency_of
 
 __all__ = ["FaasConfDecider"]

@@ -14,14 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from smoelib.core.accounting import price_per_hour
 from smoelib.policy.base import register
-from smoelib.policy.baselines.common import (
-    PASS_THROUGH,
-    Experts,
-    Hindsight,
-    decide_all,
-    price_per_hour,
-)
+from smoelib.policy.baselines.common import PASS_THROUGH, Experts, Hindsight, decide_all
 
 __all__ = ["FloorDecider", "floor_cost", "cheapest_work"]
 

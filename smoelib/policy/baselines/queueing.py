@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from smoelib.core.slo import slo_pressure
 from smoelib.policy.base import register
 from smoelib.policy.baselines.common import PASS_THROUGH, Hindsight, decide_all, on_period
 from smoelib.policy.baselines.sizing import QueueingSizer
@@ -42,7 +43,7 @@ class _Sized:
         self.seg_ms = np.zeros(sz.path_segments.size)
         self.last = None
         self.scale = 1.0  # the budget calibration (see _calibrate)
-        self.p95_seen: list[tuple[float, float]] = []  # (time, measured P95) at each plan
+        self.p95_seen: list[tuple[float, float]] = []  # (time, P95 / SLO) at each plan
 
     def _segments(self, obs) -> np.ndarray:
         seen = np.asarray(obs.latency_p95_ms)[self.sizer.path_segments]
@@ -50,20 +51,21 @@ class _Sized:
         self.seg_ms = np.where(np.isnan(seen), self.seg_ms, (1 - a) * self.seg_ms + a * seen)
         return self.seg_ms
 
-    def _calibrate(self, t: float, p95_ms: float) -> None:
+    def _calibrate(self, t: float, pressure: float) -> None:
         """Relax the model's budgets by ``(target x SLO / worst P95) ^ gain`` per plan, kept
         within ``[1, feedback_max]``, where the worst P95 is the highest measured in the last
         ``feedback_window_s``: the model's per-call tail bounds, summed over the layers,
         overstate the end-to-end P95 when it stays far below the SLO; one burst in the window
-        keeps the budgets tight. Never tighter than the model: a tighter budget under a burst
-        buys bigger GPU shares, and each share change rolls the expert's pods (cold starts) just
-        when capacity is short."""
+        keeps the budgets tight. ``pressure`` is the observed latency over its SLO
+        (:func:`smoelib.core.slo.slo_pressure`). Never tighter than the model: a tighter budget
+        under a burst buys bigger GPU shares, and each share change rolls the expert's pods
+        (cold starts) just when capacity is short."""
         cfg = self.cfg
-        if cfg.feedback_gain <= 0 or not math.isfinite(p95_ms) or p95_ms <= 0:
+        if cfg.feedback_gain <= 0 or not math.isfinite(pressure) or pressure <= 0:
             return
         self.p95_seen = [(s, p) for s, p in self.p95_seen if s > t - cfg.feedback_window_s]
-        self.p95_seen.append((t, p95_ms))
-        ratio = cfg.feedback_target * self.ex.slo_ms / max(p for _, p in self.p95_seen)
+        self.p95_seen.append((t, pressure))
+        ratio = cfg.feedback_target / max(p for _, p in self.p95_seen)
         self.scale = float(np.clip(self.scale * ratio ** cfg.feedback_gain, 1.0,
                                    cfg.feedback_max))
 
@@ -74,7 +76,7 @@ class _Sized:
         t, sim = float(obs.time_s), self.s.simulator
         if self.last is not None and not on_period(t, sim.hpa_sync_s):
             return dataclasses.replace(self.last, updated_at=t)
-        self._calibrate(t, float(obs.p95_ms))
+        self._calibrate(t, slo_pressure(obs, slo_ms=self.ex.slo_ms))
         self.last = self._plan(t, lam, tokens, tokens_per_s, segment_ms, delay_s=delay_s)
         return self.last
 

@@ -20,7 +20,8 @@ from statistics import NormalDist
 
 import numpy as np
 
-from smoelib.policy.baselines.common import Experts, price_per_hour, service_ms
+from smoelib.core.accounting import price_per_hour
+from smoelib.policy.baselines.common import Experts, service_ms
 from smoelib.policy.baselines.mmck import apportion_replicas, mmck_batch, wait_quantile
 from smoelib.sim.serving import StagePlan
 
