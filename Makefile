@@ -3,6 +3,8 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 PROTO_DIR := smoelib/keda_proto
 PROTO_OUT := $(PROTO_DIR)/externalscaler_pb2.py $(PROTO_DIR)/externalscaler_pb2_grpc.py
+# import-linter's `lint-imports`, run by this Python (the contracts: pyproject.toml)
+LINT_IMPORTS := $(PYTHON) -c 'from importlinter.cli import lint_imports_command as c; c()' --no-cache
 
 .PHONY: install proto test lint bench demo train train-ablations train-loaded clean
 
@@ -38,12 +40,12 @@ proto: $(PROTO_OUT)
 
 # The layering contracts (pyproject.toml, [tool.importlinter]) are part of the tests.
 test: install
-	$(PYTHON) -m importlinter.cli --no-cache
+	$(LINT_IMPORTS)
 	$(PYTHON) -m pytest
 
 lint: install
 	$(PYTHON) -m ruff check smoelib tests benchmarks
-	$(PYTHON) -m importlinter.cli --no-cache
+	$(LINT_IMPORTS)
 
 # The embedded default: simulated cluster, real scaler (gRPC) and controller, bundled policy.
 demo: install

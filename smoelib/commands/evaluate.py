@@ -13,6 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from smoelib.core.guards import get_profile
 from smoelib.errors import ConfigError, Problem
 from smoelib.harness.evaluate import RunSpec, run_all, table_markdown, write_json
 
@@ -29,6 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, required=True, help="simulated seconds")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--config", default=None, help="config.yaml (default: built-in)")
+    parser.add_argument("--guards", default=None, metavar="PROFILE",
+                        help="guard profile of every run: production or physical (default: "
+                             "each policy's own: production for sMoE's policies, queueing and "
+                             "oracle, physical for the external systems)")
     parser.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -85,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     traces = split_list(args.traces, "--traces")
     policies = _policies(args.policies, dag=dags[0], settings=settings)
-    specs = [RunSpec(p, t, pol, s, args.duration, args.config)
+    if args.guards is not None:
+        get_profile(args.guards)  # an unknown profile fails before any work
+    specs = [RunSpec(p, t, pol, s, args.duration, args.config, guards=args.guards)
              for p in pipelines for t in traces for s in seeds for pol in policies]
     results = run_all(specs, jobs=args.jobs, progress=not args.no_progress)
     out = Path(args.out)

@@ -46,9 +46,13 @@ SHUTDOWN_GRACE_S = 5.0
 
 
 class Component(Protocol):
-    """Something that runs inside ``smoe serve`` beside the scaler (e.g. the controller)."""
+    """Something that runs inside ``smoe serve`` beside the scaler (e.g. the controller).
+    ``alive()`` feeds the scaler's liveness: false only when the component is dead or wedged,
+    never because a dependency of it fails."""
 
     def start(self, store: DecisionStore, registry: CollectorRegistry) -> None: ...
+
+    def alive(self) -> bool: ...
 
     def stop(self) -> None: ...
 
@@ -87,6 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="the controller decides and logs, and applies nothing: the "
                              "scaler serves only what the decision files hold")
+    parser.add_argument("--guards", metavar="PROFILE", default=None,
+                        help="guard profile of the controller: production or physical "
+                             "(default: the one policy.name runs under)")
     parser.add_argument("--scaler-only", action="store_true",
                         help="serve the decision files; run no controller")
 
@@ -180,9 +187,19 @@ def serve(plan: ServePlan, *, clock: Callable[[], float] = time.time,
         print(f"smoe serve: scaler on {plan.host}:{port}, metrics on {plan.host}:"
               f"{metrics_server.server_port}, pipelines {', '.join(store.pipelines())}",
               flush=True)
+        live = True
         while not stop.wait(RELOAD_INTERVAL_S):
             for name in store.pipelines():
                 store.reload_if_changed(name)
+            dead = [type(c).__name__ for c in started if not c.alive()]
+            if live == bool(dead):
+                live = not dead
+                server.set_liveness(live)
+                if dead:
+                    log.error("liveness NOT_SERVING: %s stopped ticking (dead or wedged); the "
+                              "kubelet restarts the pod", ", ".join(dead))
+                else:
+                    log.info("liveness SERVING again")
     finally:
         for component in reversed(started):
             component.stop()
@@ -204,7 +221,8 @@ def _controllers(plan: ServePlan, args: argparse.Namespace) -> list[Component]:
 
     settings = load_settings(args.config)
     return [SMoEController(dag, settings, prometheus_url=args.prometheus, dry_run=args.dry_run,
-                           log_interval=60.0, warmup_seconds=settings.control.warmup_s)
+                           log_interval=60.0, warmup_seconds=settings.control.warmup_s,
+                           guards=args.guards)
             for dag, _path in plan.pipelines]
 
 

@@ -1,8 +1,11 @@
 """smoe simulate: run a policy on the simulated cluster and print what it achieved.
 
+The policy runs through the one tick under its guard profile (``--guards``; default: the one
+the policy runs under everywhere) and the simulated actuator, as the controller would run it.
 Prints requests, dropped, P50/P95/P99 against the SLO, the 60 s window violation rate, cost,
-cold starts, 429s and rollouts. ``--out DIR`` writes the per-window series (``windows.csv``) and
-a plot of P95 and replicas over time (``windows.png``). With ``--exporter-port`` the run is
+cold starts, 429s, rollouts and the pods they replaced against the rollout budget. ``--out
+DIR`` writes the per-window series (``windows.csv``) and a plot of P95 and replicas over time
+(``windows.png``). With ``--exporter-port`` the run is
 paced at ``--speed`` times real time and serves ``/metrics``.
 """
 
@@ -10,14 +13,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import time
 from pathlib import Path
 
+from smoelib.core.guards import get_profile
 from smoelib.errors import ConfigError, Problem
 from smoelib.pipeline.topology import build_dag
-from smoelib.policy.base import get_decider
+from smoelib.policy.base import default_guards, get_decider
 from smoelib.settings import load_settings
 from smoelib.sim.env import SimEnv
+from smoelib.sim.loop import SimLoop
 from smoelib.sim.summary import Summary, summarise, window_series
 
 __all__ = ["add_arguments", "run"]
@@ -30,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="conv, conv-train, conv-eval, poisson, bursty, diurnal, spike, "
                         "or a CSV path in the Azure LLM trace format")
     parser.add_argument("--policy", default="static", help="decider name (default static)")
+    parser.add_argument("--guards", default=None, metavar="PROFILE",
+                        help="guard profile: production or physical (default: the policy's "
+                             "own)")
     parser.add_argument("--duration", type=float, default=600.0, help="simulated seconds")
     parser.add_argument("--seed", type=int, default=0, help="episode seed")
     parser.add_argument("--time-scale", type=float, default=1.0,
@@ -52,51 +61,73 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError([Problem("--speed", "must be > 0")])
     dag = build_dag(args.pipeline)
     settings = load_settings(args.config)
-    env = SimEnv(dag, settings, trace=args.trace, duration_s=args.duration,
-                 time_scale=args.time_scale, rate_scale=args.rate_scale)
+    profile = get_profile(args.guards or default_guards(args.policy))
     decider = get_decider(args.policy, dag=dag, settings=settings)
-    collector = None
-    if args.exporter_port is not None:
-        from smoelib.sim.exporter import SimCollector, serve, snapshot
-        collector = SimCollector(dag)
-        serve(collector, args.exporter_port)
     started = time.monotonic()
-    obs = env.reset(seed=args.seed)
-    decider.reset(args.seed)
-    ticks = int(-(-args.duration // env.dt))
-    from tqdm import tqdm
-    with tqdm(total=ticks, unit="tick", disable=args.no_progress, leave=False) as bar:
-        done = False
-        while not done:
-            result = env.step(decider.decide(obs))
-            obs, done = result.observation, result.done
-            bar.update(1)
-            if collector is not None:
-                collector.publish(snapshot(env))
-                lag = env.tick * env.dt / args.speed - (time.monotonic() - started)
-                if lag > 0:
-                    time.sleep(lag)
+    loop = simulate(dag, settings, decider=decider, profile=profile, trace=args.trace,
+                    duration_s=args.duration, seed=args.seed, time_scale=args.time_scale,
+                    rate_scale=args.rate_scale, exporter_port=args.exporter_port,
+                    speed=args.speed, progress=not args.no_progress)
     wall = time.monotonic() - started
-    summary = summarise(env)
-    print(_render(summary, dag=dag, args=args, wall_s=wall, currency=settings.prices.currency))
+    summary = summarise(loop.env)
+    print(_render(summary, dag=dag, args=args, wall_s=wall, settings=settings,
+                  profile=profile.name))
     if args.out:
-        _write_out(Path(args.out), env)
+        _write_out(Path(args.out), loop.env)
     return 0
 
 
-def _render(s: Summary, *, dag, args, wall_s: float, currency: str) -> str:
+def simulate(dag, settings, *, decider, profile, trace: str, duration_s: float, seed: int,
+             time_scale: float = 1.0, rate_scale: float | None = None,
+             exporter_port: int | None = None, speed: float = 1.0,
+             progress: bool = False) -> SimLoop:
+    """Run ``decider`` for one episode through the tick and the simulated actuator; with
+    ``exporter_port``, paced at ``speed`` x real time and serving ``/metrics``. Returns the
+    finished loop (its env and the decisions applied at every tick)."""
+    from tqdm import tqdm
+
+    env = SimEnv(dag, settings, trace=trace, duration_s=duration_s, time_scale=time_scale,
+                 rate_scale=rate_scale)
+    loop = SimLoop(env, settings=settings, profile=profile)
+    collector = None
+    if exporter_port is not None:
+        from smoelib.sim.exporter import SimCollector, serve, snapshot
+        collector = SimCollector(dag)
+        serve(collector, exporter_port)
+    started = time.monotonic()
+    loop.reset(seed)
+    decider.reset(seed)
+    ticks = int(-(-duration_s // env.dt))
+    with tqdm(total=ticks, unit="tick", disable=not progress, leave=False) as bar:
+        def after(_step) -> None:
+            bar.update(1)
+            if collector is not None:
+                collector.publish(snapshot(env))
+                lag = env.tick * env.dt / speed - (time.monotonic() - started)
+                if lag > 0:
+                    time.sleep(lag)
+        loop.run(decider, on_step=after)
+    return loop
+
+
+def _render(s: Summary, *, dag, args, wall_s: float, settings, profile: str) -> str:
     verdict = lambda v: "over" if v > s.slo_ms else "within"  # noqa: E731
     pct = 100.0 * s.dropped / max(s.requests, 1)
+    currency = settings.prices.currency
+    budget = settings.guards.rollout_budget_per_min
+    minutes = math.ceil(args.duration / 60.0 - 1e-9)
+    allowed = (f"the rollout budget allows {budget} x {minutes} min = {budget * minutes}"
+               if profile == "production" else f"guards {profile}: no rollout budget")
     return "\n".join([
-        f"pipeline {dag.name}, trace {args.trace}, policy {args.policy}, seed {args.seed}: "
-        f"{args.duration:g} s simulated in {wall_s:.1f} s",
+        f"pipeline {dag.name}, trace {args.trace}, policy {args.policy} (guards {profile}), "
+        f"seed {args.seed}: {args.duration:g} s simulated in {wall_s:.1f} s",
         f"requests {s.requests}, completed {s.completed}, dropped {s.dropped} ({pct:.2f}%)",
         f"latency P50 {s.p50_ms:.1f} ms, P95 {s.p95_ms:.1f} ms ({verdict(s.p95_ms)} SLO "
         f"{s.slo_ms:g} ms), P99 {s.p99_ms:.1f} ms",
         f"window violation rate {s.window_violation_rate:.3f} (60 s windows with P95 > SLO)",
         f"cost {s.cost:.4f} {currency}",
         f"cold starts {s.cold_starts}, 429s {s.rejected} (retries {s.retries}), "
-        f"rollouts {s.rollouts} (pods replaced {s.pods_replaced})",
+        f"rollouts {s.rollouts}, pods replaced {s.pods_replaced} ({allowed})",
     ])
 
 

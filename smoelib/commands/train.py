@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                         help="updates between checkpoints")
     parser.add_argument("--teacher", default=d.teacher, help="decider cloned first")
+    parser.add_argument("--guards", default=d.guards, metavar="PROFILE",
+                        help="guard profile of every training tick (default: production, "
+                             "what the controller runs)")
     parser.add_argument("--config", default=None, help="config.yaml (default: built-in)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--time-limit", type=float, default=None,
@@ -91,7 +94,7 @@ def _config(args: argparse.Namespace):
         learning_rate=args.learning_rate,
         episode_s=args.episode, episode_start_s=min(args.episode_start, args.episode),
         validate_every=args.validate_every, validation_s=args.validation_episode,
-        checkpoint_every=args.checkpoint_every, teacher=args.teacher)
+        checkpoint_every=args.checkpoint_every, teacher=args.teacher, guards=args.guards)
     try:
         return TrainConfig(**values)
     except ConfigError as e:  # name the flags, not the fields

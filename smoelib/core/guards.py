@@ -1,26 +1,32 @@
 """Safety rules between a policy's proposal and the cluster. Pure: no I/O, no clock.
 
-:func:`guard` turns a proposed :class:`~smoelib.core.decisions.PipelineDecision` into the one that
-may be applied, rule by rule:
+:func:`guard` turns a proposed :class:`~smoelib.core.decisions.PipelineDecision` into the one
+that may be applied, rule by rule, under a named :class:`GuardProfile`:
 
-1. refuse a proposal with NaN or infinite values, or experts the pipeline does not have (the last
-   good decision stays);
-2. clamp every knob to the pipeline's replica bounds and the action space's range;
-3. limit each expert's replica change per tick (up and down separately);
-4. hold scale-down while the latest observation shows SLO pressure;
-5. keep one replica of every expert that the latest observation shows busy (calls, calls in
-   flight or 429s): scaling it to zero would stall every request that needs it;
-6. fit the GPU capacity of the cluster, taking replicas back from the largest increases first.
+1. ``refused``: a proposal with NaN or infinite values, or experts the pipeline does not have
+   (the last good decision stays);
+2. ``bounds``: every knob within the pipeline's replica bounds and the action space's range;
+3. ``step``: each expert's replica change per tick limited (up and down separately);
+4. ``pressure``: no scale-down while the latest observation shows SLO pressure (its latency
+   over ``guards.pressure_threshold`` of the SLO, or dropped requests);
+5. ``busy``: one replica kept of every expert that the latest observation shows busy (calls,
+   calls in flight or 429s): scaling it to zero would stall every request that needs it;
+6. ``hysteresis`` and ``budget``: slow knobs (they roll pods) change only after persisting, by
+   more than a threshold, within the rollout budget (:mod:`smoelib.core.slow_knobs`);
+7. ``capacity``: the cluster's GPUs, taking replicas back from the largest increases first.
 
-Rules 2-6 adjust and say what they changed; rule 1 refuses. Nothing here raises for bad
-proposals: the controller logs the notes and keeps going.
+Rules 3-6 start from the last decision (before the first one: the observed configuration).
+Profiles: ``production`` runs every rule (what sMoE's controller runs); ``physical`` only 1, 2
+and 7, the limits any cluster imposes (how the external systems we compare with run in their
+own world). Rules 2-7 adjust and say what they changed; rule 1 refuses. Nothing here raises for
+bad proposals: the caller logs the notes and keeps going.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
-from dataclasses import dataclass, replace
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -29,58 +35,166 @@ import numpy as np
 from smoelib.core.accounting import gpu_per_pod
 from smoelib.core.decisions import ExpertDecision, PipelineDecision
 from smoelib.core.knobs import KNOB_NAMES
+from smoelib.core.slo import shows_drops, slo_pressure
+from smoelib.core.slow_knobs import SlowKnobMemory, SlowKnobRules, hold_slow_knobs
+from smoelib.errors import ConfigError, Problem
 from smoelib.pipeline.topology import PipelineDAG
 from smoelib.settings import Settings
 
-__all__ = ["GuardResult", "guard", "busy_experts"]
+__all__ = ["GuardProfile", "GuardResult", "PROFILES", "RULES", "guard", "busy_experts",
+           "get_profile", "observed_decision"]
 
+RULES = ("refused", "bounds", "step", "pressure", "busy", "hysteresis", "budget", "capacity")
+"""Every rule's name, as notes, logs and the controller's metrics count them."""
+
+
+@dataclass(frozen=True)
+class GuardProfile:
+    """Which rules run beyond the physical ones (refusal, bounds, capacity always do)."""
+
+    name: str
+    step_limits: bool
+    pressure_hold: bool
+    busy_floor: bool
+    slow_knobs: bool
+
+
+PROFILES: Mapping[str, GuardProfile] = MappingProxyType({
+    "production": GuardProfile("production", step_limits=True, pressure_hold=True,
+                               busy_floor=True, slow_knobs=True),
+    "physical": GuardProfile("physical", step_limits=False, pressure_hold=False,
+                             busy_floor=False, slow_knobs=False),
+})
+"""The named guard profiles (module docstring)."""
+
+
+def get_profile(name: str | GuardProfile, *, where: str = "--guards") -> GuardProfile:
+    """The profile called ``name``.
+
+    Raises:
+        ConfigError: no such profile (naming ``where`` and the known ones).
+    """
+    if isinstance(name, GuardProfile):
+        return name
+    if name not in PROFILES:
+        raise ConfigError([Problem(where, f"unknown guard profile {name!r}; known: "
+                                          f"{', '.join(PROFILES)}")])
+    return PROFILES[name]
 
 
 @dataclass(frozen=True)
 class GuardResult:
     """``decision`` is what may be applied (the last good one when ``accepted`` is False);
-    ``notes`` say what each rule changed or why the proposal was refused."""
+    ``notes`` say what each rule changed or why the proposal was refused, ``fired`` names the
+    rule of each note (:data:`RULES`); ``memory`` is the slow-knob memory for the next tick."""
 
     decision: PipelineDecision | None
     accepted: bool
     notes: tuple[str, ...]
+    fired: tuple[str, ...] = ()
+    memory: SlowKnobMemory = field(default_factory=SlowKnobMemory)
+
+
+class _Notes:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, rule: str, text: str) -> None:
+        self.items.append((rule, text))
+
+    def extend(self, rule: str, texts: list[str]) -> None:
+        self.items += [(rule, t) for t in texts]
+
+    def result(self, decision: PipelineDecision | None, accepted: bool,
+               memory: SlowKnobMemory) -> GuardResult:
+        return GuardResult(decision, accepted, tuple(t for _, t in self.items),
+                           tuple(r for r, _ in self.items), memory)
 
 
 def guard(proposed: PipelineDecision, *, dag: PipelineDAG, settings: Settings,
-          last: PipelineDecision | None = None, p95_ms: float | None = None,
-          busy: Collection[str] = ()) -> GuardResult:
-    """Apply the safety rules to ``proposed``.
+          profile: str | GuardProfile = "production", last: PipelineDecision | None = None,
+          observation: Any = None, memory: SlowKnobMemory | None = None,
+          now: float = 0.0) -> GuardResult:
+    """Apply the profile's rules to ``proposed``.
 
     Args:
         proposed: the policy's decision.
         dag: the pipeline (bounds, expert ids, SLO).
         settings: guards, actions, cluster capacity, GPU sharing mode.
-        last: the last applied decision (step limits and scale-down hold start from it).
-        p95_ms: the latest observed end-to-end P95 (None or NaN: no pressure known).
-        busy: experts the latest observation shows serving or refusing calls
-            (:func:`busy_experts`); each keeps at least one replica.
+        profile: a :class:`GuardProfile` or its name.
+        last: the last applied decision (rules 3-6 start from it).
+        observation: the latest observation: SLO pressure, busy experts, the pods a rollout
+            replaces, and the reference configuration before the first decision (None: none
+            of these is known).
+        memory: the slow-knob memory of the last tick.
+        now: seconds on the loop's clock (the rollout budget's window).
     """
+    rules = get_profile(profile, where="guards.profile")
+    memory = memory if memory is not None else SlowKnobMemory()
+    notes = _Notes()
     refusal = _refusal(proposed, dag)
     if refusal:
-        return GuardResult(last, False, (refusal,))
-    notes: list[str] = []
+        notes.add("refused", refusal)
+        return notes.result(last, False, memory)
     experts = dict(proposed.experts)
     if last is not None:
         for node in dag.experts:
             if node not in experts and node in last.experts:
                 experts[node] = last.experts[node]
-                notes.append(f"{node}: no proposal; kept the last decision")
+                notes.add("bounds", f"{node}: no proposal; kept the last decision")
     experts = {n: _clamp(n, e, dag, settings, notes) for n, e in experts.items()}
-    if last is not None:
-        experts = _limit_steps(experts, last, settings, notes)
-        slo = dag.slo_ms * settings.guards.pressure_threshold
-        if p95_ms is not None and math.isfinite(p95_ms) and p95_ms > slo:
-            experts = _hold_scale_down(experts, last, p95_ms, notes)
-    experts = _keep_busy(experts, busy, notes)
-    experts = _fit_gpus(experts, last, dag=dag, settings=settings, notes=notes)
+    base = dict(last.experts) if last is not None else (
+        observed_decision(observation, dag) if observation is not None else {})
+    if rules.step_limits and base:
+        experts = _limit_steps(experts, base, settings, notes)
+    if rules.pressure_hold and base and observation is not None:
+        pressure = slo_pressure(observation, slo_ms=dag.slo_ms)
+        drops = shows_drops(observation)
+        if drops or (math.isfinite(pressure) and pressure > settings.guards.pressure_threshold):
+            why = ("dropped requests" if drops else
+                   f"P95 {observation.p95_ms:.1f} ms ({pressure:.2f} of the SLO)")
+            experts = _hold_scale_down(experts, base, why, notes)
+    if rules.busy_floor and observation is not None:
+        experts = _keep_busy(experts, busy_experts(observation, dag), notes)
+    if rules.slow_knobs and base:
+        experts, memory, held = hold_slow_knobs(
+            experts, base, memory, rules=SlowKnobRules.from_settings(settings),
+            pods=_pods(observation, dag, base), now=now)
+        for text in held:
+            notes.add("budget" if "waits for the budget" in text else "hysteresis", text)
+    experts = _fit_gpus(experts, base, dag=dag, settings=settings, notes=notes)
     decision = replace(proposed, experts=MappingProxyType(
         {n: experts[n] for n in dag.experts if n in experts}))
-    return GuardResult(decision, True, tuple(notes))
+    return notes.result(decision, True, memory)
+
+
+def observed_decision(observation: Any, dag: PipelineDAG) -> dict[str, ExpertDecision]:
+    """The configuration an observation shows, as knobs per expert: the Deployments' replicas
+    and the pods' resources, GPU share and concurrency (the reference before a first
+    decision)."""
+    index = {n: i for i, n in enumerate(observation.nodes)}
+    out = {}
+    for node in dag.experts:
+        i = index.get(node)
+        if i is None:
+            continue
+        out[node] = ExpertDecision(
+            replicas=int(round(float(observation.replicas_desired[i]))),
+            cpu=float(observation.cpu[i]), memory_mb=int(round(float(observation.memory_mb[i]))),
+            gpu_share=float(observation.gpu_share[i]),
+            concurrency=int(round(float(observation.concurrency[i]))))
+    return out
+
+
+def _pods(observation: Any, dag: PipelineDAG, base: Mapping[str, ExpertDecision]
+          ) -> dict[str, int]:
+    """Per expert, the pods a rollout would replace: its Deployment's replicas as observed
+    (what the planner counts), else the last decision's."""
+    if observation is None:
+        return {n: e.replicas for n, e in base.items()}
+    index = {n: i for i, n in enumerate(observation.nodes)}
+    return {n: int(round(float(observation.replicas_desired[index[n]]))) if n in index
+            else base[n].replicas for n in base}
 
 
 def _refusal(proposed: PipelineDecision, dag: PipelineDAG) -> str | None:
@@ -98,7 +212,7 @@ def _refusal(proposed: PipelineDecision, dag: PipelineDAG) -> str | None:
 
 
 def _clamp(node: str, e: ExpertDecision, dag: PipelineDAG, settings: Settings,
-           notes: list[str]) -> ExpertDecision:
+           notes: _Notes) -> ExpertDecision:
     spec = dag.spec(node)
     a = settings.actions
     ranges = {"replicas": (spec.replicas_min, spec.replicas_max),
@@ -112,40 +226,41 @@ def _clamp(node: str, e: ExpertDecision, dag: PipelineDAG, settings: Settings,
         bounded = min(max(value, lo), hi)
         if bounded != value:
             changed[knob] = type(value)(bounded)
-            notes.append(f"{node}: {knob} {value:g} outside [{lo:g}, {hi:g}] -> {bounded:g}")
+            notes.add("bounds", f"{node}: {knob} {value:g} outside [{lo:g}, {hi:g}] -> "
+                                f"{bounded:g}")
     return replace(e, **changed) if changed else e
 
 
-def _limit_steps(experts: dict[str, ExpertDecision], last: PipelineDecision,
-                 settings: Settings, notes: list[str]) -> dict[str, ExpertDecision]:
+def _limit_steps(experts: dict[str, ExpertDecision], base: Mapping[str, ExpertDecision],
+                 settings: Settings, notes: _Notes) -> dict[str, ExpertDecision]:
     up, down = settings.guards.max_step_up, settings.guards.max_step_down
     out = {}
     for node, e in experts.items():
-        before = last.experts.get(node)
+        before = base.get(node)
         if before is None:
             out[node] = e
             continue
         target = min(max(e.replicas, before.replicas - down), before.replicas + up)
         if target != e.replicas:
-            notes.append(f"{node}: replicas {before.replicas} -> {e.replicas} limited to "
-                         f"{target} (max step +{up}/-{down} per tick)")
+            notes.add("step", f"{node}: replicas {before.replicas} -> {e.replicas} limited to "
+                              f"{target} (max step +{up}/-{down} per tick)")
         out[node] = replace(e, replicas=target) if target != e.replicas else e
     return out
 
 
-def _hold_scale_down(experts: dict[str, ExpertDecision], last: PipelineDecision, p95_ms: float,
-                     notes: list[str]) -> dict[str, ExpertDecision]:
+def _hold_scale_down(experts: dict[str, ExpertDecision], base: Mapping[str, ExpertDecision],
+                     why: str, notes: _Notes) -> dict[str, ExpertDecision]:
     out = {}
     held = []
     for node, e in experts.items():
-        before = last.experts.get(node)
+        before = base.get(node)
         if before is not None and e.replicas < before.replicas:
             held.append(node)
             e = replace(e, replicas=before.replicas)
         out[node] = e
     if held:
-        notes.append(f"scale-down held for {len(held)} experts: P95 {p95_ms:.1f} ms shows SLO "
-                     "pressure")
+        notes.add("pressure", f"scale-down held for {len(held)} experts: {why} show SLO "
+                              "pressure")
     return out
 
 
@@ -159,17 +274,17 @@ def busy_experts(observation: Any, dag: PipelineDAG) -> frozenset[str]:
                      if t > 0 and n in experts)
 
 
-def _keep_busy(experts: dict[str, ExpertDecision], busy: Collection[str], notes: list[str]
+def _keep_busy(experts: dict[str, ExpertDecision], busy: Collection[str], notes: _Notes
                ) -> dict[str, ExpertDecision]:
     kept = [n for n, e in experts.items() if e.replicas < 1 and n in busy]
     if kept:
-        notes.append(f"kept one replica of {len(kept)} busy experts proposed at zero: "
+        notes.add("busy", f"kept one replica of {len(kept)} busy experts proposed at zero: "
                      + ", ".join(sorted(kept)[:5]) + (" ..." if len(kept) > 5 else ""))
     return {n: replace(e, replicas=1) if n in kept else e for n, e in experts.items()}
 
 
-def _fit_gpus(experts: dict[str, ExpertDecision], last: PipelineDecision | None, *,
-              dag: PipelineDAG, settings: Settings, notes: list[str]
+def _fit_gpus(experts: dict[str, ExpertDecision], base: Mapping[str, ExpertDecision], *,
+              dag: PipelineDAG, settings: Settings, notes: _Notes
               ) -> dict[str, ExpertDecision]:
     mode = settings.gpu_sharing.mode
     capacity = float(settings.cluster.gpus)
@@ -182,8 +297,7 @@ def _fit_gpus(experts: dict[str, ExpertDecision], last: PipelineDecision | None,
     demand = float(replicas @ per_pod)
     if demand <= capacity + 1e-9:
         return experts
-    before = np.array([last.experts[n].replicas if last and n in last.experts else 0
-                       for n in nodes], dtype=float)
+    before = np.array([base[n].replicas if n in base else 0 for n in nodes], dtype=float)
     floor = np.array([dag.spec(n).replicas_min for n in nodes], dtype=float)
     asked = demand
     taken = 0
@@ -193,13 +307,13 @@ def _fit_gpus(experts: dict[str, ExpertDecision], last: PipelineDecision | None,
         key[(replicas <= floor) | (per_pod <= 0)] = -np.inf
         i = int(np.argmax(key))
         if not np.isfinite(key[i]):
-            notes.append(f"GPU capacity {capacity:g}: the replica minimums alone need "
-                         f"{demand:.2f} GPUs")
+            notes.add("capacity", f"GPU capacity {capacity:g}: the replica minimums alone "
+                                  f"need {demand:.2f} GPUs")
             break
         replicas[i] -= 1
         demand -= per_pod[i]
         taken += 1
-    notes.append(f"GPU capacity {capacity:g}: asked {asked:.2f} GPUs, took back {taken} "
-                 f"replicas from the largest increases")
+    notes.add("capacity", f"GPU capacity {capacity:g}: asked {asked:.2f} GPUs, took back "
+                          f"{taken} replicas from the largest increases")
     return {n: replace(experts[n], replicas=int(replicas[i])) if replicas[i] !=
             experts[n].replicas else experts[n] for i, n in enumerate(nodes)}

@@ -12,13 +12,13 @@ from smoelib.control.controller import SMoEController
 from smoelib.control.report import layer_table
 from smoelib.harness.embedded import EmbeddedCluster, KedaPoller, SimClock
 from smoelib.pipeline.topology import PipelineDAG, build_dag
-from smoelib.policy.base import get_decider
+from smoelib.policy.base import default_guards, get_decider
 from smoelib.scaler.server import create_server
 from smoelib.scaler.store import DecisionStore
 from smoelib.settings import Settings, load_settings
 from smoelib.sim.env import SimEnv
 from smoelib.sim.summary import Summary, summarise
-from smoelib.vertical.loop import VerticalLoop
+from smoelib.vertical.factory import vertical_loop
 
 __all__ = ["DemoRun", "compare"]
 
@@ -36,6 +36,7 @@ class DemoRun:
     prometheus: str | None = None
     exporter_port: int = 0
     speed: float = 20.0
+    guards: str | None = None
     log: list[str] = field(default_factory=list)
 
     @classmethod
@@ -84,15 +85,16 @@ class DemoRun:
         cluster = EmbeddedCluster(env, poller, first, on_tick=on_tick)
         clock = SimClock(cluster, speed=self.speed if self.prometheus else None)
         clock_box.append(clock)
-        decider = get_decider(policy or self.policy, dag=self.dag, settings=self.settings)
+        name = policy or self.policy
+        decider = get_decider(name, dag=self.dag, settings=self.settings)
         decider.reset(self.seed)
-        vertical = VerticalLoop.from_settings(self.dag, self.settings, sim_target=cluster,
-                                              kind="simulated")
+        vertical = vertical_loop(self.dag, self.settings, sim_target=cluster, kind="simulated")
         controller = SMoEController(
             self.dag, self.settings, prometheus_url=self.prometheus, dry_run=False,
             log_interval=math.inf, warmup_seconds=0, clock=clock,
             source=None if self.prometheus else cluster, decider=decider, store=store,
-            vertical=vertical)
+            vertical=vertical, guards=self.guards or default_guards(name))
+        self.profile = controller.profile.name
         steps = int(round(self.duration_s / env.dt))
         try:
             reports = controller.run(interval=env.dt, max_steps=steps, verbose=False)
@@ -111,8 +113,9 @@ class DemoRun:
         return collector
 
     def baseline(self, name: str) -> Summary:
-        """``name`` on the same trace and seed, through the same controller, guards, scaler
-        and vertical path (only the decider differs)."""
+        """``name`` on the same trace and seed, through the same controller, scaler and
+        vertical path (only the decider differs, and the guard profile it runs under unless
+        the demo was given one)."""
         return self.run(table_every_s=math.inf, out=None, policy=name)
 
 

@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
 
 import grpc
 
-from smoelib.core.decisions import ExpertDecision, PipelineDecision
 from smoelib.core.keda import fallback_replicas
 from smoelib.core.observation import Observation
 from smoelib.keda_proto import externalscaler_pb2 as pb
 from smoelib.keda_proto import externalscaler_pb2_grpc as pb_grpc
 from smoelib.pipeline.topology import PipelineDAG
 from smoelib.settings import Settings
+from smoelib.sim.actuator import SimulatedFunctions
 from smoelib.sim.env import SimEnv, StepResult
 
 __all__ = ["EmbeddedCluster", "KedaPoller", "SimClock"]
@@ -102,10 +101,7 @@ class EmbeddedCluster:
         self.poller = poller
         self.observation = first
         self.on_tick = on_tick
-        self.by_function = {env.dag.function_name(n): n for n in env.dag.experts}
-        self.knobs = {n: {"cpu": s.cpu, "memory_mb": s.memory_mb, "gpu_share": s.gpu_share,
-                          "concurrency": s.concurrency}
-                      for n in env.dag.experts if (s := env.dag.spec(n))}
+        self.functions = SimulatedFunctions(env)
         self.replicas = {n: max(1, env.dag.spec(n).replicas_min) for n in env.dag.experts}
         self.done = False
 
@@ -114,6 +110,11 @@ class EmbeddedCluster:
         """Simulated seconds since the episode started."""
         return self.env.tick * self.env.dt
 
+    @property
+    def knobs(self) -> Mapping[str, Mapping[str, float]]:
+        """The functions' pod templates, by node id, as the vertical backend set them."""
+        return self.functions.knobs
+
     # ---- the metric source -------------------------------------------------------------------
     def fetch(self, now: float) -> Observation:
         """The latest observation, as a metric source (``now`` is not used: it is the tick's)."""
@@ -121,17 +122,11 @@ class EmbeddedCluster:
 
     # ---- the functions (the simulated vertical backend's port) ------------------------------
     def vertical_state(self, function: str) -> dict[str, float] | None:
-        node = self.by_function.get(function)
-        if node is None:
-            return None
-        i = self.env.dag.nodes.index(node)
-        return {**self.knobs[node], "replicas": int(self.env.spec_replicas[i]),
-                "ready_replicas": int(self.observation.replicas_ready[i])}
+        return self.functions.vertical_state(function)
 
     def apply_vertical(self, function: str, changes: Mapping[str, float], *,
                        in_place: bool) -> None:
-        node = self.by_function[function]
-        self.knobs[node] = {**self.knobs[node], **changes}
+        self.functions.apply_vertical(function, changes, in_place=in_place)
 
     # ---- time -------------------------------------------------------------------------------
     def advance(self, seconds: float) -> None:
@@ -139,16 +134,10 @@ class EmbeddedCluster:
         for _ in range(max(1, round(seconds / self.env.dt))):
             if self.done:
                 return
-            current = {n: int(self.env.spec_replicas[self.env.dag.nodes.index(n)])
+            current = {n: int(self.env.spec_replicas[self.functions.index[n]])
                        for n in self.env.dag.experts}
             self.replicas = self.poller.poll(current)
-            experts = {n: ExpertDecision(replicas=self.replicas[n], cpu=float(k["cpu"]),
-                                         memory_mb=int(k["memory_mb"]),
-                                         gpu_share=float(k["gpu_share"]),
-                                         concurrency=int(k["concurrency"]))
-                       for n, k in self.knobs.items()}
-            result = self.env.step(PipelineDecision(self.dag.name, self.time_s,
-                                                    MappingProxyType(experts)))
+            result = self.env.step(self.functions.decision(self.replicas))
             self.observation = result.observation
             self.done = result.done
             if self.on_tick is not None:

@@ -2,9 +2,12 @@
 
 Common random numbers: a run's arrivals and routing depend only on its trace and seed (the
 simulator's streams, docs/simulator.md), so every policy of a scenario sees the same requests.
-Every decision passes the same physical guards (:func:`smoelib.core.guards.guard` without a last
-decision or an observed P95: bounds and GPU capacity, never the sMoE-only step limits or
-scale-down hold), so no policy gets capacity another does not. Hooks a decider may have
+Every run drives the one tick (:mod:`smoelib.core.tick`) and the simulated actuator (the vertical
+planner over the simulator, :mod:`smoelib.sim.actuator`), as the controller would: sMoE's own
+policies, ``queueing`` and ``oracle`` under the ``production`` guard profile (step limits,
+scale-down hold under SLO pressure, the busy-expert floor, slow-knob hysteresis and the rollout
+budget), the external systems under ``physical`` (bounds and GPU capacity: what any cluster
+imposes), unless the run names a profile; each row records the profile. Hooks a decider may have
 (docs/baselines.md): ``simulator_overrides`` (settings its model needs), ``see_future`` (the
 true offered load, for ``oracle``, ``static-peak`` and ``floor``), ``episode_cost`` (``floor``).
 Results: ``results.json`` (DESIGN.md "Results of smoe evaluate") and the markdown table with
@@ -16,26 +19,26 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from smoelib.core.guards import guard
 from smoelib.pipeline.topology import build_dag
-from smoelib.policy.base import get_decider
+from smoelib.policy.base import default_guards, get_decider
 from smoelib.policy.baselines.common import Experts, Hindsight, with_overrides
 from smoelib.settings import load_settings
 from smoelib.sim.env import SimEnv
+from smoelib.sim.loop import LoopStep, SimLoop
 from smoelib.sim.summary import summarise, window_series
 
 __all__ = ["RunSpec", "run_one", "run_all", "hindsight", "segment_cost", "RUN_KEYS",
            "write_json", "table_markdown", "checks"]
 
-RUN_KEYS = ("pipeline", "trace", "policy", "seed", "duration_s", "requests", "dropped", "cost",
-            "p95_ms", "p99_ms", "slo_ms", "window_violation_rate", "decide_ms_p50")
+RUN_KEYS = ("pipeline", "trace", "policy", "guards", "seed", "duration_s", "requests", "dropped",
+            "cost", "p95_ms", "p99_ms", "slo_ms", "window_violation_rate", "decide_ms_p50",
+            "rollouts", "pods_replaced", "cold_starts")
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,8 @@ class RunSpec:
     """One run: ``pipeline`` (a pipeline.yml path), ``trace`` (built-in name or CSV path),
     ``policy`` (registry name), ``seed``, ``duration_s`` (simulated seconds), ``config``
     (config.yaml path or None for the packaged defaults), ``overrides`` (dotted settings paths
-    and values applied over it, as ``smoe tune`` tries them)."""
+    and values applied over it, as ``smoe tune`` tries them), ``guards`` (the guard profile;
+    None: the one the policy runs under by default)."""
 
     pipeline: str
     trace: str
@@ -52,6 +56,7 @@ class RunSpec:
     duration_s: float
     config: str | None = None
     overrides: tuple[tuple[str, Any], ...] = ()
+    guards: str | None = None
 
 
 def hindsight(env: SimEnv, ex: Experts) -> Hindsight:
@@ -82,18 +87,32 @@ def segment_cost(env: SimEnv) -> float:
     return float((overlap * env.cluster.price_per_s())[seg].sum())
 
 
-def run_one(spec: RunSpec, *, thread_cap: int | None = None) -> dict[str, Any]:
-    """Run one combination; returns ``{"run": row, "series": per-window plot data}``.
-    ``thread_cap``: at most this many policy inference threads (a worker's share of the cores
-    in a parallel run: more make OpenMP spin against the other workers)."""
+@dataclass
+class Episode:
+    """One run's episode, finished: the loop (its env, its applied decisions), the decider,
+    the guard profile it ran under, the decider's times and the hottest expert's replicas."""
+
+    loop: SimLoop
+    decider: Any
+    profile: str
+    decide_ms: list[float]
+    hot: str
+    hot_replicas: list[float]
+
+
+def run_episode(spec: RunSpec, *, thread_cap: int | None = None) -> Episode:
+    """Run one combination's episode through the one tick (:class:`~smoelib.sim.loop.SimLoop`)
+    under the spec's guard profile (default: the decider's own)."""
     dag = build_dag(spec.pipeline)
     settings = with_overrides(load_settings(spec.config), dict(spec.overrides))
     if thread_cap is not None and settings.policy.torch_threads > thread_cap:
         settings = with_overrides(settings, {"policy.torch_threads": thread_cap})
     decider = get_decider(spec.policy, dag=dag, settings=settings)
+    profile = spec.guards or default_guards(spec.policy)
     sim_settings = with_overrides(settings, getattr(decider, "simulator_overrides", {}))
     env = SimEnv(dag, sim_settings, trace=spec.trace, duration_s=spec.duration_s)
-    obs = env.reset(seed=spec.seed)
+    loop = SimLoop(env, settings=settings, profile=profile)
+    loop.reset(spec.seed)
     decider.reset(spec.seed)
     ex = Experts(dag)
     future = hindsight(env, ex)
@@ -102,15 +121,21 @@ def run_one(spec: RunSpec, *, thread_cap: int | None = None) -> dict[str, Any]:
     hot = int(np.argmax(future.calls.sum(axis=0) + 1e-9 * future.tokens.sum(axis=0)))
     decide_ms: list[float] = []
     hot_replicas: list[float] = []
-    done = False
-    while not done:
-        started = time.perf_counter()
-        proposal = decider.decide(obs)
-        decide_ms.append((time.perf_counter() - started) * 1000.0)
-        applied = guard(proposal, dag=dag, settings=settings).decision
-        result = env.step(applied)
-        obs, done = result.observation, result.done
-        hot_replicas.append(float(obs.replicas_ready[ex.index[hot]]))
+
+    def record(s: LoopStep) -> None:
+        decide_ms.append(s.tick.decide_ms)
+        hot_replicas.append(float(s.step.observation.replicas_ready[ex.index[hot]]))
+
+    loop.run(decider, on_step=record)
+    return Episode(loop, decider, loop.profile.name, decide_ms, ex.nodes[hot], hot_replicas)
+
+
+def run_one(spec: RunSpec, *, thread_cap: int | None = None) -> dict[str, Any]:
+    """Run one combination; returns ``{"run": row, "series": per-window plot data}``.
+    ``thread_cap``: at most this many policy inference threads (a worker's share of the cores
+    in a parallel run: more make OpenMP spin against the other workers)."""
+    ep = run_episode(spec, thread_cap=thread_cap)
+    env, decider, dag, decide_ms = ep.loop.env, ep.decider, ep.loop.env.dag, ep.decide_ms
     s = summarise(env)
     cost = s.cost
     if hasattr(decider, "episode_cost"):
@@ -119,12 +144,15 @@ def run_one(spec: RunSpec, *, thread_cap: int | None = None) -> dict[str, Any]:
            "duration_s": spec.duration_s, "requests": s.requests, "dropped": s.dropped,
            "cost": cost, "p95_ms": s.p95_ms, "p99_ms": s.p99_ms, "slo_ms": s.slo_ms,
            "window_violation_rate": s.window_violation_rate,
-           "decide_ms_p50": float(np.median(decide_ms)) if decide_ms else 0.0}
+           "decide_ms_p50": float(np.median(decide_ms)) if decide_ms else 0.0,
+           "guards": ep.profile, "rollouts": s.rollouts, "pods_replaced": s.pods_replaced,
+           "cold_starts": s.cold_starts}
+    row = {k: row[k] for k in RUN_KEYS}
     win = window_series(env)
     series = {"t_s": win["t_s"].tolist(), "p95_ms": win["p95_ms"].tolist(),
-              "hot_expert": ex.nodes[hot], "hot_t_s": (np.arange(len(hot_replicas))
-                                                        * env.dt).tolist(),
-              "hot_replicas": hot_replicas}
+              "hot_expert": ep.hot, "hot_t_s": (np.arange(len(ep.hot_replicas))
+                                                 * env.dt).tolist(),
+              "hot_replicas": ep.hot_replicas}
     return {"run": row, "series": series, "spec": asdict(spec)}
 
 
@@ -193,20 +221,22 @@ def table_markdown(results: list[dict[str, Any]], *, reference: str = "hpa") -> 
     for (pipe, trace), rs in _scenarios(rows).items():
         ref = _by(rs, reference)
         lines += [f"### {pipe} / {trace}", "",
-                  f"| policy | cost / {reference} | cost | P95 / SLO | P99 / SLO | window "
-                  "violations | dropped | decide ms (p50) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  f"| policy | guards | cost / {reference} | cost | P95 / SLO | P99 / SLO | "
+                  "window violations | dropped | pods replaced | decide ms (p50) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for policy in dict.fromkeys(r["policy"] for r in rs):
             mine = _by(rs, policy)
             rel = [mine[s]["cost"] / ref[s]["cost"] for s in mine if s in ref]
             def col(k: str, d: float | None = 1.0, mine=mine) -> list[float]:
                 return [m[k] / (m["slo_ms"] if d is None else d) for m in mine.values()]
+            guards = "/".join(dict.fromkeys(m["guards"] for m in mine.values()))
             lines.append(
-                f"| {policy} | {_stat(rel, '.3f') if rel else 'n/a'} | "
+                f"| {policy} | {guards} | {_stat(rel, '.3f') if rel else 'n/a'} | "
                 f"{_stat(col('cost'), '.3f')} | {_stat(col('p95_ms', None), '.3f')} | "
                 f"{_stat(col('p99_ms', None), '.3f')} | "
                 f"{_stat(col('window_violation_rate'), '.3f')} | "
-                f"{_stat(col('dropped'), '.1f')} | {_stat(col('decide_ms_p50'), '.2f')} |")
+                f"{_stat(col('dropped'), '.1f')} | {_stat(col('pods_replaced'), '.1f')} | "
+                f"{_stat(col('decide_ms_p50'), '.2f')} |")
         lines.append("")
     lines += ["### Acceptance checks", ""] + [f"- {c}" for c in checks(results)] + [""]
     return "\n".join(lines)

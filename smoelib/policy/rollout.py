@@ -4,7 +4,9 @@ Every environment of a rollout is reset with the same seed, so all ``K`` see the
 arrivals and routing (common random numbers, Decima): their returns differ only by the
 policy's own choices, which is what the per-tick baseline across them removes
 (:func:`smoelib.policy.train.crn_advantages`). The agent decides for all ``K`` in one batched
-forward pass. Every decision passes the same physical guards as in ``smoe evaluate``.
+forward pass; each row's decision then goes through the one tick (:mod:`smoelib.core.tick`,
+under the run's guard profile, ``production`` by default) and the simulated actuator, as in
+``smoe evaluate`` and in the controller (:class:`~smoelib.sim.loop.SimLoop`).
 
 Who acts: ``"sample"`` (the agent, sampling with the given generator: PPO), ``"greedy"`` (the
 agent's greedy actions: DAgger and validation) or ``"teacher"`` (a registered decider: the first
@@ -14,7 +16,7 @@ and its decision is stored as :class:`Actions` labels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -22,12 +24,14 @@ import torch
 from torch import Tensor
 
 from smoelib.core.guards import guard
+from smoelib.core.tick import Proposed
 from smoelib.policy.agent import SMoEAgent, actions_to_decision
 from smoelib.policy.base import get_decider
 from smoelib.policy.features import PolicyInput, TrendState, build_features, collate
 from smoelib.policy.imitation import teacher_actions
 from smoelib.policy.pointer import Actions
 from smoelib.sim.env import RewardParts, SimEnv
+from smoelib.sim.loop import SimLoop
 from smoelib.sim.summary import summarise, window_series
 
 __all__ = ["Rollout", "EpisodeStats", "collect", "overrun", "cat_actions"]
@@ -67,6 +71,8 @@ class Rollout:
     dones: Tensor
     labels: Actions | None
     episodes: list[EpisodeStats]
+    applied: list[list[Any]] = field(default_factory=list)
+    """per environment, the decision the tick applied at every tick"""
 
     @property
     def steps(self) -> int:
@@ -101,7 +107,8 @@ def _episode(env: SimEnv) -> EpisodeStats:
 
 def collect(agent: SMoEAgent, *, dag: Any, settings: Any, trace: str, seed: int,
             duration_s: float, envs: int, mode: Mode, generator: torch.Generator | None = None,
-            teacher: str | None = None, label: bool = False) -> Rollout:
+            teacher: str | None = None, label: bool = False,
+            guards: str = "production") -> Rollout:
     """Run ``envs`` environments of one scenario to the end of the episode.
 
     Args:
@@ -112,10 +119,12 @@ def collect(agent: SMoEAgent, *, dag: Any, settings: Any, trace: str, seed: int,
         generator: the sampling generator (``mode="sample"``).
         teacher: registry name of the teacher (``mode="teacher"`` or ``label=True``).
         label: record the teacher's decisions as labels.
+        guards: the guard profile every tick runs under.
     """
     cfg = agent.config
-    sims = [SimEnv(dag, settings, trace=trace, duration_s=duration_s) for _ in range(envs)]
-    obs = [e.reset(seed) for e in sims]
+    loops = [SimLoop(SimEnv(dag, settings, trace=trace, duration_s=duration_s),
+                     settings=settings, profile=guards) for _ in range(envs)]
+    obs = [loop.reset(seed) for loop in loops]
     teachers = []
     if mode == "teacher" or label:
         teachers = [get_decider(teacher, dag=dag, settings=settings) for _ in range(envs)]
@@ -136,18 +145,20 @@ def collect(agent: SMoEAgent, *, dag: Any, settings: Any, trace: str, seed: int,
         with torch.no_grad():
             out = agent(batch, generator=generator if mode == "sample" else None)
         parts = []
-        for k, env in enumerate(sims):
-            taught = teachers[k].decide(obs[k]) if teachers else None
-            if taught is not None:
-                taught = guard(taught, dag=dag, settings=settings).decision
-                if label:
-                    labels.append(teacher_actions(taught, rows[k], dag, config=cfg))
-            proposal = taught if mode == "teacher" else actions_to_decision(
-                out.actions, batch, dag, config=cfg, updated_at=float(obs[k].time_s), row=k)
-            applied = guard(proposal, dag=dag, settings=settings).decision
-            result = env.step(applied)
-            obs[k], done = result.observation, result.done
-            parts.append(result.reward)
+        for k, loop in enumerate(loops):
+            if mode == "teacher":
+                step = loop.step(teachers[k])
+                taught = step.tick.proposal
+            else:
+                taught = teachers[k].decide(obs[k]) if teachers else None
+                proposal = actions_to_decision(out.actions, batch, dag, config=cfg,
+                                               updated_at=float(obs[k].time_s), row=k)
+                step = loop.step(Proposed(proposal))
+            if label and taught is not None:
+                bounded = guard(taught, dag=dag, settings=settings, profile="physical").decision
+                labels.append(teacher_actions(bounded, rows[k], dag, config=cfg))
+            obs[k], done = step.step.observation, step.step.done
+            parts.append(step.step.reward)
         steps.append((batch, out.actions, out.log_prob, out.value, parts))
     slo = float(dag.slo_ms)
     n = len(steps)
@@ -160,4 +171,5 @@ def collect(agent: SMoEAgent, *, dag: Any, settings: Any, trace: str, seed: int,
         overrun=torch.tensor([[overrun(p, slo) for p in s[4]] for s in steps],
                              dtype=torch.float32),
         dones=dones, labels=cat_actions(labels) if labels else None,
-        episodes=[_episode(e) for e in sims])
+        episodes=[_episode(loop.env) for loop in loops],
+        applied=[loop.decisions for loop in loops])

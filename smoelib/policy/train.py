@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from smoelib.core.guards import PROFILES
 from smoelib.errors import ConfigError, Problem
 from smoelib.policy import ppo
 from smoelib.policy.agent import SMoEAgent
@@ -86,6 +87,9 @@ class TrainConfig:
     """seed of the parameters, the scenarios and the sampling"""
     teacher: str = "queueing"
     """registered decider cloned in the warm start"""
+    guards: str = "production"
+    """the guard profile every training and validation tick runs under (what the controller
+    runs: the policy learns in the loop it is deployed in)"""
     bc_rounds: int = 4
     """behaviour-cloning (DAgger) rounds (updates)"""
     bc_episodes: int = 6
@@ -146,6 +150,9 @@ class TrainConfig:
         if not 0 <= self.validation_seed < 1000:
             p.append(Problem("validation_seed", "must be below 1000 (training split)"))
         p += choice_problems(architecture=self.architecture, capacity=self.capacity)
+        if self.guards not in PROFILES:
+            p.append(Problem("guards", f"unknown guard profile {self.guards!r}; known: "
+                                       f"{', '.join(PROFILES)}"))
         if not self.pipelines:
             p.append(Problem("pipelines", "needs at least one pipeline"))
         for name in ("hidden", "bc_episodes", "bc_epochs", "bc_batch", "envs", "update_epochs",
@@ -288,7 +295,7 @@ def _bc_round(agent, opt, cfg: TrainConfig, *, update: int, dags, settings, refs
         agent.eval()
         ro = collect(agent, dag=dags[pipe], settings=settings, trace=trace, seed=seed,
                      duration_s=cfg.episode_s, envs=1, mode=mode, teacher=cfg.teacher,
-                     label=True)
+                     label=True, guards=cfg.guards)
         r = cfg.reward_scale * ppo.reward(ro.cost / refs[pipe], ro.overrun, lagrange)
         _, returns = ppo.gae(r, torch.zeros_like(r), ro.dones, torch.zeros(1),
                              gamma=pcfg.gamma, lam=1.0)  # Monte-Carlo returns
@@ -351,7 +358,7 @@ def _ppo_update(agent, opt, cfg: TrainConfig, *, update: int, dags, sizes, setti
     agent.eval()
     ro = collect(agent, dag=dags[sc.pipeline], settings=settings, trace=sc.trace,
                  seed=sc.seed, duration_s=sc.duration_s, envs=cfg.envs, mode="sample",
-                 generator=gen)
+                 generator=gen, guards=cfg.guards)
     rewards = cfg.reward_scale * ppo.reward(ro.cost / refs[sc.pipeline], ro.overrun, lagrange)
     adv, returns = ppo.gae(rewards, ro.value, ro.dones, torch.zeros(cfg.envs),
                            gamma=pcfg.gamma, lam=pcfg.gae_lambda)
@@ -407,7 +414,7 @@ def _validate(agent, cfg: TrainConfig, *, dags, settings, mode: str) -> list[Epi
                                    duration_s=cfg.validation_s):
         out += collect(agent, dag=dags[sc.pipeline], settings=settings, trace=sc.trace,
                        seed=sc.seed, duration_s=sc.duration_s, envs=1, mode=mode,
-                       teacher=cfg.teacher).episodes
+                       teacher=cfg.teacher, guards=cfg.guards).episodes
     return out
 
 

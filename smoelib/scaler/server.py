@@ -4,9 +4,11 @@ grpc.aio serves on its own event-loop thread, so one process holds thousands of 
 StreamIsActive streams (one per external-push ScaledObject) without a thread each, while the
 rest of the process (the controller, the CLI) stays synchronous.
 
-Health (``grpc.health.v1``): ``""`` and ``"liveness"`` say the process serves; ``"readiness"``
-and ``"externalscaler.ExternalScaler"`` say a pipeline is loaded, so the scaler can answer every
-GetMetricSpec. Missing decisions are reported per RPC (UNAVAILABLE), never by readiness.
+Health (``grpc.health.v1``): ``""`` and ``"liveness"`` say the process serves (and, inside
+``smoe serve``, that its controllers still tick: :meth:`ScalerServer.set_liveness`);
+``"readiness"`` and ``"externalscaler.ExternalScaler"`` say a pipeline is loaded, so the scaler
+can answer every GetMetricSpec. Missing decisions are reported per RPC (UNAVAILABLE), never by
+readiness, and a failing dependency (a down Prometheus) changes neither.
 """
 
 from __future__ import annotations
@@ -108,6 +110,17 @@ class ScalerServer:
             self._thread.join()
             self._loop.close()
             self._stopped.set()
+
+    def set_liveness(self, serving: bool) -> None:
+        """Report the process live (SERVING) or dead or wedged (NOT_SERVING) on the liveness
+        services; thread-safe."""
+        status = _SERVING if serving else _NOT_SERVING
+
+        async def _set() -> None:
+            for service in LIVENESS:
+                await self._health.set(service, status)
+        if self._health is not None and self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(_set(), self._loop).result(timeout=_START_TIMEOUT_S)
 
     def wait_for_termination(self, timeout_s: float | None = None) -> bool:
         """Block until :meth:`stop` has finished (or ``timeout_s`` seconds); True if stopped."""

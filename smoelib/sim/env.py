@@ -150,7 +150,8 @@ class SimEnv:
         self.cost = 0.0
         self.rollouts = 0
         self.series: list[dict[str, float]] = []
-        return self._observe(0.0)
+        self.observation = self._observe(0.0)
+        return self.observation
 
     def _tpl(self, node: int) -> dict[str, Any]:
         cpu, mem, share, conc = self.template[node]
@@ -184,7 +185,7 @@ class SimEnv:
             self._drain(t1)
         self.tel.close(self.tick)
         self.tick += 1
-        obs = self._observe(t1)
+        obs = self.observation = self._observe(t1)
         reward = self._reward(t0, t1, cost)
         ready = obs.replicas_ready
         self.series.append({"t_s": t0, "cost": cost, "expert_replicas": float(
@@ -278,7 +279,14 @@ class SimEnv:
             replicas_pending=counts["pending"].astype(float), cpu=self.size[:, 0].copy(),
             memory_mb=self.size[:, 1].copy(), gpu_share=cfg[:, 2].copy(),
             concurrency=cfg[:, 3].copy(), request_rate=float(w["requests"][0] / span),
-            p95_ms=float(q(0.95, w["e2e_hist"])), p99_ms=float(q(0.99, w["e2e_hist"])))
+            p95_ms=float(q(0.95, w["e2e_hist"])), p99_ms=float(q(0.99, w["e2e_hist"])),
+            dropped_per_s=self._dropped(t - span, t) / span)
+
+    def _dropped(self, t0: float, t1: float) -> int:
+        """Requests that arrived in ``[t0, t1)`` and are dropped by now."""
+        times = self.trace.times_s
+        lo, hi = np.searchsorted(times, [t0, t1], side="left")
+        return int(self.server.dropped[lo:hi].sum())
 
 
 def _grid(t0: float, t1: float, period: float) -> list[float]:

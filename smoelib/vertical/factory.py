@@ -13,7 +13,7 @@ from smoelib.settings import Settings
 from smoelib.vertical.backends.base import Backend
 from smoelib.vertical.planner import PlanRules
 
-__all__ = ["make_backend"]
+__all__ = ["make_backend", "vertical_loop"]
 
 
 def make_backend(settings: Settings, *, functions: Sequence[str], namespace: str,
@@ -58,6 +58,17 @@ def make_backend(settings: Settings, *, functions: Sequence[str], namespace: str
     from smoelib.vertical.backends.simulated import SimulatedBackend
 
     return SimulatedBackend(sim_target)
+
+
+def vertical_loop(dag: Any, settings: Settings, *, kind: str | None = None,
+                  sim_target: Any = None) -> Any:
+    """The vertical loop over the configured backend (or ``kind``; ``sim_target`` for
+    simulated) for the pipeline's expert functions."""
+    from smoelib.vertical.loop import VerticalLoop
+
+    backend = make_backend(settings, functions=sorted(dag.function_name(n) for n in dag.experts),
+                           namespace=dag.namespace, kind=kind, sim_target=sim_target)
+    return VerticalLoop(dag, backend, settings)
 
 
 def api_client(kubeconfig: str | None) -> object:

@@ -206,3 +206,60 @@ def test_the_scaledobject_is_paused_during_a_rollout(k8s):
     assert report.failed == ()
     annotations = k8s.get(SCALEDOBJECTS, NS, "bert-moe-moe1-e0")["metadata"]["annotations"]
     assert annotations["autoscaling.keda.sh/paused"] == "true"
+
+
+def test_a_conflict_retry_goes_through_the_same_slow_knob_rules_as_the_first_attempt(k8s):
+    """The controller proposes a new CPU (in place) and a new GPU share (a slow knob, held by
+    hysteresis at its first tick). The API server answers the pod resize with 409; the retry
+    re-plans the guarded decision, so it resizes again and never rolls the Deployment to the
+    held share (the old retry re-planned the raw decision and did)."""
+    from types import MappingProxyType
+
+    from smoelib.control.controller import SMoEController
+    from smoelib.core.decisions import ExpertDecision, PipelineDecision
+    from smoelib.settings import Settings
+    from smoelib.sim.env import SimEnv
+    from smoelib.vertical.loop import VerticalLoop
+
+    seed_pipeline(k8s, DAG)
+    name, pod = "bert-moe-moe1-e0", "bert-moe-moe1-e0-7d9f-0"
+    before = k8s.get(DEPLOYMENTS, NS, name)
+
+    def conflict(request):  # a real server stores nothing on a 409: undo the emulator's write
+        obj = k8s.handler.objects[PODS, NS, pod]
+        obj.patch(obj.history[-2].raw)
+        raise kmock.KubernetesError(status=409, reason="Conflict", message="the object has "
+                                    "been modified")
+
+    k8s.react("patch", PODS, pod, subresource="resize", call=conflict)
+    settings = Settings()
+    seen = SimEnv(DAG, settings, trace="poisson", duration_s=60).reset(1)  # spec knobs, 1 pod
+
+    class Propose:
+        def reset(self, seed):
+            pass
+
+        def decide(self, observation):
+            experts = {n: ExpertDecision(1, s.cpu, s.memory_mb, s.gpu_share, s.concurrency)
+                       for n in DAG.experts if (s := DAG.spec(n))}
+            experts["moe1/e0"] = ExpertDecision(1, 2.0, 2048, 0.5, 4)
+            return PipelineDecision(DAG.name, 0.0, MappingProxyType(experts))
+
+    class Source:
+        def fetch(self, now):
+            return seen
+
+    t = FakeTime()
+    backend = KubernetesBackend(k8s.api_client, rules=PlanRules(), timeout_s=5, sleep=t.sleep,
+                                clock=t.clock)
+    controller = SMoEController(DAG, settings, warmup_seconds=0, source=Source(),
+                                decider=Propose(), vertical=VerticalLoop(DAG, backend, settings))
+    report = controller.step()
+    assert report.status == "ok", report.error
+    assert "moe1/e0: gpu_share 0.25 -> 0.5 seen 1/3 ticks; held" in report.notes
+    writes = [(r.name, r.subresource) for r in k8s.k8s_requests()
+              if r.method == "PATCH" and r.name in (name, pod)]
+    assert writes == [(pod, "resize")] * 2  # the 409, then the re-planned resize
+    after = k8s.get(DEPLOYMENTS, NS, name)
+    assert after["spec"]["template"] == before["spec"]["template"]  # no rollout to share 0.5
+    assert k8s.get(PODS, NS, pod)["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "2"

@@ -25,3 +25,25 @@ def test_simulate_bad_trace_exits_2(tmp_path, capsys):
                  str(bad), "--duration", "10", "--no-progress"])
     assert code == 2
     assert "row 1" in capsys.readouterr().err
+
+
+def test_the_bundled_policy_replaces_no_more_pods_than_the_rollout_budget(capsys):
+    """smoe under its production profile on a bursty trace: the slow-knob rollouts it may start
+    are rationed to guards.rollout_budget_per_min pods per minute (4 x 10 min here); under the
+    physical profile the same policy rolls every expert it reconfigures at once."""
+    import re
+
+    def pods(*extra):
+        code = main(["simulate", "--pipeline", "examples/pipelines/bert-moe.yml", "--trace",
+                     "bursty", "--policy", "smoe", "--duration", "600", "--seed", "3",
+                     "--no-progress", *extra])
+        out = capsys.readouterr().out
+        assert code == 0
+        return out, int(re.search(r"pods replaced (\d+)", out).group(1))
+
+    out, replaced = pods()
+    assert "(guards production)" in out
+    assert "the rollout budget allows 4 x 10 min = 40" in out
+    assert replaced <= 40
+    out, unbudgeted = pods("--guards", "physical")
+    assert "(guards physical)" in out and unbudgeted > replaced

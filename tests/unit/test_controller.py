@@ -70,12 +70,12 @@ def rig():
     box.append(clock)
     source = FlakySource(cluster)
     decider = Proposals()
-    from smoelib.vertical.loop import VerticalLoop
+    from smoelib.vertical.factory import vertical_loop
 
     controller = SMoEController(DAG, SETTINGS, dry_run=False, warmup_seconds=0, clock=clock,
                                 source=source, decider=decider, store=store,
-                                vertical=VerticalLoop.from_settings(
-                                    DAG, SETTINGS, kind="simulated", sim_target=cluster))
+                                vertical=vertical_loop(DAG, SETTINGS, kind="simulated",
+                                                       sim_target=cluster))
     yield controller, cluster, store, source, decider, poller
     poller.close()
     server.stop(grace_s=0)

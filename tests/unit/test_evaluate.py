@@ -64,14 +64,15 @@ def test_table_and_checks_say_pass_or_fail():
     def run(policy, cost, viol=0.0):
         return {"run": {"pipeline": "p", "trace": "t", "policy": policy, "seed": 1, "cost": cost,
                         "p95_ms": 10.0, "p99_ms": 12.0, "slo_ms": 20.0, "dropped": 0,
-                        "window_violation_rate": viol, "decide_ms_p50": 0.1}}
+                        "window_violation_rate": viol, "decide_ms_p50": 0.1,
+                        "guards": "physical", "pods_replaced": 0}}
     results = [run("hpa", 2.0), run("queueing", 1.5), run("oracle", 1.6), run("floor", 0.5)]
     lines = checks(results)
     assert lines[0].startswith("PASS") and "floor" in lines[0]
     assert lines[1].startswith("FAIL") and "oracle" in lines[1]
     assert lines[2].startswith("PASS") and "queueing" in lines[2]
     text = table_markdown(results)
-    assert "| queueing | 0.750 |" in text and "Acceptance checks" in text
+    assert "| queueing | physical | 0.750 |" in text and "Acceptance checks" in text
     # the learned policy against both: cheaper than hpa, but a tie with queueing is no win
     lines = checks(results + [run("smoe", 1.5)])
     assert [x[:4] for x in lines[3:]] == ["FAIL", "PASS"]

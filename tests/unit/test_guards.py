@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 from types import MappingProxyType
 
+import numpy as np
 import pytest
 
 from smoelib.core.accounting import gpu_demand
 from smoelib.core.decisions import ExpertDecision, PipelineDecision
 from smoelib.core.guards import guard
+from smoelib.core.observation import NODE_FIELDS, Observation
+from smoelib.errors import ConfigError
 from smoelib.settings import load_settings
 from smoelib.topology import build_dag
 
@@ -66,14 +69,36 @@ def test_max_step_up_and_down_are_separate():
     assert "m/e0: replicas 1 -> 9 limited to 4 (max step +3/-2 per tick)" in result.notes
 
 
+def observation(p95_ms=10.0, *, dropped_per_s=math.nan, busy=(), desired=None, share=0.25):
+    """An observation of DAG: every expert idle unless ``busy``, at ``desired`` replicas."""
+    n = len(DAG.nodes)
+    arrays = {f: np.zeros(n) for f in NODE_FIELDS}
+    at = {v: i for i, v in enumerate(DAG.nodes)}
+    for node in busy:
+        arrays["calls_per_s"][at[node]] = 1.0
+    for i, r in enumerate(desired or ()):
+        arrays["replicas_desired"][at[f"m/e{i}"]] = r
+    for node in DAG.experts:
+        arrays["cpu"][at[node]], arrays["memory_mb"][at[node]] = 1.0, 2048
+        arrays["gpu_share"][at[node]], arrays["concurrency"][at[node]] = share, 4
+    return Observation(time_s=0.0, nodes=DAG.nodes, request_rate=1.0, p95_ms=p95_ms,
+                       p99_ms=p95_ms, dropped_per_s=dropped_per_s, **arrays)
+
+
 def test_scale_down_held_under_slo_pressure_only():
     last = decision(5, 5, 5)
-    calm = guard(decision(4, 5, 6), dag=DAG, settings=SETTINGS, last=last, p95_ms=80.0)
+    calm = guard(decision(4, 5, 6), dag=DAG, settings=SETTINGS, last=last,
+                 observation=observation(80.0))
     assert reps(calm) == [4, 5, 6]
-    pressed = guard(decision(4, 5, 6), dag=DAG, settings=SETTINGS, last=last, p95_ms=95.0)
-    assert reps(pressed) == [5, 5, 6]
+    pressed = guard(decision(4, 5, 6), dag=DAG, settings=SETTINGS, last=last,
+                    observation=observation(95.0))
+    assert reps(pressed) == [5, 5, 6] and pressed.fired == ("pressure",)
     assert guard(decision(4, 5, 6), dag=DAG, settings=SETTINGS, last=last,
-                 p95_ms=math.nan).accepted
+                 observation=observation(math.nan)).accepted
+    dropping = guard(decision(4, 5, 6), dag=DAG, settings=SETTINGS, last=last,
+                     observation=observation(20.0, dropped_per_s=0.5))
+    assert reps(dropping) == [5, 5, 6]  # a dropped request is infinitely late
+    assert "dropped requests show SLO pressure" in dropping.notes[0]
 
 
 def test_gpu_capacity_takes_back_the_largest_increases_first():
@@ -102,10 +127,35 @@ def test_missing_experts_keep_the_last_decision():
 
 
 def test_a_busy_expert_keeps_one_replica_and_an_idle_one_may_go_to_zero():
-    result = guard(decision(0, 0, 2), dag=DAG, settings=SETTINGS, busy={"m/e0"})
+    last = decision(1, 1, 2)
+    result = guard(decision(0, 0, 2), dag=DAG, settings=SETTINGS, last=last,
+                   observation=observation(busy={"m/e0"}))
     assert reps(result) == [1, 0, 2]
     assert "kept one replica of 1 busy experts proposed at zero: m/e0" in result.notes
-    assert reps(guard(decision(0, 0, 2), dag=DAG, settings=SETTINGS)) == [0, 0, 2]
+    assert reps(guard(decision(0, 0, 2), dag=DAG, settings=SETTINGS, last=last,
+                      observation=observation())) == [0, 0, 2]
+
+
+def test_the_physical_profile_runs_only_bounds_and_capacity():
+    last = decision(1, 6, 5)
+    seen = observation(95.0, busy={"m/e1"})
+    result = guard(decision(9, 0, 5, share=1.0), dag=DAG, settings=SETTINGS, last=last,
+                   observation=seen, profile="physical")
+    assert reps(result) == [9, 0, 5] and result.notes == ()  # no step limit, hold or floor
+    assert result.decision.experts["m/e0"].gpu_share == 1.0  # no slow-knob hysteresis
+    production = guard(decision(9, 0, 5, share=1.0), dag=DAG, settings=SETTINGS, last=last,
+                       observation=seen)
+    assert reps(production) == [4, 6, 5]
+    assert set(production.fired) == {"step", "pressure", "hysteresis"}
+    with pytest.raises(ConfigError, match="unknown guard profile 'lax'"):
+        guard(decision(1, 1, 1), dag=DAG, settings=SETTINGS, profile="lax")
+
+
+def test_before_the_first_decision_the_observed_configuration_is_the_reference():
+    seen = observation(desired=(2, 2, 2))
+    result = guard(decision(9, 2, 2, share=1.0), dag=DAG, settings=SETTINGS, observation=seen)
+    assert reps(result) == [5, 2, 2]  # +3 from the observed 2
+    assert result.decision.experts["m/e0"].gpu_share == 0.25  # held: seen 1/3 ticks
 
 
 def test_busy_experts_are_the_ones_with_calls_in_flight_or_429s():

@@ -25,7 +25,7 @@ from smoelib.policy.baselines.platform import concurrency_of
 __all__ = ["ElasticMoeDecider"]
 
 
-@register("elasticmoe")
+@register("elasticmoe", guards="physical")
 class ElasticMoeDecider:
     """See the module docstring. Units: GPUs, slots (replicas), seconds."""
 

@@ -30,7 +30,7 @@ __all__ = ["FaasConfDecider"]
 _LIBRARY = 64  # configurations remembered
 
 
-@register("faasconf")
+@register("faasconf", guards="physical")
 class FaasConfDecider:
     """See the module docstring."""
 

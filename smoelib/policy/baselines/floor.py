@@ -50,7 +50,7 @@ def floor_cost(ex: Experts, settings, future: Hindsight) -> float:
     return float(cost.min(axis=2).sum())
 
 
-@register("floor")
+@register("floor", guards="physical")
 class FloorDecider:
     """The reference lower bound (see the module docstring)."""
 

@@ -81,21 +81,21 @@ class _Hpa(_Static):
         return self._decision(t)
 
 
-@register("hpa")
+@register("hpa", guards="physical")
 class HpaDecider(_Hpa):
     """``hpa``: with the behaviour sMoE's ScaledObjects set (tolerance 0, no window, wide)."""
 
     preset = "smoe"
 
 
-@register("hpa-stock")
+@register("hpa-stock", guards="physical")
 class HpaStockDecider(_Hpa):
     """``hpa-stock``: 15 s sync, 10 % tolerance, 300 s scale-down window, 4 pods or 100 %."""
 
     preset = "stock"
 
 
-@register("kpa")
+@register("kpa", guards="physical")
 class KpaDecider(_Static):
     """Knative's KPA: stable and panic windows over the per-pod metric; panic starts when the
     panic-window pod count reaches ``panic_threshold`` x ready pods and ends one stable window
@@ -148,7 +148,7 @@ class KpaDecider(_Static):
         return np.clip(desired, self.ex.rmin, self.ex.rmax).astype(np.int64)
 
 
-@register("openfaas")
+@register("openfaas", guards="physical")
 class OpenFaasDecider(_Static):
     """OpenFaaS Pro's autoscaler: ``desired = ceil(load / (target x target_proportion))`` with
     ``load`` the expert's in-flight calls (capacity) or calls per second (rps), clamped to the
