@@ -6,7 +6,7 @@ PROTO_OUT := $(PROTO_DIR)/externalscaler_pb2.py $(PROTO_DIR)/externalscaler_pb2_
 # import-linter's `lint-imports`, run by this Python (the contracts: pyproject.toml)
 LINT_IMPORTS := $(PYTHON) -c 'from importlinter.cli import lint_imports_command as c; c()' --no-cache
 
-.PHONY: install proto test lint bench demo train train-ablations train-loaded clean
+.PHONY: install proto test lint bench demo train train-ablations train-loaded examples clean
 
 # The CPU wheel of torch is pinned only here, and only when torch is missing: a looser
 # requirement resolved with no torch installed would pull a multi-GB CUDA build.
@@ -67,6 +67,11 @@ train-loaded: install
 	$(PYTHON) -m smoelib.cli train --config examples/loaded.yaml --capacity spare --out runs/smoe-loaded --seed 1 --export examples/loaded/default.pt $(TRAIN_ARGS)
 	$(PYTHON) -m smoelib.cli train --config examples/loaded.yaml --capacity spare --out runs/smoe-mlp-loaded --architecture smoe-mlp --seed 1 --export examples/loaded/smoe-mlp.pt $(TRAIN_ARGS)
 	$(PYTHON) -m smoelib.cli train --config examples/loaded.yaml --capacity spare --out runs/smoe-independent-loaded --architecture smoe-independent --seed 1 --export examples/loaded/smoe-independent.pt $(TRAIN_ARGS)
+
+# The two example settings files, rendered from the settings tree's defaults (a test checks them).
+examples: install
+	$(PYTHON) -c 'from smoelib.settings import render_example as r; print(r(), end="")' > examples/config.yaml
+	$(PYTHON) -c 'from smoelib.settings import render_example as r; print(r(part="experiment"), end="")' > examples/experiment.yaml
 
 bench: install
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PYTHON) $$script || exit 1; done

@@ -1,9 +1,11 @@
 """``PolicyConfig``: the learned policy's own configuration, stored inside every checkpoint.
 
 Everything that fixes the network's shape (hidden sizes, layers, the action choices, the GPU
-sharing mode that decides which heads exist) and the PPO hyper-parameters lives here, not in
-``config.yaml``: a checkpoint carries the exact config it was trained with, and loading refuses a
-checkpoint whose config or feature layout does not match (:mod:`smoelib.policy.checkpoint`).
+sharing mode that decides which heads exist) lives here, not in ``config.yaml``; the training
+recipe (PPO's hyper-parameters) lives in one place, :class:`smoelib.policy.train.TrainConfig`,
+which checkpoints store beside it. A checkpoint carries the exact config it was trained with,
+and loading refuses a checkpoint whose config or feature layout does not match
+(:mod:`smoelib.policy.checkpoint`).
 The stored form is a plain dict of primitives (:meth:`PolicyConfig.to_dict`), so checkpoints load
 with ``torch.load(..., weights_only=True)``.
 """
@@ -75,29 +77,6 @@ class PolicyConfig:
     """EWMA weight of the newest tick in the long load trend (per tick)"""
     seed: int = 0
     """seed of the parameter initialisation (same seed, same parameters)"""
-    # ---- PPO (the training loop reads these; the model ignores them). The defaults are the
-    # recipe of docs/training.md; TrainConfig takes its defaults from here ------------------
-    learning_rate: float = 3e-4
-    """Adam step size"""
-    gamma: float = 0.99
-    """discount per control tick"""
-    gae_lambda: float = 0.95
-    """GAE(lambda) trace decay"""
-    clip_range: float = 0.2
-    """PPO ratio clip epsilon"""
-    value_coef: float = 0.5
-    """weight of the value loss"""
-    entropy_coef: float = 1e-3
-    """weight of the entropy bonus (entropy per expert)"""
-    max_grad_norm: float = 0.5
-    """gradient norm clip"""
-    lagrange_init: float = 10.0
-    """initial SLO weight lambda (settings.control.slo_weight)"""
-    lagrange_lr: float = 2.0
-    """step size of the dual ascent on lambda (per unit of constraint violation)"""
-    slo_violation_target: float = -0.1
-    """the constraint the multiplier enforces: worst 60 s window P95 / SLO - 1 <= this
-    (negative: a margin)"""
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -118,7 +97,7 @@ class PolicyConfig:
             v = getattr(self, name)
             if not v or list(v) != sorted(v) or any(c <= 0 for c in v):
                 p.append(Problem(name, "a non-empty, sorted tuple of positive values"))
-        for name in ("trend_short", "trend_long", "gamma", "gae_lambda"):
+        for name in ("trend_short", "trend_long"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 p.append(Problem(name, "in (0, 1]"))
         if self.tanh_clip < 0:
@@ -198,14 +177,13 @@ class PolicyConfig:
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> PolicyConfig:
-        """The action space, sharing mode and initial SLO weight of a ``Settings`` tree."""
+        """The action space and sharing mode of a ``Settings`` tree."""
         a = settings.actions
         base = dict(gpu_sharing=settings.gpu_sharing.mode,
                     slots_per_gpu=settings.gpu_sharing.slots_per_gpu,
                     gpu_share_choices=tuple(a.gpu_share), cpu_choices=tuple(a.cpu),
                     memory_choices=tuple(a.memory_mb), concurrency_choices=tuple(a.concurrency),
-                    max_replica_step=a.max_replica_step,
-                    lagrange_init=float(settings.control.slo_weight))
+                    max_replica_step=a.max_replica_step)
         base.update(overrides)
         return cls(**base)
 

@@ -114,21 +114,31 @@ class TrainConfig:
     """PPO epochs per update"""
     minibatches: int = 4
     """PPO minibatches per epoch"""
-    learning_rate: float = PolicyConfig.learning_rate
+    learning_rate: float = 3e-4
     """Adam step size for PPO"""
-    entropy_coef: float = PolicyConfig.entropy_coef
+    gamma: float = 0.99
+    """discount per control tick"""
+    gae_lambda: float = 0.95
+    """GAE(lambda) trace decay"""
+    clip_range: float = 0.2
+    """PPO ratio clip epsilon"""
+    value_coef: float = 0.5
+    """weight of the value loss"""
+    max_grad_norm: float = 0.5
+    """gradient norm clip"""
+    entropy_coef: float = 1e-3
     """weight of the entropy bonus (entropy per expert)"""
     target_kl: float = 0.05
     """stop an update's epochs when the approximate KL exceeds this (0: never)"""
     reward_scale: float = 0.1
     """rewards are multiplied by this (keeps returns and the value loss near 1)"""
-    lagrange_init: float = PolicyConfig.lagrange_init
+    lagrange_init: float = 10.0
     """initial SLO multiplier (reward per unit of overrun, in reference-cost ticks)"""
-    lagrange_lr: float = PolicyConfig.lagrange_lr
+    lagrange_lr: float = 2.0
     """dual-ascent step per update, per unit of constraint violation"""
     lagrange_max: float = 200.0
     """the multiplier is capped here"""
-    slo_target: float = PolicyConfig.slo_violation_target
+    slo_target: float = -0.1
     """the constraint: worst 60 s window P95 / SLO - 1 <= slo_target (negative: a margin)"""
     validate_every: int = 10
     """PPO updates between validations (and after cloning; 0: never)"""
@@ -163,9 +173,12 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 p.append(Problem(name, "must be >= 0"))
         for name in ("episode_start_s", "episode_s", "validation_s", "learning_rate",
-                     "bc_learning_rate", "reward_scale"):
+                     "bc_learning_rate", "reward_scale", "clip_range", "max_grad_norm"):
             if not getattr(self, name) > 0:
                 p.append(Problem(name, "must be > 0"))
+        for name in ("gamma", "gae_lambda"):
+            if not 0 <= getattr(self, name) <= 1:
+                p.append(Problem(name, "must be within [0, 1]"))
         if self.envs < 2 and self.updates > 0:
             p.append(Problem("envs", "PPO needs >= 2 rollouts for the common-random-numbers "
                                      "baseline"))
@@ -180,10 +193,7 @@ class TrainConfig:
         """The network's config: the settings' action space plus this run's choices."""
         return PolicyConfig.from_settings(
             settings, architecture=self.architecture, hidden=self.hidden, seed=self.seed,
-            capacity=self.capacity,
-            learning_rate=self.learning_rate, entropy_coef=self.entropy_coef,
-            lagrange_init=self.lagrange_init, lagrange_lr=self.lagrange_lr,
-            slo_violation_target=self.slo_target)
+            capacity=self.capacity)
 
     @property
     def total_updates(self) -> int:
@@ -286,7 +296,6 @@ def _bc_round(agent, opt, cfg: TrainConfig, *, update: int, dags, settings, refs
     pipes = list(dags)
     data: dict[str, list[tuple[Rollout, torch.Tensor]]] = {}
     episodes, steps = [], 0
-    pcfg = agent.config
     for i in range(cfg.bc_episodes):
         pipe = pipes[i % len(pipes)]
         trace = cfg.traces[int(rng.integers(len(cfg.traces)))]
@@ -298,7 +307,7 @@ def _bc_round(agent, opt, cfg: TrainConfig, *, update: int, dags, settings, refs
                      label=True, guards=cfg.guards)
         r = cfg.reward_scale * ppo.reward(ro.cost / refs[pipe], ro.overrun, lagrange)
         _, returns = ppo.gae(r, torch.zeros_like(r), ro.dones, torch.zeros(1),
-                             gamma=pcfg.gamma, lam=1.0)  # Monte-Carlo returns
+                             gamma=cfg.gamma, lam=1.0)  # Monte-Carlo returns
         data.setdefault(pipe, []).append((ro, returns.reshape(-1)))
         episodes += ro.episodes
         steps += ro.steps
@@ -325,10 +334,10 @@ def _bc_round(agent, opt, cfg: TrainConfig, *, update: int, dags, settings, refs
             sub, acts = _rows(inp, labels, idx)
             out = agent(sub, actions=acts)
             nll, k = bc_loss(out.log_prob, len(dags[pipe].experts))
-            loss = nll + pcfg.value_coef * ppo.value_loss(out.value, returns[idx])
+            loss = nll + cfg.value_coef * ppo.value_loss(out.value, returns[idx])
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(agent.parameters(), pcfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
             opt.step()
             losses.append(float(nll.detach()))
             kept.append(float(k))
@@ -349,7 +358,6 @@ def _cat_inputs(items: list[PolicyInput]) -> PolicyInput:
 def _ppo_update(agent, opt, cfg: TrainConfig, *, update: int, dags, sizes, settings, refs,
                 lagrange: float) -> tuple[dict[str, Any], int, float]:
     """One PPO update on one curriculum scenario; returns stats, env steps, the new lambda."""
-    pcfg = agent.config
     sc = scenario(update - cfg.bc_rounds, pipelines=list(dags), sizes=sizes,
                   traces=cfg.traces, seeds=cfg.seeds, seed=cfg.seed,
                   start_s=cfg.episode_start_s, end_s=cfg.episode_s,
@@ -361,7 +369,7 @@ def _ppo_update(agent, opt, cfg: TrainConfig, *, update: int, dags, sizes, setti
                  generator=gen, guards=cfg.guards)
     rewards = cfg.reward_scale * ppo.reward(ro.cost / refs[sc.pipeline], ro.overrun, lagrange)
     adv, returns = ppo.gae(rewards, ro.value, ro.dones, torch.zeros(cfg.envs),
-                           gamma=pcfg.gamma, lam=pcfg.gae_lambda)
+                           gamma=cfg.gamma, lam=cfg.gae_lambda)
     adv = crn_advantages(adv).reshape(-1)
     returns, old_lp, old_v = returns.reshape(-1), ro.log_prob.reshape(-1), ro.value.reshape(-1)
     n_experts = len(dags[sc.pipeline].experts)
@@ -380,14 +388,14 @@ def _ppo_update(agent, opt, cfg: TrainConfig, *, update: int, dags, sizes, setti
             out = agent(sub, actions=acts)
             a = adv[idx]
             a = (a - a.mean()) / (a.std() + 1e-8)
-            pl, st = ppo.policy_loss(out.log_prob, old_lp[idx], a, clip=pcfg.clip_range)
+            pl, st = ppo.policy_loss(out.log_prob, old_lp[idx], a, clip=cfg.clip_range)
             vl = ppo.value_loss(out.value, returns[idx], old_values=old_v[idx],
-                                clip=pcfg.clip_range)
+                                clip=cfg.clip_range)
             ent = ppo.entropy_loss(out.entropy / n_experts)
-            loss = pl + pcfg.value_coef * vl + pcfg.entropy_coef * ent
+            loss = pl + cfg.value_coef * vl + cfg.entropy_coef * ent
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(agent.parameters(), pcfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
             opt.step()
             for k, v in {"losses/policy": pl, "losses/value": vl, "losses/entropy": -ent,
                          **st}.items():
@@ -399,7 +407,7 @@ def _ppo_update(agent, opt, cfg: TrainConfig, *, update: int, dags, sizes, setti
             break
     worst = float(np.mean([e.worst_window for e in ro.episodes]))
     new_lagrange = min(cfg.lagrange_max, ppo.lagrange_update(
-        lagrange, worst - 1.0, lr=pcfg.lagrange_lr, target=pcfg.slo_violation_target))
+        lagrange, worst - 1.0, lr=cfg.lagrange_lr, target=cfg.slo_target))
     stats = {**{k: float(np.mean(v)) for k, v in acc.items()},
              **_episode_charts(ro.episodes, ro.steps // cfg.envs),
              "charts/return": float(rewards.sum(0).mean()), "pipeline": Path(sc.pipeline).stem,

@@ -28,7 +28,7 @@ def rewrite(path, change):
 
 def test_round_trip_restores_weights_config_and_training_state(tmp_path):
     agent = SMoEAgent(CFG)
-    opt = torch.optim.Adam(agent.parameters(), lr=CFG.learning_rate)
+    opt = torch.optim.Adam(agent.parameters(), lr=3e-4)
     agent.value_head[2].bias.data.fill_(0.5)
     gen = torch.Generator().manual_seed(9)
     path = save_checkpoint(tmp_path / "sub" / "p.pt", agent, optimizer=opt,
@@ -39,7 +39,7 @@ def test_round_trip_restores_weights_config_and_training_state(tmp_path):
                                 strict=True):
         assert k == k2 and torch.equal(v, v2)
     assert ck.training == {"step": 12, "lagrange": 3.5}
-    opt2 = torch.optim.Adam(ck.agent.parameters(), lr=CFG.learning_rate)
+    opt2 = torch.optim.Adam(ck.agent.parameters(), lr=3e-4)
     opt2.load_state_dict(ck.optimizer)
     resumed = torch.Generator()
     resumed.set_state(ck.generator)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from smoelib.errors import ConfigError
-from smoelib.settings import Settings, load_settings, render_example
+from smoelib.settings import EXPERIMENT, OPERATOR, Settings, load_settings, render_example
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,11 +36,26 @@ def test_every_field_has_a_docstring():
     walk(Settings())
 
 
-def test_example_config_shows_every_field_and_matches_the_defaults():
-    text = (ROOT / "examples" / "config.yaml").read_text()
-    assert text == render_example(), "regenerate: python3 -c 'from smoelib.settings import " \
-                                     "render_example; print(render_example(), end=\"\")'"
-    assert load_settings(ROOT / "examples" / "config.yaml") == Settings()
+@pytest.mark.parametrize("part, name", [("operator", "config.yaml"),
+                                        ("experiment", "experiment.yaml")])
+def test_example_files_show_every_field_and_match_the_defaults(part, name):
+    text = (ROOT / "examples" / name).read_text()
+    assert text == render_example(part=part), "regenerate with: make examples"
+    assert load_settings(ROOT / "examples" / name) == Settings()
+
+
+def test_the_operator_file_holds_only_operator_sections_and_together_they_cover_the_tree():
+    assert set(OPERATOR).isdisjoint(EXPERIMENT)
+    assert set(OPERATOR) | set(EXPERIMENT) == {f.name for f in dataclasses.fields(Settings)}
+    operator = yaml.safe_load((ROOT / "examples" / "config.yaml").read_text())
+    assert set(operator) == set(OPERATOR)
+
+
+def test_the_header_names_only_commands_that_exist():
+    makefile = (ROOT / "Makefile").read_text()
+    for part in ("operator", "experiment"):
+        assert "`make examples`" in render_example(part=part)
+    assert "\nexamples:" in makefile
 
 
 def test_partial_file_merges_over_defaults(tmp_path):
@@ -67,7 +82,7 @@ def test_every_problem_reported_with_file_field_and_line(tmp_path):
         f"{path}:2: gpu_sharing.mode: must be one of 'mps-env', 'mps-device-plugin', 'none', "
         "got 'mig'",
         f"{path}:3: bogus: unknown key 'bogus'; expected one of gpu_sharing, actions, cluster, "
-        "prices, control, guards, metrics, scaler, vertical, simulator, policy, manifests, "
+        "prices, control, guards, metrics, scaler, vertical, policy, manifests, simulator, "
         "baselines",
         f"{path}:5: actions.cpu: every item must be > 0 (got 0.0), got [0, 1]",
         f"{path}:9: guards.max_step_up: must be an integer, got 1.5",

@@ -163,13 +163,17 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
-def render_commented(obj: Any, indent: int = 0) -> list[str]:
-    """YAML lines for the tree with every field's docstring and unit as a comment above it."""
+def render_commented(obj: Any, indent: int = 0, *, only: tuple[str, ...] | None = None
+                     ) -> list[str]:
+    """YAML lines for the tree (its fields ``only``, if given) with every field's docstring
+    and unit as a comment above it."""
     import yaml
 
     pad = "  " * indent
     lines: list[str] = []
     for f in dataclasses.fields(obj):
+        if only is not None and f.name not in only:
+            continue
         doc = f.metadata.get("doc", "")
         unit = f.metadata.get("unit")
         comment = doc + (f" [{unit}]" if unit else "")
