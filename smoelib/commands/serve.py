@@ -217,13 +217,23 @@ def _controllers(plan: ServePlan, args: argparse.Namespace) -> list[Component]:
     """One controller per pipeline, joining the process (built before anything listens, so a
     bad policy checkpoint or an unreachable cluster is refused up front)."""
     from smoelib.control.controller import SMoEController
+    from smoelib.errors import PermanentError
     from smoelib.settings import load_settings
 
     settings = load_settings(args.config)
-    return [SMoEController(dag, settings, prometheus_url=args.prometheus, dry_run=args.dry_run,
-                           log_interval=60.0, warmup_seconds=settings.control.warmup_s,
-                           guards=args.guards)
-            for dag, _path in plan.pipelines]
+    controllers = [SMoEController(dag, settings, prometheus_url=args.prometheus,
+                                  dry_run=args.dry_run, log_interval=60.0,
+                                  warmup_seconds=settings.control.warmup_s, guards=args.guards)
+                   for dag, _path in plan.pipelines]
+    check = getattr(controllers[0].source, "check_overrides", None)
+    if check is not None and settings.metrics.queries:
+        try:
+            for note in check():
+                log.warning("%s", note)
+        except PermanentError as e:
+            raise ConfigError([Problem("metrics.queries", str(e))],
+                              source=args.config or _ARGS) from e
+    return controllers
 
 
 def _port(option: str, given: int | None, default: int) -> int:

@@ -164,7 +164,8 @@ class SMoEController:
         return PrometheusSource(self.dag, url=url or m.prometheus_url,
                                 timeout_s=m.query_timeout_s, window_s=m.rate_window_s,
                                 queries=dict(m.queries), configured=self._configured,
-                                max_sample_age_s=m.max_sample_age_s)
+                                max_sample_age_s=m.max_sample_age_s,
+                                verify=m.ca_bundle or m.tls_verify)
 
     def _default_guards(self) -> str:
         from smoelib.policy.base import default_guards

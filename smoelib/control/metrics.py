@@ -6,28 +6,38 @@ them by name (``metrics.queries``). Templates take ``{pipeline}``, ``{namespace}
 are grouped by ``expert`` (the node id); kube-state-metrics series by ``deployment`` (the
 function name) or, for pods, by the OpenFaaS ``faas_function`` label.
 
-A failure never becomes a default value: a source that is down, slow (every query has a
-timeout), empty or returns NaN raises :class:`~smoelib.errors.TransientError`, and the
-controller keeps its last good decision.
+A failure never becomes a default value. Every answer shape Prometheus' HTTP API can give maps
+to one error naming the query (:meth:`PrometheusSource.query`): unreachable or timed out, an
+HTTP 5xx, a body that is not JSON, ``status: error`` (``bad_data`` is the query's fault:
+:class:`~smoelib.errors.PermanentError`; anything else :class:`~smoelib.errors.TransientError`),
+no ``data.result``, a result type other than an instant vector or scalar (a range vector from
+a ``metrics.queries`` override is a permanent mistake), a result that is not a list, a sample
+without a value or with one that is not a number; an empty answer for a required series, NaN
+where a number is needed. The controller keeps its last good decision on every one of them.
+
+Over https the server's certificate is verified (``metrics.ca_bundle`` names a CA bundle;
+``metrics.tls_verify: false`` is the explicit, logged opt-out).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from collections.abc import Callable, Mapping
-from typing import Protocol
 
 import numpy as np
 import requests
 import urllib3
-from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
-from urllib3.util.retry import Retry
 
 from smoelib.core.observation import Observation
+from smoelib.core.ports import MetricsSource
 from smoelib.errors import PermanentError, TransientError
 from smoelib.pipeline.topology import PipelineDAG
 
 __all__ = ["QUERIES", "MetricsSource", "PrometheusSource"]
+
+log = logging.getLogger("smoelib.metrics")
 
 _E = 'pipeline="{pipeline}"'
 _NS = 'namespace="{namespace}"'
@@ -70,14 +80,6 @@ _REQUIRED = ("calls_per_s", "replicas_ready")
 _MAY_BE_NAN = {"latency_p50_ms", "latency_p95_ms", "p95_ms", "p99_ms"}
 
 
-class MetricsSource(Protocol):
-    """Produces one :class:`Observation` of a pipeline per call."""
-
-    def fetch(self, now: float) -> Observation:
-        """The pipeline as of ``now`` (UNIX seconds). Raises TransientError when unavailable."""
-        ...
-
-
 class PrometheusSource:
     """Reads the ``smoe_*`` series and kube-state-metrics from Prometheus.
 
@@ -91,12 +93,16 @@ class PrometheusSource:
             read once at process start and no standard exporter reports them.
         max_sample_age_s: refuse data whose newest sample is older (an exporter that vanished
             is still answered from Prometheus' last samples for minutes), seconds.
+        verify: https certificate verification: True (the system's CAs), a CA bundle path,
+            or False (not verified; logged once).
+        session: the HTTP session (default: a new one; no retries below the controller's).
     """
 
     def __init__(self, dag: PipelineDAG, *, url: str, timeout_s: float = 3.0,
                  window_s: float = 30.0, queries: Mapping[str, str] | None = None,
                  configured: Callable[[], Mapping[str, tuple[float, int]]] | None = None,
-                 max_sample_age_s: float = 60.0):
+                 max_sample_age_s: float = 60.0, verify: bool | str = True,
+                 session: requests.Session | None = None):
         unknown = set(queries or {}) - set(QUERIES)
         if unknown:
             raise PermanentError(f"metrics.queries: unknown template {sorted(unknown)[0]!r}; "
@@ -104,33 +110,93 @@ class PrometheusSource:
         self.dag = dag
         self.timeout_s = timeout_s
         self.templates = {**QUERIES, **(queries or {})}
+        self.overrides = tuple(queries or ())
         self.window = f"{int(window_s)}s"
         self.configured = configured
         self.max_sample_age_s = max_sample_age_s
+        self.url = url.rstrip("/")
+        self.verify = verify
         # no retries below us: the controller owns them (backoff, keeping the last decision)
-        self.client = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout_s,
-                                        retry=Retry(total=False))
+        self.session = session or requests.Session()
+        if url.startswith("https://") and verify is False:
+            log.warning("metrics.tls_verify is false: Prometheus at %s is not verified", url)
         self._index = {n: i for i, n in enumerate(dag.nodes)}
         self._by_function = {f: n for n, f in dag.function_of.items()}
 
     def query(self, name: str) -> list[dict]:
-        """Run template ``name``; the raw result vector."""
+        """Run template ``name``; the instant vector's samples (a scalar answer is one sample).
+
+        Raises:
+            TransientError: Prometheus is unreachable, slow, failing or answered nonsense.
+            PermanentError: the query itself is wrong (``bad_data``, a range vector).
+        """
         promql = (self.templates[name].replace("{pipeline}", self.dag.name)
                   .replace("{namespace}", self.dag.namespace).replace("{window}", self.window))
+        where = f"Prometheus query {name!r}"
         try:
-            return self.client.custom_query(promql, timeout=self.timeout_s)
+            with warnings.catch_warnings():  # the opt-out was logged once, at construction
+                warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+                rsp = self.session.get(f"{self.url}/api/v1/query", params={"query": promql},
+                                       timeout=self.timeout_s, verify=self.verify)
         except requests.Timeout as e:
-            raise TransientError(f"Prometheus query {name!r} timed out after "
-                                 f"{self.timeout_s:g} s") from e
-        except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
+            raise TransientError(f"{where} timed out after {self.timeout_s:g} s") from e
+        except requests.exceptions.SSLError as e:
+            raise PermanentError(f"{where}: the server's certificate is not trusted ({e}); "
+                                 "set metrics.ca_bundle") from e
+        except requests.RequestException as e:
             raise TransientError(f"Prometheus unreachable for query {name!r}: "
                                  f"{type(e).__name__}") from e
-        except PrometheusApiClientException as e:
-            if "HTTP Status Code 5" in str(e):
-                raise TransientError(f"Prometheus query {name!r}: {e}") from e
-            raise PermanentError(f"Prometheus refused query {name!r}: {e}") from e
-        except ValueError as e:  # a body that is not JSON
-            raise TransientError(f"Prometheus query {name!r}: bad response ({e})") from e
+        try:
+            body = rsp.json()
+        except ValueError:
+            body = None
+        if rsp.status_code >= 500:
+            raise TransientError(f"{where}: Prometheus answered HTTP {rsp.status_code}"
+                                 + _error_of(body))
+        if not isinstance(body, dict):
+            raise TransientError(f"{where}: HTTP {rsp.status_code} with a body that is not a "
+                                 "JSON object")
+        if body.get("status") != "success":
+            kind = body.get("errorType")
+            message = f"{where}: Prometheus answered status {body.get('status')!r}" + \
+                _error_of(body)
+            if kind == "bad_data" or 400 <= rsp.status_code < 500:
+                raise PermanentError(message)
+            raise TransientError(message)
+        data = body.get("data")
+        if not isinstance(data, dict) or "result" not in data:
+            raise TransientError(f"{where}: the answer has no data.result")
+        kind, result = data.get("resultType"), data["result"]
+        if kind == "scalar":
+            return [{"metric": {}, "value": _sample(result, where)}]
+        if kind != "vector":
+            raise PermanentError(f"{where} returns a {kind!r}, not an instant vector: "
+                                 "check its metrics.queries override")
+        if not isinstance(result, list):
+            raise TransientError(f"{where}: data.result is a {type(result).__name__}, not a "
+                                 "list")
+        for series in result:
+            if not isinstance(series, dict) or not isinstance(series.get("metric", {}), dict):
+                raise TransientError(f"{where}: a series that is not an object")
+            series["value"] = _sample(series.get("value"), where)
+        return result
+
+    def check_overrides(self) -> list[str]:
+        """Run every ``metrics.queries`` override once and check its answer's shape (what
+        ``smoe serve`` does before it listens). Returns a note per override that could not be
+        checked because Prometheus is unreachable or failing now.
+
+        Raises:
+            PermanentError: an override returns something that is not an instant vector, or
+                Prometheus refuses it (``bad_data``).
+        """
+        notes = []
+        for name in self.overrides:
+            try:
+                self.query(name)
+            except TransientError as e:
+                notes.append(f"metrics.queries.{name}: not checked at start ({e})")
+        return notes
 
     def _per_node(self, name: str) -> np.ndarray:
         out = np.full(len(self._index), np.nan if name in _MAY_BE_NAN else 0.0)
@@ -144,7 +210,7 @@ class PrometheusSource:
             node = key if label == "expert" else self._by_function.get(key)
             if node not in self._index:
                 continue  # a function outside the pipeline
-            value = float(series["value"][1])
+            value = series["value"][1]
             if not math.isfinite(value) and name not in _MAY_BE_NAN:
                 raise TransientError(f"Prometheus returned {value} for {name!r} of {node!r}")
             out[self._index[node]] = value
@@ -154,7 +220,7 @@ class PrometheusSource:
         result = self.query(name)
         if not result:
             return math.nan if name in _MAY_BE_NAN else 0.0
-        value = float(result[0]["value"][1])
+        value = result[0]["value"][1]
         if not math.isfinite(value) and name not in _MAY_BE_NAN:
             raise TransientError(f"Prometheus returned {value} for {name!r}")
         return value
@@ -164,7 +230,10 @@ class PrometheusSource:
         if not age:
             raise TransientError(f"Prometheus returned no series for 'sample_age_s' of "
                                  f"pipeline {self.dag.name!r}")
-        newest = float(age[0]["value"][1])
+        newest = age[0]["value"][1]
+        if math.isnan(newest):
+            raise TransientError(f"Prometheus returned NaN for the age of the newest sample of "
+                                 f"pipeline {self.dag.name!r} ('sample_age_s')")
         if not newest <= self.max_sample_age_s:
             raise TransientError(f"the newest sample of pipeline {self.dag.name!r} is "
                                  f"{newest:.0f} s old (limit {self.max_sample_age_s:g} s): "
@@ -191,3 +260,20 @@ class PrometheusSource:
             return obs.validate()
         except ValueError as e:
             raise TransientError(f"Prometheus data for {self.dag.name!r}: {e}") from e
+
+
+def _sample(value: object, where: str) -> tuple[float, float]:
+    """``[timestamp, "number"]`` as floats (Prometheus writes values as strings: "NaN" and
+    "+Inf" included)."""
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise TransientError(f"{where}: a sample without a [time, value] pair ({value!r})")
+    try:
+        return float(value[0]), float(value[1])
+    except (TypeError, ValueError):
+        raise TransientError(f"{where}: sample value {value[1]!r} is not a number") from None
+
+
+def _error_of(body: object) -> str:
+    if isinstance(body, dict) and body.get("error"):
+        return f" ({body.get('errorType', 'error')}: {str(body['error'])[:200]})"
+    return ""

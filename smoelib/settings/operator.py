@@ -141,6 +141,11 @@ class Metrics:
     max_sample_age_s: float = setting(
         60.0, "refuse metrics whose newest sample is older than this (an exporter that is gone "
         "keeps being answered from its last samples)", unit="s", check=positive)
+    tls_verify: bool = setting(
+        True, "verify the certificate of an https prometheus_url; false is an explicit opt-out "
+        "(logged at start), e.g. for a self-signed test server")
+    ca_bundle: str = setting(
+        "", "PEM file of the CA that signed Prometheus' certificate (empty: the system's CAs)")
     queries: Mapping[str, str] = setting(
         MappingProxyType({}), "PromQL overrides by template name (see smoelib.control.metrics "
         "for the names and the placeholders each template takes)")
