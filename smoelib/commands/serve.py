@@ -68,6 +68,7 @@ class ServePlan:
     metrics_port: int
     staleness_s: float
     tls: TlsMaterial | None
+    clock_skew_s: float = 30.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,7 +138,8 @@ def plan_from_args(args: argparse.Namespace) -> ServePlan:
         tls = TlsMaterial.from_files(cert=args.tls_cert, key=args.tls_key,
                                      client_ca=args.tls_client_ca)
     return ServePlan(tuple(zip(dags, paths, strict=True)), host=args.host, grpc_port=grpc_port,
-                     metrics_port=metrics_port, staleness_s=scaler.staleness_s, tls=tls)
+                     metrics_port=metrics_port, staleness_s=scaler.staleness_s, tls=tls,
+                     clock_skew_s=scaler.clock_skew_s)
 
 
 def serve(plan: ServePlan, *, clock: Callable[[], float] = time.time,
@@ -155,7 +157,8 @@ def serve(plan: ServePlan, *, clock: Callable[[], float] = time.time,
     from smoelib.scaler.store import DecisionStore
 
     stop = stop or threading.Event()
-    store = DecisionStore(staleness_s=plan.staleness_s, clock=clock)
+    store = DecisionStore(staleness_s=plan.staleness_s, clock=clock,
+                          clock_skew_s=plan.clock_skew_s)
     for dag, path in plan.pipelines:
         error = store.add_pipeline(dag, decision_path=path)
         if error is not None:  # serve UNAVAILABLE (KEDA's fallback) until a good decision

@@ -182,7 +182,8 @@ class SMoEController:
     def _store(self) -> Any:
         from smoelib.scaler.store import DecisionStore
 
-        store = DecisionStore(staleness_s=self.settings.scaler.staleness_s, clock=self.clock.now)
+        store = DecisionStore(staleness_s=self.settings.scaler.staleness_s, clock=self.clock.now,
+                              clock_skew_s=self.settings.scaler.clock_skew_s)
         store.add_pipeline(self.dag)
         return store
 

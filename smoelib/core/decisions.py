@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ from smoelib.core.knobs import KNOBS
 from smoelib.errors import ConfigError, Problem
 
 __all__ = ["ExpertDecision", "PipelineDecision", "parse_decision", "load_decision",
-           "dump_decision", "check_decision", "decision_to_json", "write_decision"]
+           "dump_decision", "check_decision", "decision_to_json", "write_decision",
+           "read_regular_file", "MAX_FILE_BYTES"]
 
 _FIELDS = {k.name: k.kind for k in KNOBS}
 
@@ -81,37 +83,85 @@ def parse_decision(data: Any, *, source: str | None = None) -> PipelineDecision:
                             experts=MappingProxyType(experts))
 
 
-def load_decision(path: str | Path) -> PipelineDecision:
-    """Read and parse a decision file."""
+MAX_FILE_BYTES = 16 * 1024 * 1024
+"""The largest decision file read (a deepseek-v3 scale decision is about 1.5 MB)."""
+
+
+def read_regular_file(path: str | Path, *, limit: int, what: str = "file") -> bytes:
+    """The bytes of ``path``, refusing anything that is not a regular file (a FIFO would block,
+    ``/dev/zero`` would never end) and reading at most ``limit`` bytes.
+
+    Raises:
+        ConfigError: missing, unreadable, not a regular file, or larger than ``limit``.
+    """
+    source = str(path)
     try:
-        data = json.loads(Path(path).read_text())
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError([Problem("", f"not a regular {what}")], source=source)
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
     except OSError as e:
-        raise ConfigError([Problem("", f"cannot read: {e.strerror}")], source=str(path)) from e
+        raise ConfigError([Problem("", f"cannot read: {e.strerror}")], source=source) from e
+    if len(data) > limit:
+        raise ConfigError([Problem("", f"larger than {limit // (1024 * 1024)} MiB: not read")],
+                          source=source)
+    return data
+
+
+def load_decision(path: str | Path) -> PipelineDecision:
+    """Read and parse a decision file.
+
+    Raises:
+        ConfigError: unreadable, not a regular file, too large, not UTF-8, not JSON, or not
+            a valid decision; one problem per line, naming the file.
+    """
+    raw = read_regular_file(path, limit=MAX_FILE_BYTES, what="decision file")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError([Problem("", f"not UTF-8 text (byte {e.start})")],
+                          source=str(path)) from None
     except json.JSONDecodeError as e:
         raise ConfigError([Problem("", f"not JSON: {e.msg}", e.lineno)], source=str(path)) from e
     return parse_decision(data, source=str(path))
 
 
 def check_decision(decision: PipelineDecision, *, pipeline: str, experts: Collection[str],
-                   source: str | None = None) -> None:
-    """Refuse a decision that belongs to another pipeline or names nodes that are not experts.
+                   source: str | None = None,
+                   bounds: Mapping[str, tuple[int, int]] | None = None,
+                   now: float | None = None, clock_skew_s: float = 30.0) -> None:
+    """Refuse a decision that belongs to another pipeline, names nodes that are not experts,
+    asks for replicas outside an expert's bounds, or is dated in the future.
 
     Args:
         decision: a parsed decision.
         pipeline: the name of the pipeline it must belong to.
         experts: that pipeline's expert node ids; experts it omits simply have no decision.
+        bounds: per expert, ``(replicas.min, replicas.max)`` of the pipeline.
+        now: the reader's clock (Unix seconds); with it, a decision dated more than
+            ``clock_skew_s`` ahead is refused (it would never go stale).
 
     Raises:
-        ConfigError: the pipeline name differs, or an expert id is unknown (each named).
+        ConfigError: each problem named.
     """
     problems: list[Problem] = []
     if decision.pipeline != pipeline:
         problems.append(Problem("pipeline", f"is {decision.pipeline!r}: this file belongs to "
                                             f"another pipeline than {pipeline!r}"))
     known = experts if isinstance(experts, set | frozenset | Mapping) else frozenset(experts)
-    for node in decision.experts:
+    for node, e in decision.experts.items():
         if node not in known:
             problems.append(Problem(f"experts.{node}", f"not an expert of pipeline {pipeline!r}"))
+        elif bounds is not None and node in bounds:
+            lo, hi = bounds[node]
+            if not lo <= e.replicas <= hi:
+                problems.append(Problem(f"experts.{node}.replicas", f"{e.replicas} is outside "
+                                        f"the pipeline's bounds [{lo}, {hi}]"))
+    if now is not None and decision.updated_at > now + clock_skew_s:
+        problems.append(Problem("updated_at", f"{decision.updated_at - now:.0f} s in the future "
+                                f"(more than the {clock_skew_s:g} s clock-skew allowance): "
+                                "it would never go stale"))
     if problems:
         raise ConfigError(problems, source=source)
 

@@ -64,6 +64,7 @@ class PipelineState:
     load_error: ConfigError | None = None
     version: int = 0
     file_stamp: tuple[int, int] | None = None
+    bounds: MappingProxyType[str, tuple[int, int]] | None = None
 
 
 class DecisionStore:
@@ -72,12 +73,15 @@ class DecisionStore:
     Args:
         staleness_s: seconds after ``updated_at`` beyond which a decision is not served.
         clock: current time in UNIX seconds (``time.time`` at the composition root).
+        clock_skew_s: a decision dated more than this ahead of ``clock`` is refused (it would
+            never go stale).
     """
 
-    def __init__(self, *, staleness_s: float, clock: Clock):
+    def __init__(self, *, staleness_s: float, clock: Clock, clock_skew_s: float = 30.0):
         if not staleness_s > 0:
             raise ValueError(f"staleness_s must be > 0, got {staleness_s!r}")
         self.staleness_s = float(staleness_s)
+        self.clock_skew_s = float(clock_skew_s)
         self._clock = clock
         self._lock = threading.Lock()
         self._states: dict[str, PipelineState] = {}
@@ -98,11 +102,15 @@ class DecisionStore:
             ValueError: the pipeline is already served, or its names make no metric name.
         """
         names = MappingProxyType({n: metric_name(pipeline.name, n) for n in pipeline.experts})
+        spec = getattr(pipeline, "spec", None)
+        bounds = MappingProxyType({n: (spec(n).replicas_min, spec(n).replicas_max)
+                                   for n in pipeline.experts}) if spec else None
         path = Path(decision_path) if decision_path is not None else None
         with self._lock:
             if pipeline.name in self._states:
                 raise ValueError(f"pipeline {pipeline.name!r} is already served")
-            self._states[pipeline.name] = PipelineState(pipeline.name, names, path)
+            self._states[pipeline.name] = PipelineState(pipeline.name, names, path,
+                                                        bounds=bounds)
             version = self._commit(pipeline.name, lambda s: s)
         self._notify(pipeline.name, version)
         if path is not None:
@@ -125,7 +133,9 @@ class DecisionStore:
         with self._lock:
             state = self._state(decision.pipeline)
             check_decision(decision, pipeline=state.name, experts=state.metric_names,
-                           source=str(state.decision_path or "<decision>"))
+                           source=str(state.decision_path or "<decision>"),
+                           bounds=state.bounds, now=self._clock(),
+                           clock_skew_s=self.clock_skew_s)
             stamp = None
             if state.decision_path is not None:
                 write_decision(state.decision_path, decision)
@@ -151,12 +161,19 @@ class DecisionStore:
             state = self._state(pipeline)
             path = state.decision_path
             stamp = _stamp(path) if path is not None else None
+            if path is not None and stamp is None and state.file_stamp is not None:
+                log.warning("decision file %s was deleted; pipeline %s keeps %s", path, pipeline,
+                            "its last good decision (its age keeps growing)" if state.decision
+                            else "answering UNAVAILABLE")
+                self._commit(pipeline, lambda s: replace(s, file_stamp=None))
+                return False
             if path is None or stamp is None or stamp == state.file_stamp:
                 return False
             try:
                 decision = load_decision(path)
                 check_decision(decision, pipeline=pipeline, experts=state.metric_names,
-                               source=str(path))
+                               source=str(path), bounds=state.bounds, now=self._clock(),
+                               clock_skew_s=self.clock_skew_s)
             except ConfigError as e:
                 error = e
                 if report:

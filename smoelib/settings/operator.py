@@ -162,6 +162,9 @@ class Scaler:
     staleness_s: float = setting(
         60.0, "a decision older than this is answered UNAVAILABLE so KEDA's fallback acts",
         unit="s", check=positive)
+    clock_skew_s: float = setting(
+        30.0, "a decision dated more than this ahead of the scaler's clock is refused (it would "
+        "never go stale)", unit="s", check=non_negative)
 
 
 @dataclass(frozen=True)

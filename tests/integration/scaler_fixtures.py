@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -102,6 +102,8 @@ class ServeProcess:
     proc: subprocess.Popen
     grpc_port: int
     metrics_port: int
+    stderr: list[str] = field(default_factory=list)
+    """the process's stderr lines, filled in once it has exited"""
 
 
 @contextmanager
@@ -114,6 +116,7 @@ def serve_process(args: list[str], *, cwd: Path, startup_s: float = 60.0
         [sys.executable, "-m", "smoelib.cli", "serve", *args, "--host", "127.0.0.1",
          "--grpc-port", "0", "--metrics-port", "0"],
         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    serving = None
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
     try:
@@ -121,7 +124,8 @@ def serve_process(args: list[str], *, cwd: Path, startup_s: float = 60.0
         match = re.search(r"scaler on 127\.0\.0\.1:(\d+), metrics on 127\.0\.0\.1:(\d+)",
                           banner)
         assert match, banner
-        yield ServeProcess(proc, int(match[1]), int(match[2]))
+        serving = ServeProcess(proc, int(match[1]), int(match[2]))
+        yield serving
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
@@ -131,6 +135,8 @@ def serve_process(args: list[str], *, cwd: Path, startup_s: float = 60.0
         proc.stdout.close()
         stderr = proc.stderr.read()
         proc.stderr.close()
+        if serving is not None:
+            serving.stderr.extend(stderr.splitlines())
     assert "Traceback" not in stderr, stderr
 
 
