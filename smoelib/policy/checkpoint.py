@@ -8,8 +8,9 @@ A checkpoint is a ``torch.save`` of a plain dict of primitives and tensors, load
      "training": {"step": int, "lagrange": float, ...primitives}, "generator": uint8 tensor | None}
 
 Everything that could be wrong (a missing or truncated file, a foreign pickle, another format
-version, a different feature layout, an invalid config, weights that do not fit the config)
-raises one :class:`~smoelib.errors.ConfigError` naming the file and the mismatch.
+version, a different feature layout, an invalid config or one asking for sizes beyond reason,
+NaN or infinite weights, weights that do not fit the config) raises one
+:class:`~smoelib.errors.ConfigError` naming the file and the mismatch.
 """
 
 from __future__ import annotations
@@ -118,10 +119,14 @@ def load_checkpoint(path: str | Path, *, expect: PolicyConfig | None = None) -> 
         diff = [f.name for f in expect.__dataclass_fields__.values()
                 if getattr(expect, f.name) != getattr(config, f.name)]
         raise _fail(path, "config", f"differs from the expected config in: {', '.join(diff)}")
-    agent = SMoEAgent(config)
     state = data.get("model")
     if not isinstance(state, dict):
         raise _fail(path, "model", "missing the model weights")
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(
+                torch.isfinite(tensor).all()):
+            raise _fail(path, f"model.{name}", "holds NaN or infinite weights")
+    agent = SMoEAgent(config)
     try:
         agent.load_state_dict(state, strict=True)
     except (RuntimeError, KeyError, TypeError) as e:

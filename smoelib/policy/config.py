@@ -26,6 +26,10 @@ Architecture = Literal["smoe", "smoe-mlp", "smoe-independent"]
 ARCHITECTURES: tuple[str, ...] = ("smoe", "smoe-mlp", "smoe-independent")
 _SHARING = ("mps-env", "mps-device-plugin", "none")
 CAPACITY_MODES: tuple[str, ...] = ("even", "spare")
+_LIMITS = {"hidden": 1024, "dagnn_layers": 8, "decode_steps": 256, "slots_per_gpu": 64,
+           "max_replica_step": 256, "choices": 64}
+"""The largest sizes a config may ask for: far above every shipped policy (hidden 32), far below
+what would exhaust the machine (a hidden of 200,000 asks for hundreds of GB)."""
 _CHOICES = {"architecture": ARCHITECTURES, "capacity": CAPACITY_MODES, "gpu_sharing": _SHARING}
 
 
@@ -90,13 +94,19 @@ class PolicyConfig:
                              gpu_sharing=self.gpu_sharing)
         for name in ("hidden", "dagnn_layers", "decode_steps", "slots_per_gpu",
                      "max_replica_step"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
                 p.append(Problem(name, "a positive integer"))
+            elif value > _LIMITS[name]:  # a checkpoint's config must not allocate the machine
+                p.append(Problem(name, f"{value} is above the largest this sMoE builds "
+                                       f"({_LIMITS[name]})"))
         for name in ("gpu_share_choices", "cpu_choices", "memory_choices",
                      "concurrency_choices"):
             v = getattr(self, name)
             if not v or list(v) != sorted(v) or any(c <= 0 for c in v):
                 p.append(Problem(name, "a non-empty, sorted tuple of positive values"))
+            elif len(v) > _LIMITS["choices"]:
+                p.append(Problem(name, f"{len(v)} choices; at most {_LIMITS['choices']}"))
         for name in ("trend_short", "trend_long"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 p.append(Problem(name, "in (0, 1]"))

@@ -104,6 +104,11 @@ def test_a_pickled_object_is_never_executed(tmp_path):
     (lambda d: d["model"].pop("value_head.0.weight"), "weights do not fit"),
     (lambda d: d.update(model=None), "missing the model weights"),
     (lambda d: d["config"].update(hidden=16), "weights do not fit"),
+    (lambda d: d["model"]["value_head.0.weight"].fill_(float("nan")),
+     "model.value_head.0.weight: holds NaN or infinite weights"),
+    (lambda d: d["model"]["value_head.0.bias"].fill_(float("inf")), "NaN or infinite"),
+    (lambda d: d["config"].update(hidden=200_000),
+     r"hidden: 200000 is above the largest this sMoE builds \(1024\)"),
 ])
 def test_bad_contents(tmp_path, change, message):
     path, _ = saved(tmp_path)
@@ -161,3 +166,22 @@ def test_the_registry_reads_each_architecture_from_the_pretrained_folder(tmp_pat
                                           "smoe-independent.pt") as e:
         get_decider("smoe-independent", dag=dag, settings=_settings(pretrained=str(tmp_path)))
     assert str(tmp_path) in str(e.value)
+
+
+def test_a_bad_checkpoint_is_one_line_and_exit_2_from_the_cli(tmp_path, capsys):
+    """A NaN checkpoint used to be accepted (every expert at 0 replicas, 84 % dropped); a
+    hidden of 200,000 ended in a traceback trying to allocate 480 GB."""
+    import yaml
+
+    from smoelib.cli import main
+
+    for change in (lambda d: d["model"]["value_head.0.weight"].fill_(float("nan")),
+                   lambda d: d["config"].update(hidden=200_000)):
+        path, _ = saved(tmp_path)
+        rewrite(path, change)
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump({"policy": {"checkpoint": str(path)}}))
+        code = main(["simulate", "--pipeline", "examples/pipelines/bert-moe.yml", "--policy",
+                     "smoe", "--config", str(config), "--duration", "10", "--no-progress"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {path}: ")
