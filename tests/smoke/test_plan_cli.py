@@ -100,3 +100,23 @@ def _fast_config(tmp_path: Path) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text("vertical:\n  request_timeout_s: 2\n")
     return path
+
+
+def test_plan_never_prints_an_env_value_that_is_not_smoes(k8s, tmp_path):
+    """The JSON patch replaces the whole container, so its body carried every env value (an
+    HF_TOKEN) onto stdout; now only sMoE's own variables show their values."""
+    deployments = seed_pipeline(k8s, DAG)
+    name = "bert-moe-moe4-e5"
+    dep = deployments[name]
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    container["env"] = container["env"] + [{"name": "HF_TOKEN", "value": "hf_s3cr3t_t0ken"}]
+    k8s.put(DEPLOYMENTS, DAG.namespace, name, dep)
+    decisions = tmp_path / "d.json"
+    decisions.write_text(json.dumps(decision_for(DAG, moe4__e5={"concurrency": 8})))
+    dry = smoe("plan", "--pipeline", str(PIPELINE), "--decisions", str(decisions),
+               "--kubeconfig", kubeconfig(tmp_path, k8s.url))
+    assert dry.returncode == 0, dry.stderr
+    assert "hf_s3cr3t_t0ken" not in dry.stdout + dry.stderr
+    env = yaml.safe_load(dry.stdout)["patches"][0]["body"][1]["value"]["env"]
+    values = {e["name"]: e["value"] for e in env}
+    assert values["HF_TOKEN"] == "<redacted>" and values["max_inflight"] == "8"
