@@ -19,6 +19,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="CONFIG", help="config.yaml (default: built-in)")
 
 
+def operator_problems(dag, settings, *, source: str | None) -> list[str]:
+    """What ``smoe serve`` would refuse beyond the settings tree's own checks, found the same
+    way it finds them (the metric source's template names), without touching the network."""
+    from smoelib.control.metrics import PrometheusSource
+
+    try:
+        PrometheusSource(dag, url=settings.metrics.prometheus_url,
+                         queries=dict(settings.metrics.queries))
+    except ConfigError as e:
+        return ConfigError(list(e.problems), source=source).lines()
+    return []
+
+
 def run(args: argparse.Namespace) -> int:
     problems: list[str] = []
     dag = None
@@ -31,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         problems += e.lines()
         settings = None
-    if dag is None or settings is None:
+    if dag is not None and settings is not None:
+        problems += operator_problems(dag, settings, source=args.config)
+    if problems:
         for line in problems:
             print(f"error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -32,7 +32,7 @@ import urllib3
 
 from smoelib.core.observation import Observation
 from smoelib.core.ports import MetricsSource
-from smoelib.errors import PermanentError, TransientError
+from smoelib.errors import ConfigError, PermanentError, Problem, TransientError
 from smoelib.pipeline.topology import PipelineDAG
 
 __all__ = ["QUERIES", "MetricsSource", "PrometheusSource"]
@@ -103,10 +103,10 @@ class PrometheusSource:
                  configured: Callable[[], Mapping[str, tuple[float, int]]] | None = None,
                  max_sample_age_s: float = 60.0, verify: bool | str = True,
                  session: requests.Session | None = None):
-        unknown = set(queries or {}) - set(QUERIES)
+        unknown = sorted(set(queries or {}) - set(QUERIES))
         if unknown:
-            raise PermanentError(f"metrics.queries: unknown template {sorted(unknown)[0]!r}; "
-                                 f"known: {', '.join(QUERIES)}")
+            raise ConfigError([Problem(f"metrics.queries.{name}", "unknown template; known: "
+                                       + ", ".join(QUERIES)) for name in unknown])
         self.dag = dag
         self.timeout_s = timeout_s
         self.templates = {**QUERIES, **(queries or {})}

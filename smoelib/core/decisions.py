@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 import tempfile
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -21,10 +20,11 @@ from typing import Any
 
 from smoelib.core.knobs import KNOBS
 from smoelib.errors import ConfigError, Problem
+from smoelib.pipeline.yamlsrc import YamlProblem, read_regular_file
 
 __all__ = ["ExpertDecision", "PipelineDecision", "parse_decision", "load_decision",
            "dump_decision", "check_decision", "decision_to_json", "write_decision",
-           "read_regular_file", "MAX_FILE_BYTES"]
+           "MAX_FILE_BYTES"]
 
 _FIELDS = {k.name: k.kind for k in KNOBS}
 
@@ -87,28 +87,6 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 """The largest decision file read (a deepseek-v3 scale decision is about 1.5 MB)."""
 
 
-def read_regular_file(path: str | Path, *, limit: int, what: str = "file") -> bytes:
-    """The bytes of ``path``, refusing anything that is not a regular file (a FIFO would block,
-    ``/dev/zero`` would never end) and reading at most ``limit`` bytes.
-
-    Raises:
-        ConfigError: missing, unreadable, not a regular file, or larger than ``limit``.
-    """
-    source = str(path)
-    try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError([Problem("", f"not a regular {what}")], source=source)
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as e:
-        raise ConfigError([Problem("", f"cannot read: {e.strerror}")], source=source) from e
-    if len(data) > limit:
-        raise ConfigError([Problem("", f"larger than {limit // (1024 * 1024)} MiB: not read")],
-                          source=source)
-    return data
-
-
 def load_decision(path: str | Path) -> PipelineDecision:
     """Read and parse a decision file.
 
@@ -116,7 +94,10 @@ def load_decision(path: str | Path) -> PipelineDecision:
         ConfigError: unreadable, not a regular file, too large, not UTF-8, not JSON, or not
             a valid decision; one problem per line, naming the file.
     """
-    raw = read_regular_file(path, limit=MAX_FILE_BYTES, what="decision file")
+    try:
+        raw = read_regular_file(path, limit=MAX_FILE_BYTES, what="decision file")
+    except YamlProblem as e:
+        raise ConfigError([e.problem], source=str(path)) from None
     try:
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:

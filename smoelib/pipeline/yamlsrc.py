@@ -1,12 +1,16 @@
 """Load YAML with the line of every key, so errors can name where a problem is.
 
 Used by the pipeline and the config loader. Only safe YAML is accepted (no Python tags); the
-loader refuses duplicate keys, files over ``MAX_BYTES`` and documents that expand past
+loader refuses anything that is not a regular file (a FIFO would block, ``/dev/zero`` never
+ends), reads at most ``MAX_BYTES``, stops composing past ``MAX_NODES`` nodes (before the
+Python objects of a huge document exist), refuses duplicate keys and documents that expand past
 ``MAX_NODES`` nodes through aliases.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +23,9 @@ from smoelib.errors import Problem
 MAX_BYTES = 4 * 1024 * 1024
 """Largest file accepted, bytes. A pipeline of 100 stages is a few kB."""
 
-MAX_NODES = 1_000_000
-"""Largest number of YAML nodes after alias expansion (a guard against alias bombs)."""
+MAX_NODES = 100_000
+"""Largest number of YAML nodes, as composed and after alias expansion (the deepseek-v3 scale
+pipeline has about 2,000; a guard against huge documents and alias bombs)."""
 
 
 Path_ = tuple[str | int, ...]
@@ -58,28 +63,57 @@ def load(config: str | Path | Mapping[str, Any]) -> Source:
     """Parse a path (or accept an already-parsed mapping) into a :class:`Source`.
 
     Raises:
-        YamlProblem: the file is missing, too large, not UTF-8, not YAML, or not safe YAML.
+        YamlProblem: the file is missing, not a regular file, too large, not UTF-8, not YAML,
+            not safe YAML, or too many nodes.
     """
     if isinstance(config, Mapping):
         return Source(data=config, name=None)
-    path = Path(config)
     name = str(config)
+    raw = read_regular_file(config, limit=MAX_BYTES)
     try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise YamlProblem(Problem("", f"file is {size} bytes; the limit is {MAX_BYTES}"))
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise YamlProblem(Problem("", "no such file")) from None
-    except IsADirectoryError:
-        raise YamlProblem(Problem("", "is a directory, not a file")) from None
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise YamlProblem(Problem("", f"not UTF-8 text (byte {e.start})")) from None
-    except OSError as e:
-        raise YamlProblem(Problem("", f"cannot read: {e.strerror}")) from None
     source = parse_text(text)
     source.name = name
     return source
+
+
+def read_regular_file(path: str | Path, *, limit: int, what: str = "file") -> bytes:
+    """The bytes of ``path``: a regular file only (checked before it is opened), at most
+    ``limit`` bytes.
+
+    Raises:
+        YamlProblem: missing, a directory, not a regular file, unreadable or over ``limit``.
+    """
+    try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise YamlProblem(Problem("", "is a directory, not a file"))
+        if not stat.S_ISREG(st.st_mode):
+            raise YamlProblem(Problem("", f"not a regular {what} (a FIFO, a device or a "
+                                          "socket is never read)"))
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except FileNotFoundError:
+        raise YamlProblem(Problem("", "no such file")) from None
+    except OSError as e:
+        raise YamlProblem(Problem("", f"cannot read: {e.strerror}")) from None
+    if len(data) > limit:
+        raise YamlProblem(Problem("", f"larger than {limit} bytes: not read"))
+    return data
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader, refusing to compose more than ``MAX_NODES`` nodes."""
+
+    composed = 0
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        self.composed += 1
+        if self.composed > MAX_NODES:
+            raise YamlProblem(Problem("", f"document has more than {MAX_NODES} nodes"))
+        return super().compose_node(parent, index)
 
 
 def parse_text(text: str) -> Source:
@@ -88,7 +122,7 @@ def parse_text(text: str) -> Source:
         raise YamlProblem(Problem("", "not a text file (contains NUL bytes)"))
     loader = None
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _BoundedLoader(text)
         node = loader.get_single_node()
         source = Source(data=None)
         if node is not None:

@@ -48,6 +48,10 @@ def non_negative(v: float) -> str | None:
     return None if v >= 0 else "must be >= 0"
 
 
+def port(v: int) -> str | None:
+    return None if 0 <= v <= 65535 else "must be a port number 0..65535"
+
+
 def fraction(v: float) -> str | None:
     return None if 0 <= v <= 1 else "must be within [0, 1]"
 

@@ -13,6 +13,7 @@ from smoelib.settings.base import (
     each,
     fraction,
     non_negative,
+    port,
     positive,
     setting,
 )
@@ -156,9 +157,9 @@ class Scaler:
     """The KEDA external scaler."""
 
     grpc_port: int = setting(9090, "gRPC port KEDA connects to", unit="port",
-                             check=non_negative)
+                             check=port)
     metrics_port: int = setting(8080, "port of the scaler's own /metrics", unit="port",
-                                check=non_negative)
+                                check=port)
     staleness_s: float = setting(
         60.0, "a decision older than this is answered UNAVAILABLE so KEDA's fallback acts",
         unit="s", check=positive)
