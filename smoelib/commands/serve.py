@@ -69,6 +69,7 @@ class ServePlan:
     staleness_s: float
     tls: TlsMaterial | None
     clock_skew_s: float = 30.0
+    reflection: bool = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guards", metavar="PROFILE", default=None,
                         help="guard profile of the controller: production or physical "
                              "(default: the one policy.name runs under)")
+    parser.add_argument("--reflection", action="store_true",
+                        help="also serve gRPC server reflection (for grpcurl; off by default)")
     parser.add_argument("--scaler-only", action="store_true",
                         help="serve the decision files; run no controller")
 
@@ -139,7 +142,7 @@ def plan_from_args(args: argparse.Namespace) -> ServePlan:
                                      client_ca=args.tls_client_ca)
     return ServePlan(tuple(zip(dags, paths, strict=True)), host=args.host, grpc_port=grpc_port,
                      metrics_port=metrics_port, staleness_s=scaler.staleness_s, tls=tls,
-                     clock_skew_s=scaler.clock_skew_s)
+                     clock_skew_s=scaler.clock_skew_s, reflection=args.reflection)
 
 
 def serve(plan: ServePlan, *, clock: Callable[[], float] = time.time,
@@ -171,7 +174,8 @@ def serve(plan: ServePlan, *, clock: Callable[[], float] = time.time,
     registry = CollectorRegistry()
     try:
         server, port = create_server(f"{plan.host}:{plan.grpc_port}", store=store,
-                                     registry=registry, tls=plan.tls)
+                                     registry=registry, tls=plan.tls,
+                                     reflection=plan.reflection)
     except RuntimeError as e:
         raise _bind_error("--grpc-port", plan.host, plan.grpc_port, e) from e
     try:

@@ -1,4 +1,4 @@
-"""The scaler's gRPC server: the ExternalScaler service, health, reflection, optional (m)TLS.
+"""The scaler's gRPC server: the ExternalScaler service, health, optional reflection and (m)TLS.
 
 grpc.aio serves on its own event-loop thread, so one process holds thousands of open
 StreamIsActive streams (one per external-push ScaledObject) without a thread each, while the
@@ -61,14 +61,15 @@ class ScalerServer:
         self.port = 0
 
     async def _start(self, address: str, *, store: DecisionStore, telemetry: ScalerTelemetry,
-                     tls: TlsMaterial | None) -> int:
+                     tls: TlsMaterial | None, reflection_on: bool) -> int:
         server = grpc.aio.server(options=_OPTIONS)
         servicer = ExternalScalerServicer(store, telemetry)
         server.add_generic_rpc_handlers((servicer.generic_handler(),))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        if reflection_on:
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         if tls is None:
             port = server.add_insecure_port(address)
         else:
@@ -128,7 +129,8 @@ class ScalerServer:
 
 
 def create_server(address: str, *, store: DecisionStore, registry: CollectorRegistry,
-                  tls: TlsMaterial | None = None) -> tuple[ScalerServer, int]:
+                  tls: TlsMaterial | None = None, reflection: bool = False
+                  ) -> tuple[ScalerServer, int]:
     """Build, bind and start the scaler server.
 
     Args:
@@ -136,6 +138,7 @@ def create_server(address: str, *, store: DecisionStore, registry: CollectorRegi
         store: the decisions served.
         registry: where the scaler's own metrics are registered.
         tls: server certificate and key (and a client CA for mTLS); None for plaintext.
+        reflection: also serve gRPC server reflection (for grpcurl; off unless asked for).
 
     Returns:
         The started server and its bound port.
@@ -150,7 +153,8 @@ def create_server(address: str, *, store: DecisionStore, registry: CollectorRegi
     server = ScalerServer(loop, thread)
     try:
         port = asyncio.run_coroutine_threadsafe(
-            server._start(address, store=store, telemetry=telemetry, tls=tls), loop
+            server._start(address, store=store, telemetry=telemetry, tls=tls,
+                          reflection_on=reflection), loop
         ).result(timeout=_START_TIMEOUT_S)
     except BaseException:
         server.stop(grace_s=0)

@@ -82,9 +82,11 @@ class Scaler:
 
 @contextmanager
 def running_scaler(store: DecisionStore, *, tls: TlsMaterial | None = None,
-                   channel: grpc.Channel | None = None) -> Iterator[Scaler]:
+                   channel: grpc.Channel | None = None, reflection: bool = False
+                   ) -> Iterator[Scaler]:
     registry = CollectorRegistry()
-    server, port = create_server("127.0.0.1:0", store=store, registry=registry, tls=tls)
+    server, port = create_server("127.0.0.1:0", store=store, registry=registry, tls=tls,
+                                 reflection=reflection)
     own = channel is None
     channel = channel or grpc.insecure_channel(f"127.0.0.1:{port}")
     try:

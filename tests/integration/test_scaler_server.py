@@ -245,10 +245,15 @@ def test_health_liveness_apart_from_readiness(clock):
         assert status("externalscaler.ExternalScaler") == serving
 
 
-def test_reflection_lists_the_services(scaler):
+def test_reflection_is_opt_in(scaler, store):
     stub = reflection_pb2_grpc.ServerReflectionStub(scaler.channel)
     request = reflection_pb2.ServerReflectionRequest(list_services="")
-    response = next(stub.ServerReflectionInfo(iter([request]), timeout=5))
+    with pytest.raises(grpc.RpcError) as info:  # off by default
+        next(stub.ServerReflectionInfo(iter([request]), timeout=5))
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    with running_scaler(store, reflection=True) as on:
+        stub = reflection_pb2_grpc.ServerReflectionStub(on.channel)
+        response = next(stub.ServerReflectionInfo(iter([request]), timeout=5))
     names = {s.name for s in response.list_services_response.service}
     assert {"externalscaler.ExternalScaler", "grpc.health.v1.Health"} <= names
 
