@@ -1,16 +1,25 @@
 # Every target here is what CI runs; .ci/run calls `make test` and nothing else.
-PYTHON ?= python3
+# Everything runs in the project's own virtualenv (.venv), built from nothing when missing, so a
+# system Python (PEP 668) is never touched and a missing install step shows on a fresh clone.
+BOOT_PYTHON ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip
+STAMP := $(VENV)/.install-stamp
 PROTO_DIR := smoelib/keda_proto
 PROTO_OUT := $(PROTO_DIR)/externalscaler_pb2.py $(PROTO_DIR)/externalscaler_pb2_grpc.py
-# import-linter's `lint-imports`, run by this Python (the contracts: pyproject.toml)
+# import-linter's `lint-imports`, run by the project's Python (the contracts: pyproject.toml)
 LINT_IMPORTS := $(PYTHON) -c 'from importlinter.cli import lint_imports_command as c; c()' --no-cache
 
 .PHONY: install proto test lint bench demo train train-ablations train-loaded examples clean
 
+$(PYTHON):
+	$(BOOT_PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
 # The CPU wheel of torch is pinned only here, and only when torch is missing: a looser
 # requirement resolved with no torch installed would pull a multi-GB CUDA build.
-.install-stamp: pyproject.toml
+$(STAMP): pyproject.toml | $(PYTHON)
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install --quiet "torch==2.13.0"
 	$(PIP) install --quiet -e ".[dev]"
 	@touch $@
@@ -24,19 +33,20 @@ LINT_IMPORTS := $(PYTHON) -c 'from importlinter.cli import lint_imports_command 
 	  else echo "note: install Debian's 'prometheus' package for the integration tests"; fi; }
 	@touch $@
 
-# A stamp left by another Python or another checkout is stale: check (outside this directory)
-# that the installed package is this checkout and the dev tools import; else reinstall.
+# A stamp left by another checkout is stale: check (outside this directory) that the installed
+# package is this checkout and the dev tools import; else reinstall.
 install:
 	@$(PYTHON) -I -c "import os, smoelib, kmock, grpc_tools; \
 	  assert os.path.samefile(os.path.dirname(smoelib.__file__), 'smoelib')" 2>/dev/null \
-	  || rm -f .install-stamp
+	  || rm -f $(STAMP)
 	@command -v prometheus >/dev/null 2>&1 || rm -f .prometheus-stamp
-	@$(MAKE) --no-print-directory .install-stamp .prometheus-stamp proto
+	@$(MAKE) --no-print-directory $(STAMP) .prometheus-stamp
 
-$(PROTO_OUT): $(PROTO_DIR)/externalscaler.proto .install-stamp
+# The generated gRPC stubs are committed (they ship in the wheel; grpcio-tools is no run-time
+# dependency); this regenerates them with the pinned grpcio-tools, and a test checks that it
+# leaves them unchanged.
+proto: install
 	$(PYTHON) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. $(PROTO_DIR)/externalscaler.proto
-
-proto: $(PROTO_OUT)
 
 # The layering contracts (pyproject.toml, [tool.importlinter]) are part of the tests.
 test: install
@@ -77,4 +87,4 @@ bench: install
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PYTHON) $$script || exit 1; done
 
 clean:
-	rm -rf .install-stamp .prometheus-stamp build dist *.egg-info $(PROTO_OUT)
+	rm -rf $(VENV) .prometheus-stamp build dist *.egg-info

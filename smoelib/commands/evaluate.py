@@ -13,6 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from smoelib.commands.plotting import pyplot
 from smoelib.core.guards import get_profile
 from smoelib.errors import ConfigError, Problem
 from smoelib.harness.evaluate import RunSpec, run_all, table_markdown, write_json
@@ -109,12 +110,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _grid(results, title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _grid(plt, results, title: str):
     keys = list(dict.fromkeys((r["run"]["pipeline"], r["run"]["trace"]) for r in results))
     cols = min(3, len(keys))
     rows = -(-len(keys) // cols)
@@ -126,7 +122,10 @@ def _grid(results, title: str):
 def _plots(results, out: Path) -> None:
     import numpy as np
 
-    plt, fig, keys, axes = _grid(results, "cost against P95 / SLO (mean over seeds)")
+    plt = pyplot("the plots")
+    if plt is None:
+        return
+    plt, fig, keys, axes = _grid(plt, results, "cost against P95 / SLO (mean over seeds)")
     for key, ax in zip(keys, axes, strict=True):
         rs = [r["run"] for r in results if (r["run"]["pipeline"], r["run"]["trace"]) == key]
         for pol in dict.fromkeys(r["policy"] for r in rs):
@@ -148,7 +147,7 @@ def _plots(results, out: Path) -> None:
              f"P95 over time against the SLO (seed {first})"),
             ("hottest_replicas.png", "hot_t_s", "hot_replicas", "ready replicas",
              f"replicas of the busiest expert (seed {first})")):
-        plt, fig, keys, axes = _grid(results, title)
+        plt, fig, keys, axes = _grid(plt, results, title)
         for key, ax in zip(keys, axes, strict=True):
             rs = [r for r in results if (r["run"]["pipeline"], r["run"]["trace"]) == key
                   and r["run"]["seed"] == first]

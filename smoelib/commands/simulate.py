@@ -17,6 +17,7 @@ import math
 import time
 from pathlib import Path
 
+from smoelib.commands.plotting import pyplot
 from smoelib.core.guards import get_profile
 from smoelib.errors import ConfigError, Problem
 from smoelib.pipeline.topology import build_dag
@@ -141,11 +142,9 @@ def _write_out(out: Path, env) -> None:
         w.writerow(keys)
         for i in range(series["t_s"].size):
             w.writerow([f"{series[k][i]:.6g}" for k in keys])
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("windows.png")
+    if plt is None:
+        return
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
     ax1.plot(series["t_s"], series["p95_ms"], label="P95 per 60 s window")
     ax1.axhline(env.dag.slo_ms, color="red", linestyle="--", label="SLO")

@@ -14,6 +14,7 @@ import dataclasses
 from pathlib import Path
 
 from smoelib.commands.evaluate import split_list
+from smoelib.commands.plotting import pyplot
 from smoelib.errors import ConfigError, Problem
 
 __all__ = ["add_arguments", "run"]
@@ -143,10 +144,9 @@ def _plot(out: Path) -> None:
     updates, from ``log.csv``."""
     import csv
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("curves.png")
+    if plt is None:
+        return
 
     with (out / "log.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))

@@ -29,8 +29,7 @@ from tests.integration.k8s_fixtures import decision_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-SPEC = yaml.safe_load((ROOT.parent / "shared" / "schemas" / "openfaas-gateway.openapi.yml")
-                      .read_text()) if (ROOT.parent / "shared").exists() else None
+SPEC = yaml.safe_load((ROOT / "tests" / "schemas" / "openfaas-gateway.openapi.yml").read_text())
 DAG = build_dag(ROOT / "examples" / "pipelines" / "bert-moe.yml", validate=True,
                 attach_metadata=True)
 AUTH = ("admin", "s3cret")
@@ -122,8 +121,6 @@ class FakeGateway:
 
 @pytest.fixture()
 def gateway():
-    if SPEC is None:
-        pytest.skip("shared/schemas is not next to this checkout")
     fake = FakeGateway(SPEC)
 
     class Handler(BaseHTTPRequestHandler):

@@ -26,7 +26,7 @@ from smoelib.topology import build_dag
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINES = ROOT / "examples" / "pipelines"
-CRD = ROOT / ".." / "shared" / "schemas" / "keda.sh_scaledobjects.yaml"
+CRD = ROOT / "tests" / "schemas" / "keda.sh_scaledobjects.yaml"  # vendored: tests/schemas
 
 
 def crd_schema() -> dict:
