@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from smoelib._version import __version__
 from smoelib.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, SmoeError
@@ -29,7 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("smoelib.commands.demo", "run everything on the embedded simulated cluster"),
 }
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The ``smoe`` parser. Every subcommand is listed; only those in ``commands`` (all when
+    None) import their module and take their arguments, so ``smoe --help`` and a light command
+    never import torch or the simulator for the others."""
     parser = argparse.ArgumentParser(
         prog="smoe", description="sMoE: autoscaling for Mixture-of-Experts inference on "
         "KEDA-driven OpenFaaS. Every command takes --config FILE and works without one.")
@@ -37,22 +41,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log verbosity")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = set(COMMANDS) if commands is None else set(commands)
     for name, (module, help_) in COMMANDS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name is None or not module.startswith(e.name):
-                raise
-            continue  # the command's module is not part of this build
-        cmd = sub.add_parser(name, help=help_, description=(mod.__doc__ or help_).strip())
+        if name not in wanted:
+            sub.add_parser(name, help=help_, description=help_, add_help=False)
+            continue
+        mod = importlib.import_module(module)
+        cmd = sub.add_parser(name, help=help_, description=plain_text(mod.__doc__ or help_),
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(cmd)
         cmd.set_defaults(run=mod.run)
     return parser
 
 
+_ROLE = re.compile(r":(?:func|class|mod|meth|data|attr|exc):`~?([^`]+)`")
+
+
+def plain_text(doc: str) -> str:
+    """A module docstring as help text: reStructuredText roles and literals as plain words
+    (``:func:`~a.b.c``` -> ``c``, double backquotes dropped)."""
+    text = _ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1], doc)
+    return text.replace("``", "").strip()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_in = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((a for a in args_in if a in COMMANDS), None)
+    parser = build_parser(() if chosen is None else (chosen,))
+    args = parser.parse_args(args_in)
     if not getattr(args, "run", None):
         parser.print_help()
         return EXIT_BAD_INPUT

@@ -12,13 +12,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from smoelib.commands.arguments import pipeline_argument
 from smoelib.pipeline.topology import build_dag
 from smoelib.scaler.manifests import file_name, kustomization, render_yaml, scaled_objects
 from smoelib.settings import load_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pipeline", metavar="PIPELINE", help="path to pipeline.yml")
+    parser.add_argument("--pipeline", dest="pipeline_flag", metavar="PIPELINE",
+                        help="path to pipeline.yml")
+    parser.add_argument("pipeline", metavar="PIPELINE", nargs="?", default=None,
+                        help="the same, as a positional argument (an alias of --pipeline)")
     parser.add_argument("--config", metavar="CONFIG", help="config.yaml (default: built-in)")
     parser.add_argument("-o", "--out", metavar="DIR",
                         help="write one file per ScaledObject and a kustomization.yaml here "
@@ -26,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    args.pipeline = pipeline_argument(args)
     dag = build_dag(config=args.pipeline, validate=True, attach_metadata=True)
     settings = load_settings(args.config)
     objects = scaled_objects(dag, settings)

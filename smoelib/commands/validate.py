@@ -9,13 +9,17 @@ from __future__ import annotations
 import argparse
 import sys
 
+from smoelib.commands.arguments import pipeline_argument
 from smoelib.errors import EXIT_BAD_INPUT, ConfigError, PipelineError
 from smoelib.pipeline.topology import build_dag
 from smoelib.settings import load_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pipeline", metavar="PIPELINE", help="path to pipeline.yml")
+    parser.add_argument("--pipeline", dest="pipeline_flag", metavar="PIPELINE",
+                        help="path to pipeline.yml")
+    parser.add_argument("pipeline", metavar="PIPELINE", nargs="?", default=None,
+                        help="the same, as a positional argument (an alias of --pipeline)")
     parser.add_argument("--config", metavar="CONFIG", help="config.yaml (default: built-in)")
 
 
@@ -33,6 +37,7 @@ def operator_problems(dag, settings, *, source: str | None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    args.pipeline = pipeline_argument(args)
     problems: list[str] = []
     dag = None
     try:
