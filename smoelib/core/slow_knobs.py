@@ -5,6 +5,9 @@ always (read once at process start); CPU and memory too where the cluster has no
 resize or the writer is the OpenFaaS gateway, and memory under ``mps-env`` with a pinned device
 memory limit. A slow knob of an expert changes only when
 
+Memory is slow only when it goes down where the cluster cannot lower a memory limit in place
+(Kubernetes before 1.35: ``cluster.in_place_memory_decrease``).
+
 1. the new value differs from the reference (the last decision's) by more than
    ``guards.slow_knob_threshold`` (relative),
 2. it has been proposed for ``guards.hysteresis_ticks`` ticks in a row, and
@@ -40,6 +43,9 @@ class SlowKnobRules:
     (fraction); ``budget_per_min`` pods replaced per minute per pipeline."""
 
     knobs: tuple[str, ...] = SLOW_KNOBS
+    decreases: tuple[str, ...] = ()
+    """knobs slow only when they go down (memory before Kubernetes 1.35: a lower memory limit
+    is refused in place, so it rolls pods)"""
     hysteresis_ticks: int = 3
     threshold: float = 0.2
     budget_per_min: int = 4
@@ -49,12 +55,14 @@ class SlowKnobRules:
         """The rules of ``settings.guards``; which knobs roll pods follows the cluster (in-place
         resize), the vertical backend (the gateway always rolls) and the GPU sharing mode."""
         g = settings.guards
-        knobs = SLOW_KNOBS
+        knobs, decreases = SLOW_KNOBS, ()
         if not settings.cluster.in_place_resize or settings.vertical.backend == "openfaas-gateway":
             knobs += RESOURCE_KNOBS
         elif settings.gpu_sharing.mode == "mps-env" and settings.gpu_sharing.pin_device_memory:
             knobs += ("memory_mb",)
-        return cls(knobs=knobs, hysteresis_ticks=g.hysteresis_ticks,
+        elif not settings.cluster.in_place_memory_decrease:
+            decreases = ("memory_mb",)
+        return cls(knobs=knobs, decreases=decreases, hysteresis_ticks=g.hysteresis_ticks,
                    threshold=g.slow_knob_threshold, budget_per_min=g.rollout_budget_per_min)
 
 
@@ -109,10 +117,10 @@ def hold_slow_knobs(experts: Mapping[str, ExpertDecision],
             continue
         held: dict[str, Any] = {}
         ready: list[str] = []
-        for knob in rules.knobs:
+        for knob in rules.knobs + rules.decreases:
             new, old = getattr(want, knob), getattr(have, knob)
             key = (node, knob)
-            if new == old:
+            if new == old or (knob in rules.decreases and new > old):
                 candidates.pop(key, None)
                 continue
             if abs(new - old) <= rules.threshold * abs(old):

@@ -72,6 +72,10 @@ class Cluster:
     in_place_resize: bool = setting(
         True, "the cluster supports in-place pod resize (pods/resize, Kubernetes >= 1.33); "
         "without it CPU and memory changes roll pods like the slow knobs")
+    in_place_memory_decrease: bool = setting(
+        False, "the cluster lowers a container's memory limit in place (Kubernetes >= 1.35); "
+        "1.33 and 1.34 refuse it (422 Invalid) unless the container's resizePolicy for memory is "
+        "RestartContainer, so there a memory decrease rolls the function's pods: a slow change")
     hpa_configurable_tolerance: bool = setting(
         True, "the HPA honours a per-ScaledObject tolerance (Kubernetes >= 1.35 or the "
         "HPAConfigurableTolerance gate); without it the 10% default applies")

@@ -210,6 +210,8 @@ class SimEnv:
                          tg_.concurrency.astype(float)], axis=1)
         slow = slice(2, 4) if self.s.cluster.in_place_resize else slice(0, 4)
         changed = self.is_expert & (want[:, slow] != self.template[:, slow]).any(axis=1)
+        if self.s.cluster.in_place_resize and not self.s.cluster.in_place_memory_decrease:
+            changed |= self.is_expert & (want[:, 1] < self.template[:, 1])  # a lower limit
         for node in np.flatnonzero(changed):
             self.template[node] = want[node]
             cl.version[node] += 1

@@ -49,6 +49,7 @@ class PlanRules(SharingRules):
     ``Deferred`` resize may wait before it falls back to a rollout."""
 
     in_place_resize: bool = True
+    in_place_memory_decrease: bool = False
     pause_scaledobject: bool = False
     deferred_grace_s: float = 60.0
 
@@ -60,6 +61,7 @@ class PlanRules(SharingRules):
                    pin_device_memory=g.pin_device_memory, gpu_resource=v.gpu_resource,
                    mps_pool_label=v.mps_pool_label,
                    in_place_resize=settings.cluster.in_place_resize,
+                   in_place_memory_decrease=settings.cluster.in_place_memory_decrease,
                    pause_scaledobject=settings.guards.pause_scaledobject_during_rollout,
                    deferred_grace_s=v.resize_deferred_grace_s)
 
@@ -117,8 +119,13 @@ def _plan_function(node: str, live: FunctionState, want: Knobs, rules: PlanRules
     stuck = [p.name for p in live.pods if _resize_stuck(p, rules, now)]
     if stuck:
         notes.append(f"{live.function}: resize pending on {', '.join(stuck)}; rolling out")
+    lowers = in_place and _lowers_memory_limit(live, want, rules)
+    if lowers:
+        notes.append(f"{live.function}: memory {live.knobs.memory_mb} -> {want.memory_mb} MiB "
+                     "lowers a memory limit, which this cluster does not do in place "
+                     "(cluster.in_place_memory_decrease); rolling out")
     rollout, free_gpus = rollout_patch(node, live, want, rules, force=bool(stuck),
-                                       resources_are_slow=not in_place or bool(stuck),
+                                       resources_are_slow=not in_place or bool(stuck) or lowers,
                                        free_gpus=free_gpus, notes=notes)
     patches: list[Patch] = []
     if rollout is not None:
@@ -146,8 +153,21 @@ def _needs_resize(container: Mapping[str, Any], want: Knobs) -> bool:
             or (mem is not None and mem != want.memory_mb))
 
 
+def _lowers_memory_limit(live: FunctionState, want: Knobs, rules: PlanRules) -> bool:
+    """Whether ``want`` lowers a memory limit, which Kubernetes before 1.35 refuses in place."""
+    if rules.in_place_memory_decrease or want.memory_mb is None:
+        return False
+    have = live.knobs.memory_mb
+    if have is None or want.memory_mb >= have:
+        return False
+    if live.writer == "simulated":
+        return True
+    limits = (live.container.get("resources") or {}).get("limits") or {}
+    return "memory" in limits
+
+
 def _resize_stuck(pod: Any, rules: PlanRules, now: float) -> bool:
-    if pod.resize_pending == "Infeasible":
+    if pod.resize_pending in ("Infeasible", "Error"):
         return True
     if pod.resize_pending == "Deferred":
         since = pod.resize_pending_since

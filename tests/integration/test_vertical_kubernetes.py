@@ -263,3 +263,73 @@ def test_a_conflict_retry_goes_through_the_same_slow_knob_rules_as_the_first_att
     after = k8s.get(DEPLOYMENTS, NS, name)
     assert after["spec"]["template"] == before["spec"]["template"]  # no rollout to share 0.5
     assert k8s.get(PODS, NS, pod)["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "2"
+
+
+# What kube-apiserver 1.33/1.34 answers a pods/resize that lowers a memory limit (resize
+# validation, pkg/apis/core/validation): 422 with reason Invalid and the field's cause.
+INVALID_MEMORY_DECREASE = {
+    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+    "message": 'Pod "bert-moe-moe1-e0-7d9f-0" is invalid: spec.containers[0].resources.limits['
+               'memory]: Forbidden: memory limits cannot be decreased unless resizePolicy is '
+               "RestartContainer",
+    "reason": "Invalid",
+    "details": {"name": "bert-moe-moe1-e0-7d9f-0", "kind": "Pod", "causes": [
+        {"reason": "FieldValueForbidden", "message": "Forbidden: memory limits cannot be "
+         "decreased unless resizePolicy is RestartContainer",
+         "field": "spec.containers[0].resources.limits[memory]"}]},
+    "code": 422}
+
+
+def test_a_422_invalid_is_permanent_with_its_message_never_re_read_as_a_conflict(k8s):
+    seed_pipeline(k8s, DAG)
+    pod = "bert-moe-moe1-e0-7d9f-0"
+    obj_before = k8s.get(PODS, NS, pod)
+
+    def refuse(request):  # a real server stores nothing on a 422: undo the emulator's write
+        k8s.handler.objects[PODS, NS, pod].patch(obj_before)
+        raise kmock.KubernetesError(status=422, reason="Invalid",
+                                    message=INVALID_MEMORY_DECREASE["message"],
+                                    details=INVALID_MEMORY_DECREASE["details"])
+
+    k8s.react("patch", PODS, pod, subresource="resize", call=refuse)
+    plan, report = run(k8s, decision_for(DAG, moe1__e0={"memory_mb": 1024}),
+                       rules=PlanRules(in_place_memory_decrease=True))  # claims 1.35
+    (failed,) = report.failed
+    assert failed.message.startswith(f"pod {NS}/{pod}: refused as invalid: ")
+    assert "memory limits cannot be decreased unless resizePolicy is RestartContainer" in \
+        failed.message
+    gets = [r for r in k8s.k8s_requests() if r.method == "GET" and r.name == pod]
+    assert gets == []  # no re-read: an Invalid is not a conflict
+
+
+def test_before_1_35_a_memory_decrease_rolls_out_instead_of_resizing(k8s):
+    seed_pipeline(k8s, DAG)
+    plan, report = run(k8s, decision_for(DAG, moe1__e0={"memory_mb": 1024}))
+    assert [(p.target.kind, p.subresource, p.rollout) for p in plan.patches] == [
+        ("Deployment", None, True)]
+    assert any("lowers a memory limit" in n for n in plan.notes)
+    assert report.failed == ()
+    c = container(k8s, "bert-moe-moe1-e0")
+    assert c["resources"]["limits"]["memory"] == "1Gi"
+    # an increase still resizes in place
+    plan, _ = run(k8s, decision_for(DAG, moe1__e1={"memory_mb": 4096}))
+    assert [(p.target.kind, p.subresource) for p in plan.patches] == [("Pod", "resize")]
+
+
+def test_a_resize_in_progress_with_reason_error_falls_back_to_a_rollout(k8s):
+    seed_pipeline(k8s, DAG)
+    pod_name = "bert-moe-moe1-e3-7d9f-0"
+
+    def failed(request):
+        obj = k8s.handler.objects[PODS, NS, pod_name]
+        status = dict(obj.raw["status"])
+        status["conditions"] = status["conditions"] + [
+            {"type": "PodResizeInProgress", "status": "True", "reason": "Error",
+             "message": "the kubelet could not apply the new resources"}]
+        obj.patch({"status": status})
+        return obj.raw
+
+    k8s.react("patch", PODS, pod_name, subresource="resize", call=failed)
+    plan, report = run(k8s, decision_for(DAG, moe1__e3={"cpu": 2.0}), watch_s=1.0)
+    assert [(o.patch.target.kind, o.status) for o in report.outcomes] == [
+        ("Pod", "applied"), ("Deployment", "applied")]

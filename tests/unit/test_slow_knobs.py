@@ -79,3 +79,37 @@ def test_a_function_larger_than_the_budget_rolls_alone_in_an_empty_minute():
     out, _, _ = hold({"moe1/e0": expert(concurrency=8)}, busy, 100.0, rules,
                      pods={"moe1/e0": 6})
     assert out["moe1/e0"].concurrency == 4
+
+
+def test_before_1_35_a_memory_decrease_is_slow_and_an_increase_is_not():
+    rules = SlowKnobRules.from_settings(load_settings(None))
+    assert rules.decreases == ("memory_mb",)
+    lower = ExpertDecision(2, 1.0, 1024, 0.25, 4)
+    higher = ExpertDecision(2, 1.0, 4096, 0.25, 4)
+    out, _, notes = hold_slow_knobs({"moe1/e0": lower, "moe1/e1": higher}, BEFORE,
+                                    SlowKnobMemory(), rules=rules, pods={"moe1/e0": 2},
+                                    now=0.0)
+    assert out["moe1/e0"].memory_mb == 2048 and "memory_mb 2048 -> 1024 seen 1/3" in notes[0]
+    assert out["moe1/e1"].memory_mb == 4096
+    later = SlowKnobRules.from_settings(load_settings({"cluster": {
+        "in_place_memory_decrease": True}}))
+    assert later.decreases == ()
+
+
+def test_the_simulator_rolls_pods_for_a_memory_decrease_before_1_35():
+    from types import MappingProxyType
+
+    from smoelib.core.decisions import PipelineDecision
+    from smoelib.sim.env import SimEnv
+    from smoelib.topology import build_dag
+
+    dag = build_dag("examples/pipelines/bert-moe.yml")
+    for allowed, rollouts in ((False, 1), (True, 0)):
+        env = SimEnv(dag, load_settings({"cluster": {"in_place_memory_decrease": allowed}}),
+                     trace="poisson", duration_s=30)
+        env.reset(1)
+        experts = {n: ExpertDecision(1, s.cpu, s.memory_mb, s.gpu_share, s.concurrency)
+                   for n in dag.experts if (s := dag.spec(n))}
+        experts["moe1/e0"] = ExpertDecision(1, 1.0, 1024, 0.25, 4)
+        env.step(PipelineDecision(dag.name, 0.0, MappingProxyType(experts)))
+        assert env.rollouts == rollouts

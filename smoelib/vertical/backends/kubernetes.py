@@ -1,9 +1,11 @@
 """The ``kubernetes`` backend: pods (``pods/resize``), Deployments, OpenFaaS ``Function``
 resources and KEDA ScaledObjects through the Kubernetes API.
 
-Every call has a timeout. A 409 (or 422 from a failed JSON patch ``test``) is a
-:class:`ConflictError`, so the plan loop re-reads and re-plans; 403 and 404 are
-:class:`~smoelib.errors.PermanentError` naming the object; timeouts and 5xx are transient.
+Every call has a timeout. A 409, or a 422 from a failed JSON patch ``test`` (the object
+changed under us), is a :class:`ConflictError`, so the plan loop re-reads and re-plans; any
+other 422 (``reason: Invalid``: the API server's validation refused the change, e.g. a lower
+memory limit on Kubernetes 1.33/1.34), 403 and 404 are :class:`~smoelib.errors.PermanentError`
+naming the object and the server's message; timeouts and 5xx are transient.
 The calls it makes are exactly what ``manifests/base/rbac.yaml`` grants.
 """
 
@@ -143,8 +145,10 @@ class KubernetesBackend:
             return json.loads(response.data or b"{}")
         except client.ApiException as e:
             message = _message(e)
-            if e.status in (409, 422):
+            if e.status == 409 or (e.status == 422 and _failed_test(e)):
                 raise ConflictError(f"{what}: {e.status} {message}") from e
+            if e.status == 422:
+                raise PermanentError(f"{what}: refused as invalid: {message}") from e
             if e.status in (401, 403):
                 raise PermanentError(f"{what}: forbidden: {message}") from e
             if e.status == 404:
@@ -161,6 +165,20 @@ def _message(e: Any) -> str:
         return str(json.loads(e.body).get("message", "")) or str(e.reason)
     except (TypeError, ValueError, AttributeError):
         return str(e.reason)
+
+
+def _failed_test(e: Any) -> bool:
+    """Whether a 422 is a JSON patch ``test`` op that failed (the object changed since it was
+    read), not a validation error: the API server answers it with a generic Status whose
+    cause names the failed test."""
+    try:
+        body = json.loads(e.body)
+    except (TypeError, ValueError):
+        return False
+    causes = (body.get("details") or {}).get("causes") or ()
+    texts = [str(body.get("message", ""))] + [str(c.get("message", "")) for c in causes]
+    return any("test" in t and "fail" in t for t in texts) and not any(
+        c.get("field") for c in causes)
 
 
 def _actuated(pod: dict[str, Any], state: Any) -> bool:

@@ -44,6 +44,9 @@ def pod_state(pod: Mapping[str, Any], function: str) -> PodState | None:
         return None
     conditions = {c.get("type"): c for c in status.get("conditions") or ()}
     pending = conditions.get("PodResizePending")
+    progress = conditions.get("PodResizeInProgress")
+    if pending is None and progress is not None and progress.get("reason") == "Error":
+        pending = progress  # the kubelet tried and failed: as stuck as an Infeasible one
     ready = conditions.get("Ready", {}).get("status") == "True"
     since = _timestamp(pending.get("lastTransitionTime")) if pending else None
     return PodState(name=meta["name"], container=containers[i], container_index=i,
