@@ -290,7 +290,8 @@ class SMoEController:
                 ports: tuple[str, ...] = ()) -> TickReport:
         self.telemetry.tick(report.status, failures=self.failures,
                             decide_s=result.decide_ms / 1000.0 if result else None,
-                            rules=result.fired if result else (), ports=ports)
+                            rules=result.fired if result else (), ports=ports,
+                            unknown=getattr(self.source, "unknown", ()))
         return report
 
     def _age(self, now: float) -> str:

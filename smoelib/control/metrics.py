@@ -56,9 +56,10 @@ QUERIES: dict[str, str] = {
     "replicas_desired": "sum by (deployment) (kube_deployment_spec_replicas{" + _NS + "})",
     "replicas_starting": "sum by (deployment) (kube_deployment_status_replicas_unavailable{"
                          + _NS + "})",
-    "replicas_pending": "sum by (label_faas_function) (kube_pod_status_phase{" + _NS
-                        + ',phase="Pending"} * on (namespace, pod) group_left '
-                        "(label_faas_function) kube_pod_labels{" + _NS + "})",
+    "replicas_pending": "sum by (deployment) (kube_pod_status_phase{" + _NS
+                        + ',phase="Pending"} * on (namespace, pod) group_left (deployment) '
+                        'label_replace(kube_pod_owner{' + _NS + ',owner_kind="ReplicaSet"}, '
+                        '"deployment", "$1", "owner_name", "(.*)-[^-]+"))',
     "cpu": "max by (container) (kube_pod_container_resource_requests{" + _NS
            + ',resource="cpu"})',
     "memory_mb": "max by (container) (kube_pod_container_resource_requests{" + _NS
@@ -73,7 +74,7 @@ QUERIES: dict[str, str] = {
 """Template name -> PromQL. The label each per-node template groups by names the node."""
 
 _GROUP_LABEL = {"replicas_ready": "deployment", "replicas_desired": "deployment",
-                "replicas_starting": "deployment", "replicas_pending": "label_faas_function",
+                "replicas_starting": "deployment", "replicas_pending": "deployment",
                 "cpu": "container", "memory_mb": "container"}
 _REQUIRED = ("calls_per_s", "replicas_ready")
 """Queries that must return series: without them the source is down or mis-configured."""
@@ -111,6 +112,9 @@ class PrometheusSource:
         self.timeout_s = timeout_s
         self.templates = {**QUERIES, **(queries or {})}
         self.overrides = tuple(queries or ())
+        self.unknown: set[str] = set()
+        """the templates whose value is unknown now (no series), said once each"""
+        self._empty: dict[str, bool] = {}
         self.window = f"{int(window_s)}s"
         self.configured = configured
         self.max_sample_age_s = max_sample_age_s
@@ -181,6 +185,11 @@ class PrometheusSource:
             series["value"] = _sample(series.get("value"), where)
         return result
 
+    def _unknown(self, name: str, why: str) -> None:
+        if name not in self.unknown:
+            self.unknown.add(name)
+            log.warning("%s: %s", name, why)
+
     def check_overrides(self) -> list[str]:
         """Run every ``metrics.queries`` override once and check its answer's shape (what
         ``smoe serve`` does before it listens). Returns a note per override that could not be
@@ -201,6 +210,7 @@ class PrometheusSource:
     def _per_node(self, name: str) -> np.ndarray:
         out = np.full(len(self._index), np.nan if name in _MAY_BE_NAN else 0.0)
         result = self.query(name)
+        self._empty[name] = not result
         if name in _REQUIRED and not result:
             raise TransientError(f"Prometheus returned no series for {name!r} of pipeline "
                                  f"{self.dag.name!r}")
@@ -242,6 +252,17 @@ class PrometheusSource:
             "calls_per_s", "tokens_per_s", "inflight", "rejected_per_s", "latency_p50_ms",
             "latency_p95_ms", "replicas_ready", "replicas_desired", "replicas_starting",
             "replicas_pending", "cpu", "memory_mb")}
+        # kube_deployment_status_replicas_unavailable counts pending pods too: starting is the
+        # rest. No pending series at all (kube_pod_owner not exported, say) is unknown, not 0.
+        if self._empty.get("replicas_pending"):
+            per_node["replicas_pending"][:] = math.nan
+            self._unknown("replicas_pending", "kube-state-metrics exports no kube_pod_status_phase"
+                          " x kube_pod_owner series for the pipeline's pods: pending replicas "
+                          "are unknown (counted as starting)")
+        else:
+            self.unknown.discard("replicas_pending")
+            per_node["replicas_starting"] = np.maximum(
+                per_node["replicas_starting"] - per_node["replicas_pending"], 0.0)
         gpu_share = np.zeros(len(self._index))
         concurrency = np.zeros(len(self._index))
         applied = self.configured() if self.configured else {}

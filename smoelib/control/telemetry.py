@@ -28,6 +28,7 @@ class ControllerTelemetry:
     def __init__(self, pipeline: str, registry: CollectorRegistry | None = None):
         r = registry if registry is not None else CollectorRegistry()
         self.pipeline = pipeline
+        self._unknown: set[str] = set()
         self.ticks = Counter("smoe_controller_ticks", "controller ticks by outcome",
                              ["pipeline", "outcome"], registry=r)
         self.failing = Gauge("smoe_controller_consecutive_failures",
@@ -44,6 +45,9 @@ class ControllerTelemetry:
         self.age = Gauge("smoe_controller_decision_age_seconds",
                          "age of the last good decision (NaN: none yet)", ["pipeline"],
                          registry=r)
+        self.unknown = Gauge("smoe_controller_unknown_series",
+                             "1 while a metric query has no series, so its value is unknown",
+                             ["pipeline", "query"], registry=r)
         self.tick_age = Gauge("smoe_controller_last_tick_age_seconds",
                               "seconds since the loop last attempted a tick", ["pipeline"],
                               registry=r)
@@ -54,9 +58,14 @@ class ControllerTelemetry:
         self.tick_age.labels(self.pipeline).set_function(tick_age)
 
     def tick(self, outcome: str, *, failures: int, decide_s: float | None = None,
-             rules: Iterable[str] = (), ports: Iterable[str] = ()) -> None:
+             rules: Iterable[str] = (), ports: Iterable[str] = (),
+             unknown: Iterable[str] = ()) -> None:
         """Record one tick."""
         p = self.pipeline
+        unknown = set(unknown)
+        for query in unknown | self._unknown:
+            self.unknown.labels(p, query).set(1.0 if query in unknown else 0.0)
+        self._unknown = unknown
         self.ticks.labels(p, outcome).inc()
         self.failing.labels(p).set(failures)
         if decide_s is not None and math.isfinite(decide_s):

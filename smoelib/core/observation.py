@@ -30,7 +30,9 @@ NODE_FIELDS = ("calls_per_s", "tokens_per_s", "inflight", "rejected_per_s", "lat
                "latency_p95_ms", "replicas_ready", "replicas_desired", "replicas_starting",
                "replicas_pending", "cpu", "memory_mb", "gpu_share", "concurrency")
 _MAY_BE_NAN = {"latency_p50_ms", "latency_p95_ms", "p95_ms", "p99_ms", "ttft_p95_ms",
-               "tpot_p95_ms", "slo_attainment", "dropped_per_s"}
+               "tpot_p95_ms", "slo_attainment", "dropped_per_s", "replicas_pending"}
+"""Fields a source may not know (NaN): latencies of a window without calls, per-pass figures a
+source does not measure, pending replicas without the kube-state-metrics series for them."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -183,8 +183,8 @@ def build_features(obs: Any, dag: Any, *, config: PolicyConfig, gpus: float,
             np.clip(np.asarray(obs.inflight, float) / np.maximum(ready * conc, 1.0), 0.0, 4.0),
             np.log1p(np.asarray(obs.rejected_per_s, float)) / 5.0, np.log1p(desired),
             np.log1p(ready),
-            np.log1p(np.asarray(obs.replicas_starting, float)
-                     + np.asarray(obs.replicas_pending, float)),
+            np.log1p(np.asarray(obs.replicas_starting, float)  # pending unknown (NaN): none
+                     + np.nan_to_num(np.asarray(obs.replicas_pending, float))),
             np.log1p(s["replicas_min"]), np.log1p(s["replicas_max"]),
             np.asarray(obs.cpu, float) / config.cpu_choices[-1],
             np.asarray(obs.memory_mb, float) / config.memory_choices[-1], gshare,

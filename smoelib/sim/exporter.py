@@ -96,8 +96,10 @@ class SimCollector:
                                 labels=["namespace", "container", "resource", "unit"])
         phase = GaugeMetricFamily("kube_pod_status_phase", "phase",
                                   labels=["namespace", "pod", "phase"])
-        pod_labels = GaugeMetricFamily("kube_pod_labels", "labels",
-                                       labels=["namespace", "pod", "label_faas_function"])
+        # kube-state-metrics as shipped: kube_pod_owner names the ReplicaSet (no --metric-labels-
+        # allowlist is needed); kube_pod_labels would carry no label_faas_function
+        owner = GaugeMetricFamily("kube_pod_owner", "owner",
+                                  labels=["namespace", "pod", "owner_kind", "owner_name"])
         for i, fn in enumerate(self.functions):
             if fn is None:
                 continue
@@ -106,11 +108,14 @@ class SimCollector:
             unavail.add_metric([ns, fn], float(snap["starting"][i] + snap["pending"][i]))
             req.add_metric([ns, fn, "cpu", "core"], float(snap["cpu"][i]))
             req.add_metric([ns, fn, "memory", "byte"], float(snap["memory_mb"][i]) * 1048576)
-            for k in range(int(snap["pending"][i])):
-                pod = f"{fn}-pending-{k}"
-                phase.add_metric([ns, pod, "Pending"], 1.0)
-                pod_labels.add_metric([ns, pod, fn], 1.0)
-        yield from (ready, spec, unavail, req, phase, pod_labels)
+            pods = int(snap["ready"][i] + snap["starting"][i])
+            for k in range(pods + int(snap["pending"][i])):
+                pod = f"{fn}-7d9f-{k}"
+                pending = k >= pods
+                phase.add_metric([ns, pod, "Running"], 0.0 if pending else 1.0)
+                phase.add_metric([ns, pod, "Pending"], 1.0 if pending else 0.0)
+                owner.add_metric([ns, pod, "ReplicaSet", f"{fn}-7d9f"], 1.0)
+        yield from (ready, spec, unavail, req, phase, owner)
 
 
 def serve(collector: SimCollector, port: int, *, registry: CollectorRegistry | None = None,

@@ -29,7 +29,11 @@ from smoelib.vertical.planner_writers import (
 from smoelib.vertical.records import FunctionState, Knobs, Patch, PipelineState
 from smoelib.vertical.template import SharingRules, resources_of
 
-__all__ = ["Plan", "PlanRules", "plan_patches", "ExpertKnobs", "check_scope"]
+__all__ = ["Plan", "PlanRules", "plan_patches", "ExpertKnobs", "check_scope",
+           "SCALE_ZERO_LABEL"]
+
+SCALE_ZERO_LABEL = "com.openfaas.scale.zero"
+"""OpenFaaS Pro's scale-to-zero opt-in: must stay unset on sMoE's functions."""
 
 
 class ExpertKnobs(Protocol):
@@ -103,6 +107,10 @@ def plan_patches(experts: Mapping[str, ExpertKnobs], state: PipelineState, *,
             if function not in state.missing:
                 notes.append(f"{function}: not planned (no live state)")
             continue
+        if str(live.labels.get(SCALE_ZERO_LABEL, "")).lower() == "true":
+            notes.append(f"{function}: label {SCALE_ZERO_LABEL}=true: OpenFaaS Pro's idler "
+                         "would scale this expert to zero behind sMoE's back; remove it "
+                         "(docs/install.md)")
         d = experts[node]
         want = Knobs(cpu=float(d.cpu), memory_mb=int(d.memory_mb), gpu_share=float(d.gpu_share),
                      concurrency=int(d.concurrency))

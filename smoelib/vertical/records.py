@@ -126,6 +126,8 @@ class FunctionState:
     scaledobject: str | None = None
     paused_by_us: bool = False
     rollout_done: bool = True
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """the function's labels (Deployment and pod template, or the stack's ``labels``)"""
 
 
 @dataclass(frozen=True, slots=True)

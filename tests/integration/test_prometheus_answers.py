@@ -174,3 +174,56 @@ def test_https_is_verified_by_default_with_a_ca_bundle_setting_and_an_explicit_o
     unverified = PrometheusSource(DAG, url=url, timeout_s=2, verify=False)
     assert unverified.query("calls_per_s")[0]["value"][1] == 2.0
     assert "metrics.tls_verify is false" in caplog.text
+
+
+class ByQuery(http.server.BaseHTTPRequestHandler):
+    """Answers each PromQL query by a rule of the test: ``server.rules`` maps a substring of
+    the query to the vector to answer; anything else is an empty vector."""
+
+    def do_GET(self):  # noqa: N802 - the stdlib's name
+        from urllib.parse import parse_qs, urlparse
+
+        promql = parse_qs(urlparse(self.path).query)["query"][0]
+        result = next((v for k, v in self.server.rules.items() if k in promql), [])
+        body = json.dumps({"status": "success", "data": {"resultType": "vector",
+                                                         "result": result}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_pending_replicas_without_their_series_are_unknown_said_once_never_zero(caplog):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ByQuery)
+    fn = DAG.function_name("moe1/e0")
+    server.rules = {
+        "time() - max(timestamp": [{"metric": {}, "value": [1.0, "1"]}],
+        "smoe_expert_calls_total": [{"metric": {"expert": "moe1/e0"}, "value": [1.0, "2"]}],
+        "kube_deployment_status_replicas_ready": [
+            {"metric": {"deployment": fn}, "value": [1.0, "1"]}],
+        "kube_deployment_status_replicas_unavailable": [
+            {"metric": {"deployment": fn}, "value": [1.0, "2"]}],
+    }
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        source = PrometheusSource(DAG, url=f"http://127.0.0.1:{server.server_address[1]}",
+                                  timeout_s=2)
+        i = DAG.nodes.index("moe1/e0")
+        for _ in range(2):
+            obs = source.fetch(0.0)
+            assert obs.replicas_pending[i] != obs.replicas_pending[i]  # NaN: unknown
+            assert obs.replicas_starting[i] == 2.0  # every unavailable pod counted as starting
+        assert source.unknown == {"replicas_pending"}
+        assert caplog.text.count("pending replicas are unknown") == 1
+        server.rules["kube_pod_owner"] = [{"metric": {"deployment": fn}, "value": [1.0, "1"]}]
+        obs = source.fetch(0.0)
+        assert obs.replicas_pending[i] == 1.0 and obs.replicas_starting[i] == 1.0
+        assert source.unknown == set()
+    finally:
+        server.shutdown()
+        server.server_close()

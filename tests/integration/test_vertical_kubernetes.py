@@ -333,3 +333,60 @@ def test_a_resize_in_progress_with_reason_error_falls_back_to_a_rollout(k8s):
     plan, report = run(k8s, decision_for(DAG, moe1__e3={"cpu": 2.0}), watch_s=1.0)
     assert [(o.patch.target.kind, o.status) for o in report.outcomes] == [
         ("Pod", "applied"), ("Deployment", "applied")]
+
+
+def test_a_redeployed_function_converges_within_one_tick(k8s):
+    """`faas-cli deploy` rewrites the function's env, resources and replicas; the controller's
+    next tick re-applies its knobs (the decision is unchanged, so no hysteresis applies)."""
+    from types import MappingProxyType
+
+    from smoelib.control.controller import SMoEController
+    from smoelib.core.decisions import ExpertDecision, PipelineDecision
+    from smoelib.settings import Settings
+    from smoelib.sim.env import SimEnv
+    from smoelib.vertical.loop import VerticalLoop
+
+    deployments = seed_pipeline(k8s, DAG)
+    name = "bert-moe-moe1-e0"
+    seen = SimEnv(DAG, Settings(), trace="poisson", duration_s=60).reset(1)
+
+    class Propose:
+        def reset(self, seed):
+            pass
+
+        def decide(self, observation):
+            experts = {n: ExpertDecision(1, s.cpu, s.memory_mb, s.gpu_share, s.concurrency)
+                       for n in DAG.experts if (s := DAG.spec(n))}
+            experts["moe1/e0"] = ExpertDecision(1, 1.0, 2048, 0.25, 8)
+            return PipelineDecision(DAG.name, 0.0, MappingProxyType(experts))
+
+    class Source:
+        def fetch(self, now):
+            return seen
+
+    class Clock:
+        t = 1_900_000_000.0
+
+        def now(self):
+            return self.t
+
+        def sleep(self, s):
+            self.t += s
+
+    settings = Settings()
+    t = FakeTime()
+    backend = KubernetesBackend(k8s.api_client, rules=PlanRules(), timeout_s=5, sleep=t.sleep,
+                                clock=t.clock)
+    clock = Clock()
+    controller = SMoEController(DAG, settings, warmup_seconds=0, source=Source(),
+                                decider=Propose(), clock=clock,
+                                vertical=VerticalLoop(DAG, backend, settings))
+    for _ in range(settings.guards.hysteresis_ticks):
+        assert controller.step().status == "ok"
+        clock.sleep(5)
+    assert env(container(k8s, name))["max_inflight"] == "8"
+    k8s.put(DEPLOYMENTS, NS, name, deployments[name])  # faas-cli deploy: back to its stack.yml
+    assert env(container(k8s, name))["max_inflight"] == "4"
+    report = controller.step()
+    assert report.status == "ok" and report.patches == 1
+    assert env(container(k8s, name))["max_inflight"] == "8"

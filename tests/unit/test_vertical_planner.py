@@ -62,7 +62,9 @@ def test_burstable_pod_keeps_its_limit_ratio_and_pending_pods_are_skipped():
     pods = [openfaas_pod(dep, 0), openfaas_pod(dep, 1, phase="Pending")]
     fs = function_state("bert-moe-moe1-e0", dep, pods, rules=PlanRules())
     live = PipelineState("bert-moe", NS, {fs.function: fs})
-    p = plan({"moe1/e0": expert(cpu=0.5, memory_mb=1024)}, live).patches
+    # lowering memory in place needs Kubernetes >= 1.35 (cluster.in_place_memory_decrease)
+    p = plan({"moe1/e0": expert(cpu=0.5, memory_mb=1024)}, live,
+             rules=PlanRules(in_place_memory_decrease=True)).patches
     assert [x.target.name for x in p] == [fs.pods[0].name]
     res = p[0].body[1]["value"]
     assert res == {"requests": {"cpu": "500m", "memory": "1Gi"},
@@ -215,3 +217,20 @@ def test_dry_run_prints_the_plan_as_yaml():
     assert doc["pipeline"] == "bert-moe"
     assert doc["patches"][0]["changes"]["env.max_inflight"] == {"from": "4", "to": "8"}
     assert doc["patches"][0]["target"]["kind"] == "Deployment"
+
+
+def test_a_function_opted_into_openfaas_scale_to_zero_is_named():
+    from smoelib.vertical.backends.kubernetes_state import function_state
+    from smoelib.vertical.planner import PlanRules, plan_patches
+    from smoelib.vertical.records import PipelineState
+    from tests.integration.k8s_fixtures import openfaas_deployment
+
+    dep = openfaas_deployment("f", env={"max_inflight": "4"})
+    dep["metadata"]["labels"]["com.openfaas.scale.zero"] = "true"
+    state = PipelineState("p", "openfaas-fn", {"f": function_state("f", dep, [],
+                                                                   rules=PlanRules())})
+    from smoelib.core.decisions import ExpertDecision
+
+    plan = plan_patches({"m/e0": ExpertDecision(2, 1.0, 2048, 0.0, 4)}, state,
+                        functions={"m/e0": "f"}, rules=PlanRules(), now=0.0)
+    assert any("com.openfaas.scale.zero=true" in n for n in plan.notes)

@@ -85,7 +85,8 @@ class GatewayBackend:
                 spec[side] = {k: v for k, v in status[side].items() if k in ("cpu", "memory")}
         container = {"env": [{"name": k, "value": v} for k, v in env.items()],
                      "resources": {s: spec[s] for s in ("requests", "limits") if spec.get(s)}}
-        return FunctionState(function=name, namespace=namespace, writer="gateway",
+        labels = {**dict(spec.get("labels") or {}), **dict(status.get("labels") or {})}
+        return FunctionState(function=name, namespace=namespace, writer="gateway", labels=labels,
                              knobs=read_knobs(container, {}, self.rules), env=env, spec=spec,
                              replicas=int(status.get("replicas") or 0),
                              ready_replicas=int(status.get("availableReplicas") or 0))

@@ -82,7 +82,9 @@ def function_state(function: str, deployment: Mapping[str, Any], pods: Iterable[
         ready_replicas=int(status.get("readyReplicas", 0)), pods=live_pods,
         node_selector=selector, rollout_done=done,
         scaledobject=scaledobject[0] if scaledobject else None,
-        paused_by_us=bool(scaledobject and scaledobject[1]))
+        paused_by_us=bool(scaledobject and scaledobject[1]),
+        labels={**dict(meta.get("labels") or {}),
+                **dict(template.get("metadata", {}).get("labels") or {})})
     if function_cr is not None:
         cr = function_cr.get("spec", {})
         env = {k: str(v) for k, v in (cr.get("environment") or {}).items()}
