@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     backend = make_backend(settings, functions=sorted(functions.values()),
                            namespace=dag.namespace, kind=kind, kubeconfig=args.kubeconfig,
                            gateway=args.gateway, stack=args.stack)
-    rules = PlanRules.from_settings(settings)
+    rules = PlanRules.from_settings(settings, dag=dag)
 
     def replan(only: frozenset[str] | None = None) -> Plan:
         wanted = {n: d for n, d in decision.experts.items()

@@ -2,8 +2,7 @@
 
 A slow knob is one whose change replaces the function's pods: GPU share and ``max_inflight``
 always (read once at process start); CPU and memory too where the cluster has no in-place
-resize or the writer is the OpenFaaS gateway, and memory under ``mps-env`` with a pinned device
-memory limit. A slow knob of an expert changes only when
+resize or the writer is the OpenFaaS gateway. A slow knob of an expert changes only when
 
 Memory is slow only when it goes down where the cluster cannot lower a memory limit in place
 (Kubernetes before 1.35: ``cluster.in_place_memory_decrease``).
@@ -58,8 +57,6 @@ class SlowKnobRules:
         knobs, decreases = SLOW_KNOBS, ()
         if not settings.cluster.in_place_resize or settings.vertical.backend == "openfaas-gateway":
             knobs += RESOURCE_KNOBS
-        elif settings.gpu_sharing.mode == "mps-env" and settings.gpu_sharing.pin_device_memory:
-            knobs += ("memory_mb",)
         elif not settings.cluster.in_place_memory_decrease:
             decreases = ("memory_mb",)
         return cls(knobs=knobs, decreases=decreases, hysteresis_ticks=g.hysteresis_ticks,

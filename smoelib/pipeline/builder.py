@@ -249,6 +249,7 @@ def _resolve(ck: Checker, top: Mapping[str, Any], stage: Mapping[str, Any], kind
         gpu_share=float(fields["gpu_share"]), concurrency=int(fields["concurrency"]),
         parallelism=int(fields["parallelism"]), replicas_min=int(fields["replicas"]["min"]),
         replicas_max=int(fields["replicas"]["max"]), weights_mb=float(fields["weights_mb"]),
+        gpu_memory_mb=int(fields["gpu_memory_mb"]),
         base_ms=float(fields["profile"]["base_ms"]),
         per_token_ms=float(fields["profile"]["per_token_ms"]),
         top_k=stage.get("top_k"), layer_size=stage.get("experts"))}

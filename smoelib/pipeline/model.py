@@ -19,7 +19,10 @@ class NodeSpec:
     percentage / 100; 0 is a CPU-only function), ``weights_mb`` MiB of parameters (drives cold
     start), ``base_ms`` and ``per_token_ms`` service time at ``gpu_share`` 1 (or per core when
     CPU-only). ``concurrency`` is OpenFaaS ``max_inflight`` (running + waiting per replica),
-    ``parallelism`` the calls a replica runs at once. Joins carry no function and no resources.
+    ``parallelism`` the calls a replica runs at once. ``gpu_memory_mb`` is the pinned GPU memory
+    limit of an ``mps-env`` expert (``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT``, MiB; 0: none): a
+    property of the expert, not a knob the policy turns. Joins carry no function and no
+    resources.
     """
 
     id: str
@@ -35,6 +38,7 @@ class NodeSpec:
     replicas_min: int = 0
     replicas_max: int = 0
     weights_mb: float = 0.0
+    gpu_memory_mb: int = 0
     base_ms: float = 0.0
     per_token_ms: float = 0.0
     top_k: int | None = None

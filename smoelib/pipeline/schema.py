@@ -33,7 +33,7 @@ MAX_NODES = 100_000
 TOP_KEYS = {"name", "namespace", "slo_ms", "max_seq_tokens", "description", "defaults", "stages"}
 STAGE_KEYS = {"id", "kind", "experts", "top_k", "after", "overrides"}
 NODE_KEYS = {"function", "cpu", "memory_mb", "gpu_share", "concurrency", "parallelism",
-             "replicas", "weights_mb", "profile"}
+             "replicas", "weights_mb", "gpu_memory_mb", "profile"}
 REPLICA_KEYS = {"min", "max"}
 PROFILE_KEYS = {"base_ms", "per_token_ms"}
 
@@ -47,6 +47,7 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
         "parallelism": 1,
         "replicas": {"min": 0, "max": 16},
         "weights_mb": 9.0,
+        "gpu_memory_mb": 0,
         "profile": {"base_ms": 2.0, "per_token_ms": 0.004},
     },
     "segment": {
@@ -58,6 +59,7 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
         "parallelism": 1,
         "replicas": {"min": 1, "max": 16},
         "weights_mb": 30.0,
+        "gpu_memory_mb": 0,
         "profile": {"base_ms": 2.0, "per_token_ms": 0.004},
     },
 }
@@ -92,6 +94,7 @@ NODE_FIELDS: dict[str, _Field] = {
     "concurrency": _Field("int", _positive),
     "parallelism": _Field("int", _positive),
     "weights_mb": _Field("number", _positive),
+    "gpu_memory_mb": _Field("int", _non_negative),
 }
 PROFILE_FIELDS = {"base_ms": _Field("number", _non_negative),
                   "per_token_ms": _Field("number", _non_negative)}

@@ -210,6 +210,7 @@ def _node_fields(spec: NodeSpec) -> dict[str, Any]:
     return {"function": d["function"], "cpu": d["cpu"], "memory_mb": d["memory_mb"],
             "gpu_share": d["gpu_share"], "concurrency": d["concurrency"],
             "parallelism": d["parallelism"], "weights_mb": d["weights_mb"],
+            "gpu_memory_mb": d["gpu_memory_mb"],
             "replicas": {"min": d["replicas_min"], "max": d["replicas_max"]},
             "profile": {"base_ms": d["base_ms"], "per_token_ms": d["per_token_ms"]}}
 

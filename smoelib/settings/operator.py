@@ -36,8 +36,6 @@ class GpuSharing:
     slots_per_gpu: int = setting(
         4, "mps-device-plugin: pods per GPU (the plugin's 'replicas'); each gets 1/N of the GPU",
         unit="pods", check=positive)
-    pin_device_memory: bool = setting(
-        False, "mps-env: also set CUDA_MPS_PINNED_DEVICE_MEM_LIMIT from the memory knob")
     max_clients_per_gpu: int = setting(
         48, "MPS client limit per GPU (48 on Volta-class MPS)", unit="pods", check=positive)
 

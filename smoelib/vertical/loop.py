@@ -39,7 +39,7 @@ class VerticalLoop:
         self.backend = backend
         self.settings = settings
         self.functions = {n: dag.function_name(n) for n in dag.experts}
-        self.plan_rules = PlanRules.from_settings(settings)
+        self.plan_rules = PlanRules.from_settings(settings, dag=dag)
 
     def apply(self, decision: PipelineDecision, *, now: float, dry_run: bool = False
               ) -> Feedback:

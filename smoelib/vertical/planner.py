@@ -16,7 +16,8 @@ Rules (``docs/vertical.md``):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from smoelib.errors import ConfigError, Problem
@@ -54,15 +55,21 @@ class PlanRules(SharingRules):
 
     in_place_resize: bool = True
     in_place_memory_decrease: bool = False
+    pinned_mb: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    """mps-env: function -> pinned GPU memory limit, MiB (the pipeline's gpu_memory_mb)"""
     pause_scaledobject: bool = False
     deferred_grace_s: float = 60.0
 
     @classmethod
-    def from_settings(cls, settings: Any) -> PlanRules:
-        """Rules from a :class:`smoelib.settings.Settings` tree."""
+    def from_settings(cls, settings: Any, *, dag: Any = None) -> PlanRules:
+        """Rules from a :class:`smoelib.settings.Settings` tree (and the pipeline's pinned GPU
+        memory limits, when ``dag`` is given)."""
         g, v = settings.gpu_sharing, settings.vertical
-        return cls(mode=g.mode, slots_per_gpu=g.slots_per_gpu,
-                   pin_device_memory=g.pin_device_memory, gpu_resource=v.gpu_resource,
+        pinned = {} if dag is None else {
+            dag.function_name(n): dag.spec(n).gpu_memory_mb for n in dag.experts
+            if dag.spec(n).gpu_memory_mb > 0}
+        return cls(mode=g.mode, slots_per_gpu=g.slots_per_gpu, pinned_mb=MappingProxyType(pinned),
+                   gpu_resource=v.gpu_resource,
                    mps_pool_label=v.mps_pool_label,
                    in_place_resize=settings.cluster.in_place_resize,
                    in_place_memory_decrease=settings.cluster.in_place_memory_decrease,

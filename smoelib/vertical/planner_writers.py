@@ -46,7 +46,9 @@ def rollout_patch(node: str, live: FunctionState, want: Knobs, rules: SharingRul
     ``resources_are_slow``; ``force`` rolls even with nothing else to change (a stuck resize).
     Returns the patch and the free GPU capacity left after its surge pods.
     """
-    env_changes = {k: (live.env.get(k), v) for k, v in desired_env(want, rules).items()
+    pinned = rules.pinned_mb.get(live.function, 0)
+    env_changes = {k: (live.env.get(k), v) for k, v in desired_env(want, rules,
+                                                                     pinned_mb=pinned).items()
                    if live.env.get(k) != v}
     if live.writer == "simulated":
         return _sim_rollout(node, live, want, resources_are_slow=resources_are_slow), free_gpus
@@ -112,7 +114,8 @@ def rollout_patch(node: str, live: FunctionState, want: Knobs, rules: SharingRul
         return patch, free_gpus
     spec = dict(live.spec)
     merged = {k: v for k, v in {**dict(spec.get("envVars") or {}), **env}.items() if v is not None}
-    managed = {k: v for k, v in desired_env(want, rules).items() if v is not None}
+    managed = {k: v for k, v in desired_env(want, rules, pinned_mb=pinned).items()
+               if v is not None}
     spec["envVars"] = merged
     spec["annotations"] = {**dict(spec.get("annotations") or {}),
                            MANAGED_ENV_ANNOTATION: json.dumps(managed, sort_keys=True)}

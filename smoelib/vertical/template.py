@@ -36,7 +36,6 @@ class SharingRules:
 
     mode: str = "mps-env"
     slots_per_gpu: int = 4
-    pin_device_memory: bool = False
     gpu_resource: str = "nvidia.com/gpu"
     mps_pool_label: str = ""
 
@@ -66,18 +65,19 @@ def with_env(container: Mapping[str, Any], changes: Mapping[str, str | None]) ->
     return new
 
 
-def desired_env(knobs: Knobs, rules: SharingRules) -> dict[str, str | None]:
+def desired_env(knobs: Knobs, rules: SharingRules, *, pinned_mb: int = 0
+                ) -> dict[str, str | None]:
     """The env vars sMoE manages for ``knobs``: ``max_inflight`` always; under ``mps-env`` the
-    MPS thread percentage (removed for a CPU-only expert) and, with ``pin_device_memory``, the
-    pinned device memory limit from the memory knob."""
+    MPS thread percentage and, for an expert with a pinned GPU memory limit (``pinned_mb``
+    MiB, the pipeline's ``gpu_memory_mb``), that limit; both removed for a CPU-only expert."""
     env: dict[str, str | None] = {}
     if knobs.concurrency is not None:
         env[MAX_INFLIGHT] = str(knobs.concurrency)
     if rules.mode == "mps-env" and knobs.gpu_share is not None:
         gpu = knobs.gpu_share > 0
         env[THREAD_PCT] = str(thread_percentage(knobs.gpu_share)) if gpu else None
-        if rules.pin_device_memory and knobs.memory_mb is not None:
-            env[PINNED_MEM] = f"0={knobs.memory_mb}MB" if gpu else None
+        if pinned_mb > 0:
+            env[PINNED_MEM] = f"0={pinned_mb}MB" if gpu else None
     return env
 
 

@@ -334,3 +334,29 @@ def test_probes_ask_the_health_services_the_scaler_registers(base):
     assert container["livenessProbe"]["grpc"]["service"] in server.LIVENESS
     assert container["startupProbe"]["grpc"]["service"] in server.LIVENESS
     assert container["readinessProbe"]["grpc"]["service"] in server.READINESS
+
+
+def test_the_mps_env_function_patch_is_what_docs_install_says_and_valid():
+    """The pod-spec patch an mps-env expert needs (docs/install.md): no GPU request, the MPS
+    pipe directory, host IPC; merged into an OpenFaaS function Deployment it validates."""
+    from tests.integration.k8s_fixtures import openfaas_deployment
+
+    patch = yaml.safe_load((ROOT / "manifests" / "examples" / "mps-env" /
+                            "function-patch.yaml").read_text())
+    pod = patch["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert pod["hostIPC"] is True and "nvidia.com/gpu" not in str(patch)
+    assert env["CUDA_MPS_PIPE_DIRECTORY"] == container["volumeMounts"][0]["mountPath"] == \
+        pod["volumes"][0]["hostPath"]["path"]
+    assert "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE" not in env  # sMoE sets it
+    dep = openfaas_deployment(patch["metadata"]["name"], env={"max_inflight": "4"})
+    target = dep["spec"]["template"]["spec"]
+    base = target["containers"][0]
+    target.update({k: v for k, v in pod.items() if k != "containers"})
+    base["env"] = base["env"] + container["env"]
+    base["volumeMounts"] = container["volumeMounts"]
+    dep.pop("status")
+    kubernetes_validate.validate(dep, K8S_VERSION, strict=True)
+    assert "manifests/examples/mps-env/function-patch.yaml" in (ROOT / "docs" /
+                                                                "install.md").read_text()

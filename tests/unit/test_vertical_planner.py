@@ -120,10 +120,19 @@ def test_surges_spend_the_free_gpu_capacity():
     assert steps == [1, 0]
 
 
-def test_pinned_device_memory_follows_the_memory_knob():
-    rules = PlanRules(pin_device_memory=True)
-    p = plan({"moe1/e0": expert()}, state(rules=rules), rules=rules).patches
-    assert p[0].changes["env.CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == (None, "0=2048MB")
+def test_the_pinned_device_memory_limit_is_the_experts_own_setting_not_the_memory_knob():
+    from types import MappingProxyType
+
+    rules = PlanRules(pinned_mb=MappingProxyType({"bert-moe-moe1-e0": 6000}))
+    p = plan({"moe1/e0": expert(memory_mb=1024)}, state(rules=rules), rules=rules).patches
+    assert p[0].changes["env.CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == (None, "0=6000MB")
+    from smoelib.topology import build_dag
+
+    dag = build_dag({"name": "p", "slo_ms": 10, "stages": [
+        {"id": "m", "experts": 2, "overrides": {1: {"gpu_memory_mb": 5120}}}]})
+    from smoelib.settings import Settings
+
+    assert PlanRules.from_settings(Settings(), dag=dag).pinned_mb == {"p-m-e1": 5120}
 
 
 def test_cpu_only_expert_drops_the_thread_percentage():
@@ -234,3 +243,22 @@ def test_a_function_opted_into_openfaas_scale_to_zero_is_named():
     plan = plan_patches({"m/e0": ExpertDecision(2, 1.0, 2048, 0.0, 4)}, state,
                         functions={"m/e0": "f"}, rules=PlanRules(), now=0.0)
     assert any("com.openfaas.scale.zero=true" in n for n in plan.notes)
+
+
+def test_the_quantity_parser_agrees_with_the_kubernetes_clients():
+    """The pure planner may not import the kubernetes client (layering: network only in
+    backends), so it parses quantities itself; this pins it to kubernetes.utils.parse_quantity
+    over the grammar's suffixes and forms."""
+    import itertools
+
+    from kubernetes.utils import parse_quantity
+
+    from smoelib.vertical.units import parse_cpu
+
+    numbers = ["0", "1", "2", "0.5", "1.5", ".25", "12", "1e3", "2.5e-1", "100"]
+    suffixes = ["", "m", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti"]
+    for n, s in itertools.product(numbers, suffixes):
+        if "e" in n and s:
+            continue  # an exponent takes no suffix in the grammar
+        q = n + s
+        assert parse_cpu(q) == pytest.approx(float(parse_quantity(q)), rel=1e-12), q
