@@ -28,8 +28,8 @@ CASES = [
       "max_seq_tokens, name, namespace, slo_ms, stages"]),
     ("unknown-stage-key", OK_HEAD + "stages:\n  - {id: a, experts: 2, topk: 1}\n",
      ["{f}:4: stage 'a'.topk: unknown key 'topk'; expected one of after, concurrency, cpu, "
-      "experts, function, gpu_share, id, kind, memory_mb, overrides, parallelism, profile, "
-      "replicas, top_k, weights_mb"]),
+      "experts, function, gpu_memory_mb, gpu_share, id, kind, memory_mb, overrides, "
+      "parallelism, profile, replicas, top_k, weights_mb"]),
     ("missing-name", "slo_ms: 5\nstages: [{id: a}]\n", ["{f}: missing required key 'name'"]),
     ("missing-slo", "name: p\nstages: [{id: a}]\n", ["{f}: missing required key 'slo_ms'"]),
     ("missing-stages", "name: p\nslo_ms: 5\n", ["{f}: missing required key 'stages'"]),
