@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1000, help="seed (default: 1000)")
     parser.add_argument("--policy", help="decider (default: policy.name from the config)")
     parser.add_argument("--baseline", default="hpa", help="what to compare with (default: hpa)")
+    parser.add_argument("--guards", default=None, metavar="PROFILE",
+                        help="guard profile of both runs: production or physical (default: each "
+                             "policy's own: production for smoe, physical for hpa)")
     parser.add_argument("--prometheus", metavar="URL", help="read a real Prometheus that "
                         "scrapes the exporter instead of the simulator directly")
     parser.add_argument("--exporter-port", type=int, default=0, metavar="PORT",
@@ -51,11 +54,17 @@ def run(args: argparse.Namespace) -> int:
     demo = DemoRun.build(pipeline=args.pipeline, config=args.config, trace=args.trace,
                          duration_s=args.duration, seed=args.seed, policy=args.policy,
                          prometheus=args.prometheus, exporter_port=args.exporter_port,
-                         speed=args.speed)
+                         speed=args.speed, guards=args.guards)
     print(demo.banner(), flush=True)
     ours = demo.run(table_every_s=TABLE_EVERY_S, out=sys.stdout)
     theirs = demo.baseline(args.baseline)
     print(compare(ours, theirs, policy=demo.policy, baseline=args.baseline,
-                  slo_ms=demo.dag.slo_ms, currency=demo.settings.prices.currency))
+                  slo_ms=demo.dag.slo_ms, currency=demo.settings.prices.currency,
+                  profiles=(demo.profiles[demo.policy], demo.profiles[args.baseline])))
+    if "production" in (demo.profiles[demo.policy], demo.profiles[args.baseline]):
+        print(f"under the production guards slow-knob rollouts (GPU share, concurrency, lower "
+              f"memory) are rationed to guards.rollout_budget_per_min = "
+              f"{demo.settings.guards.rollout_budget_per_min} pods a minute; under physical "
+              "they all start at once")
     print(f"demo finished in {time.monotonic() - started:.0f} s")
     return 0

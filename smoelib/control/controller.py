@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from smoelib.control.actuator import ProductionActuator
+from smoelib.control.actuator import DecisionWriter, ProductionActuator, VerticalPort
 from smoelib.control.report import format_tick, layer_table
 from smoelib.control.telemetry import ControllerTelemetry
 from smoelib.core.decisions import PipelineDecision
@@ -126,7 +126,8 @@ class SMoEController:
                  prometheus_url: str | None = None, dry_run: bool = False,
                  log_interval: float = 10.0, warmup_seconds: float = 30.0, *,
                  clock: Clock | None = None, source: MetricsSource | None = None,
-                 decider: Decider | None = None, store: Any = None, vertical: Any = None,
+                 decider: Decider | None = None, store: DecisionWriter | None = None,
+                 vertical: VerticalPort | Literal[False] | None = None,
                  guards: str | GuardProfile | None = None, actuator: Actuator | None = None):
         self.dag = dag
         self.settings = config if isinstance(config, Settings) else load_settings(config)
@@ -179,7 +180,7 @@ class SMoEController:
         decider.reset(0)
         return decider
 
-    def _store(self) -> Any:
+    def _store(self) -> DecisionWriter:
         from smoelib.scaler.store import DecisionStore
 
         store = DecisionStore(staleness_s=self.settings.scaler.staleness_s, clock=self.clock.now,
@@ -187,7 +188,7 @@ class SMoEController:
         store.add_pipeline(self.dag)
         return store
 
-    def _vertical(self, dry_run: bool) -> Any:
+    def _vertical(self, dry_run: bool) -> VerticalPort | None:
         from smoelib.vertical.factory import vertical_loop
 
         if self.settings.vertical.backend == "none":
@@ -353,7 +354,7 @@ class SMoEController:
         return lambda: signal.signal(signal.SIGTERM, previous)
 
     # ---- inside `smoe serve` ---------------------------------------------------------------
-    def start(self, store: Any, registry: Any) -> None:
+    def start(self, store: DecisionWriter, registry: Any) -> None:
         """Join ``smoe serve``: write to its store, export the controller's series on its
         ``/metrics``, tick in a background thread."""
         self.store = store

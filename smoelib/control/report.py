@@ -90,7 +90,7 @@ def layer_table(observation: Any, decision: PipelineDecision, dag: PipelineDAG,
                     f"{observation.calls_per_s[idx].sum():8.1f} {reps:8d} {_ms(worst):>7} "
                     f"{budget:7.1f} {cost:7.2f}")
     p95 = (f"P95 {observation.p95_ms:.1f} ms" if math.isfinite(observation.p95_ms)
-           else "no request completed yet")
+           else "no request completed in the window")
     rows.append(f"end to end: {p95} against an SLO of {dag.slo_ms:g} ms at "
                 f"{observation.request_rate:.1f} req/s")
     return "\n".join(rows)

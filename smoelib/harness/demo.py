@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from smoelib.control.controller import SMoEController
 from smoelib.control.report import layer_table
+from smoelib.core.guards import get_profile
 from smoelib.harness.embedded import EmbeddedCluster, KedaPoller, SimClock
 from smoelib.pipeline.topology import PipelineDAG, build_dag
 from smoelib.policy.base import default_guards, get_decider
@@ -38,15 +39,20 @@ class DemoRun:
     speed: float = 20.0
     guards: str | None = None
     log: list[str] = field(default_factory=list)
+    profiles: dict[str, str] = field(default_factory=dict)
+    """policy -> the guard profile its run used"""
 
     @classmethod
     def build(cls, *, pipeline: str, config: str | None, trace: str, duration_s: float,
               seed: int, policy: str | None, prometheus: str | None = None,
-              exporter_port: int = 0, speed: float = 20.0) -> DemoRun:
+              exporter_port: int = 0, speed: float = 20.0, guards: str | None = None
+              ) -> DemoRun:
         settings = load_settings(config)
         dag = build_dag(config=pipeline, validate=True, attach_metadata=True)
+        if guards is not None:
+            get_profile(guards)  # an unknown profile fails before any work
         return cls(dag, settings, trace, duration_s, seed, policy or settings.policy.name,
-                   prometheus, exporter_port, speed)
+                   prometheus, exporter_port, speed, guards)
 
     def banner(self) -> str:
         source = f"Prometheus at {self.prometheus}" if self.prometheus else "the simulator"
@@ -94,7 +100,7 @@ class DemoRun:
             log_interval=math.inf, warmup_seconds=0, clock=clock,
             source=None if self.prometheus else cluster, decider=decider, store=store,
             vertical=vertical, guards=self.guards or default_guards(name))
-        self.profile = controller.profile.name
+        self.profiles[name] = controller.profile.name
         steps = int(round(self.duration_s / env.dt))
         try:
             reports = controller.run(interval=env.dt, max_steps=steps, verbose=False)
@@ -126,16 +132,20 @@ def _snapshot(env: SimEnv) -> dict[str, Any]:
 
 
 def compare(ours: Summary, theirs: Summary, *, policy: str, baseline: str, slo_ms: float,
-            currency: str) -> str:
-    """A side-by-side table of two runs on the same requests."""
+            currency: str, profiles: tuple[str, str] | None = None) -> str:
+    """A side-by-side table of two runs on the same requests (with the guard profile each ran
+    under, when given)."""
     rows = [("requests", "requests", "{:.0f}"), ("dropped", "dropped", "{:.0f}"),
             ("P50 ms", "p50_ms", "{:.1f}"), ("P95 ms", "p95_ms", "{:.1f}"),
             ("P99 ms", "p99_ms", "{:.1f}"), ("window violations", "window_violation_rate",
                                             "{:.3f}"),
             (f"cost {currency}", "cost", "{:.4f}"), ("cold starts", "cold_starts", "{:.0f}"),
-            ("429s", "rejected", "{:.0f}"), ("rollouts", "rollouts", "{:.0f}")]
+            ("429s", "rejected", "{:.0f}"), ("rollouts", "rollouts", "{:.0f}"),
+            ("pods replaced", "pods_replaced", "{:.0f}")]
     width = max(len(policy), len(baseline), 10)
     lines = ["", f"{'':<18} {policy:>{width}} {baseline:>{width}}"]
+    if profiles is not None:
+        lines.append(f"{'guards':<18} {profiles[0]:>{width}} {profiles[1]:>{width}}")
     for label, key, fmt in rows:
         a, b = getattr(ours, key), getattr(theirs, key)
         lines.append(f"{label:<18} {fmt.format(a):>{width}} {fmt.format(b):>{width}}")

@@ -10,8 +10,6 @@ vertical target that raises, a real gRPC health check and a real ``/metrics`` sc
 
 from __future__ import annotations
 
-import http.server
-import json
 import logging
 import re
 import shutil
@@ -38,6 +36,7 @@ from smoelib.settings import load_settings
 from smoelib.sim.env import SimEnv
 from smoelib.topology import build_dag
 from smoelib.vertical.factory import vertical_loop
+from tests.integration.http_fixtures import JsonHandler, serving
 
 pytestmark = pytest.mark.integration
 DAG = build_dag({"name": "tiny", "slo_ms": 60, "stages": [
@@ -45,29 +44,17 @@ DAG = build_dag({"name": "tiny", "slo_ms": 60, "stages": [
 SETTINGS = load_settings({"scaler": {"staleness_s": 30}, "control": {"interval_s": 5}})
 
 
-class Nonsense(http.server.BaseHTTPRequestHandler):
+class Nonsense(JsonHandler):
     """Prometheus' address, answering HTTP 200 with an error body and no ``data``."""
 
     def do_GET(self):  # noqa: N802 - the stdlib's name
-        body = json.dumps({"status": "error", "errorType": "internal", "error": "?"}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.answer(200, {"status": "error", "errorType": "internal", "error": "?"})
 
 
 @pytest.fixture
 def nonsense_prometheus():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Nonsense)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(Nonsense) as server:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
 
 
 class Switch:

@@ -6,16 +6,15 @@ A real HTTP server on loopback stands in for a misbehaving Prometheus; the real
 
 from __future__ import annotations
 
-import http.server
 import json
 import socket
-import threading
 
 import pytest
 
 from smoelib.control.metrics import PrometheusSource
 from smoelib.errors import PermanentError, TransientError
 from smoelib.topology import build_dag
+from tests.integration.http_fixtures import JsonHandler, serving
 
 pytestmark = pytest.mark.integration
 DAG = build_dag({"name": "tiny", "slo_ms": 60, "stages": [
@@ -27,34 +26,19 @@ def vector(*values):
         {"metric": {"expert": f"moe1/e{i}"}, "value": [1.0, v]} for i, v in enumerate(values)]}}
 
 
-class Scripted(http.server.BaseHTTPRequestHandler):
-    answer: tuple[int, bytes] = (200, b"{}")
-
+class Scripted(JsonHandler):
     def do_GET(self):  # noqa: N802 - the stdlib's name
-        status, body = self.server.answer
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.answer(*self.server.answer)
 
 
 @pytest.fixture(scope="module")
 def prometheus():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
-    server.answer = (200, b"{}")
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(Scripted, answer=(200, b"{}")) as server:
+        yield server
 
 
 def ask(server, status, body, name="calls_per_s", queries=None):
-    server.answer = (status, body if isinstance(body, bytes) else json.dumps(body).encode())
+    server.answer = (status, body)
     source = PrometheusSource(DAG, url=f"http://127.0.0.1:{server.server_address[1]}",
                               timeout_s=2, queries=queries)
     return source.query(name)
@@ -152,16 +136,10 @@ def https_prometheus(tmp_path):
     from tests.integration.scaler_fixtures import make_pki
 
     pki = make_pki(tmp_path)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
-    server.answer = (200, json.dumps(vector("2")).encode())
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(pki.server_cert, pki.server_key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"https://127.0.0.1:{server.server_address[1]}", pki.ca
-    server.shutdown()
-    server.server_close()
+    with serving(Scripted, tls=context, answer=(200, vector("2"))) as server:
+        yield f"https://127.0.0.1:{server.server_address[1]}", pki.ca
 
 
 def test_https_is_verified_by_default_with_a_ca_bundle_setting_and_an_explicit_opt_out(
@@ -176,7 +154,7 @@ def test_https_is_verified_by_default_with_a_ca_bundle_setting_and_an_explicit_o
     assert "metrics.tls_verify is false" in caplog.text
 
 
-class ByQuery(http.server.BaseHTTPRequestHandler):
+class ByQuery(JsonHandler):
     """Answers each PromQL query by a rule of the test: ``server.rules`` maps a substring of
     the query to the vector to answer; anything else is an empty vector."""
 
@@ -185,22 +163,13 @@ class ByQuery(http.server.BaseHTTPRequestHandler):
 
         promql = parse_qs(urlparse(self.path).query)["query"][0]
         result = next((v for k, v in self.server.rules.items() if k in promql), [])
-        body = json.dumps({"status": "success", "data": {"resultType": "vector",
-                                                         "result": result}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.answer(200, {"status": "success", "data": {"resultType": "vector",
+                                                        "result": result}})
 
 
 def test_pending_replicas_without_their_series_are_unknown_said_once_never_zero(caplog):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ByQuery)
     fn = DAG.function_name("moe1/e0")
-    server.rules = {
+    rules = {
         "time() - max(timestamp": [{"metric": {}, "value": [1.0, "1"]}],
         "smoe_expert_calls_total": [{"metric": {"expert": "moe1/e0"}, "value": [1.0, "2"]}],
         "kube_deployment_status_replicas_ready": [
@@ -208,9 +177,7 @@ def test_pending_replicas_without_their_series_are_unknown_said_once_never_zero(
         "kube_deployment_status_replicas_unavailable": [
             {"metric": {"deployment": fn}, "value": [1.0, "2"]}],
     }
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(ByQuery, rules=rules) as server:
         source = PrometheusSource(DAG, url=f"http://127.0.0.1:{server.server_address[1]}",
                                   timeout_s=2)
         i = DAG.nodes.index("moe1/e0")
@@ -224,6 +191,3 @@ def test_pending_replicas_without_their_series_are_unknown_said_once_never_zero(
         obs = source.fetch(0.0)
         assert obs.replicas_pending[i] == 1.0 and obs.replicas_starting[i] == 1.0
         assert source.unknown == set()
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -107,20 +107,24 @@ def test_cpu_and_memory_resize_pods_in_place_and_leave_the_template(k8s):
     assert run(k8s, decision_for(DAG, moe2__e1={"cpu": 2.0, "memory_mb": 4096}))[0].patches == ()
 
 
-def test_an_infeasible_resize_falls_back_to_a_rollout(k8s):
+@pytest.mark.parametrize("condition", [
+    {"type": "PodResizePending", "status": "True", "reason": "Infeasible",
+     "message": "Node didn't have enough capacity"},
+    {"type": "PodResizeInProgress", "status": "True", "reason": "Error",
+     "message": "the kubelet could not apply the new resources"},
+], ids=["pending-infeasible", "in-progress-error"])
+def test_a_failed_resize_falls_back_to_a_rollout(k8s, condition):
     seed_pipeline(k8s, DAG)
     pod_name = "bert-moe-moe1-e3-7d9f-0"
 
-    def infeasible(request):
+    def failed(request):
         obj = k8s.handler.objects[PODS, NS, pod_name]
         status = dict(obj.raw["status"])
-        status["conditions"] = status["conditions"] + [
-            {"type": "PodResizePending", "status": "True", "reason": "Infeasible",
-             "message": "Node didn't have enough capacity"}]
+        status["conditions"] = status["conditions"] + [condition]
         obj.patch({"status": status})
         return obj.raw
 
-    k8s.react("patch", PODS, pod_name, subresource="resize", call=infeasible)
+    k8s.react("patch", PODS, pod_name, subresource="resize", call=failed)
     plan, report = run(k8s, decision_for(DAG, moe1__e3={"cpu": 2.0}), watch_s=1.0)
     kinds = [(o.patch.target.kind, o.status) for o in report.outcomes]
     assert kinds == [("Pod", "applied"), ("Deployment", "applied")]
@@ -314,25 +318,6 @@ def test_before_1_35_a_memory_decrease_rolls_out_instead_of_resizing(k8s):
     # an increase still resizes in place
     plan, _ = run(k8s, decision_for(DAG, moe1__e1={"memory_mb": 4096}))
     assert [(p.target.kind, p.subresource) for p in plan.patches] == [("Pod", "resize")]
-
-
-def test_a_resize_in_progress_with_reason_error_falls_back_to_a_rollout(k8s):
-    seed_pipeline(k8s, DAG)
-    pod_name = "bert-moe-moe1-e3-7d9f-0"
-
-    def failed(request):
-        obj = k8s.handler.objects[PODS, NS, pod_name]
-        status = dict(obj.raw["status"])
-        status["conditions"] = status["conditions"] + [
-            {"type": "PodResizeInProgress", "status": "True", "reason": "Error",
-             "message": "the kubelet could not apply the new resources"}]
-        obj.patch({"status": status})
-        return obj.raw
-
-    k8s.react("patch", PODS, pod_name, subresource="resize", call=failed)
-    plan, report = run(k8s, decision_for(DAG, moe1__e3={"cpu": 2.0}), watch_s=1.0)
-    assert [(o.patch.target.kind, o.status) for o in report.outcomes] == [
-        ("Pod", "applied"), ("Deployment", "applied")]
 
 
 def test_a_redeployed_function_converges_within_one_tick(k8s):

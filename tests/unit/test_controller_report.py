@@ -37,4 +37,4 @@ def test_no_completed_call_reads_as_a_dash_not_nan():
                        load_settings(None))
     assert "nan" not in text
     assert text.splitlines()[1].split()[4] == "-"
-    assert text.splitlines()[-1].startswith("end to end: no request completed yet")
+    assert text.splitlines()[-1].startswith("end to end: no request completed in the window")
