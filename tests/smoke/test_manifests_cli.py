@@ -15,7 +15,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BERT = ROOT / "examples" / "pipelines" / "bert-moe.yml"
-CRD = ROOT / ".." / "shared" / "schemas" / "keda.sh_scaledobjects.yaml"
+CRD = ROOT / "tests" / "schemas" / "keda.sh_scaledobjects.yaml"  # vendored: tests/schemas
 
 
 def smoe(*args: str) -> subprocess.CompletedProcess:
