@@ -375,3 +375,52 @@ def test_a_redeployed_function_converges_within_one_tick(k8s):
     report = controller.step()
     assert report.status == "ok" and report.patches == 1
     assert env(container(k8s, name))["max_inflight"] == "8"
+
+
+def test_the_resize_is_followed_by_a_watch_not_polling(k8s):
+    """The kubelet refuses the resize a moment after the API server accepted it: the backend,
+    watching the function's pods, sees the condition arrive and falls back to a rollout, with
+    one read of the pod and one watch, no polling."""
+    import threading
+
+    from kubernetes import client
+
+    seed_pipeline(k8s, DAG)
+    pod_name = "bert-moe-moe1-e3-7d9f-0"
+    threads = []
+
+    def kubelet_refuses():  # the kubelet's status update, through the API (so watchers see it)
+        time.sleep(0.5)
+        pod = k8s.get(PODS, NS, pod_name)
+        conditions = pod["status"]["conditions"] + [
+            {"type": "PodResizePending", "status": "True", "reason": "Infeasible",
+             "message": "Node didn't have enough capacity"}]
+        client.CoreV1Api(k8s.api_client).patch_namespaced_pod(
+            pod_name, NS, {"status": {"conditions": conditions}}, _preload_content=False)
+
+    def accepted(request):
+        threads.append(threading.Thread(target=kubelet_refuses))
+        threads[-1].start()
+        return k8s.get(PODS, NS, pod_name)
+
+    k8s.react("patch", PODS, pod_name, subresource="resize", call=accepted)
+    backend = KubernetesBackend(k8s.api_client, rules=PlanRules(), timeout_s=5)
+    decision = parse_decision(decision_for(DAG, moe1__e3={"cpu": 2.0}))
+    fns = {n: DAG.function_name(n) for n in DAG.experts}
+
+    def replan(only=None):
+        wanted = {n: d for n, d in decision.experts.items() if only is None or fns[n] in only}
+        state = backend.read_state(DAG.name, NS, sorted({fns[n] for n in wanted}))
+        return plan_patches(wanted, state, functions=fns, rules=PlanRules(), now=time.time())
+
+    started = time.monotonic()
+    report = apply_plan(replan(), backend, replan=replan, conflict_retries=1, resize_watch_s=10)
+    elapsed = time.monotonic() - started
+    for thread in threads:
+        thread.join()
+    assert [(o.patch.target.kind, o.status) for o in report.outcomes] == [
+        ("Pod", "applied"), ("Deployment", "applied")]
+    reads = [r for r in k8s.k8s_requests() if r.method == "GET" and r.name == pod_name]
+    watches = [r for r in k8s.k8s_requests() if r.params.get("watch") == "true"]
+    assert len(reads) == 1 and len(watches) == 1
+    assert elapsed < 5  # decided by the event, not by the 10 s limit

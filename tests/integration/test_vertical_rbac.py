@@ -79,7 +79,7 @@ def test_every_call_the_backend_makes_is_allowed(k8s):
                                                                         "bert-moe-moe1-e0"}}})
     rules = PlanRules(pause_scaledobject=True)
     backend = KubernetesBackend(k8s.api_client, rules=rules, timeout_s=5, scaledobjects=True,
-                                sleep=lambda s: None, clock=iter(range(100)).__next__)
+                                sleep=lambda s: None, clock=time.monotonic)
     decision = parse_decision(decision_for(DAG, moe1__e0={"concurrency": 8},
                                            moe1__e1={"cpu": 2.0},
                                            moe2__e0={"concurrency": 8}))

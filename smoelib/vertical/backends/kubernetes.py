@@ -12,6 +12,7 @@ The calls it makes are exactly what ``manifests/base/rbac.yaml`` grants.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -98,28 +99,64 @@ class KubernetesBackend:
                              missing=missing)
 
     def stuck_resizes(self, pods: Sequence[Patch], timeout_s: float) -> set[str]:
-        """Poll the resized pods until each reports ``PodResizePending`` or its resize is
-        actuated (``containerStatuses[].resources`` equals the spec), or ``timeout_s`` passes."""
+        """Follow the resized pods until each reports a failed resize (``PodResizePending``
+        Infeasible or Deferred, ``PodResizeInProgress`` Error) or has it actuated
+        (``containerStatuses[].resources`` equals the spec), or ``timeout_s`` passes: one read
+        of each, then a watch of their functions' pods (no polling)."""
         waiting = {(p.target.namespace, p.target.name): p.function for p in pods}
         stuck: set[str] = set()
+
+        def settle(key: tuple[str, str], pod: dict[str, Any]) -> None:
+            state = pod_state(pod, waiting[key])
+            if state is None or state.resize_pending or _actuated(pod, state):
+                if state is not None and state.resize_pending:
+                    stuck.add(waiting[key])
+                del waiting[key]
+
+        for key in list(waiting):
+            try:
+                settle(key, self._call(f"pod {key[0]}/{key[1]}", self.core.read_namespaced_pod,
+                                       key[1], key[0]))
+            except PermanentError:
+                del waiting[key]
         deadline = self._clock() + timeout_s
-        while waiting:
-            for key, function in list(waiting.items()):
-                try:
-                    pod = self._call(f"pod {key[0]}/{key[1]}", self.core.read_namespaced_pod,
-                                     key[1], key[0])
-                except PermanentError:
-                    del waiting[key]
-                    continue
-                state = pod_state(pod, function)
-                if state is None or state.resize_pending or _actuated(pod, state):
-                    del waiting[key]
-                    if state is not None and state.resize_pending:
-                        stuck.add(function)
-            if not waiting or self._clock() >= deadline:
-                break
-            self._sleep(min(0.2, timeout_s))
+        for namespace in sorted({ns for ns, _ in waiting}):
+            functions = sorted({f for (ns, _), f in waiting.items() if ns == namespace})
+            self._watch(namespace, functions, waiting, settle, deadline)
         return stuck
+
+    def _watch(self, namespace: str, functions: list[str], waiting: dict, settle: Any,
+               deadline: float) -> None:
+        """Watch the functions' pods (the API's watch, read as raw JSON lines: no model
+        deserialisation, which real pods pass but older clients cannot skip) until nothing in
+        ``namespace`` is waiting or ``deadline`` passes."""
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            return
+        try:
+            rsp = self.core.list_namespaced_pod(
+                namespace, watch=True, label_selector=f"faas_function in ({','.join(functions)})",
+                timeout_seconds=max(1, math.ceil(remaining)), _preload_content=False,
+                _request_timeout=remaining)
+        except (client.ApiException, urllib3.exceptions.HTTPError, OSError):
+            return  # no watch: the resize stays undecided, as after a timeout
+        buffer = b""
+        try:
+            for chunk in rsp.stream(amt=None, decode_content=True):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    event = json.loads(line) if line.strip() else {}
+                    pod = event.get("object") or {}
+                    key = (namespace, (pod.get("metadata") or {}).get("name"))
+                    if event.get("type") in ("ADDED", "MODIFIED") and key in waiting:
+                        settle(key, pod)
+                if not any(ns == namespace for ns, _ in waiting) or self._clock() >= deadline:
+                    break
+        except (urllib3.exceptions.HTTPError, OSError, ValueError):
+            pass  # the watch ended (its timeout, or the server closed it): still waiting
+        finally:
+            rsp.release_conn()
 
     # ---- writes -----------------------------------------------------------------------------
     def apply(self, patch: Patch) -> None:
