@@ -217,13 +217,8 @@ def test_a_conflict_retry_goes_through_the_same_slow_knob_rules_as_the_first_att
     hysteresis at its first tick). The API server answers the pod resize with 409; the retry
     re-plans the guarded decision, so it resizes again and never rolls the Deployment to the
     held share (the old retry re-planned the raw decision and did)."""
-    from types import MappingProxyType
-
-    from smoelib.control.controller import SMoEController
-    from smoelib.core.decisions import ExpertDecision, PipelineDecision
+    from smoelib.core.decisions import ExpertDecision
     from smoelib.settings import Settings
-    from smoelib.sim.env import SimEnv
-    from smoelib.vertical.loop import VerticalLoop
 
     seed_pipeline(k8s, DAG)
     name, pod = "bert-moe-moe1-e0", "bert-moe-moe1-e0-7d9f-0"
@@ -237,27 +232,7 @@ def test_a_conflict_retry_goes_through_the_same_slow_knob_rules_as_the_first_att
 
     k8s.react("patch", PODS, pod, subresource="resize", call=conflict)
     settings = Settings()
-    seen = SimEnv(DAG, settings, trace="poisson", duration_s=60).reset(1)  # spec knobs, 1 pod
-
-    class Propose:
-        def reset(self, seed):
-            pass
-
-        def decide(self, observation):
-            experts = {n: ExpertDecision(1, s.cpu, s.memory_mb, s.gpu_share, s.concurrency)
-                       for n in DAG.experts if (s := DAG.spec(n))}
-            experts["moe1/e0"] = ExpertDecision(1, 2.0, 2048, 0.5, 4)
-            return PipelineDecision(DAG.name, 0.0, MappingProxyType(experts))
-
-    class Source:
-        def fetch(self, now):
-            return seen
-
-    t = FakeTime()
-    backend = KubernetesBackend(k8s.api_client, rules=PlanRules(), timeout_s=5, sleep=t.sleep,
-                                clock=t.clock)
-    controller = SMoEController(DAG, settings, warmup_seconds=0, source=Source(),
-                                decider=Propose(), vertical=VerticalLoop(DAG, backend, settings))
+    controller = controller_on(k8s, settings, ExpertDecision(1, 2.0, 2048, 0.5, 4))
     report = controller.step()
     assert report.status == "ok", report.error
     assert "moe1/e0: gpu_share 0.25 -> 0.5 seen 1/3 ticks; held" in report.notes
@@ -323,49 +298,15 @@ def test_before_1_35_a_memory_decrease_rolls_out_instead_of_resizing(k8s):
 def test_a_redeployed_function_converges_within_one_tick(k8s):
     """`faas-cli deploy` rewrites the function's env, resources and replicas; the controller's
     next tick re-applies its knobs (the decision is unchanged, so no hysteresis applies)."""
-    from types import MappingProxyType
-
-    from smoelib.control.controller import SMoEController
-    from smoelib.core.decisions import ExpertDecision, PipelineDecision
+    from smoelib.core.decisions import ExpertDecision
     from smoelib.settings import Settings
-    from smoelib.sim.env import SimEnv
-    from smoelib.vertical.loop import VerticalLoop
 
     deployments = seed_pipeline(k8s, DAG)
     name = "bert-moe-moe1-e0"
-    seen = SimEnv(DAG, Settings(), trace="poisson", duration_s=60).reset(1)
-
-    class Propose:
-        def reset(self, seed):
-            pass
-
-        def decide(self, observation):
-            experts = {n: ExpertDecision(1, s.cpu, s.memory_mb, s.gpu_share, s.concurrency)
-                       for n in DAG.experts if (s := DAG.spec(n))}
-            experts["moe1/e0"] = ExpertDecision(1, 1.0, 2048, 0.25, 8)
-            return PipelineDecision(DAG.name, 0.0, MappingProxyType(experts))
-
-    class Source:
-        def fetch(self, now):
-            return seen
-
-    class Clock:
-        t = 1_900_000_000.0
-
-        def now(self):
-            return self.t
-
-        def sleep(self, s):
-            self.t += s
-
     settings = Settings()
-    t = FakeTime()
-    backend = KubernetesBackend(k8s.api_client, rules=PlanRules(), timeout_s=5, sleep=t.sleep,
-                                clock=t.clock)
     clock = Clock()
-    controller = SMoEController(DAG, settings, warmup_seconds=0, source=Source(),
-                                decider=Propose(), clock=clock,
-                                vertical=VerticalLoop(DAG, backend, settings))
+    controller = controller_on(k8s, settings, ExpertDecision(1, 1.0, 2048, 0.25, 8),
+                               clock=clock)
     for _ in range(settings.guards.hysteresis_ticks):
         assert controller.step().status == "ok"
         clock.sleep(5)
@@ -424,3 +365,50 @@ def test_the_resize_is_followed_by_a_watch_not_polling(k8s):
     watches = [r for r in k8s.k8s_requests() if r.params.get("watch") == "true"]
     assert len(reads) == 1 and len(watches) == 1
     assert elapsed < 5  # decided by the event, not by the 10 s limit
+
+
+class Clock:
+    """The controller's clock in these tests: Unix seconds that ``sleep`` advances."""
+
+    def __init__(self):
+        self.t = 1_900_000_000.0
+
+    def now(self):
+        return self.t
+
+    def sleep(self, s):
+        self.t += s
+
+
+def controller_on(k8s, settings, proposal, *, clock=None):
+    """A controller deciding ``proposal`` for moe1/e0 (every other expert at its spec) from the
+    simulator's first observation (spec knobs, one pod each, as seed_pipeline writes them),
+    patching kmock's functions through the kubernetes backend."""
+    from types import MappingProxyType
+
+    from smoelib.control.controller import SMoEController
+    from smoelib.core.decisions import ExpertDecision, PipelineDecision
+    from smoelib.sim.env import SimEnv
+    from smoelib.vertical.loop import VerticalLoop
+
+    seen = SimEnv(DAG, settings, trace="poisson", duration_s=60).reset(1)
+
+    class Propose:
+        def reset(self, seed):
+            pass
+
+        def decide(self, observation):
+            experts = {n: ExpertDecision(1, s.cpu, s.memory_mb, s.gpu_share, s.concurrency)
+                       for n in DAG.experts if (s := DAG.spec(n))}
+            experts["moe1/e0"] = proposal
+            return PipelineDecision(DAG.name, 0.0, MappingProxyType(experts))
+
+    class Source:
+        def fetch(self, now):
+            return seen
+
+    t = FakeTime()
+    backend = KubernetesBackend(k8s.api_client, rules=PlanRules(), timeout_s=5, sleep=t.sleep,
+                                clock=t.clock)
+    return SMoEController(DAG, settings, warmup_seconds=0, source=Source(), decider=Propose(),
+                          clock=clock, vertical=VerticalLoop(DAG, backend, settings))
