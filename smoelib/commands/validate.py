@@ -23,17 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="CONFIG", help="config.yaml (default: built-in)")
 
 
-def operator_problems(dag, settings, *, source: str | None) -> list[str]:
-    """What ``smoe serve`` would refuse beyond the settings tree's own checks, found the same
-    way it finds them (the metric source's template names), without touching the network."""
-    from smoelib.control.metrics import PrometheusSource
+def operator_problems(settings, *, source: str | None) -> list[str]:
+    """What ``smoe serve`` would refuse beyond the settings tree's own checks, by the same
+    check (the metric source's template names), without touching the network."""
+    from smoelib.control.metrics import query_problems
 
-    try:
-        PrometheusSource(dag, url=settings.metrics.prometheus_url,
-                         queries=dict(settings.metrics.queries))
-    except ConfigError as e:
-        return ConfigError(list(e.problems), source=source).lines()
-    return []
+    problems = query_problems(settings.metrics.queries)
+    return ConfigError(problems, source=source).lines() if problems else []
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         problems += e.lines()
         settings = None
     if dag is not None and settings is not None:
-        problems += operator_problems(dag, settings, source=args.config)
+        problems += operator_problems(settings, source=args.config)
     if problems:
         for line in problems:
             print(f"error: {line}", file=sys.stderr)

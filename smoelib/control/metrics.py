@@ -35,7 +35,7 @@ from smoelib.core.ports import MetricsSource
 from smoelib.errors import ConfigError, PermanentError, Problem, TransientError
 from smoelib.pipeline.topology import PipelineDAG
 
-__all__ = ["QUERIES", "MetricsSource", "PrometheusSource"]
+__all__ = ["QUERIES", "MetricsSource", "PrometheusSource", "query_problems"]
 
 log = logging.getLogger("smoelib.metrics")
 
@@ -81,6 +81,13 @@ _REQUIRED = ("calls_per_s", "replicas_ready")
 _MAY_BE_NAN = {"latency_p50_ms", "latency_p95_ms", "p95_ms", "p99_ms"}
 
 
+def query_problems(queries: Mapping[str, str]) -> list[Problem]:
+    """A problem per ``metrics.queries`` override that names no template (what ``smoe serve``
+    refuses, and ``smoe validate`` with it)."""
+    return [Problem(f"metrics.queries.{name}", "unknown template; known: " + ", ".join(QUERIES))
+            for name in sorted(set(queries) - set(QUERIES))]
+
+
 class PrometheusSource:
     """Reads the ``smoe_*`` series and kube-state-metrics from Prometheus.
 
@@ -104,10 +111,9 @@ class PrometheusSource:
                  configured: Callable[[], Mapping[str, tuple[float, int]]] | None = None,
                  max_sample_age_s: float = 60.0, verify: bool | str = True,
                  session: requests.Session | None = None):
-        unknown = sorted(set(queries or {}) - set(QUERIES))
-        if unknown:
-            raise ConfigError([Problem(f"metrics.queries.{name}", "unknown template; known: "
-                                       + ", ".join(QUERIES)) for name in unknown])
+        problems = query_problems(queries or {})
+        if problems:
+            raise ConfigError(problems)
         self.dag = dag
         self.timeout_s = timeout_s
         self.templates = {**QUERIES, **(queries or {})}

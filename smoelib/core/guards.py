@@ -160,8 +160,8 @@ def guard(proposed: PipelineDecision, *, dag: PipelineDAG, settings: Settings,
         experts, memory, held = hold_slow_knobs(
             experts, base, memory, rules=SlowKnobRules.from_settings(settings),
             pods=_pods(observation, dag, base), now=now)
-        for text in held:
-            notes.add("budget" if "waits for the budget" in text else "hysteresis", text)
+        for rule, text in held:
+            notes.add(rule, text)
     experts = _fit_gpus(experts, base, dag=dag, settings=settings, notes=notes)
     decision = replace(proposed, experts=MappingProxyType(
         {n: experts[n] for n in dag.experts if n in experts}))

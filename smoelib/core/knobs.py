@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Knob", "KNOBS", "KNOB_NAMES", "VERTICAL_KNOBS", "SLOW_KNOBS", "RESOURCE_KNOBS",
-           "knob"]
+__all__ = ["Knob", "KNOBS", "KNOB_NAMES", "VERTICAL_KNOBS", "SLOW_KNOBS", "RESOURCE_KNOBS"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +46,3 @@ SLOW_KNOBS: tuple[str, ...] = ("gpu_share", "concurrency")
 """Read once at process start: a change always replaces the function's pods (a rollout)."""
 RESOURCE_KNOBS: tuple[str, ...] = ("cpu", "memory_mb")
 """Pod resources: in place where the cluster has ``pods/resize``, else slow like the others."""
-
-
-def knob(name: str) -> Knob:
-    """The knob called ``name``."""
-    for k in KNOBS:
-        if k.name == name:
-            return k
-    raise KeyError(name)

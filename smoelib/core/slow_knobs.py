@@ -86,7 +86,7 @@ class SlowKnobMemory:
 def hold_slow_knobs(experts: Mapping[str, ExpertDecision],
                     reference: Mapping[str, ExpertDecision], memory: SlowKnobMemory, *,
                     rules: SlowKnobRules, pods: Mapping[str, int], now: float
-                    ) -> tuple[dict[str, ExpertDecision], SlowKnobMemory, list[str]]:
+                    ) -> tuple[dict[str, ExpertDecision], SlowKnobMemory, list[tuple[str, str]]]:
     """Hold every slow-knob change the rules do not allow yet.
 
     Args:
@@ -99,14 +99,14 @@ def hold_slow_knobs(experts: Mapping[str, ExpertDecision],
         now: seconds on the loop's clock.
 
     Returns:
-        the experts with held knobs set back to the reference, the new memory and a note per
-        held change.
+        the experts with held knobs set back to the reference, the new memory and a
+        ``(rule, note)`` per held change (rule ``hysteresis`` or ``budget``).
     """
     candidates = dict(memory.candidates)
     used = sum(p for _, p in memory.window(now))
     budget = rules.budget_per_min
     out: dict[str, ExpertDecision] = {}
-    notes: list[str] = []
+    notes: list[tuple[str, str]] = []
     for node, want in experts.items():
         have = reference.get(node)
         if have is None:
@@ -123,16 +123,16 @@ def hold_slow_knobs(experts: Mapping[str, ExpertDecision],
             if abs(new - old) <= rules.threshold * abs(old):
                 candidates.pop(key, None)
                 held[knob] = old
-                notes.append(f"{node}: {knob} {old:g} -> {new:g} is within the "
-                             f"{rules.threshold:.0%} threshold; held")
+                notes.append(("hysteresis", f"{node}: {knob} {old:g} -> {new:g} is within the "
+                             f"{rules.threshold:.0%} threshold; held"))
                 continue
             value, ticks = candidates.get(key, (None, 0))
             ticks = ticks + 1 if value == new else 1
             candidates[key] = (new, ticks)
             if ticks < rules.hysteresis_ticks:
                 held[knob] = old
-                notes.append(f"{node}: {knob} {old:g} -> {new:g} seen {ticks}/"
-                             f"{rules.hysteresis_ticks} ticks; held")
+                notes.append(("hysteresis", f"{node}: {knob} {old:g} -> {new:g} seen {ticks}/"
+                                            f"{rules.hysteresis_ticks} ticks; held"))
             else:
                 ready.append(knob)
         if ready:
@@ -145,7 +145,8 @@ def hold_slow_knobs(experts: Mapping[str, ExpertDecision],
             else:
                 for knob in ready:
                     held[knob] = getattr(have, knob)
-                notes.append(f"{node}: rollout of {need} pod(s) for {', '.join(ready)} waits "
-                             f"for the budget ({used}/{budget} pods this minute)")
+                notes.append(("budget", f"{node}: rollout of {need} pod(s) for "
+                                        f"{', '.join(ready)} waits for the budget ({used}/"
+                                        f"{budget} pods this minute)"))
         out[node] = replace(want, **held) if held else want
     return out, SlowKnobMemory(MappingProxyType(candidates), memory.window(now)), notes

@@ -94,7 +94,8 @@ class DemoRun:
         name = policy or self.policy
         decider = get_decider(name, dag=self.dag, settings=self.settings)
         decider.reset(self.seed)
-        vertical = vertical_loop(self.dag, self.settings, sim_target=cluster, kind="simulated")
+        vertical = vertical_loop(self.dag, self.settings, sim_target=cluster.functions,
+                                kind="simulated")
         controller = SMoEController(
             self.dag, self.settings, prometheus_url=self.prometheus, dry_run=False,
             log_interval=math.inf, warmup_seconds=0, clock=clock,

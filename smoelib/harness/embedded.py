@@ -8,8 +8,8 @@ controller talks to in production:
 - KEDA: every polling interval it asks the scaler over a real gRPC channel for each expert's
   replicas (``GetMetrics``, ``IsActive``), and falls back to the ScaledObject's ``fallback``
   replicas (``currentReplicasIfHigher``) when the scaler answers an error;
-- the functions the vertical module patches (``vertical_state`` / ``apply_vertical``, the
-  simulated backend's port).
+- the functions the vertical module patches (:attr:`EmbeddedCluster.functions`, a
+  :class:`~smoelib.sim.actuator.SimulatedFunctions`: the simulated backend's port).
 
 :class:`SimClock` is the controller's clock in simulated time: ``sleep`` advances the cluster.
 """
@@ -119,14 +119,6 @@ class EmbeddedCluster:
     def fetch(self, now: float) -> Observation:
         """The latest observation, as a metric source (``now`` is not used: it is the tick's)."""
         return self.observation
-
-    # ---- the functions (the simulated vertical backend's port) ------------------------------
-    def vertical_state(self, function: str) -> dict[str, float] | None:
-        return self.functions.vertical_state(function)
-
-    def apply_vertical(self, function: str, changes: Mapping[str, float], *,
-                       in_place: bool) -> None:
-        self.functions.apply_vertical(function, changes, in_place=in_place)
 
     # ---- time -------------------------------------------------------------------------------
     def advance(self, seconds: float) -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
 
 from smoelib.core.decisions import ExpertDecision, PipelineDecision
+from smoelib.core.knobs import VERTICAL_KNOBS
 from smoelib.core.ports import Feedback
 from smoelib.settings import Settings
 from smoelib.sim.env import SimEnv, StepResult
@@ -38,9 +38,8 @@ class SimulatedFunctions:
         self.dag = env.dag
         self.index = {n: i for i, n in enumerate(env.dag.nodes)}
         self.by_function = {env.dag.function_name(n): n for n in env.dag.experts}
-        self.knobs = {n: {"cpu": s.cpu, "memory_mb": s.memory_mb, "gpu_share": s.gpu_share,
-                          "concurrency": s.concurrency}
-                      for n in env.dag.experts if (s := env.dag.spec(n))}
+        self.knobs = {n: {k: getattr(env.dag.spec(n), k) for k in VERTICAL_KNOBS}
+                      for n in env.dag.experts}
 
     def vertical_state(self, function: str) -> dict[str, float] | None:
         node = self.by_function.get(function)
@@ -90,8 +89,3 @@ class SimActuator:
     def step(self) -> StepResult:
         """One control tick of the simulated cluster under what was applied so far."""
         return self.env.step(self.functions.decision(self.replicas))
-
-    @property
-    def knobs(self) -> Mapping[str, Mapping[str, Any]]:
-        """The functions' pod templates, by node id."""
-        return self.functions.knobs

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from smoelib.core.accounting import gpu_per_pod
+from smoelib.core.knobs import RESOURCE_KNOBS, SLOW_KNOBS
 from smoelib.vertical.records import FunctionState, Knobs, ObjectRef, Patch, PodState
 from smoelib.vertical.template import (
     SharingRules,
@@ -154,7 +155,7 @@ def pause_patch(node: str, live: FunctionState, *, paused: bool) -> Patch:
 
 def sim_in_place_patch(node: str, live: FunctionState, want: Knobs) -> Patch | None:
     """The simulator's in-place CPU/memory change, or None when both already match."""
-    changes = {k: (live.knobs.get(k), want.get(k)) for k in ("cpu", "memory_mb")
+    changes = {k: (live.knobs.get(k), want.get(k)) for k in RESOURCE_KNOBS
                if live.knobs.get(k) != want.get(k)}
     if not changes:
         return None
@@ -166,12 +167,12 @@ def sim_in_place_patch(node: str, live: FunctionState, want: Knobs) -> Patch | N
 
 def _sim_rollout(node: str, live: FunctionState, want: Knobs, *, resources_are_slow: bool
                  ) -> Patch | None:
-    slow = ("gpu_share", "concurrency") + (("cpu", "memory_mb") if resources_are_slow else ())
+    slow = SLOW_KNOBS + (RESOURCE_KNOBS if resources_are_slow else ())
     changes = {k: (live.knobs.get(k), want.get(k)) for k in slow
                if live.knobs.get(k) != want.get(k)}
     if not changes:
         return None
-    for k in ("cpu", "memory_mb"):
+    for k in RESOURCE_KNOBS:
         if live.knobs.get(k) != want.get(k):
             changes.setdefault(k, (live.knobs.get(k), want.get(k)))
     why = ("slow knobs change (" + ", ".join(sorted(changes)) + f"): replaces the function's "

@@ -44,6 +44,19 @@ class SettableClock:
         return self.now
 
 
+class SteppedClock:
+    """A controller's clock (``now``, ``sleep``) in test time: ``sleep`` advances it at once."""
+
+    def __init__(self, now: float = T0):
+        self.t = now
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
 def tiny_pipeline(name: str = "tiny", experts: int = 3) -> PipelineDAG:
     """A two-stage pipeline: a segment, then one MoE layer ``moe1`` of ``experts`` experts."""
     return build_dag({"name": name, "slo_ms": 50, "stages": [

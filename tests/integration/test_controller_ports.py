@@ -37,6 +37,7 @@ from smoelib.sim.env import SimEnv
 from smoelib.topology import build_dag
 from smoelib.vertical.factory import vertical_loop
 from tests.integration.http_fixtures import JsonHandler, serving
+from tests.integration.scaler_fixtures import SteppedClock
 
 pytestmark = pytest.mark.integration
 DAG = build_dag({"name": "tiny", "slo_ms": 60, "stages": [
@@ -90,7 +91,7 @@ class BrokenFunctions:
         self.cluster = cluster
 
     def vertical_state(self, function):
-        return self.cluster.vertical_state(function)
+        return self.cluster.functions.vertical_state(function)
 
     def apply_vertical(self, function, changes, *, in_place):
         raise RuntimeError("the function's API fell over")
@@ -113,7 +114,7 @@ def rig(tmp_path):
     controller = SMoEController(DAG, SETTINGS, warmup_seconds=0, clock=clock, source=source,
                                 decider=decider, store=store,
                                 vertical=vertical_loop(DAG, SETTINGS, kind="simulated",
-                                                       sim_target=cluster))
+                                                       sim_target=cluster.functions))
     yield controller, store, source, decider, cluster, tmp_path
     poller.close()
     server.stop(grace_s=0)
@@ -186,7 +187,7 @@ def test_a_raising_vertical_backend_is_one_line_and_replicas_still_reach_the_sto
     experts = {n: ExpertDecision(2, 2.0, 2048, 0.25, 4) for n in DAG.experts}
     decider.static.experts = MappingProxyType(experts)
     controller = SMoEController(DAG, SETTINGS, warmup_seconds=0, source=cluster,
-                                decider=decider, store=store, clock=FixedClock(),
+                                decider=decider, store=store, clock=SteppedClock(0.0),
                                 vertical=vertical_loop(DAG, SETTINGS, kind="simulated",
                                                        sim_target=BrokenFunctions(cluster)))
     report = controller.step()
@@ -195,17 +196,6 @@ def test_a_raising_vertical_backend_is_one_line_and_replicas_still_reach_the_sto
     assert len(lines) == 1 and lines[0].startswith("vertical: RuntimeError: the function's API")
     assert store.lookup("tiny", "moe1/e0").replicas == 2  # the store was written first
     assert controller.step().status == "actuator-error"  # and the loop goes on
-
-
-class FixedClock:
-    def __init__(self):
-        self.t = 0.0
-
-    def now(self):
-        return self.t
-
-    def sleep(self, s):
-        self.t += s
 
 
 def _free_port() -> int:
@@ -290,7 +280,7 @@ def test_a_failing_dependency_never_changes_liveness_and_shows_on_metrics():
 
 
 def test_a_wedged_loop_is_not_alive():
-    clock = FixedClock()
+    clock = SteppedClock()
     controller = SMoEController(DAG, SETTINGS, warmup_seconds=0, source=Observing(),
                                 decider=Scripted(), vertical=False, clock=clock)
     controller.step()

@@ -23,6 +23,7 @@ from tests.integration.k8s_fixtures import (
     openfaas_deployment,
     seed_pipeline,
 )
+from tests.integration.scaler_fixtures import SteppedClock
 
 pytestmark = pytest.mark.integration
 k8s = k8s_fixtures.k8s  # the emulator fixture
@@ -304,7 +305,7 @@ def test_a_redeployed_function_converges_within_one_tick(k8s):
     deployments = seed_pipeline(k8s, DAG)
     name = "bert-moe-moe1-e0"
     settings = Settings()
-    clock = Clock()
+    clock = SteppedClock()
     controller = controller_on(k8s, settings, ExpertDecision(1, 1.0, 2048, 0.25, 8),
                                clock=clock)
     for _ in range(settings.guards.hysteresis_ticks):
@@ -365,19 +366,6 @@ def test_the_resize_is_followed_by_a_watch_not_polling(k8s):
     watches = [r for r in k8s.k8s_requests() if r.params.get("watch") == "true"]
     assert len(reads) == 1 and len(watches) == 1
     assert elapsed < 5  # decided by the event, not by the 10 s limit
-
-
-class Clock:
-    """The controller's clock in these tests: Unix seconds that ``sleep`` advances."""
-
-    def __init__(self):
-        self.t = 1_900_000_000.0
-
-    def now(self):
-        return self.t
-
-    def sleep(self, s):
-        self.t += s
 
 
 def controller_on(k8s, settings, proposal, *, clock=None):

@@ -75,7 +75,7 @@ def rig():
     controller = SMoEController(DAG, SETTINGS, dry_run=False, warmup_seconds=0, clock=clock,
                                 source=source, decider=decider, store=store,
                                 vertical=vertical_loop(DAG, SETTINGS, kind="simulated",
-                                                       sim_target=cluster))
+                                                       sim_target=cluster.functions))
     yield controller, cluster, store, source, decider, poller
     poller.close()
     server.stop(grace_s=0)

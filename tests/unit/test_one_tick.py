@@ -113,7 +113,7 @@ def controller_driver():
         controller = SMoEController(DAG, SETTINGS, warmup_seconds=0, clock=clock,
                                     source=cluster, decider=decider, store=store,
                                     vertical=vertical_loop(DAG, SETTINGS, kind="simulated",
-                                                           sim_target=cluster))
+                                                           sim_target=cluster.functions))
         assert controller.profile.name == "production"
         reports = controller.run(interval=env.dt, max_steps=_ticks(), verbose=False)
         clock.sleep(env.dt)  # the simulated tick after the last decision, as the others run it

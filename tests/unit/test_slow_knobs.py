@@ -18,8 +18,10 @@ def expert(concurrency=4, gpu_share=0.25, cpu=1.0):
 
 
 def hold(experts, memory, now, rules=RULES, pods=None):
-    return hold_slow_knobs(experts, BEFORE, memory, rules=rules,
-                           pods=pods or {n: 2 for n in NODES}, now=now)
+    """The rules' result with the notes' texts (their rule tags dropped)."""
+    out, memory, notes = hold_slow_knobs(experts, BEFORE, memory, rules=rules,
+                                         pods=pods or {n: 2 for n in NODES}, now=now)
+    return out, memory, [text for _, text in notes]
 
 
 def test_a_slow_knob_changes_only_after_k_ticks_of_the_same_value():
@@ -86,9 +88,8 @@ def test_before_1_35_a_memory_decrease_is_slow_and_an_increase_is_not():
     assert rules.decreases == ("memory_mb",)
     lower = ExpertDecision(2, 1.0, 1024, 0.25, 4)
     higher = ExpertDecision(2, 1.0, 4096, 0.25, 4)
-    out, _, notes = hold_slow_knobs({"moe1/e0": lower, "moe1/e1": higher}, BEFORE,
-                                    SlowKnobMemory(), rules=rules, pods={"moe1/e0": 2},
-                                    now=0.0)
+    out, _, notes = hold({"moe1/e0": lower, "moe1/e1": higher}, SlowKnobMemory(), 0.0,
+                         rules=rules, pods={"moe1/e0": 2})
     assert out["moe1/e0"].memory_mb == 2048 and "memory_mb 2048 -> 1024 seen 1/3" in notes[0]
     assert out["moe1/e1"].memory_mb == 4096
     later = SlowKnobRules.from_settings(load_settings({"cluster": {
