@@ -13,12 +13,17 @@ import networkx as nx
 
 from smoelib.errors import PipelineError
 from smoelib.pipeline import schema
-from smoelib.pipeline.model import NodeSpec
+from smoelib.pipeline.model import SLO, NodeSpec
 from smoelib.pipeline.schema import Checker
 from smoelib.pipeline.yamlsrc import Source
 
 _TOP_FIELDS = {"slo_ms": schema._Field("number", schema._positive),
-               "max_seq_tokens": schema._Field("int", schema._positive)}
+               "max_seq_tokens": schema._Field("int", schema._positive),
+               "decode_cap": schema._Field("int", schema._positive),
+               "prefill_chunk": schema._Field("int", schema._non_negative),
+               "accelerator": schema._Field("str", lambda v: None if v in schema.ACCELERATORS
+                                            else f"must be one of "
+                                                 f"{', '.join(schema.ACCELERATORS)}")}
 
 
 def assemble(src: Source, *, validate: bool, attach_metadata: bool
@@ -32,8 +37,10 @@ def assemble(src: Source, *, validate: bool, attach_metadata: bool
     graph, after, moe = _build(ck, top, stages, attach_metadata=attach_metadata)
     if ck.problems:
         raise PipelineError(ck.problems, source=src.name)
-    meta = {"name": top["name"], "namespace": top["namespace"], "slo_ms": float(top["slo_ms"]),
-            "max_seq_tokens": int(top["max_seq_tokens"]), "after": after, "moe_stages": moe}
+    meta = {"name": top["name"], "namespace": top["namespace"], "kind": top["kind"],
+            "slo": top["slo"], "max_seq_tokens": int(top["max_seq_tokens"]),
+            "decode_cap": int(top["decode_cap"]), "prefill_chunk": int(top["prefill_chunk"]),
+            "accelerator": top["accelerator"], "after": after, "moe_stages": moe}
     return graph, meta
 
 
@@ -44,7 +51,7 @@ def _check_top(ck: Checker, data: Any) -> dict[str, Any]:
     top = ck.mapping(data, (), schema.TOP_KEYS)
     if top is None:
         return {}
-    for key in ("name", "slo_ms", "stages"):
+    for key in ("name", "stages"):
         if key not in top:
             ck.add((), f"missing required key {key!r}")
     out = {**schema.PIPELINE_DEFAULTS, **top}
@@ -59,6 +66,7 @@ def _check_top(ck: Checker, data: Any) -> dict[str, Any]:
                 out.pop(key)
     if "description" in top:
         ck.scalar(top["description"], ("description",), schema._Field("str"))
+    out["kind"], out["slo"] = _check_kind_and_slo(ck, top)
     defaults = ck.mapping(top.get("defaults", {}), ("defaults",), {"expert", "segment"}) or {}
     out["defaults"] = {kind: schema.merge(base, schema.check_node_fields(
         ck, defaults.get(kind, {}), ("defaults", kind)))
@@ -66,6 +74,56 @@ def _check_top(ck: Checker, data: Any) -> dict[str, Any]:
     out["templates_given"] = {kind for kind, v in defaults.items()
                               if isinstance(v, Mapping) and "function" in v}
     return out
+
+
+def _check_kind_and_slo(ck: Checker, top: Mapping[str, Any]) -> tuple[str, SLO | None]:
+    """The pipeline's kind (declared, or inferred: ``encoder-decoder`` when a stage declares
+    a ``part``, ``decoder`` when the SLO states ``tpot_ms``, else ``encoder``) and its SLO."""
+    raw_slo = top.get("slo")
+    slo = ck.mapping(raw_slo, ("slo",), schema.SLO_KEYS) if raw_slo is not None else None
+    stages = top.get("stages") if isinstance(top.get("stages"), list) else []
+    has_part = any(isinstance(st, Mapping) and "part" in st for st in stages)
+    kind = top.get("kind")
+    if kind is None:
+        kind = ("encoder-decoder" if has_part else
+                "decoder" if isinstance(slo, Mapping) and "tpot_ms" in slo else "encoder")
+    elif kind not in schema.PIPELINE_KINDS:
+        ck.add(("kind",), f"must be one of {', '.join(schema.PIPELINE_KINDS)}, got {kind!r}")
+        return "encoder", None
+    decodes = kind != "encoder"
+    if raw_slo is None:
+        if "slo_ms" not in top:
+            ck.add((), "missing required key 'slo' (slo: {ttft_ms: ..., tpot_ms: ..., "
+                       "attainment: 0.99}; an encoder pipeline may give slo: {ttft_ms: ...})")
+            return kind, None
+        if decodes:
+            ck.add(("slo_ms",), f"a {kind} pipeline states its SLO per pass: write slo: "
+                                f"{{ttft_ms: ..., tpot_ms: ..., attainment: 0.99}} instead "
+                                f"of slo_ms")
+            return kind, None
+        if not ck.scalar(top["slo_ms"], ("slo_ms",), _TOP_FIELDS["slo_ms"]):
+            return kind, None
+        return kind, SLO(ttft_ms=float(top["slo_ms"]))
+    if "slo_ms" in top:
+        ck.add(("slo_ms",), "give slo (per pass) or the older slo_ms, not both")
+    if slo is None:
+        return kind, None
+    ok = all(ck.scalar(v, ("slo", k), schema.SLO_FIELDS[k]) for k, v in slo.items())
+    if "ttft_ms" not in slo:
+        ck.add(("slo",), "missing required key 'ttft_ms'")
+        ok = False
+    if decodes and "tpot_ms" not in slo:
+        ck.add(("slo",), f"missing required key 'tpot_ms' (a {kind} pipeline decodes)")
+        ok = False
+    if not decodes and "tpot_ms" in slo:
+        ck.add(("slo", "tpot_ms"), "an encoder pipeline has TTFT only: it generates no "
+                                   "tokens (declare kind: decoder to decode)")
+        ok = False
+    if not ok:
+        return kind, None
+    return kind, SLO(ttft_ms=float(slo["ttft_ms"]),
+                     tpot_ms=float(slo["tpot_ms"]) if decodes else None,
+                     attainment=float(slo.get("attainment", 0.99)))
 
 
 def _check_stages(ck: Checker, top: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -103,7 +161,16 @@ def _check_stages(ck: Checker, top: Mapping[str, Any]) -> list[dict[str, Any]]:
         if kind not in ("moe", "segment"):
             ck.add((*path, "kind"), f"must be 'moe' or 'segment', got {kind!r}")
             continue
-        parsed = {"id": sid, "kind": kind, "index": i}
+        parsed = {"id": sid, "kind": kind, "index": i,
+                  "part": stages[-1]["part"] if stages else "encoder"}
+        part = stage.get("part")
+        if part is not None:
+            if top.get("kind", "encoder-decoder") != "encoder-decoder":
+                ck.add((*path, "part"), "'part' is only allowed in an encoder-decoder pipeline")
+            elif part not in schema.PARTS:
+                ck.add((*path, "part"), f"must be encoder or decoder, got {part!r}")
+            else:
+                parsed["part"] = part
         if kind == "moe":
             if not _check_moe(ck, stage, path, parsed):
                 continue
@@ -224,6 +291,9 @@ def _resolve(ck: Checker, top: Mapping[str, Any], stage: Mapping[str, Any], kind
         fields = schema.merge(fields, stage["overrides"][index])
         where = (*path, "overrides", index)
     schema.check_resolved(ck, fields, where)
+    if ck.validate and not fields["profile"] and not fields["shape"].get("d_model"):
+        ck.add((*where, "profile"), f"a {kind} needs a profile (base_ms/per_token_ms or a "
+                                    f"measured curve) or an expert shape")
     names = {"pipeline": top.get("name", ""), "stage": stage["id"]}
     if kind == "expert":
         names["index"] = index
@@ -249,7 +319,19 @@ def _resolve(ck: Checker, top: Mapping[str, Any], stage: Mapping[str, Any], kind
         gpu_share=float(fields["gpu_share"]), concurrency=int(fields["concurrency"]),
         parallelism=int(fields["parallelism"]), replicas_min=int(fields["replicas"]["min"]),
         replicas_max=int(fields["replicas"]["max"]), weights_mb=float(fields["weights_mb"]),
-        gpu_memory_mb=int(fields["gpu_memory_mb"]),
-        base_ms=float(fields["profile"]["base_ms"]),
-        per_token_ms=float(fields["profile"]["per_token_ms"]),
-        top_k=stage.get("top_k"), layer_size=stage.get("experts"))}
+        gpu_memory_mb=int(fields["gpu_memory_mb"]), **_service_fields(fields),
+        top_k=stage.get("top_k"), layer_size=stage.get("experts"), part=stage["part"])}
+
+
+def _service_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The NodeSpec fields of a node's service model: shape, handler and profile."""
+    prof, shape, handler = fields["profile"], fields["shape"], fields["handler"]
+    kind = "curve" if "tokens" in prof else "linear" if prof else "none"
+    return {"profile_kind": kind, "base_ms": float(prof.get("base_ms", 0.0)),
+            "per_token_ms": float(prof.get("per_token_ms", 0.0)),
+            "profile_tokens": tuple(prof.get("tokens", ())),
+            "profile_ms": tuple(prof.get("ms", ())),
+            "d_model": int(shape.get("d_model", 0)), "d_ff": int(shape.get("d_ff", 0)),
+            "matrices": int(shape.get("matrices", 2)), "dtype": shape.get("dtype", "bf16"),
+            "handler_ms": handler.get("call_ms"),
+            "serialise_ms_per_kb": handler.get("serialise_ms_per_kb")}

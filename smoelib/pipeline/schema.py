@@ -30,12 +30,23 @@ FUNCTION_MAX = 63
 MAX_NODES = 100_000
 """Largest DAG accepted; deepseek-v3 scale is about 15,000 nodes."""
 
-TOP_KEYS = {"name", "namespace", "slo_ms", "max_seq_tokens", "description", "defaults", "stages"}
-STAGE_KEYS = {"id", "kind", "experts", "top_k", "after", "overrides"}
+TOP_KEYS = {"name", "namespace", "kind", "slo", "slo_ms", "max_seq_tokens", "decode_cap",
+            "prefill_chunk", "accelerator", "description", "defaults", "stages"}
+STAGE_KEYS = {"id", "kind", "experts", "top_k", "after", "overrides", "part"}
 NODE_KEYS = {"function", "cpu", "memory_mb", "gpu_share", "concurrency", "parallelism",
-             "replicas", "weights_mb", "gpu_memory_mb", "profile"}
+             "replicas", "weights_mb", "gpu_memory_mb", "profile", "shape", "handler"}
 REPLICA_KEYS = {"min", "max"}
-PROFILE_KEYS = {"base_ms", "per_token_ms"}
+PROFILE_KEYS = {"base_ms", "per_token_ms", "tokens", "ms"}
+SHAPE_KEYS = {"d_model", "d_ff", "matrices", "dtype"}
+HANDLER_KEYS = {"call_ms", "serialise_ms_per_kb"}
+SLO_KEYS = {"ttft_ms", "tpot_ms", "attainment"}
+PIPELINE_KINDS = ("encoder", "decoder", "encoder-decoder")
+PARTS = ("encoder", "decoder")
+ACCELERATORS = ("h100", "h800", "a100", "l4", "cpu")
+"""Names a pipeline's ``accelerator`` may take; their figures are settings
+(``simulator.accelerators``)."""
+DTYPES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+"""Bytes per parameter of each expert weight dtype."""
 
 BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "expert": {
@@ -48,7 +59,9 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
         "replicas": {"min": 0, "max": 16},
         "weights_mb": 9.0,
         "gpu_memory_mb": 0,
-        "profile": {"base_ms": 2.0, "per_token_ms": 0.004},
+        "shape": {"d_model": 768, "d_ff": 3072, "matrices": 2, "dtype": "bf16"},
+        "handler": {},
+        "profile": {},
     },
     "segment": {
         "function": "{pipeline}-{stage}",
@@ -60,11 +73,16 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
         "replicas": {"min": 1, "max": 16},
         "weights_mb": 30.0,
         "gpu_memory_mb": 0,
+        "shape": {},
+        "handler": {},
         "profile": {"base_ms": 2.0, "per_token_ms": 0.004},
     },
 }
-"""Every node field has a built-in default (documented in the README)."""
-PIPELINE_DEFAULTS = {"namespace": "openfaas-fn", "max_seq_tokens": 512}
+"""Every node field has a built-in default (documented in the README). An expert's FFN time
+comes from its ``shape`` on the pipeline's accelerator unless a ``profile`` (a measured curve)
+overrides it; a segment (attention, embeddings) has no shape and runs on its profile."""
+PIPELINE_DEFAULTS = {"namespace": "openfaas-fn", "max_seq_tokens": 512, "decode_cap": 1024,
+                     "prefill_chunk": 0, "accelerator": "h100"}
 DEFAULT_TOP_K = 2
 
 
@@ -98,6 +116,16 @@ NODE_FIELDS: dict[str, _Field] = {
 }
 PROFILE_FIELDS = {"base_ms": _Field("number", _non_negative),
                   "per_token_ms": _Field("number", _non_negative)}
+SHAPE_FIELDS = {"d_model": _Field("int", _positive), "d_ff": _Field("int", _positive),
+                "matrices": _Field("int", lambda v: None if v in (2, 3) else
+                                   "must be 2 (up, down) or 3 (gate, up, down)"),
+                "dtype": _Field("str", lambda v: None if v in DTYPES else
+                                f"must be one of {', '.join(DTYPES)}")}
+HANDLER_FIELDS = {"call_ms": _Field("number", _non_negative),
+                  "serialise_ms_per_kb": _Field("number", _non_negative)}
+SLO_FIELDS = {"ttft_ms": _Field("number", _positive), "tpot_ms": _Field("number", _positive),
+              "attainment": _Field("number", lambda v: None if 0 < v <= 1 else
+                                   "must be within (0, 1]")}
 REPLICA_FIELDS = {"min": _Field("int", _non_negative), "max": _Field("int", _positive)}
 
 
@@ -191,20 +219,68 @@ def check_node_fields(ck: Checker, raw: Any, path: Path_) -> dict[str, Any]:
                 out[key] = {k: v for k, v in sub.items()
                             if ck.scalar(v, (*path, key, k), REPLICA_FIELDS[k])}
         elif key == "profile":
-            sub = ck.mapping(value, (*path, key), PROFILE_KEYS)
+            sub = check_profile(ck, value, (*path, key))
+            if sub is not None:
+                out[key] = sub
+        elif key in ("shape", "handler"):
+            table = SHAPE_FIELDS if key == "shape" else HANDLER_FIELDS
+            sub = ck.mapping(value, (*path, key), set(table))
             if sub is not None:
                 out[key] = {k: v for k, v in sub.items()
-                            if ck.scalar(v, (*path, key, k), PROFILE_FIELDS[k])}
+                            if ck.scalar(v, (*path, key, k), table[k])}
         elif ck.scalar(value, (*path, key), NODE_FIELDS[key]):
             out[key] = value
     return out
 
 
+def check_profile(ck: Checker, value: Any, path: Path_) -> dict[str, Any] | None:
+    """A ``profile``: linear (``base_ms``, ``per_token_ms``) or a measured curve (``tokens``,
+    ``ms``: the FFN time of a batch of that many tokens, at GPU share 1 or on one core)."""
+    sub = ck.mapping(value, path, PROFILE_KEYS)
+    if sub is None:
+        return None
+    linear = {k for k in sub if k in PROFILE_FIELDS}
+    curve = {k for k in sub if k in ("tokens", "ms")}
+    if linear and curve:
+        ck.add(path, "give either base_ms/per_token_ms or a measured curve tokens/ms, not both")
+        return None
+    if not curve:
+        return {k: v for k, v in sub.items() if ck.scalar(v, (*path, k), PROFILE_FIELDS[k])}
+    if curve != {"tokens", "ms"}:
+        ck.add(path, f"a measured curve needs both 'tokens' and 'ms' (missing "
+                     f"{sorted({'tokens', 'ms'} - curve)[0]!r})")
+        return None
+    tokens, ms = sub["tokens"], sub["ms"]
+    for key, seq in (("tokens", tokens), ("ms", ms)):
+        if not isinstance(seq, list):
+            ck.add((*path, key), f"must be a list of numbers, got {_typename(seq)}")
+            return None
+        if len(seq) < 2:
+            ck.add((*path, key), f"must list at least 2 values, got {len(seq)}")
+            return None
+        for i, v in enumerate(seq):
+            if not ck.scalar(v, (*path, key, i), _Field("int" if key == "tokens" else "number",
+                                                        _positive if key == "tokens"
+                                                        else _non_negative)):
+                return None
+    if len(tokens) != len(ms):
+        ck.add((*path, "ms"), f"has {len(ms)} values for {len(tokens)} batch sizes in 'tokens'")
+        return None
+    if any(b <= a for a, b in zip(tokens, tokens[1:], strict=False)):
+        ck.add((*path, "tokens"), "batch sizes must be strictly increasing")
+        return None
+    return {"tokens": [int(t) for t in tokens], "ms": [float(v) for v in ms]}
+
+
 def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """Node fields of ``over`` on top of ``base``; ``replicas`` and ``profile`` merge by key."""
+    """Node fields of ``over`` on top of ``base``; ``replicas``, ``shape`` and ``handler``
+    merge by key, a ``profile`` replaces the one below it whole (a curve and a line do not
+    mix)."""
     out = dict(base)
     for key, value in over.items():
-        if key in ("replicas", "profile"):
+        if key == "profile" and ("tokens" in value or "tokens" in base.get(key, {})):
+            out[key] = dict(value)
+        elif key in ("replicas", "shape", "handler", "profile"):
             out[key] = {**base.get(key, {}), **value}
         else:
             out[key] = value

@@ -18,10 +18,10 @@ import networkx as nx
 
 from smoelib.errors import PipelineError, Problem
 from smoelib.pipeline.builder import assemble
-from smoelib.pipeline.model import NodeSpec
+from smoelib.pipeline.model import SLO, NodeSpec
 from smoelib.pipeline.yamlsrc import YamlProblem, load
 
-__all__ = ["NodeSpec", "PipelineDAG", "build_dag"]
+__all__ = ["NodeSpec", "SLO", "PipelineDAG", "build_dag"]
 
 class PipelineDAG:
     """A pipeline's DAG over :class:`networkx.DiGraph` with typed node specs.
@@ -31,14 +31,19 @@ class PipelineDAG:
     declaration order where the edges allow, experts of a layer by index.
     """
 
-    def __init__(self, graph: nx.DiGraph, *, name: str, namespace: str, slo_ms: float,
-                 max_seq_tokens: int, after: Mapping[str, tuple[str, ...]],
-                 moe_stages: tuple[str, ...], source: str | None, has_metadata: bool):
+    def __init__(self, graph: nx.DiGraph, *, name: str, namespace: str, kind: str, slo: SLO,
+                 max_seq_tokens: int, decode_cap: int, prefill_chunk: int, accelerator: str,
+                 after: Mapping[str, tuple[str, ...]], moe_stages: tuple[str, ...],
+                 source: str | None, has_metadata: bool):
         self.graph = graph
         self.name = name
         self.namespace = namespace
-        self.slo_ms = slo_ms
+        self.kind = kind
+        self.slo = slo
         self.max_seq_tokens = max_seq_tokens
+        self.decode_cap = decode_cap
+        self.prefill_chunk = prefill_chunk
+        self.accelerator = accelerator
         self.stages = tuple(after)
         self.after = dict(after)
         self.moe_stages = moe_stages
@@ -46,6 +51,17 @@ class PipelineDAG:
         self.has_metadata = has_metadata
         rank = {node: i for i, node in enumerate(graph.nodes)}
         self._order = tuple(nx.lexicographical_topological_sort(graph, key=rank.__getitem__))
+
+    @property
+    def slo_ms(self) -> float:
+        """The latency budget of one pass (:attr:`SLO.pass_ms`): TPOT when the pipeline
+        decodes, TTFT for an encoder."""
+        return self.slo.pass_ms
+
+    @property
+    def decodes(self) -> bool:
+        """Whether requests generate tokens (decoder or encoder-decoder)."""
+        return self.kind != "encoder"
 
     # ---- orders -------------------------------------------------------------------------
     @property
@@ -158,8 +174,9 @@ class PipelineDAG:
         """A few readable lines: stages, experts, edges, depth, resources at min and max."""
         g = self.graph
         lines = [
-            f"pipeline {self.name} (namespace {self.namespace}, SLO {self.slo_ms:g} ms, "
-            f"max {self.max_seq_tokens} tokens per request)",
+            f"pipeline {self.name} ({self.kind}, namespace {self.namespace}, "
+            f"{_slo_text(self.slo)}, max {self.max_seq_tokens} tokens per request, "
+            f"accelerator {self.accelerator})",
             f"  stages: {len(self.stages)} ({len(self.moe_stages)} MoE, "
             f"{len(self.stages) - len(self.moe_stages)} segments)",
             f"  nodes: {g.number_of_nodes()} ({len(self.experts)} experts, "
@@ -201,18 +218,54 @@ class PipelineDAG:
                 entry.update(_node_fields(first))
                 del entry["overrides"]
             stages.append(entry)
-        return {"name": self.name, "namespace": self.namespace, "slo_ms": self.slo_ms,
-                "max_seq_tokens": self.max_seq_tokens, "stages": stages}
+        slo = {"ttft_ms": self.slo.ttft_ms, "attainment": self.slo.attainment}
+        if self.slo.tpot_ms is not None:
+            slo["tpot_ms"] = self.slo.tpot_ms
+        if self.kind == "encoder-decoder":
+            for entry, stage in zip(stages, self.stages, strict=True):
+                entry["part"] = self._part(stage)
+        return {"name": self.name, "namespace": self.namespace, "kind": self.kind, "slo": slo,
+                "max_seq_tokens": self.max_seq_tokens, "decode_cap": self.decode_cap,
+                "prefill_chunk": self.prefill_chunk, "accelerator": self.accelerator,
+                "stages": stages}
+
+    def _part(self, stage: str) -> str:
+        node = next(n for n in self._order if self.graph.nodes[n]["stage"] == stage)
+        return self.spec(node).part
+
+    @cached_property
+    def stage_parts(self) -> dict[str, str]:
+        """Stage id -> ``encoder`` or ``decoder`` (every stage is ``encoder`` unless the
+        pipeline is encoder-decoder)."""
+        return {st: self._part(st) for st in self.stages}
+
+
+def _slo_text(slo: SLO) -> str:
+    tpot = f", TPOT {slo.tpot_ms:g} ms" if slo.tpot_ms is not None else ""
+    return f"SLO TTFT {slo.ttft_ms:g} ms{tpot} at {slo.attainment:.0%}"
 
 
 def _node_fields(spec: NodeSpec) -> dict[str, Any]:
     d = asdict(spec)
-    return {"function": d["function"], "cpu": d["cpu"], "memory_mb": d["memory_mb"],
-            "gpu_share": d["gpu_share"], "concurrency": d["concurrency"],
-            "parallelism": d["parallelism"], "weights_mb": d["weights_mb"],
-            "gpu_memory_mb": d["gpu_memory_mb"],
-            "replicas": {"min": d["replicas_min"], "max": d["replicas_max"]},
-            "profile": {"base_ms": d["base_ms"], "per_token_ms": d["per_token_ms"]}}
+    if d["profile_kind"] == "curve":
+        profile = {"tokens": list(d["profile_tokens"]), "ms": list(d["profile_ms"])}
+    elif d["profile_kind"] == "linear":
+        profile = {"base_ms": d["base_ms"], "per_token_ms": d["per_token_ms"]}
+    else:
+        profile = {}
+    handler = {k: v for k, v in (("call_ms", d["handler_ms"]),
+                                 ("serialise_ms_per_kb", d["serialise_ms_per_kb"]))
+               if v is not None}
+    out = {"function": d["function"], "cpu": d["cpu"], "memory_mb": d["memory_mb"],
+           "gpu_share": d["gpu_share"], "concurrency": d["concurrency"],
+           "parallelism": d["parallelism"], "weights_mb": d["weights_mb"],
+           "gpu_memory_mb": d["gpu_memory_mb"],
+           "replicas": {"min": d["replicas_min"], "max": d["replicas_max"]},
+           "profile": profile, "handler": handler}
+    if d["d_model"]:
+        out["shape"] = {"d_model": d["d_model"], "d_ff": d["d_ff"], "matrices": d["matrices"],
+                        "dtype": d["dtype"]}
+    return out
 
 
 def build_dag(config: str | Path | Mapping[str, Any], validate: bool = True,

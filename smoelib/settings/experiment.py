@@ -5,6 +5,7 @@ serve`` never needs them (``examples/experiment.yaml``). Training's own recipe i
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,9 +17,66 @@ from smoelib.settings.base import (
     setting,
 )
 
-__all__ = ["HpaStock", "Simulator", "StaticVertical", "HpaBaseline", "KpaVertical",
+__all__ = ["Accelerator", "Accelerators", "HpaStock", "Simulator", "StaticVertical", "HpaBaseline", "KpaVertical",
            "OpenFaasVertical", "KpaBaseline", "OpenFaasBaseline", "QueueingBaseline",
            "ElasticMoeBaseline", "FaasConfBaseline", "Baselines"]
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """One accelerator's datasheet figures for the expert model (docs/simulator.md, "Service
+    time"): ``t = launch + max(W / (BW x min(1, s / s_bw)), FLOPs / (eff x P x s))``."""
+
+    memory_bw_gb_s: float = setting(3350.0, "memory bandwidth", unit="GB/s", check=positive)
+    bf16_tflops: float = setting(989.0, "dense BF16/FP16 tensor peak", unit="TFLOP/s",
+                                 check=positive)
+    fp8_tflops: float = setting(1979.0, "dense FP8 tensor peak (0: no FP8; BF16 is used)",
+                                unit="TFLOP/s", check=non_negative)
+    fp32_tflops: float = setting(67.0, "FP32 peak (non-tensor)", unit="TFLOP/s",
+                                 check=positive)
+    launch_us: float = setting(6.0, "kernel launch and synchronisation per batch", unit="us",
+                               check=non_negative)
+    efficiency: float = setting(
+        0.63, "achieved fraction of the peak on an expert GEMM (fitted on DeepGEMM's "
+        "4096-token H800 point; an assumption on other parts)", unit="fraction", check=fraction)
+
+
+def _accelerator(doc: str, **figures: float):
+    return dataclasses.field(default_factory=lambda: Accelerator(**figures),
+                             metadata={"doc": doc, "unit": None, "check": None})
+
+
+@dataclass(frozen=True)
+class Accelerators:
+    """Named accelerators a pipeline's ``accelerator`` picks. Sources: NVIDIA datasheets (H100
+    SXM5, H800 SXM5 product brief, A100 80 GB SXM4, L4), dense (not sparse) tensor peaks; the
+    CPU core figures are measured on a 2-core Xeon with torch 2.13 FP32 (research note
+    "workload", section 3: ``max(0.9 ms, 0.075 ms x n)`` for a 768 x 3072 expert)."""
+
+    h100: Accelerator = _accelerator("NVIDIA H100 SXM5: 3.35 TB/s HBM3, 989 TFLOP/s BF16, "
+                                     "1979 FP8", memory_bw_gb_s=3350.0, bf16_tflops=989.0,
+                                     fp8_tflops=1979.0, fp32_tflops=67.0)
+    h800: Accelerator = _accelerator("NVIDIA H800 SXM5: H100 compute and HBM3, less NVLink",
+                                     memory_bw_gb_s=3350.0, bf16_tflops=989.0,
+                                     fp8_tflops=1979.0, fp32_tflops=67.0)
+    a100: Accelerator = _accelerator("NVIDIA A100 80 GB SXM4: 2.04 TB/s HBM2e, 312 TFLOP/s "
+                                     "BF16, no FP8", memory_bw_gb_s=2039.0, bf16_tflops=312.0,
+                                     fp8_tflops=0.0, fp32_tflops=19.5)
+    l4: Accelerator = _accelerator("NVIDIA L4: 300 GB/s GDDR6, 121 TFLOP/s BF16, 242.5 FP8",
+                                   memory_bw_gb_s=300.0, bf16_tflops=121.0, fp8_tflops=242.5,
+                                   fp32_tflops=30.3)
+    cpu: Accelerator = _accelerator(
+        "one CPU core (CPU-only experts and GPU share 0), FP32: 21 GB/s and 0.125 TFLOP/s "
+        "per core as measured; efficiency 1 (the figures are achieved ones)",
+        memory_bw_gb_s=21.0, bf16_tflops=0.125, fp8_tflops=0.0, fp32_tflops=0.125,
+        launch_us=0.0, efficiency=1.0)
+
+    def get(self, name: str) -> Accelerator:
+        return getattr(self, name)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
 
 
 @dataclass(frozen=True)
@@ -71,13 +129,40 @@ class Simulator:
     segment_target_utilization: float = setting(
         0.6, "segments keep their own HPA on busy-time utilisation with this target",
         unit="fraction", check=fraction)
-    share_exponent: float = setting(
-        0.3, "diminishing returns of GPU share (or cores): per-token time x share^-gamma "
-        "(small expert kernels are latency-bound, so a quarter GPU is far from 4x slower)",
-        check=non_negative)
+    mps_bandwidth_share: float = setting(
+        0.4, "s_bw: the MPS share below which an expert kernel no longer saturates memory "
+        "bandwidth (not published; 0.3-0.5 is the range to sweep)", unit="fraction",
+        check=fraction)
     mps_interference: float = setting(
-        0.1, "MPS interference: per-token time x (1 + beta x the other pods' share of the GPU)",
+        0.1, "MPS interference: expert time x (1 + beta x the other pods' share of the GPU); "
+        "a published A100 case study lost 7.5-19.5 % with two clients at 60 %",
         check=non_negative)
+    runtime_memory_mb: int = setting(
+        1536, "memory a replica needs besides its weights (Python, torch, CUDA context: "
+        "1.5-2 GB); below runtime + weights a replica is OOM-killed and restarts",
+        unit="MiB", check=positive)
+    oom_restart_s: float = setting(
+        10.0, "CrashLoopBackOff wait before an OOM-killed replica starts again", unit="s",
+        check=positive)
+    handler_ms: float = setting(
+        0.25, "handler time per call on the pod's CPU (HTTP parse, dispatch; research note "
+        "'workload' 3), for nodes that do not declare it", unit="ms", check=non_negative)
+    serialise_ms_per_kb: float = setting(
+        0.0004, "(de)serialisation per KiB of activations on the pod's CPU (raw bytes: "
+        "0.195 - 0.136 ms for 127 more 768-d fp16 tokens), for nodes that do not declare it",
+        unit="ms/KiB", check=non_negative)
+    invocation: Literal["per-sequence", "step-batched"] = setting(
+        "per-sequence", "how calls reach experts: per-sequence (one call per sequence, pass, "
+        "layer and selected expert; a serverless router) or step-batched (continuous "
+        "batching: running sequences advance in lock-step, one call per touched expert and "
+        "step carrying its tokens)")
+    max_running: int = setting(
+        256, "step-batched: most sequences in one step (vLLM max_num_seqs)", unit="sequences",
+        check=positive)
+    max_step_tokens: int = setting(
+        2048, "step-batched: most tokens in one step, prefill chunks included (vLLM "
+        "max_num_batched_tokens)", unit="tokens", check=positive)
+    accelerators: Accelerators = section(Accelerators, "named accelerators (datasheet figures)")
     service_cv: float = setting(
         0.2, "coefficient of variation of service time (gamma noise; 1 = exponential)",
         check=non_negative)

@@ -24,14 +24,40 @@ CASES = [
     ("empty-file", "", ["{f}: empty file: expected a mapping with name, slo_ms and stages"]),
     ("not-a-mapping", "- a\n- b\n", ["{f}: must be a mapping, got a list"]),
     ("unknown-top-key", OK_HEAD + "stages: [{id: a}]\nreplica: 3\n",
-     ["{f}:4: replica: unknown key 'replica'; expected one of defaults, description, "
-      "max_seq_tokens, name, namespace, slo_ms, stages"]),
+     ["{f}:4: replica: unknown key 'replica'; expected one of accelerator, decode_cap, "
+      "defaults, description, kind, max_seq_tokens, name, namespace, prefill_chunk, slo, "
+      "slo_ms, stages"]),
     ("unknown-stage-key", OK_HEAD + "stages:\n  - {id: a, experts: 2, topk: 1}\n",
      ["{f}:4: stage 'a'.topk: unknown key 'topk'; expected one of after, concurrency, cpu, "
-      "experts, function, gpu_memory_mb, gpu_share, id, kind, memory_mb, overrides, "
-      "parallelism, profile, replicas, top_k, weights_mb"]),
+      "experts, function, gpu_memory_mb, gpu_share, handler, id, kind, memory_mb, overrides, "
+      "parallelism, part, profile, replicas, shape, top_k, weights_mb"]),
     ("missing-name", "slo_ms: 5\nstages: [{id: a}]\n", ["{f}: missing required key 'name'"]),
-    ("missing-slo", "name: p\nstages: [{id: a}]\n", ["{f}: missing required key 'slo_ms'"]),
+    ("missing-slo", "name: p\nstages: [{id: a}]\n",
+     ["{f}: missing required key 'slo' (slo: {ttft_ms: ..., tpot_ms: ..., attainment: 0.99}; "
+      "an encoder pipeline may give slo: {ttft_ms: ...})"]),
+    ("decoder-old-slo", "name: p\nkind: decoder\nslo_ms: 5\nstages: [{id: a}]\n",
+     ["{f}:3: slo_ms: a decoder pipeline states its SLO per pass: write slo: {ttft_ms: ..., "
+      "tpot_ms: ..., attainment: 0.99} instead of slo_ms"]),
+    ("encoder-tpot", "name: p\nkind: encoder\nslo: {ttft_ms: 5, tpot_ms: 1}\nstages: [{id: a}]\n",
+     ["{f}:3: slo.tpot_ms: an encoder pipeline has TTFT only: it generates no tokens (declare "
+      "kind: decoder to decode)"]),
+    ("decoder-no-tpot", "name: p\nkind: decoder\nslo: {ttft_ms: 5}\nstages: [{id: a}]\n",
+     ["{f}:3: slo: missing required key 'tpot_ms' (a decoder pipeline decodes)"]),
+    ("bad-kind", "name: p\nkind: seq2seq\nslo_ms: 5\nstages: [{id: a}]\n",
+     ["{f}:2: kind: must be one of encoder, decoder, encoder-decoder, got 'seq2seq'"]),
+    ("bad-accelerator", OK_HEAD + "accelerator: tpu\nstages: [{id: a}]\n",
+     ["{f}:3: accelerator: must be one of h100, h800, a100, l4, cpu, got 'tpu'"]),
+    ("bad-dtype", OK_HEAD + "stages:\n  - {id: a, experts: 2, shape: {dtype: int4}}\n",
+     ["{f}:4: stage 'a'.shape.dtype: must be one of fp32, bf16, fp16, fp8, got 'int4'"]),
+    ("curve-lengths", OK_HEAD + "stages:\n  - {id: a, profile: {tokens: [1, 8], ms: [1, 2, 3]}}\n",
+     ["{f}:4: stage 'a'.profile.ms: has 3 values for 2 batch sizes in 'tokens'"]),
+    ("curve-and-line", OK_HEAD + "stages:\n  - {id: a, profile: {tokens: [1, 8], ms: [1, 2], "
+     "base_ms: 1}}\n",
+     ["{f}:4: stage 'a'.profile: give either base_ms/per_token_ms or a measured curve "
+      "tokens/ms, not both"]),
+    ("part-in-decoder", "name: p\nkind: decoder\nslo: {ttft_ms: 5, tpot_ms: 1}\n"
+     "stages: [{id: a, part: decoder}]\n",
+     ["{f}:4: stage 'a'.part: 'part' is only allowed in an encoder-decoder pipeline"]),
     ("missing-stages", "name: p\nslo_ms: 5\n", ["{f}: missing required key 'stages'"]),
     ("empty-stages", OK_HEAD + "stages: []\n", ["{f}:3: stages: must not be empty"]),
     ("duplicate-id", OK_HEAD + "stages:\n  - {id: a}\n  - {id: a}\n",
