@@ -14,8 +14,18 @@ reads and this module exports them with ``prometheus_client``::
         with metrics.call("moe1/e0", tokens=len(tokens)):
             return run_expert(tokens)
 
-The router counts 429s it receives (``metrics.rejected(expert)``) and, once per request, the
-end-to-end latency (``PipelineMetrics.request(seconds)``). The registry is injected (the default
+The router counts 429s it receives (``metrics.rejected(expert)``) and, once per request, what
+LLM serving reports (``PipelineMetrics``)::
+
+    pipeline = PipelineMetrics("gpt2-moe", slo_ttft_s=0.1, slo_tpot_s=0.05)
+    pipeline.request(e2e_s, ttft_s=first_token_at - arrived, tpot_s=(e2e_s - ttft) / (n - 1))
+    pipeline.dropped()       # a request given up (a call out of retries): a miss
+
+``smoe_pipeline_ttft_seconds`` (time to first token), ``smoe_pipeline_tpot_seconds`` (the
+request's mean time per output token after the first, vLLM's
+``request_time_per_output_token``), ``smoe_pipeline_slo_met_total`` (requests within both
+SLOs) and ``smoe_pipeline_dropped_total`` feed the controller's per-pass view. The registry
+is injected (the default
 is prometheus_client's global one, which ``start_http_server`` serves).
 """
 
@@ -41,6 +51,10 @@ SERIES = {
     "latency": "smoe_expert_latency_seconds",
     "requests": "smoe_pipeline_requests_total",
     "request_latency": "smoe_pipeline_latency_seconds",
+    "ttft": "smoe_pipeline_ttft_seconds",
+    "tpot": "smoe_pipeline_tpot_seconds",
+    "slo_met": "smoe_pipeline_slo_met_total",
+    "dropped": "smoe_pipeline_dropped_total",
 }
 """The series names the controller's queries read (prometheus_client adds ``_total`` itself)."""
 
@@ -94,16 +108,52 @@ class ExpertMetrics:
 
 
 class PipelineMetrics:
-    """``smoe_pipeline_requests_total`` and ``smoe_pipeline_latency_seconds`` of a pipeline."""
+    """The ``smoe_pipeline_*`` series of one pipeline (label ``pipeline``).
 
-    def __init__(self, pipeline: str, *, registry: CollectorRegistry = REGISTRY):
-        self._requests = Counter("smoe_pipeline_requests", "requests served end to end",
-                                 ("pipeline",), registry=registry).labels(pipeline)
+    Args:
+        pipeline: the pipeline name.
+        slo_ttft_s, slo_tpot_s: the pipeline's SLOs (seconds); a request counts in
+            ``smoe_pipeline_slo_met_total`` when its TTFT and TPOT are within them (an SLO
+            left None is not checked).
+        registry: where the series are registered.
+    """
+
+    def __init__(self, pipeline: str, *, slo_ttft_s: float | None = None,
+                 slo_tpot_s: float | None = None, registry: CollectorRegistry = REGISTRY):
+        one = ("pipeline",)
+        self._slo = (slo_ttft_s, slo_tpot_s)
+        self._requests = Counter("smoe_pipeline_requests", "requests served or dropped", one,
+                                 registry=registry).labels(pipeline)
         self._latency = Histogram("smoe_pipeline_latency_seconds", "end-to-end request latency",
-                                  ("pipeline",), buckets=LATENCY_BUCKETS_S,
+                                  one, buckets=LATENCY_BUCKETS_S,
                                   registry=registry).labels(pipeline)
+        self._ttft = Histogram("smoe_pipeline_ttft_seconds", "time to first token", one,
+                               buckets=LATENCY_BUCKETS_S, registry=registry).labels(pipeline)
+        self._tpot = Histogram("smoe_pipeline_tpot_seconds", "mean time per output token after "
+                               "the first, per request", one, buckets=LATENCY_BUCKETS_S,
+                               registry=registry).labels(pipeline)
+        self._met = Counter("smoe_pipeline_slo_met", "requests within the TTFT and TPOT SLOs",
+                            one, registry=registry).labels(pipeline)
+        self._dropped = Counter("smoe_pipeline_dropped", "requests given up (a miss)", one,
+                                registry=registry).labels(pipeline)
 
-    def request(self, seconds: float) -> None:
-        """Record one finished request and its end-to-end latency."""
+    def request(self, seconds: float, *, ttft_s: float | None = None,
+                tpot_s: float | None = None) -> None:
+        """Record one finished request: its end-to-end latency, TTFT and (when it generated
+        more than one token) TPOT, and whether it met the SLOs."""
         self._requests.inc()
         self._latency.observe(seconds)
+        ttft = seconds if ttft_s is None else ttft_s
+        self._ttft.observe(ttft)
+        if tpot_s is not None:
+            self._tpot.observe(tpot_s)
+        slo_ttft, slo_tpot = self._slo
+        if (slo_ttft is None or ttft <= slo_ttft) and (
+                slo_tpot is None or tpot_s is None or tpot_s <= slo_tpot):
+            self._met.inc()
+
+    def dropped(self) -> None:
+        """Record one dropped request: it counts as a request and a miss (its latency is
+        infinite; the histograms' sums stay finite)."""
+        self._requests.inc()
+        self._dropped.inc()

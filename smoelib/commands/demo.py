@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     ours = demo.run(table_every_s=TABLE_EVERY_S, out=sys.stdout)
     theirs = demo.baseline(args.baseline)
     print(compare(ours, theirs, policy=demo.policy, baseline=args.baseline,
-                  slo_ms=demo.dag.slo_ms, currency=demo.settings.prices.currency,
+                  currency=demo.settings.prices.currency,
                   profiles=(demo.profiles[demo.policy], demo.profiles[args.baseline])))
     if "production" in (demo.profiles[demo.policy], demo.profiles[args.baseline]):
         print(f"under the production guards slow-knob rollouts (GPU share, concurrency, lower "

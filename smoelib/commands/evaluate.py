@@ -2,7 +2,7 @@
 
 Writes ``DIR/results.json`` (DESIGN.md), ``DIR/results.md`` (cost relative to ``hpa``, P95 and
 P99 over the SLO, window violation rate, dropped requests, spread over seeds, acceptance
-checks) and three plots: ``cost_vs_p95.png`` (per scenario), ``p95_over_time.png`` (first
+checks) and three plots: ``cost_vs_p95.png`` (per scenario), ``attainment_over_time.png`` (first
 seed) and ``hottest_replicas.png`` (ready replicas of the busiest expert, first seed).
 """
 
@@ -17,6 +17,7 @@ from smoelib.commands.plotting import pyplot
 from smoelib.core.guards import get_profile
 from smoelib.errors import ConfigError, Problem
 from smoelib.harness.evaluate import RunSpec, run_all, table_markdown, write_json
+from smoelib.pipeline.topology import build_dag
 
 __all__ = ["add_arguments", "run", "split_list"]
 
@@ -125,17 +126,19 @@ def _plots(results, out: Path) -> None:
     plt = pyplot("the plots")
     if plt is None:
         return
-    plt, fig, keys, axes = _grid(plt, results, "cost against P95 / SLO (mean over seeds)")
+    plt, fig, keys, axes = _grid(plt, results,
+                                 "cost against the worse of P95 TTFT and TPOT / SLO (mean over "
+                                 "seeds)")
     for key, ax in zip(keys, axes, strict=True):
         rs = [r["run"] for r in results if (r["run"]["pipeline"], r["run"]["trace"]) == key]
         for pol in dict.fromkeys(r["policy"] for r in rs):
             mine = [r for r in rs if r["policy"] == pol]
-            x = np.array([r["p95_ms"] / r["slo_ms"] for r in mine])
+            x = np.array([r["slo_ratio"] for r in mine])
             y = np.array([r["cost"] for r in mine])
             ax.errorbar(x.mean(), y.mean(), xerr=x.std(), yerr=y.std(), fmt="o", label=pol)
         ax.axvline(1.0, color="red", linestyle="--")
         ax.set_title(f"{key[0]} / {key[1]}")
-        ax.set_xlabel("P95 / SLO")
+        ax.set_xlabel("P95 / SLO (worse of TTFT, TPOT)")
         ax.set_ylabel("cost")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
@@ -143,8 +146,8 @@ def _plots(results, out: Path) -> None:
     plt.close(fig)
     first = min(r["run"]["seed"] for r in results)
     for name, xs, ys, ylabel, title in (
-            ("p95_over_time.png", "t_s", "p95_ms", "P95 per 60 s window (ms)",
-             f"P95 over time against the SLO (seed {first})"),
+            ("attainment_over_time.png", "t_s", "attainment", "SLO attainment per 60 s window",
+             f"SLO attainment over time against the target (seed {first})"),
             ("hottest_replicas.png", "hot_t_s", "hot_replicas", "ready replicas",
              f"replicas of the busiest expert (seed {first})")):
         plt, fig, keys, axes = _grid(plt, results, title)
@@ -153,9 +156,10 @@ def _plots(results, out: Path) -> None:
                   and r["run"]["seed"] == first]
             for r in rs:
                 ax.plot(r["series"][xs], r["series"][ys], label=r["run"]["policy"], lw=0.8)
-            if ys == "p95_ms" and rs:
-                ax.axhline(rs[0]["run"]["slo_ms"], color="red", linestyle="--")
-            hot = f" ({rs[0]['series']['hot_expert']})" if rs and ys != "p95_ms" else ""
+            if ys == "attainment" and rs:
+                ax.axhline(build_dag(rs[0]["spec"]["pipeline"]).slo.attainment, color="red",
+                           linestyle="--")
+            hot = f" ({rs[0]['series']['hot_expert']})" if rs and ys != "attainment" else ""
             ax.set_title(f"{key[0]} / {key[1]}{hot}")
             ax.set_xlabel("simulated time (s)")
             ax.set_ylabel(ylabel)

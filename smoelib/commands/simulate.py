@@ -2,8 +2,10 @@
 
 The policy runs through the one tick under its guard profile (``--guards``; default: the one
 the policy runs under everywhere) and the simulated actuator, as the controller would run it.
-Prints requests, dropped, P50/P95/P99 against the SLO, the 60 s window violation rate, cost,
-cold starts, 429s, rollouts and the pods they replaced against the rollout budget. ``--out
+Prints the calls simulated, requests, dropped, TTFT and TPOT P50/P95/P99 against their SLOs
+(a dropped request's are infinite), SLO attainment, goodput, the 60 s window violation rate
+(windows whose attainment is below the target), cost, cold starts, 429s, rollouts and the pods
+they replaced against the rollout budget. ``--out
 DIR`` writes the per-window series (``windows.csv``) and a plot of P95 and replicas over time
 (``windows.png``). With ``--exporter-port`` the run is
 paced at ``--speed`` times real time and serves ``/metrics``.
@@ -112,31 +114,46 @@ def simulate(dag, settings, *, decider, profile, trace: str, duration_s: float, 
 
 
 def _render(s: Summary, *, dag, args, wall_s: float, settings, profile: str) -> str:
-    verdict = lambda v: "over" if v > s.slo_ms else "within"  # noqa: E731
     pct = 100.0 * s.dropped / max(s.requests, 1)
     currency = settings.prices.currency
     budget = settings.guards.rollout_budget_per_min
     minutes = math.ceil(args.duration / 60.0 - 1e-9)
     allowed = (f"the rollout budget allows {budget} x {minutes} min = {budget * minutes}"
                if profile == "production" else f"guards {profile}: no rollout budget")
-    return "\n".join([
-        f"pipeline {dag.name}, trace {args.trace}, policy {args.policy} (guards {profile}), "
-        f"seed {args.seed}: {args.duration:g} s simulated in {wall_s:.1f} s",
-        f"requests {s.requests}, completed {s.completed}, dropped {s.dropped} ({pct:.2f}%)",
-        f"latency P50 {s.p50_ms:.1f} ms, P95 {s.p95_ms:.1f} ms ({verdict(s.p95_ms)} SLO "
-        f"{s.slo_ms:g} ms), P99 {s.p99_ms:.1f} ms",
-        f"window violation rate {s.window_violation_rate:.3f} (60 s windows with P95 > SLO)",
+    lines = [
+        f"pipeline {dag.name} ({dag.kind}), trace {args.trace}, policy {args.policy} (guards "
+        f"{profile}), seed {args.seed}: {args.duration:g} s simulated in {wall_s:.1f} s "
+        f"({s.calls} expert and segment calls, {s.calls / max(wall_s, 1e-9):,.0f} per second)",
+        f"requests {s.requests}, completed {s.completed}, dropped {s.dropped} ({pct:.2f}%; a "
+        f"dropped request has infinite latency and counts in every percentile)",
+        _latency_line("TTFT", s.ttft_p50_ms, s.ttft_p95_ms, s.ttft_p99_ms, s.ttft_slo_ms),
+    ]
+    if math.isfinite(s.tpot_slo_ms):
+        lines.append(_latency_line("TPOT", s.tpot_p50_ms, s.tpot_p95_ms, s.tpot_p99_ms,
+                                   s.tpot_slo_ms))
+    lines += [
+        f"SLO attainment {s.slo_attainment:.4f} (target {s.attainment_target:g}); goodput "
+        f"{s.goodput:.2f} requests/s; window violation rate {s.window_violation_rate:.3f} (60 s "
+        f"windows below the target)",
         f"cost {s.cost:.4f} {currency}",
         f"cold starts {s.cold_starts}, 429s {s.rejected} (retries {s.retries}), "
         f"rollouts {s.rollouts}, pods replaced {s.pods_replaced} ({allowed})",
-    ])
+    ]
+    return "\n".join(lines)
+
+
+def _latency_line(name: str, p50: float, p95: float, p99: float, slo: float) -> str:
+    fmt = lambda v: "inf" if math.isinf(v) else f"{v:.1f}"  # noqa: E731
+    verdict = "over" if p95 > slo else "within"
+    return (f"{name} P50 {fmt(p50)} ms, P95 {fmt(p95)} ms ({verdict} SLO {slo:g} ms), "
+            f"P99 {fmt(p99)} ms")
 
 
 def _write_out(out: Path, env) -> None:
     out.mkdir(parents=True, exist_ok=True)
     series = window_series(env)
-    keys = ["t_s", "requests", "dropped", "p95_ms", "violation", "cost", "expert_replicas",
-            "segment_replicas"]
+    keys = ["t_s", "requests", "dropped", "ttft_p95_ms", "tpot_p95_ms", "attainment",
+            "violation", "cost", "expert_replicas", "segment_replicas"]
     with (out / "windows.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(keys)
@@ -146,9 +163,14 @@ def _write_out(out: Path, env) -> None:
     if plt is None:
         return
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
-    ax1.plot(series["t_s"], series["p95_ms"], label="P95 per 60 s window")
-    ax1.axhline(env.dag.slo_ms, color="red", linestyle="--", label="SLO")
-    ax1.set_ylabel("ms")
+    slo = env.dag.slo
+    ratio = series["ttft_p95_ms"] / slo.ttft_ms
+    ax1.plot(series["t_s"], ratio, label="P95 TTFT / SLO per 60 s window")
+    if slo.tpot_ms is not None:
+        ax1.plot(series["t_s"], series["tpot_p95_ms"] / slo.tpot_ms,
+                 label="P95 TPOT / SLO per 60 s window")
+    ax1.axhline(1.0, color="red", linestyle="--", label="SLO")
+    ax1.set_ylabel("of the SLO")
     ax1.legend(loc="upper right")
     ax2.plot(series["t_s"], series["expert_replicas"], label="expert replicas (ready)")
     ax2.plot(series["t_s"], series["segment_replicas"], label="segment replicas (ready)")

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
                         progress=not args.no_progress)
     for t in sorted(trials, key=lambda t: (not t.feasible, t.cost)):
         flag = "ok " if t.feasible else "bad"
-        print(f"{flag} cost {t.cost:.4f} p95/slo {t.p95_over_slo:.3f} dropped {t.dropped} "
+        print(f"{flag} cost {t.cost:.4f} attainment {t.attainment:.4f} dropped {t.dropped} "
               f"{t.values}")
     block: dict = {}
     for path, value in best.values.items():

@@ -70,6 +70,13 @@ QUERIES: dict[str, str] = {
               "(rate(smoe_pipeline_latency_seconds_bucket{" + _E + "}[{window}])))",
     "p99_ms": "1000 * histogram_quantile(0.99, sum by (le) "
               "(rate(smoe_pipeline_latency_seconds_bucket{" + _E + "}[{window}])))",
+    "ttft_p95_ms": "1000 * histogram_quantile(0.95, sum by (le) "
+                   "(rate(smoe_pipeline_ttft_seconds_bucket{" + _E + "}[{window}])))",
+    "tpot_p95_ms": "1000 * histogram_quantile(0.95, sum by (le) "
+                   "(rate(smoe_pipeline_tpot_seconds_bucket{" + _E + "}[{window}])))",
+    "slo_attainment": "sum(rate(smoe_pipeline_slo_met_total{" + _E + "}[{window}])) / "
+                      "sum(rate(smoe_pipeline_requests_total{" + _E + "}[{window}]))",
+    "dropped_per_s": "sum(rate(smoe_pipeline_dropped_total{" + _E + "}[{window}]))",
 }
 """Template name -> PromQL. The label each per-node template groups by names the node."""
 
@@ -78,7 +85,10 @@ _GROUP_LABEL = {"replicas_ready": "deployment", "replicas_desired": "deployment"
                 "cpu": "container", "memory_mb": "container"}
 _REQUIRED = ("calls_per_s", "replicas_ready")
 """Queries that must return series: without them the source is down or mis-configured."""
-_MAY_BE_NAN = {"latency_p50_ms", "latency_p95_ms", "p95_ms", "p99_ms"}
+_MAY_BE_NAN = {"latency_p50_ms", "latency_p95_ms", "p95_ms", "p99_ms", "ttft_p95_ms",
+               "tpot_p95_ms", "slo_attainment", "dropped_per_s"}
+"""Unknown (NaN) when Prometheus has no series: a window without finished requests, or a router
+that does not export the per-pass series (never a made-up 0)."""
 
 
 def query_problems(queries: Mapping[str, str]) -> list[Problem]:
@@ -282,7 +292,10 @@ class PrometheusSource:
         obs = Observation(time_s=now, nodes=self.dag.nodes, gpu_share=gpu_share,
                           concurrency=concurrency, request_rate=self._scalar("request_rate"),
                           p95_ms=self._scalar("p95_ms"), p99_ms=self._scalar("p99_ms"),
-                          **per_node)
+                          ttft_p95_ms=self._scalar("ttft_p95_ms"),
+                          tpot_p95_ms=self._scalar("tpot_p95_ms"),
+                          slo_attainment=self._scalar("slo_attainment"),
+                          dropped_per_s=self._scalar("dropped_per_s"), **per_node)
         try:
             return obs.validate()
         except ValueError as e:

@@ -35,7 +35,8 @@ import numpy as np
 from smoelib.core.accounting import gpu_per_pod
 from smoelib.core.decisions import ExpertDecision, PipelineDecision
 from smoelib.core.knobs import KNOB_NAMES
-from smoelib.core.slo import shows_drops, slo_pressure
+from smoelib.core.service import memory_choice, memory_floor_mb
+from smoelib.core.slo import pressure_text, shows_drops, slo_pressure
 from smoelib.core.slow_knobs import SlowKnobMemory, SlowKnobRules, hold_slow_knobs
 from smoelib.errors import ConfigError, Problem
 from smoelib.pipeline.topology import PipelineDAG
@@ -148,11 +149,10 @@ def guard(proposed: PipelineDecision, *, dag: PipelineDAG, settings: Settings,
     if rules.step_limits and base:
         experts = _limit_steps(experts, base, settings, notes)
     if rules.pressure_hold and base and observation is not None:
-        pressure = slo_pressure(observation, slo_ms=dag.slo_ms)
+        pressure = slo_pressure(observation, slo=dag.slo)
         drops = shows_drops(observation)
         if drops or (math.isfinite(pressure) and pressure > settings.guards.pressure_threshold):
-            why = ("dropped requests" if drops else
-                   f"P95 {observation.p95_ms:.1f} ms ({pressure:.2f} of the SLO)")
+            why = ("dropped requests" if drops else pressure_text(observation, slo=dag.slo))
             experts = _hold_scale_down(experts, base, why, notes)
     if rules.busy_floor and observation is not None:
         experts = _keep_busy(experts, busy_experts(observation, dag), notes)
@@ -228,6 +228,13 @@ def _clamp(node: str, e: ExpertDecision, dag: PipelineDAG, settings: Settings,
             changed[knob] = type(value)(bounded)
             notes.add("bounds", f"{node}: {knob} {value:g} outside [{lo:g}, {hi:g}] -> "
                                 f"{bounded:g}")
+    floor = memory_floor_mb(spec, runtime_memory_mb=settings.cluster.runtime_memory_mb)
+    memory = changed.get("memory_mb", e.memory_mb)
+    if memory < floor:
+        lifted = memory_choice(floor, a.memory_mb)
+        changed["memory_mb"] = lifted
+        notes.add("bounds", f"{node}: memory_mb {memory:g} below runtime + weights "
+                            f"({floor:g} MiB; a replica would be OOM-killed) -> {lifted:g}")
     return replace(e, **changed) if changed else e
 
 

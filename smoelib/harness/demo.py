@@ -132,14 +132,17 @@ def _snapshot(env: SimEnv) -> dict[str, Any]:
     return snapshot(env)
 
 
-def compare(ours: Summary, theirs: Summary, *, policy: str, baseline: str, slo_ms: float,
-            currency: str, profiles: tuple[str, str] | None = None) -> str:
+def compare(ours: Summary, theirs: Summary, *, policy: str, baseline: str, currency: str,
+            profiles: tuple[str, str] | None = None) -> str:
     """A side-by-side table of two runs on the same requests (with the guard profile each ran
     under, when given)."""
     rows = [("requests", "requests", "{:.0f}"), ("dropped", "dropped", "{:.0f}"),
-            ("P50 ms", "p50_ms", "{:.1f}"), ("P95 ms", "p95_ms", "{:.1f}"),
-            ("P99 ms", "p99_ms", "{:.1f}"), ("window violations", "window_violation_rate",
-                                            "{:.3f}"),
+            ("TTFT P50 ms", "ttft_p50_ms", "{:.1f}"), ("TTFT P95 ms", "ttft_p95_ms", "{:.1f}"),
+            ("TTFT P99 ms", "ttft_p99_ms", "{:.1f}"), ("TPOT P50 ms", "tpot_p50_ms", "{:.1f}"),
+            ("TPOT P95 ms", "tpot_p95_ms", "{:.1f}"), ("TPOT P99 ms", "tpot_p99_ms", "{:.1f}"),
+            ("SLO attainment", "slo_attainment", "{:.4f}"), ("goodput req/s", "goodput",
+                                                             "{:.2f}"),
+            ("window violations", "window_violation_rate", "{:.3f}"),
             (f"cost {currency}", "cost", "{:.4f}"), ("cold starts", "cold_starts", "{:.0f}"),
             ("429s", "rejected", "{:.0f}"), ("rollouts", "rollouts", "{:.0f}"),
             ("pods replaced", "pods_replaced", "{:.0f}")]
@@ -151,6 +154,8 @@ def compare(ours: Summary, theirs: Summary, *, policy: str, baseline: str, slo_m
         a, b = getattr(ours, key), getattr(theirs, key)
         lines.append(f"{label:<18} {fmt.format(a):>{width}} {fmt.format(b):>{width}}")
     ratio = ours.cost / theirs.cost if theirs.cost else math.nan
-    lines.append(f"cost of {policy} is {ratio:.2f} x {baseline}; P95 {ours.p95_ms:.1f} ms vs "
-                 f"{theirs.p95_ms:.1f} ms against an SLO of {slo_ms:g} ms")
+    tpot = (f", TPOT {ours.tpot_slo_ms:g} ms" if math.isfinite(ours.tpot_slo_ms) else "")
+    lines.append(f"cost of {policy} is {ratio:.2f} x {baseline}; SLO attainment "
+                 f"{ours.slo_attainment:.4f} vs {theirs.slo_attainment:.4f} against a target of "
+                 f"{ours.attainment_target:g} (TTFT {ours.ttft_slo_ms:g} ms{tpot})")
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from smoelib.core import work
 from smoelib.pipeline.topology import build_dag
 from smoelib.policy.base import default_guards, get_decider
 from smoelib.policy.baselines.common import Experts, Hindsight, with_overrides
@@ -37,8 +38,10 @@ __all__ = ["RunSpec", "run_one", "run_all", "hindsight", "segment_cost", "RUN_KE
            "write_json", "table_markdown", "checks"]
 
 RUN_KEYS = ("pipeline", "trace", "policy", "guards", "seed", "duration_s", "requests", "dropped",
-            "cost", "p95_ms", "p99_ms", "slo_ms", "window_violation_rate", "decide_ms_p50",
-            "rollouts", "pods_replaced", "cold_starts")
+            "cost", "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p95_ms",
+            "tpot_p99_ms", "ttft_slo_ms", "tpot_slo_ms", "slo_attainment", "goodput",
+            "slo_ratio", "window_violation_rate", "decide_ms_p50", "rejected", "rollouts",
+            "pods_replaced", "cold_starts", "calls")
 
 
 @dataclass(frozen=True)
@@ -60,23 +63,63 @@ class RunSpec:
 
 
 def hindsight(env: SimEnv, ex: Experts) -> Hindsight:
-    """The episode's true offered load per tick and expert, from the env's own trace and
-    routing streams (drawn deterministically in fixed blocks, so reading them ahead changes
-    nothing the env later serves; tests/unit/test_evaluate.py checks it)."""
-    srv, dt = env.server, env.dt
+    """The episode's offered load per tick and expert, from the env's own trace and routing.
+
+    Each request's routing is drawn exactly as the engine will draw it (its own child of the
+    routing seed: prefill chunks, then decode passes), from fresh generators, so reading it
+    ahead changes nothing the env later serves (tests/unit/test_evaluate.py checks it). When
+    the passes happen depends on the service, so they are placed at the no-load pace of the
+    pipeline (:func:`pass_times_s`): the prefill at arrival, decode pass ``j`` at arrival plus
+    the prefill time plus ``j`` decode-pass times."""
+    dt, eng = env.dt, env.server
     times = env.trace.times_s
     ticks = int(math.ceil(env.duration_s / dt - 1e-9))
     calls = np.zeros((ticks, len(ex)))
     tokens = np.zeros((ticks, len(ex)))
-    if times.size:
-        per_layer = srv.router.counts(0, times.size, times, srv.tok)
-        tick = np.minimum((times // dt).astype(np.int64), ticks - 1)
-        for li, members in enumerate(ex.layers):
-            cnt = per_layer[li]
-            for j, e in enumerate(members):
-                calls[:, e] = np.bincount(tick, weights=cnt[:, j] > 0, minlength=ticks)
-                tokens[:, e] = np.bincount(tick, weights=cnt[:, j], minlength=ticks)
+    first_s, next_s = pass_times_s(env)
+    router = eng.router
+    for r in range(times.size):
+        rng = router.rng_for(r)
+        t0 = float(times[r])
+        k0 = min(int(t0 // dt), ticks - 1)
+        for n in work.chunks(env.dag, int(eng.prefill[r])):
+            for li, c in enumerate(router.chunk(rng, n, t0, int(eng.task[r]))):
+                cols = ex.layers[li]
+                calls[k0, cols] += c > 0
+                tokens[k0, cols] += c
+        d = int(eng.decodes[r])
+        if not d:
+            continue
+        k = np.minimum(((t0 + first_s + next_s * np.arange(d)) // dt).astype(np.int64),
+                       ticks - 1)
+        for li, picks in enumerate(router.decode(rng, d, t0, int(eng.task[r]))):
+            at = (np.repeat(k, picks.shape[1]), ex.layers[li][picks].ravel())
+            np.add.at(calls, at, 1.0)  # a decode call carries one token
+            np.add.at(tokens, at, 1.0)
     return Hindsight(dt=dt, calls=calls / dt, tokens=tokens / dt)
+
+
+def pass_times_s(env: SimEnv) -> tuple[float, float]:
+    """The no-load time (s) of a request's prefill pass (at the trace's mean prefill) and of
+    one decode pass at the pipeline's default configuration: along the longest stage path,
+    each hop's RPC plus each stage's call (an MoE layer's at its mean tokens per expert)."""
+    eng, dag, sim = env.server, env.dag, env.s.simulator
+    mean_prefill = float(np.mean(eng.prefill)) if eng.prefill.size else 1.0
+
+    def one(plan, tokens: float) -> float:
+        best: list[float] = []
+        for i in range(len(plan.stages)):
+            nodes = plan.nodes[i]
+            spec = dag.spec(dag.nodes[nodes[0]])
+            per_call = tokens * (spec.top_k or 1) / len(nodes) if plan.moe[i] else tokens
+            model = env.models[nodes[0]]
+            ms = float(model.batch_ms(1, max(per_call, 1.0), cpu=spec.cpu, share=spec.gpu_share,
+                                      parallelism=max(spec.parallelism, 1)))
+            prev = max((best[p] for p in plan.preds[i]), default=0.0)
+            best.append(prev + ms + sim.rpc_overhead_ms)
+        return max((best[i] for i in plan.sinks), default=0.0) / 1000.0
+
+    return one(eng.plan_first, mean_prefill), one(eng.plan_next, 1.0)
 
 
 def segment_cost(env: SimEnv) -> float:
@@ -140,16 +183,15 @@ def run_one(spec: RunSpec, *, thread_cap: int | None = None) -> dict[str, Any]:
     cost = s.cost
     if hasattr(decider, "episode_cost"):
         cost = decider.episode_cost(segment_cost=segment_cost(env))
-    row = {"pipeline": dag.name, "trace": spec.trace, "policy": spec.policy, "seed": spec.seed,
-           "duration_s": spec.duration_s, "requests": s.requests, "dropped": s.dropped,
-           "cost": cost, "p95_ms": s.p95_ms, "p99_ms": s.p99_ms, "slo_ms": s.slo_ms,
-           "window_violation_rate": s.window_violation_rate,
+    row = {**s.as_dict(), "pipeline": dag.name, "trace": spec.trace, "policy": spec.policy,
+           "seed": spec.seed, "duration_s": spec.duration_s, "cost": cost,
            "decide_ms_p50": float(np.median(decide_ms)) if decide_ms else 0.0,
-           "guards": ep.profile, "rollouts": s.rollouts, "pods_replaced": s.pods_replaced,
-           "cold_starts": s.cold_starts}
+           "guards": ep.profile}
     row = {k: row[k] for k in RUN_KEYS}
     win = window_series(env)
-    series = {"t_s": win["t_s"].tolist(), "p95_ms": win["p95_ms"].tolist(),
+    series = {"t_s": win["t_s"].tolist(), "ttft_p95_ms": win["ttft_p95_ms"].tolist(),
+              "tpot_p95_ms": win["tpot_p95_ms"].tolist(),
+              "attainment": win["attainment"].tolist(),
               "hot_expert": ep.hot, "hot_t_s": (np.arange(len(ep.hot_replicas))
                                                  * env.dt).tolist(),
               "hot_replicas": ep.hot_replicas}
@@ -214,28 +256,32 @@ def _by(rows: list[dict[str, Any]], policy: str) -> dict[int, dict[str, Any]]:
 
 def table_markdown(results: list[dict[str, Any]], *, reference: str = "hpa") -> str:
     """One table per scenario: cost relative to ``reference`` (per seed, then mean ± sd over
-    seeds), P95/SLO, P99/SLO, window violation rate, dropped requests, decide time; then the
-    acceptance checks."""
+    seeds), P95 TTFT and TPOT against their SLOs, SLO attainment, window violations, dropped
+    requests, 429s, pods replaced, decide time; then the acceptance checks."""
     rows = [r["run"] for r in results]
     lines: list[str] = []
     for (pipe, trace), rs in _scenarios(rows).items():
         ref = _by(rs, reference)
         lines += [f"### {pipe} / {trace}", "",
-                  f"| policy | guards | cost / {reference} | cost | P95 / SLO | P99 / SLO | "
-                  "window violations | dropped | pods replaced | decide ms (p50) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  f"| policy | guards | cost / {reference} | cost | P95 TTFT / SLO | "
+                  "P95 TPOT / SLO | attainment | window violations | dropped | 429s | "
+                  "pods replaced | decide ms (p50) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for policy in dict.fromkeys(r["policy"] for r in rs):
             mine = _by(rs, policy)
             rel = [mine[s]["cost"] / ref[s]["cost"] for s in mine if s in ref]
-            def col(k: str, d: float | None = 1.0, mine=mine) -> list[float]:
-                return [m[k] / (m["slo_ms"] if d is None else d) for m in mine.values()]
+            def col(k: str, d: str | None = None, mine=mine) -> list[float]:
+                return [m[k] / (m[d] if d else 1.0) for m in mine.values()]
             guards = "/".join(dict.fromkeys(m["guards"] for m in mine.values()))
             lines.append(
                 f"| {policy} | {guards} | {_stat(rel, '.3f') if rel else 'n/a'} | "
-                f"{_stat(col('cost'), '.3f')} | {_stat(col('p95_ms', None), '.3f')} | "
-                f"{_stat(col('p99_ms', None), '.3f')} | "
+                f"{_stat(col('cost'), '.3f')} | "
+                f"{_stat(col('ttft_p95_ms', 'ttft_slo_ms'), '.3f')} | "
+                f"{_stat(col('tpot_p95_ms', 'tpot_slo_ms'), '.3f')} | "
+                f"{_stat(col('slo_attainment'), '.4f')} | "
                 f"{_stat(col('window_violation_rate'), '.3f')} | "
-                f"{_stat(col('dropped'), '.1f')} | {_stat(col('pods_replaced'), '.1f')} | "
+                f"{_stat(col('dropped'), '.1f')} | {_stat(col('rejected'), '.0f')} | "
+                f"{_stat(col('pods_replaced'), '.1f')} | "
                 f"{_stat(col('decide_ms_p50'), '.2f')} |")
         lines.append("")
     lines += ["### Acceptance checks", ""] + [f"- {c}" for c in checks(results)] + [""]

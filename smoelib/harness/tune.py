@@ -18,6 +18,7 @@ import numpy as np
 
 from smoelib.errors import ConfigError, Problem
 from smoelib.harness.evaluate import RunSpec, run_all
+from smoelib.pipeline.topology import build_dag
 
 __all__ = ["SPACES", "Trial", "grid", "tune", "best", "check_training"]
 
@@ -54,12 +55,13 @@ SECTION = {"hpa-stock": "hpa_stock"}  # registry name -> settings.baselines fiel
 
 @dataclass(frozen=True)
 class Trial:
-    """One configuration's outcome: mean ``cost``, worst ``p95_over_slo``, ``dropped`` total,
-    ``feasible`` (every run within the SLO, nothing dropped)."""
+    """One configuration's outcome: mean ``cost``, worst ``attainment`` (SLO attainment of a
+    run), ``dropped`` total, ``feasible`` (every run at or above the pipeline's attainment
+    target, nothing dropped)."""
 
     values: dict[str, Any]
     cost: float
-    p95_over_slo: float
+    attainment: float
     dropped: int
     feasible: bool
 
@@ -97,24 +99,24 @@ def tune(policy: str, *, pipelines: list[str], traces: list[str], seeds: list[in
     specs = [RunSpec(p, t, policy, s, duration_s, config,
                      tuple((section + k, v) for k, v in values.items()))
              for values in configs for p in pipelines for t in traces for s in seeds]
+    targets = {build_dag(p).name: build_dag(p).slo.attainment for p in pipelines}
     results = run_all(specs, jobs=jobs, progress=progress)
     per = len(pipelines) * len(traces) * len(seeds)
     trials = []
     for i, values in enumerate(configs):
         runs = [r["run"] for r in results[i * per:(i + 1) * per]]
-        ratio = max(r["p95_ms"] / r["slo_ms"] if np.isfinite(r["p95_ms"]) else np.inf
-                    for r in runs)
+        worst = min(r["slo_attainment"] for r in runs)
+        target = min(targets[r["pipeline"]] for r in runs)
         dropped = sum(r["dropped"] for r in runs)
-        trials.append(Trial(values, float(np.mean([r["cost"] for r in runs])), float(ratio),
-                            int(dropped), bool(ratio <= 1.0 and dropped == 0)))
+        trials.append(Trial(values, float(np.mean([r["cost"] for r in runs])), float(worst),
+                            int(dropped), bool(worst >= target and dropped == 0)))
     return best(trials), trials
 
 
 def best(trials: list[Trial]) -> Trial:
     """The cheapest feasible trial (the first of equals); when none is feasible, the one with
-    the fewest dropped requests, then the lowest worst P95 / SLO (a P95 over the completed
-    requests alone flatters a configuration that drops the slow ones)."""
+    the fewest dropped requests, then the highest worst attainment."""
     feasible = [t for t in trials if t.feasible]
     if feasible:
         return min(feasible, key=lambda t: t.cost)
-    return min(trials, key=lambda t: (t.dropped, t.p95_over_slo))
+    return min(trials, key=lambda t: (t.dropped, -t.attainment))

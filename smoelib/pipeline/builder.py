@@ -21,6 +21,7 @@ _TOP_FIELDS = {"slo_ms": schema._Field("number", schema._positive),
                "max_seq_tokens": schema._Field("int", schema._positive),
                "decode_cap": schema._Field("int", schema._positive),
                "prefill_chunk": schema._Field("int", schema._non_negative),
+               "rate_scale": schema._Field("number", schema._positive),
                "accelerator": schema._Field("str", lambda v: None if v in schema.ACCELERATORS
                                             else f"must be one of "
                                                  f"{', '.join(schema.ACCELERATORS)}")}
@@ -40,7 +41,8 @@ def assemble(src: Source, *, validate: bool, attach_metadata: bool
     meta = {"name": top["name"], "namespace": top["namespace"], "kind": top["kind"],
             "slo": top["slo"], "max_seq_tokens": int(top["max_seq_tokens"]),
             "decode_cap": int(top["decode_cap"]), "prefill_chunk": int(top["prefill_chunk"]),
-            "accelerator": top["accelerator"], "after": after, "moe_stages": moe}
+            "accelerator": top["accelerator"], "rate_scale": float(top["rate_scale"]),
+            "after": after, "moe_stages": moe}
     return graph, meta
 
 
@@ -317,7 +319,8 @@ def _resolve(ck: Checker, top: Mapping[str, Any], stage: Mapping[str, Any], kind
         id=node_id, kind=kind, stage=stage["id"], index=index, function=function,
         cpu=float(fields["cpu"]), memory_mb=int(fields["memory_mb"]),
         gpu_share=float(fields["gpu_share"]), concurrency=int(fields["concurrency"]),
-        parallelism=int(fields["parallelism"]), replicas_min=int(fields["replicas"]["min"]),
+        parallelism=int(fields["parallelism"]), max_batch=int(fields["max_batch"]),
+        replicas_min=int(fields["replicas"]["min"]),
         replicas_max=int(fields["replicas"]["max"]), weights_mb=float(fields["weights_mb"]),
         gpu_memory_mb=int(fields["gpu_memory_mb"]), **_service_fields(fields),
         top_k=stage.get("top_k"), layer_size=stage.get("experts"), part=stage["part"])}

@@ -41,7 +41,10 @@ class NodeSpec:
     without either, an expert's FFN time comes from its shape (``d_model``, ``d_ff``,
     ``matrices``, ``dtype``) on the pipeline's accelerator. ``handler_ms`` (per call) and
     ``serialise_ms_per_kb`` are the handler's CPU costs (None: the simulator's defaults).
-    ``part`` is the half of an encoder-decoder pipeline the node belongs to. ``concurrency`` is OpenFaaS ``max_inflight`` (running + waiting per replica),
+    ``part`` is the half of an encoder-decoder pipeline the node belongs to; ``max_batch``
+    the most calls a worker runs as one batch (0: every call waiting, up to ``concurrency``;
+    1: a function that does not batch). ``concurrency``
+    is OpenFaaS ``max_inflight`` (running + waiting per replica),
     ``parallelism`` the calls a replica runs at once. ``gpu_memory_mb`` is the pinned GPU memory
     limit of an ``mps-env`` expert (``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT``, MiB; 0: none): a
     property of the expert, not a knob the policy turns. Joins carry no function and no
@@ -76,3 +79,4 @@ class NodeSpec:
     handler_ms: float | None = None
     serialise_ms_per_kb: float | None = None
     part: str = "encoder"
+    max_batch: int = 0

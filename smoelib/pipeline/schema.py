@@ -31,10 +31,11 @@ MAX_NODES = 100_000
 """Largest DAG accepted; deepseek-v3 scale is about 15,000 nodes."""
 
 TOP_KEYS = {"name", "namespace", "kind", "slo", "slo_ms", "max_seq_tokens", "decode_cap",
-            "prefill_chunk", "accelerator", "description", "defaults", "stages"}
+            "prefill_chunk", "accelerator", "rate_scale", "description", "defaults", "stages"}
 STAGE_KEYS = {"id", "kind", "experts", "top_k", "after", "overrides", "part"}
 NODE_KEYS = {"function", "cpu", "memory_mb", "gpu_share", "concurrency", "parallelism",
-             "replicas", "weights_mb", "gpu_memory_mb", "profile", "shape", "handler"}
+             "replicas", "weights_mb", "gpu_memory_mb", "profile", "shape", "handler",
+             "max_batch"}
 REPLICA_KEYS = {"min", "max"}
 PROFILE_KEYS = {"base_ms", "per_token_ms", "tokens", "ms"}
 SHAPE_KEYS = {"d_model", "d_ff", "matrices", "dtype"}
@@ -56,6 +57,7 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
         "gpu_share": 0.25,
         "concurrency": 4,
         "parallelism": 1,
+        "max_batch": 0,
         "replicas": {"min": 0, "max": 16},
         "weights_mb": 9.0,
         "gpu_memory_mb": 0,
@@ -70,6 +72,7 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
         "gpu_share": 0.25,
         "concurrency": 8,
         "parallelism": 1,
+        "max_batch": 0,
         "replicas": {"min": 1, "max": 16},
         "weights_mb": 30.0,
         "gpu_memory_mb": 0,
@@ -82,7 +85,7 @@ BUILTIN_DEFAULTS: dict[str, dict[str, Any]] = {
 comes from its ``shape`` on the pipeline's accelerator unless a ``profile`` (a measured curve)
 overrides it; a segment (attention, embeddings) has no shape and runs on its profile."""
 PIPELINE_DEFAULTS = {"namespace": "openfaas-fn", "max_seq_tokens": 512, "decode_cap": 1024,
-                     "prefill_chunk": 0, "accelerator": "h100"}
+                     "prefill_chunk": 0, "accelerator": "h100", "rate_scale": 1.0}
 DEFAULT_TOP_K = 2
 
 
@@ -111,6 +114,7 @@ NODE_FIELDS: dict[str, _Field] = {
     "gpu_share": _Field("number", _unit_interval),
     "concurrency": _Field("int", _positive),
     "parallelism": _Field("int", _positive),
+    "max_batch": _Field("int", _non_negative),
     "weights_mb": _Field("number", _positive),
     "gpu_memory_mb": _Field("int", _non_negative),
 }

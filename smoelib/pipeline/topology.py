@@ -33,7 +33,8 @@ class PipelineDAG:
 
     def __init__(self, graph: nx.DiGraph, *, name: str, namespace: str, kind: str, slo: SLO,
                  max_seq_tokens: int, decode_cap: int, prefill_chunk: int, accelerator: str,
-                 after: Mapping[str, tuple[str, ...]], moe_stages: tuple[str, ...],
+                 rate_scale: float, after: Mapping[str, tuple[str, ...]],
+                 moe_stages: tuple[str, ...],
                  source: str | None, has_metadata: bool):
         self.graph = graph
         self.name = name
@@ -44,6 +45,7 @@ class PipelineDAG:
         self.decode_cap = decode_cap
         self.prefill_chunk = prefill_chunk
         self.accelerator = accelerator
+        self.rate_scale = rate_scale
         self.stages = tuple(after)
         self.after = dict(after)
         self.moe_stages = moe_stages
@@ -227,7 +229,7 @@ class PipelineDAG:
         return {"name": self.name, "namespace": self.namespace, "kind": self.kind, "slo": slo,
                 "max_seq_tokens": self.max_seq_tokens, "decode_cap": self.decode_cap,
                 "prefill_chunk": self.prefill_chunk, "accelerator": self.accelerator,
-                "stages": stages}
+                "rate_scale": self.rate_scale, "stages": stages}
 
     def _part(self, stage: str) -> str:
         node = next(n for n in self._order if self.graph.nodes[n]["stage"] == stage)
@@ -258,7 +260,8 @@ def _node_fields(spec: NodeSpec) -> dict[str, Any]:
                if v is not None}
     out = {"function": d["function"], "cpu": d["cpu"], "memory_mb": d["memory_mb"],
            "gpu_share": d["gpu_share"], "concurrency": d["concurrency"],
-           "parallelism": d["parallelism"], "weights_mb": d["weights_mb"],
+           "parallelism": d["parallelism"], "max_batch": d["max_batch"],
+           "weights_mb": d["weights_mb"],
            "gpu_memory_mb": d["gpu_memory_mb"],
            "replicas": {"min": d["replicas_min"], "max": d["replicas_max"]},
            "profile": profile, "handler": handler}

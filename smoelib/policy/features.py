@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from smoelib.core.slo import slo_pressure
 from smoelib.policy.config import PolicyConfig
 from smoelib.policy.schedule import DagSchedule, build_schedule
 
@@ -118,18 +119,30 @@ def _build_dag_tensors(dag: Any) -> DagTensors:
         "replicas_max": np.array([s.replicas_max for s in specs], dtype=float),
         "weights_mb": np.array([s.weights_mb for s in specs], dtype=float),
         "parallelism": np.array([s.parallelism for s in specs], dtype=float),
-        "base_ms": np.array([s.base_ms for s in specs], dtype=float),
-        "per_token_ms": np.array([s.per_token_ms for s in specs], dtype=float),
+        "service_ms": _default_service_ms(dag, specs),
         "routing": np.array([(s.top_k or 1) / (s.layer_size or 1) for s in specs]),
         "depth": np.array([depth[n] for n in nodes], dtype=float)
         / max(1, len(dag.depth_levels) - 1),
     }
-    weight = static["base_ms"] + static["per_token_ms"] * _TOKENS_FOR_SLO_SHARE
+    weight = static["service_ms"]
     path_ms, _ = dag.critical_path(dict(zip(nodes, weight, strict=True)))
     static["slo_share_ms"] = dag.slo_ms * weight / max(path_ms, 1e-9)
     return DagTensors(schedule=schedule, expert_index=torch.as_tensor(expert_pos),
                       expert_valid=torch.as_tensor(valid), expert_pos=expert_pos,
                       layer_of=layer_of, layer_sizes=valid.sum(1), static=static)
+
+
+def _default_service_ms(dag: Any, specs: list) -> np.ndarray:
+    """Per node, one call's time (ms) of ``_TOKENS_FOR_SLO_SHARE`` tokens at its pipeline
+    defaults under the default service model (joins: 0): a static weight, independent of the
+    settings a run uses."""
+    from smoelib.core.service import service_models
+    from smoelib.settings import Settings
+
+    models = service_models(dag, Settings())
+    return np.array([0.0 if m is None else float(m.batch_ms(
+        1, _TOKENS_FOR_SLO_SHARE, cpu=s.cpu, share=s.gpu_share,
+        parallelism=max(s.parallelism, 1))) for m, s in zip(models, specs, strict=True)])
 
 
 def _log_ratio(num: np.ndarray, den: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -170,13 +183,14 @@ def build_features(obs: Any, dag: Any, *, config: PolicyConfig, gpus: float,
     conc, gshare = np.asarray(obs.concurrency, float), np.asarray(obs.gpu_share, float)
     calls = np.asarray(obs.calls_per_s, float)
     per_call = np.where(calls > 0, tokens / np.maximum(calls, 1e-12), 0.0)
-    service = s["base_ms"] + s["per_token_ms"] * per_call
+    service = s["service_ms"] * (1.0 + per_call / _TOKENS_FOR_SLO_SHARE) / 2.0
     seg_gpu = float((desired * gshare)[~is_exp].sum())
     exp_gpu = float((desired * gshare)[is_exp].sum())
     expert_budget = max(float(gpus) - seg_gpu, 0.0)
-    slo = float(dag.slo_ms)
-    glob = [_log_ratio(np.array([obs.p95_ms], float), np.array([slo]))[0][0],
-            _log_ratio(np.array([obs.p99_ms], float), np.array([slo]))[0][0],
+    pressure = slo_pressure(obs, slo=dag.slo)
+    miss = 1.0 - float(obs.slo_attainment)
+    glob = [_log_ratio(np.array([pressure], float), np.ones(1))[0][0],
+            _log_ratio(np.array([miss], float), np.array([1.0 - dag.slo.attainment]))[0][0],
             np.log1p(obs.request_rate) / 10.0, min(exp_gpu / max(expert_budget, 1e-6), 4.0)]
     cols = [s["kind"] == 0, s["kind"] == 1, s["kind"] == 2, tok / 10.0, np.log1p(calls) / 10.0,
             np.log1p(share), tok - trend.short, tok - trend.long, p95, p50, has,

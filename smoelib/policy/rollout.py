@@ -42,12 +42,13 @@ _MAX_OVER = 5.0  # an overrun (fraction of the SLO) is capped here: one bad tick
 
 @dataclass(frozen=True)
 class EpisodeStats:
-    """One environment's episode: ``cost`` (currency), ``p95_over_slo`` over all requests,
-    ``worst_window`` the highest 60 s window P95 over the SLO (drops count as over; capped at
-    5), ``violation_rate`` of 60 s windows, ``dropped`` requests."""
+    """One environment's episode: ``cost`` (currency), ``slo_ratio`` over all requests (the
+    worse of P95 TTFT and TPOT over their SLOs), ``worst_window`` the highest 60 s window
+    ratio (drops count as over; capped at 5), ``violation_rate`` of 60 s windows, ``dropped``
+    requests."""
 
     cost: float
-    p95_over_slo: float
+    slo_ratio: float
     worst_window: float
     violation_rate: float
     dropped: int
@@ -79,13 +80,15 @@ class Rollout:
         return int(self.cost.numel())
 
 
-def overrun(parts: RewardParts, slo_ms: float) -> float:
-    """One tick's SLO overrun as a fraction of the SLO: ``max(0, p95 / SLO - 1)`` of the
-    requests finished in the tick plus the share of requests over the SLO or dropped beyond
-    the 5 % a P95 allows (so drops, which have no latency, still count); capped at 5."""
-    over = 0.0 if not np.isfinite(parts.p95_ms) else max(0.0, parts.p95_ms / slo_ms - 1.0)
+def overrun(parts: RewardParts, attainment: float) -> float:
+    """One tick's SLO overrun: ``max(0, ratio - 1)`` of the requests that ended in the tick
+    (``ratio`` the worse of P95 TTFT and TPOT over their SLOs; inf, so capped, when drops
+    reach the P95) plus the share of requests that missed the SLO beyond what the
+    ``attainment`` target allows; capped at 5."""
+    ratio = parts.slo_ratio
+    over = 0.0 if np.isnan(ratio) else max(0.0, min(ratio, _MAX_OVER + 1.0) - 1.0)
     if parts.requests > 0:
-        over += max(0.0, parts.violations / parts.requests - 0.05)
+        over += max(0.0, parts.violations / parts.requests - (1.0 - attainment))
     return min(over, _MAX_OVER)
 
 
@@ -97,10 +100,14 @@ def cat_actions(items: list[Actions]) -> Actions:
 
 def _episode(env: SimEnv) -> EpisodeStats:
     s = summarise(env)
-    win = window_series(env)["p95_ms"]
-    win = win[np.isfinite(win) | np.isinf(win)]  # NaN: a window without requests
-    worst = float(np.max(win)) / s.slo_ms if win.size else 0.0
-    return EpisodeStats(cost=s.cost, p95_over_slo=s.p95_ms / s.slo_ms,
+    w = window_series(env)
+    slo = env.dag.slo
+    win = w["ttft_p95_ms"] / slo.ttft_ms
+    if slo.tpot_ms is not None:
+        win = np.maximum(win, w["tpot_p95_ms"] / slo.tpot_ms)
+    win = win[~np.isnan(win)]  # NaN: a window without requests
+    worst = float(np.max(win)) if win.size else 0.0
+    return EpisodeStats(cost=s.cost, slo_ratio=s.slo_ratio,
                         worst_window=min(worst, _MAX_OVER),
                         violation_rate=s.window_violation_rate, dropped=s.dropped)
 
@@ -160,7 +167,7 @@ def collect(agent: SMoEAgent, *, dag: Any, settings: Any, trace: str, seed: int,
             obs[k], done = step.step.observation, step.step.done
             parts.append(step.step.reward)
         steps.append((batch, out.actions, out.log_prob, out.value, parts))
-    slo = float(dag.slo_ms)
+    attainment = float(dag.slo.attainment)
     n = len(steps)
     dones = torch.zeros(n, envs)
     dones[-1] = 1.0
@@ -168,7 +175,7 @@ def collect(agent: SMoEAgent, *, dag: Any, settings: Any, trace: str, seed: int,
         inputs=collate([s[0] for s in steps]), actions=cat_actions([s[1] for s in steps]),
         log_prob=torch.stack([s[2] for s in steps]), value=torch.stack([s[3] for s in steps]),
         cost=torch.tensor([[p.cost for p in s[4]] for s in steps], dtype=torch.float32),
-        overrun=torch.tensor([[overrun(p, slo) for p in s[4]] for s in steps],
+        overrun=torch.tensor([[overrun(p, attainment) for p in s[4]] for s in steps],
                              dtype=torch.float32),
         dones=dones, labels=cat_actions(labels) if labels else None,
         episodes=[_episode(loop.env) for loop in loops],

@@ -58,7 +58,7 @@ _PIPELINES = ("examples/pipelines/bert-moe.yml", "examples/pipelines/gpt2-moe.ym
               "examples/pipelines/bert2bert-moe.yml")
 LOG_KEYS = (
     "update", "phase", "env_steps", "wall_s", "pipeline", "trace", "seed", "duration_s",
-    "charts/episode_cost", "charts/cost_per_tick", "charts/p95_over_slo", "charts/worst_window",
+    "charts/episode_cost", "charts/cost_per_tick", "charts/slo_ratio", "charts/worst_window",
     "charts/violation_rate", "charts/dropped", "charts/return", "charts/lagrange",
     "losses/bc", "losses/bc_kept", "losses/policy", "losses/value", "losses/entropy",
     "losses/approx_kl", "losses/clip_fraction", "val/cost_ratio", "val/worst_window",
@@ -248,7 +248,7 @@ def _episode_charts(episodes: list[EpisodeStats], ticks: int) -> dict[str, float
     mean = lambda k: float(np.mean([getattr(e, k) for e in episodes]))  # noqa: E731
     return {"charts/episode_cost": mean("cost"),
             "charts/cost_per_tick": mean("cost") / max(ticks, 1),
-            "charts/p95_over_slo": mean("p95_over_slo"),
+            "charts/slo_ratio": mean("slo_ratio"),
             "charts/worst_window": mean("worst_window"),
             "charts/violation_rate": mean("violation_rate"), "charts/dropped": mean("dropped")}
 

@@ -17,7 +17,8 @@ from smoelib.settings.base import (
     setting,
 )
 
-__all__ = ["Accelerator", "Accelerators", "HpaStock", "Simulator", "StaticVertical", "HpaBaseline", "KpaVertical",
+__all__ = ["Accelerator", "Accelerators", "HpaStock", "Simulator", "StaticVertical",
+           "HpaBaseline", "KpaVertical",
            "OpenFaasVertical", "KpaBaseline", "OpenFaasBaseline", "QueueingBaseline",
            "ElasticMoeBaseline", "FaasConfBaseline", "Baselines"]
 
@@ -112,15 +113,9 @@ class Simulator:
     weights_load_mb_per_s: float = setting(
         500.0, "weight-loading throughput at start", unit="MiB/s", check=positive)
     rpc_overhead_ms: float = setting(
-        0.5, "per-hop network overhead between stages (the low end of 0.5-5 ms, research "
-        "brief 5.4: a node's base_ms already holds its per-call serialisation)", unit="ms",
-        check=non_negative)
-    mode: Literal["auto", "request", "aggregated"] = setting(
-        "auto", "request: every call simulated; aggregated: per-expert queueing arithmetic per "
-        "tick; auto: aggregated above aggregate_above_experts experts")
-    aggregate_above_experts: int = setting(
-        2000, "auto mode switches to aggregated above this many experts", unit="experts",
-        check=positive)
+        0.5, "per-hop network overhead between stages (the low end of 0.5-1 ms per hop, "
+        "research note 'workload' 3; a call's handler and serialisation are separate)",
+        unit="ms", check=non_negative)
     hpa_preset: Literal["smoe", "stock"] = setting(
         "smoe", "HPA behaviour applied to policy-driven experts: smoe (what `smoe manifests` "
         "writes, derived from control.interval_s and the manifests section) or stock "
@@ -137,10 +132,6 @@ class Simulator:
         0.1, "MPS interference: expert time x (1 + beta x the other pods' share of the GPU); "
         "a published A100 case study lost 7.5-19.5 % with two clients at 60 %",
         check=non_negative)
-    runtime_memory_mb: int = setting(
-        1536, "memory a replica needs besides its weights (Python, torch, CUDA context: "
-        "1.5-2 GB); below runtime + weights a replica is OOM-killed and restarts",
-        unit="MiB", check=positive)
     oom_restart_s: float = setting(
         10.0, "CrashLoopBackOff wait before an OOM-killed replica starts again", unit="s",
         check=positive)
@@ -148,8 +139,9 @@ class Simulator:
         0.25, "handler time per call on the pod's CPU (HTTP parse, dispatch; research note "
         "'workload' 3), for nodes that do not declare it", unit="ms", check=non_negative)
     serialise_ms_per_kb: float = setting(
-        0.0004, "(de)serialisation per KiB of activations on the pod's CPU (raw bytes: "
-        "0.195 - 0.136 ms for 127 more 768-d fp16 tokens), for nodes that do not declare it",
+        0.00015, "(de)serialisation per KiB of activations, in and out, on the pod's CPU (raw "
+        "bytes: 0.195 - 0.136 ms for 127 more 768-d fp16 tokens, 3 KiB each), for nodes that "
+        "do not declare it",
         unit="ms/KiB", check=non_negative)
     invocation: Literal["per-sequence", "step-batched"] = setting(
         "per-sequence", "how calls reach experts: per-sequence (one call per sequence, pass, "
@@ -180,8 +172,11 @@ class Simulator:
         900.0, "mean time between sudden popularity shifts per layer (0: never)", unit="s",
         check=non_negative)
     routing_affinity: float = setting(
-        0.0, "inter-layer affinity: weight of the previous layer's choice on the next",
-        check=fraction)
+        0.3, "inter-layer affinity: weight of the previous layer's choice on the next (expert "
+        "popularity is correlated across layers: Lina, ExFlow)", check=fraction)
+    routing_class_divergence: float = setting(
+        0.5, "how much expert popularity differs between task classes (0: the same for chat, "
+        "code and agent traffic; 1: independent)", check=fraction)
     synthetic_rate_per_s: float = setting(
         5.5, "mean request rate of the synthetic traces (conv's mean)", unit="requests/s",
         check=positive)
@@ -202,7 +197,7 @@ class StaticVertical:
     gpu_share: float = setting(0.1, "GPU share of every expert replica",
                                unit="fraction of one GPU", check=fraction)
     cpu: float = setting(0.5, "CPU of every expert replica", unit="cores", check=positive)
-    memory_mb: int = setting(1024, "memory of every expert replica", unit="MiB", check=positive)
+    memory_mb: int = setting(2048, "memory of every expert replica", unit="MiB", check=positive)
     concurrency: int = setting(4, "OpenFaaS max_inflight of every expert replica", unit="calls",
                                check=positive)
 

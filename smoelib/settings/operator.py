@@ -49,7 +49,8 @@ class Actions:
         unit="fraction of one GPU", check=each(fraction))
     cpu: tuple[float, ...] = setting((0.5, 1.0, 2.0, 4.0), "CPU choices", unit="cores",
                                      check=each(positive))
-    memory_mb: tuple[int, ...] = setting((1024, 2048, 4096, 8192), "memory choices",
+    memory_mb: tuple[int, ...] = setting((2048, 4096, 8192, 16384), "memory choices (the "
+                                         "smallest holds the runtime and a small expert)",
                                          unit="MiB", check=each(positive))
     concurrency: tuple[int, ...] = setting(
         (1, 2, 4, 8, 16), "OpenFaaS max_inflight choices", unit="calls", check=each(positive))
@@ -77,6 +78,10 @@ class Cluster:
     hpa_configurable_tolerance: bool = setting(
         True, "the HPA honours a per-ScaledObject tolerance (Kubernetes >= 1.35 or the "
         "HPAConfigurableTolerance gate); without it the 10% default applies")
+    runtime_memory_mb: int = setting(
+        1536, "memory an expert replica needs besides its weights (Python, torch, CUDA "
+        "context: 1.5-2 GB); below runtime + weights it is OOM-killed, so the guards raise a "
+        "lower memory decision to that floor", unit="MiB", check=positive)
 
 
 @dataclass(frozen=True)

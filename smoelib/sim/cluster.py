@@ -4,10 +4,12 @@ One pod table (numpy columns, grown by doubling) holds every pod ever created. A
 *pending* (no room: ``start`` is inf), *starting* (``start <= t < ready``), *ready*
 (``ready <= t < end``) or gone (``end <= t``). Cold start = lognormal container start plus
 ``weights_mb / weights_load_mb_per_s``. Placement follows the GPU sharing mode of DESIGN.md:
-``mps-env`` packs pods first-fit on GPUs while the shares on a GPU sum to at most 1 and its MPS
-clients stay within the limit; ``mps-device-plugin`` gives every GPU pod one of
-``slots_per_gpu`` slots and a share of ``1 / slots_per_gpu``; ``none`` runs every pod on CPU.
-Cores and memory are checked cluster-wide. Pods that do not fit stay Pending and are retried in
+A pod whose memory is below its node's floor (runtime plus weights) is OOM-killed at start and
+restarts every cold start plus ``oom_restart_s`` (CrashLoopBackOff) without ever serving; each
+restart counts as a cold start. ``mps-env`` packs pods first-fit on GPUs while the shares on a
+GPU sum to at most 1 and its MPS clients stay within the limit; ``mps-device-plugin`` gives
+every GPU pod one of ``slots_per_gpu`` slots and a share of ``1 / slots_per_gpu``; ``none``
+runs every pod on CPU. Cores and memory are checked cluster-wide. Pods that do not fit stay Pending and are retried in
 creation order. Pure: time and the RNG are passed in.
 """
 
@@ -24,7 +26,7 @@ __all__ = ["Cluster"]
 
 _COLS = {"node": np.int64, "start": float, "ready": float, "end": float, "created": float,
          "cpu": float, "mem": float, "share": float, "conc": np.int64, "version": np.int64,
-         "gpu": np.int64}
+         "gpu": np.int64, "oom": np.int64}
 
 
 class Cluster:
@@ -33,16 +35,20 @@ class Cluster:
     Args:
         n_nodes: nodes of the pipeline (pods exist only for nodes with a function).
         weights_mb: per node, parameter size (cold start).
+        floor_mb: per node, the least memory a replica runs in (OOM below).
         settings: the settings tree (cluster, gpu_sharing, prices, simulator sections).
         rng: the cluster-noise generator (cold-start draws).
     """
 
     def __init__(self, n_nodes: int, weights_mb: np.ndarray, *, settings: Settings,
-                 rng: np.random.Generator):
+                 rng: np.random.Generator, floor_mb: np.ndarray | None = None):
         self.s = settings
         self.rng = rng
         self.mode = settings.gpu_sharing.mode
         self.weights_mb = np.asarray(weights_mb, dtype=float)
+        self.floor_mb = (np.zeros(n_nodes) if floor_mb is None
+                         else np.asarray(floor_mb, dtype=float))
+        self.oom_kills = 0
         self.n = 0
         self.cols = {k: np.zeros(64, dtype=t) for k, t in _COLS.items()}
         self.live: list[list[int]] = [[] for _ in range(n_nodes)]  # pods whose end is inf
@@ -106,8 +112,36 @@ class Cluster:
             c["start"][pid] = t
             c["ready"][pid] = t + start_s + load_s
             self.cold_starts += 1
+            if c["mem"][pid] < self.floor_mb[c["node"][pid]]:
+                self._oom(pid, t)
             placed.append(pid)
         return placed
+
+    def _oom(self, pid: int, t: float) -> None:
+        """``pid`` runs out of memory as it loads: it never becomes ready and restarts every
+        median cold start plus weight load plus ``oom_restart_s`` (:meth:`oom_restarts`)."""
+        c = self.cols
+        c["oom"][pid] = 1
+        c["ready"][pid] = math.inf
+        c["created"][pid] = t  # the crash loop's phase
+        self.oom_kills += 1
+
+    def oom_restarts(self, t0: float, t1: float) -> int:
+        """Restarts of OOM-killed pods in ``[t0, t1)``; each also counts as a cold start."""
+        c, n = self.cols, self.n
+        m = (c["oom"][:n] == 1) & (c["end"][:n] > t0)
+        if not m.any():
+            return 0
+        sim = self.s.simulator
+        cycle = (sim.cold_start_median_s + self.weights_mb[c["node"][:n][m]]
+                 / sim.weights_load_mb_per_s + sim.oom_restart_s)
+        born = c["created"][:n][m]
+        end = np.minimum(c["end"][:n][m], t1)
+        k = lambda t: np.floor(np.maximum(t - born, 0) / cycle)  # noqa: E731
+        restarts = int((k(end) - k(np.maximum(t0, born))).sum())
+        self.cold_starts += restarts
+        self.oom_kills += restarts
+        return restarts
 
     def schedule_pending(self, t: float) -> None:
         """Retry Pending pods (creation order) at ``t``."""
@@ -197,10 +231,21 @@ class Cluster:
     def resize(self, node: int, t: float, cpu: float, mem: float) -> None:
         """In-place resize (pods/resize) of the live pods of ``node``."""
         c = self.cols
+        floor = self.floor_mb[node]
         for pid in self.live[node]:
             if c["cpu"][pid] != cpu or c["mem"][pid] != mem:
                 c["cpu"][pid], c["mem"][pid] = cpu, mem
                 self.resized += 1
+                if c["start"][pid] > t:
+                    continue
+                if mem < floor and not c["oom"][pid]:
+                    self._oom(pid, t)
+                elif mem >= floor and c["oom"][pid]:  # restarts with room: a cold start
+                    c["oom"][pid] = 0
+                    c["ready"][pid] = t + self.weights_mb[node] / \
+                        self.s.simulator.weights_load_mb_per_s + \
+                        self.s.simulator.cold_start_median_s
+                    self.cold_starts += 1
 
     # ---- reading ------------------------------------------------------------------------
     def serving(self, node: int, t0: float, t1: float) -> list[tuple[float, tuple[int, ...]]]:
@@ -243,15 +288,13 @@ class Cluster:
         return pod_price_per_hour(self.s.prices, cpu=c["cpu"][:n], memory_mb=c["mem"][:n],
                                   gpus=c["share"][:n]) / 3600.0
 
-    def slowdown(self, t: float) -> np.ndarray:
-        """Per pod, the factor on the per-token time: ``eff ** -gamma`` (``eff`` the GPU share,
-        or cores for CPU-only pods) times MPS interference ``1 + beta * (others' share)``."""
+    def interference(self, t: float) -> np.ndarray:
+        """Per pod, the MPS interference factor on its expert time: ``1 + beta x (the other
+        pods' share of its GPU)``; 1 for CPU-only pods."""
         c, n, sim = self.cols, self.n, self.s.simulator
         share, gpu = c["share"][:n], c["gpu"][:n]
-        eff = np.where(share > 0, share, np.maximum(c["cpu"][:n], 1e-3))
-        factor = eff ** -sim.share_exponent
         alive = self._alive(t)
         on = alive[gpu[alive] >= 0]
         used = np.bincount(gpu[on], weights=share[on], minlength=max(self.gpus, 1)).astype(float)
         others = np.where(gpu >= 0, used[np.maximum(gpu, 0)] - share, 0.0)
-        return factor * (1 + sim.mps_interference * np.clip(others, 0, None))
+        return 1 + sim.mps_interference * np.clip(others, 0, None)

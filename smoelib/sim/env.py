@@ -6,9 +6,11 @@ a rollout, CPU and memory are resized in place, KEDA polls the replica targets (
 ScaledObjects' ``pollingInterval``), the HPA syncs (``hpa_sync_s``) and the Deployment
 controller creates or removes pods at those instants; then every call of the tick is served and
 the pods are billed.
-Seeds: ``SeedSequence(seed)`` spawns separate streams for routing, cluster noise (cold starts)
-and dispatch (replica choice, service noise, backoff jitter); arrivals come from the trace
-seeded by ``seed`` alone, so every policy sees the same arrivals and routing.
+Serving is :class:`~smoelib.sim.engine.Engine` (every pass, call and batch) on the service model
+of :mod:`smoelib.core.service`. Seeds: ``SeedSequence(seed)`` spawns separate streams for
+routing, cluster noise (cold starts) and dispatch (replica choice, service noise, backoff
+jitter); arrivals come from the trace seeded by ``seed`` alone, so every policy sees the same
+arrivals and routing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from smoelib.core.observation import Observation
+from smoelib.core.service import memory_floor_mb, service_models
+from smoelib.errors import ConfigError, Problem
 from smoelib.settings import Settings
 from smoelib.sim import targets as tg
 from smoelib.sim.autoscaling import (
@@ -28,22 +32,23 @@ from smoelib.sim.autoscaling import (
     stock_behaviour,
 )
 from smoelib.sim.cluster import Cluster
+from smoelib.sim.engine import Engine
 from smoelib.sim.routing import RoutingModel, RoutingParams
-from smoelib.sim.serving import RequestServer, StagePlan
 from smoelib.sim.telemetry import Telemetry, histogram_quantile
-from smoelib.sim.traces import Trace, load_trace
+from smoelib.sim.traces import TASKS, Trace, load_trace
 
 __all__ = ["SimEnv", "StepResult", "RewardParts"]
 
 
 @dataclass(frozen=True)
 class RewardParts:
-    """One tick's reward ingredients: ``cost`` (currency), ``p95_ms`` of the requests that
-    finished in the tick (NaN if none), ``violations`` (finished over the SLO plus dropped),
-    ``requests`` finished or dropped in the tick."""
+    """One tick's reward ingredients: ``cost`` (currency); ``slo_ratio``, the worst of the
+    P95 TTFT and P95 TPOT of the requests that ended in the tick over their SLOs (NaN if none
+    ended; inf when the top 5 % holds a drop); ``violations`` (ended without meeting the SLO,
+    dropped included) and ``requests`` (ended or dropped in the tick)."""
 
     cost: float
-    p95_ms: float
+    slo_ratio: float
     violations: int
     requests: int
 
@@ -65,7 +70,7 @@ class SimEnv:
         trace: a built-in trace name or a CSV path.
         duration_s: episode length; the trace is cut (or repeated) to it.
         time_scale, rate_scale: see :func:`~smoelib.sim.traces.scale_trace`; ``rate_scale``
-            defaults to ``simulator.rate_scale``.
+            defaults to the pipeline's ``rate_scale`` times ``simulator.rate_scale``.
     """
 
     def __init__(self, dag, settings: Settings, *, trace: str = "conv",
@@ -74,19 +79,18 @@ class SimEnv:
         self.dag, self.s = dag, settings
         self.trace_name, self.duration_s = trace, float(duration_s)
         self.time_scale = time_scale
-        self.rate_scale = settings.simulator.rate_scale if rate_scale is None else rate_scale
+        self.rate_scale = (dag.rate_scale * settings.simulator.rate_scale if rate_scale is None
+                           else rate_scale)
         self.dt = settings.control.interval_s
-        self.plan = StagePlan(dag)
         specs = [dag.spec(n) for n in dag.nodes]
         self.specs = specs
         self.n = len(specs)
         self.is_expert = np.array([s.kind == "expert" for s in specs])
         self.is_segment = np.array([s.kind == "segment" for s in specs])
         sim = settings.simulator
-        mode = sim.mode
-        if mode == "auto":
-            mode = "aggregated" if len(dag.experts) > sim.aggregate_above_experts else "request"
-        self.mode = mode
+        self.models = service_models(dag, settings)
+        self.floor_mb = np.array([0.0 if x.kind == "join" else memory_floor_mb(
+            x, runtime_memory_mb=settings.cluster.runtime_memory_mb) for x in specs])
         self.expert_behaviour = (smoe_behaviour(settings) if sim.hpa_preset == "smoe"
                                  else stock_behaviour(settings))
         self.segment_behaviour = stock_behaviour(settings)
@@ -102,31 +106,29 @@ class SimEnv:
         self.trace = load_trace(self.trace_name, seed=self.seed, duration_s=self.duration_s,
                                 rate_per_s=sim.synthetic_rate_per_s,
                                 time_scale=self.time_scale, rate_scale=self.rate_scale)
+        if self.dag.decodes and self.trace.generated is None:
+            raise ConfigError([Problem("", f"the trace has no GeneratedTokens column; "
+                                       f"{self.dag.kind} pipeline {self.dag.name} decodes and "
+                                       f"needs it")], source=self.trace_name)
         layers = list(self.dag.moe_layers.values())
         router = RoutingModel(
             [len(v) for v in layers], [self.dag.spec(v[0]).top_k for v in layers],
             max_tokens=self.dag.max_seq_tokens,
             params=RoutingParams(gini=sim.routing_gini, drift_time_s=sim.routing_drift_time_s,
                                  shift_every_s=sim.routing_shift_every_s,
-                                 affinity=sim.routing_affinity),
+                                 affinity=sim.routing_affinity, classes=len(TASKS),
+                                 class_divergence=sim.routing_class_divergence),
             seed=routing_seq)
         specs = self.specs
         self.cluster = Cluster(self.n, np.array([x.weights_mb for x in specs]), settings=s,
-                               rng=np.random.default_rng(cluster_seq))
-        params = {"max_tokens": self.dag.max_seq_tokens,
-                  "base_ms": np.array([x.base_ms for x in specs]),
-                  "per_token_ms": np.array([x.per_token_ms for x in specs]),
-                  "parallelism": np.array([max(1, x.parallelism) for x in specs]),
+                               rng=np.random.default_rng(cluster_seq), floor_mb=self.floor_mb)
+        params = {"parallelism": np.array([max(1, x.parallelism) for x in specs]),
                   "rpc_overhead_ms": sim.rpc_overhead_ms, "service_cv": sim.service_cv,
                   "retry_backoff_ms": sim.retry_backoff_ms, "retry_cap_ms": sim.retry_cap_ms,
-                  "max_retries": sim.max_retries}
-        server_cls = RequestServer
-        if self.mode == "aggregated":
-            from smoelib.sim.aggregate import AggregateServer
-            server_cls = AggregateServer
-        self.server = server_cls(self.plan, times_s=self.trace.times_s,
-                                 tokens=self.trace.tokens, router=router, params=params,
-                                 rng=np.random.default_rng(dispatch_seq))
+                  "max_retries": sim.max_retries, "invocation": sim.invocation,
+                  "max_running": sim.max_running, "max_step_tokens": sim.max_step_tokens}
+        self.server = Engine(self.dag, self.trace, models=self.models, router=router,
+                             params=params, rng=np.random.default_rng(dispatch_seq))
         self.tel = Telemetry(self.n, self.dt)
         self.defaults = tg.defaults(self.dag)
         self.targets = self.defaults
@@ -177,6 +179,7 @@ class SimEnv:
         self._autoscale(t0, t1)
         cl = self.cluster
         cl.forget_ended(t0)
+        cl.oom_restarts(t0, t1)
         self.server.run(t0, t1, cl, self.tel)
         cost = cl.cost(t0, t1)
         self.cost += cost
@@ -191,17 +194,21 @@ class SimEnv:
         self.series.append({"t_s": t0, "cost": cost, "expert_replicas": float(
             ready[self.is_expert].sum()), "segment_replicas": float(ready[self.is_segment].sum())})
         info = {"time_s": t1, "cold_starts": cl.cold_starts, "rejected": self.server.rejected,
-                "rollouts": self.rollouts, "pods_replaced": cl.replaced}
+                "rollouts": self.rollouts, "pods_replaced": cl.replaced,
+                "calls": self.server.calls, "oom_kills": cl.oom_kills}
         return StepResult(obs, reward, done, info)
 
     def _reward(self, t0: float, t1: float, cost: float) -> RewardParts:
-        times, lat = self.trace.times_s, self.server.e2e
-        finished = lat[(times + lat >= t0) & (times + lat < t1)] * 1000.0
-        drops = int(self.server.dropped[(times >= t0) & (times < t1)].sum())
-        over = int((finished > self.dag.slo_ms).sum())
-        p95 = float(np.percentile(finished, 95)) if finished.size else float("nan")
-        return RewardParts(cost=cost, p95_ms=p95, violations=over + drops,
-                           requests=int(finished.size) + drops)
+        b = self.tel.bins.get(self.tick - 1)
+        if b is None or not b["slo_total"][0]:
+            return RewardParts(cost=cost, slo_ratio=float("nan"), violations=0, requests=0)
+        q = lambda h: float(histogram_quantile(0.95, h, inf=True)) * 1000.0  # noqa: E731
+        slo = self.dag.slo
+        ratio = q(b["tpot_hist"]) / slo.tpot_ms if slo.tpot_ms is not None else 0.0
+        ratio = max(ratio, q(b["ttft_hist"]) / slo.ttft_ms) if b["ttft_hist"].sum() else ratio
+        total = int(b["slo_total"][0])
+        return RewardParts(cost=cost, slo_ratio=ratio, violations=total - int(b["slo_met"][0]),
+                           requests=total)
 
     # ---- the scaling path ----------------------------------------------------------------
     def _apply_knobs(self, t: float) -> None:
@@ -211,7 +218,7 @@ class SimEnv:
         slow = slice(2, 4) if self.s.cluster.in_place_resize else slice(0, 4)
         changed = self.is_expert & (want[:, slow] != self.template[:, slow]).any(axis=1)
         if self.s.cluster.in_place_resize and not self.s.cluster.in_place_memory_decrease:
-            changed |= self.is_expert & (want[:, 1] < self.template[:, 1])  # a lower limit
+            changed |= self.is_expert & (want[:, 1] < self.size[:, 1])  # a lower limit
         for node in np.flatnonzero(changed):
             self.template[node] = want[node]
             cl.version[node] += 1
@@ -251,7 +258,7 @@ class SimEnv:
         ticks = max(1, int(round(self.s.simulator.hpa_sync_s / self.dt)))
         w = self.tel.window(self.tick - 1, ticks)
         counts = self.cluster.counts(t, self.n)
-        par = np.array([max(1, x.parallelism) for x in self.specs])
+        par = self.server.par
         capacity = np.maximum(counts["ready"], 1) * par * ticks * self.dt
         return w["busy_s"] / capacity
 
@@ -282,13 +289,11 @@ class SimEnv:
             memory_mb=self.size[:, 1].copy(), gpu_share=cfg[:, 2].copy(),
             concurrency=cfg[:, 3].copy(), request_rate=float(w["requests"][0] / span),
             p95_ms=float(q(0.95, w["e2e_hist"])), p99_ms=float(q(0.99, w["e2e_hist"])),
-            dropped_per_s=self._dropped(t - span, t) / span)
-
-    def _dropped(self, t0: float, t1: float) -> int:
-        """Requests that arrived in ``[t0, t1)`` and are dropped by now."""
-        times = self.trace.times_s
-        lo, hi = np.searchsorted(times, [t0, t1], side="left")
-        return int(self.server.dropped[lo:hi].sum())
+            ttft_p95_ms=float(q(0.95, w["ttft_hist"])),
+            tpot_p95_ms=float(q(0.95, w["tpot_hist"])) if self.dag.decodes else float("nan"),
+            slo_attainment=(float(w["slo_met"][0] / w["slo_total"][0]) if w["slo_total"][0]
+                            else float("nan")),
+            dropped_per_s=float(w["dropped"][0]) / span)
 
 
 def _grid(t0: float, t1: float, period: float) -> list[float]:

@@ -83,7 +83,19 @@ class SimCollector:
         e2e = HistogramMetricFamily("smoe_pipeline_latency_seconds", "end-to-end latency",
                                     labels=["pipeline"])
         e2e.add_metric([p], _buckets(tot["e2e_hist"]), float(tot["e2e_sum"][0]))
-        yield from (req, e2e)
+        ttft = HistogramMetricFamily("smoe_pipeline_ttft_seconds", "time to first token",
+                                     labels=["pipeline"])
+        ttft.add_metric([p], _buckets(tot["ttft_hist"]), 0.0)
+        tpot = HistogramMetricFamily("smoe_pipeline_tpot_seconds", "mean time per output "
+                                     "token after the first", labels=["pipeline"])
+        tpot.add_metric([p], _buckets(tot["tpot_hist"]), 0.0)
+        met = CounterMetricFamily("smoe_pipeline_slo_met", "requests within the SLOs",
+                                  labels=["pipeline"])
+        met.add_metric([p], float(tot["slo_met"][0]))
+        dropped = CounterMetricFamily("smoe_pipeline_dropped", "dropped requests",
+                                      labels=["pipeline"])
+        dropped.add_metric([p], float(tot["dropped"][0]))
+        yield from (req, e2e, ttft, tpot, met, dropped)
         yield from self._kube(snap, ns)
 
     def _kube(self, snap: dict[str, Any], ns: str) -> Iterator[Any]:

@@ -1,16 +1,22 @@
-"""Token routing: how many tokens of each request reach each expert of each MoE layer.
+"""Token routing: which experts of each MoE layer each token of each pass picks (top-k).
 
-Per layer, expert popularity is ``softmax(sigma * z)``: ``z`` is a standard normal vector per
-layer, and ``sigma`` is solved per layer so that the routing Gini equals the configured target
-(0.1-0.4 on real text, research brief "algorithms" 5.2). ``z`` drifts as a stationary AR(1) on a
-fixed time grid (slow drift) and is reshuffled at Poisson times (sudden shifts). A request with
-``T`` context tokens (clipped to ``max_seq_tokens``) sends ``T * top_k`` token slots to a layer,
+Per task class ``c`` (chat, code, agent: :data:`~smoelib.sim.traces.TASKS`) and layer,
+expert popularity is ``softmax(sigma * z)`` with ``z = sqrt(1 - w) z_shared + sqrt(w) z_c``
+(``w`` = ``class_divergence``): classes agree in part and differ in part, so a change in the
+traffic's task mix moves the hot experts. ``sigma`` is solved per class and layer so that the
+routing Gini equals the configured target (0.1-0.4, research note "workload" 4). Both ``z``
+drift as a stationary AR(1) on a fixed time grid (slow drift) and a layer's are reshuffled at
+Poisson times (sudden shifts). A pass uses the popularity at its request's arrival.
+
+A **decode** token picks ``top_k`` distinct experts per layer (Gumbel top-k on the layer's
+probabilities). A **prefill** chunk of ``T`` tokens sends ``T * top_k`` token slots to a layer,
 drawn multinomially (each expert's count clipped to ``T``, as a token picks distinct experts).
-With affinity ``a > 0``, the next layer's probabilities are ``(1 - a) p + a * (c A)``, where ``c``
-are the request's shares in the previous layer and ``A`` a sparse row-stochastic preference.
+Layers are correlated (Lina, ExFlow): with affinity ``a > 0`` the next layer's probabilities
+are ``(1 - a) p + a * (c A)``, ``c`` the previous layer's choice (shares for a chunk) and ``A``
+a sparse row-stochastic preference.
 
-Common random numbers: routing draws come from their own stream, in fixed blocks of requests
-(one child seed per block), so every policy sees the same routing for the same seed.
+Common random numbers: every request's draws come from its own child of the routing seed, so
+every policy sees the same routing for the same seed, whatever order requests are served in.
 """
 
 from __future__ import annotations
@@ -19,21 +25,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RoutingModel", "RoutingParams", "gini", "solve_sigma"]
-
-_BLOCK = 256
+__all__ = ["RoutingModel", "RoutingParams", "gini", "solve_sigma", "touched_share"]
 
 
 @dataclass(frozen=True)
 class RoutingParams:
     """Units: ``drift_step_s`` and ``drift_time_s`` seconds, ``shift_every_s`` mean seconds
-    between sudden shifts (0: never)."""
+    between sudden shifts (0: never); ``classes`` the number of task classes."""
 
     gini: float = 0.25
     drift_step_s: float = 10.0
     drift_time_s: float = 600.0
     shift_every_s: float = 900.0
     affinity: float = 0.0
+    classes: int = 3
+    class_divergence: float = 0.5
+
+
+def touched_share(n_tokens, top_k: int, experts: int):
+    """Expected share of a layer's experts that ``n_tokens`` uniformly routed tokens touch:
+    ``1 - (1 - k / E) ** N``."""
+    return 1.0 - (1.0 - top_k / experts) ** np.asarray(n_tokens, dtype=float)
 
 
 def gini(shares: np.ndarray) -> np.ndarray:
@@ -62,13 +74,13 @@ def solve_sigma(z: np.ndarray, target: float) -> np.ndarray:
 
 
 class RoutingModel:
-    """Per-request, per-layer expert token counts for one pipeline and one seed.
+    """Per-pass, per-layer expert choices for one pipeline and one seed.
 
     Args:
         layer_sizes: experts per MoE layer, layers in topological order.
         top_k: experts per token, per layer.
         max_tokens: context tokens are clipped to this (the model's maximum sequence).
-        params: skew, drift and affinity.
+        params: skew, drift, affinity and classes.
         seed: a :class:`numpy.random.SeedSequence` used only for routing.
     """
 
@@ -78,37 +90,45 @@ class RoutingModel:
         self.top_k = list(top_k)
         self.max_tokens = int(max_tokens)
         self.params = params
-        drift_seq, self._block_seq, aff_seq = seed.spawn(3)
+        drift_seq, self._req_seq, aff_seq = seed.spawn(3)
         self._drift_rng = np.random.default_rng(drift_seq)
         width = max(self.sizes, default=1)
         self._mask = np.arange(width)[None, :] < np.asarray(self.sizes)[:, None]  # (L, Emax)
-        self._z = np.where(self._mask, self._drift_rng.standard_normal(self._mask.shape), -np.inf)
-        self._sigma = np.array([solve_sigma(self._z[i:i + 1, :e], params.gini)[0]
-                                for i, e in enumerate(self.sizes)])
-        self._grid: list[np.ndarray] = [self._shares()]  # popularity per drift step
+        c = max(1, params.classes)
+        shape = (c + 1, *self._mask.shape)  # slot 0: shared, 1..c: per class
+        self._z = np.where(self._mask, self._drift_rng.standard_normal(shape), 0.0)
+        mixed = self._mixed(self._z)
+        self._sigma = np.array([[solve_sigma(mixed[k, i:i + 1, :e], params.gini)[0]
+                                 for i, e in enumerate(self.sizes)] for k in range(c)])
+        self._grid: list[np.ndarray] = [self._shares()]  # (C, L, Emax) per drift step
         self._affinity = self._affinity_matrices(np.random.default_rng(aff_seq))
-        self._cache: dict[int, list[np.ndarray]] = {}
 
     # ---- popularity over time ------------------------------------------------------------
-    def _shares(self) -> np.ndarray:
-        z = np.where(self._mask, self._z, 0.0)
-        logits = np.where(self._mask, self._sigma[:, None] * z, -np.inf)
-        return _softmax(logits)  # (L, Emax), zeros past each layer's size
+    def _mixed(self, z: np.ndarray) -> np.ndarray:
+        w = self.params.class_divergence
+        return np.sqrt(1 - w) * z[:1] + np.sqrt(w) * z[1:]
 
-    def popularity(self, t_s: float) -> np.ndarray:
-        """Expert shares per layer at time ``t_s``: shape (layers, max experts)."""
+    def _shares(self) -> np.ndarray:
+        logits = np.where(self._mask, self._sigma[:, :, None] * self._mixed(self._z), -np.inf)
+        return _softmax(logits)  # (C, L, Emax), zeros past each layer's size
+
+    def popularity(self, t_s: float, task: int = 0) -> np.ndarray:
+        """Expert shares per layer at time ``t_s`` for task class ``task``: shape (layers,
+        max experts)."""
+        return self._grid_at(t_s)[task]
+
+    def _grid_at(self, t_s: float) -> np.ndarray:
         p = self.params
         step = int(max(t_s, 0.0) // p.drift_step_s)
         rho = np.exp(-p.drift_step_s / p.drift_time_s) if p.drift_time_s > 0 else 1.0
         shift_p = 1 - np.exp(-p.drift_step_s / p.shift_every_s) if p.shift_every_s > 0 else 0
         while len(self._grid) <= step:
             noise = self._drift_rng.standard_normal(self._z.shape)
-            z = np.where(self._mask, self._z, 0.0)
-            z = rho * z + np.sqrt(1 - rho * rho) * noise
+            z = rho * self._z + np.sqrt(1 - rho * rho) * noise
             for layer in np.flatnonzero(self._drift_rng.random(len(self.sizes)) < shift_p):
                 e = self.sizes[layer]
-                z[layer, :e] = z[layer, self._drift_rng.permutation(e)]
-            self._z = np.where(self._mask, z, -np.inf)
+                z[:, layer, :e] = z[:, layer, self._drift_rng.permutation(e)]
+            self._z = np.where(self._mask, z, 0.0)
             self._grid.append(self._shares())
         return self._grid[step]
 
@@ -122,53 +142,62 @@ class RoutingModel:
             mats.append(a)
         return mats
 
-    # ---- per-request counts --------------------------------------------------------------
-    def counts(self, lo: int, hi: int, times_s: np.ndarray, tokens: np.ndarray
+    # ---- per-request draws ---------------------------------------------------------------
+    def rng_for(self, request: int) -> np.random.Generator:
+        """The routing generator of one request (its own child of the routing seed)."""
+        seq = self._req_seq
+        return np.random.default_rng(np.random.SeedSequence(
+            seq.entropy, spawn_key=(*seq.spawn_key, int(request))))
+
+    def decode(self, rng: np.random.Generator, passes: int, t_s: float, task: int = 0
                ) -> list[np.ndarray]:
-        """Token counts for requests ``lo..hi-1``: one int array (hi-lo, experts) per layer.
-
-        ``times_s`` and ``tokens`` are the whole trace's arrays (request index aligned).
-        """
-        out: list[list[np.ndarray]] = [[] for _ in self.sizes]
-        last = (hi - 1) // _BLOCK + 1 if hi > lo else lo // _BLOCK
-        for block in range(lo // _BLOCK, last):
-            got = self._block(block, times_s, tokens)
-            b0 = block * _BLOCK
-            s, e = max(lo, b0) - b0, min(hi, b0 + _BLOCK) - b0
-            for layer, arr in enumerate(got):
-                out[layer].append(arr[s:e])
-        return [np.concatenate(parts) if parts else np.zeros((0, n), np.int32)
-                for parts, n in zip(out, self.sizes, strict=True)]
-
-    def _block(self, block: int, times_s: np.ndarray, tokens: np.ndarray) -> list[np.ndarray]:
-        if block in self._cache:
-            return self._cache[block]
-        b0, b1 = block * _BLOCK, min((block + 1) * _BLOCK, times_s.size)
-        seq = self._block_seq
-        rng = np.random.default_rng(np.random.SeedSequence(
-            seq.entropy, spawn_key=(*seq.spawn_key, block)))
-        t = np.minimum(tokens[b0:b1], self.max_tokens).astype(np.int64)
-        steps = (np.maximum(times_s[b0:b1], 0) // self.params.drift_step_s).astype(np.int64)
-        for step in np.unique(steps):  # generate the grid in order (deterministic)
-            self.popularity(float(step) * self.params.drift_step_s)
-        grid = np.stack([self._grid[s] for s in steps]) if steps.size else None
-        layers: list[np.ndarray] = []
+        """Expert choices of ``passes`` one-token passes: per layer an int array (passes,
+        top_k) of distinct expert indices."""
+        pop = self.popularity(t_s, task)
+        out: list[np.ndarray] = []
         prev: np.ndarray | None = None
+        a = self.params.affinity
         for layer, (e, k) in enumerate(zip(self.sizes, self.top_k, strict=True)):
-            if grid is None:
-                layers.append(np.zeros((0, e), np.int32))
-                continue
-            p = grid[:, layer, :e]
-            a = self.params.affinity
+            p = np.broadcast_to(pop[layer, :e], (passes, e))
             if a > 0 and prev is not None:
-                share = prev / np.maximum(prev.sum(1, keepdims=True), 1)
+                p = (1 - a) * p + a * self._affinity[layer][prev[:, 0]]
+            keys = np.log(np.maximum(p, 1e-300)) + rng.gumbel(size=(passes, e))
+            pick = (np.argpartition(-keys, k - 1, axis=1)[:, :k] if k < e
+                    else np.broadcast_to(np.arange(e), (passes, e)))
+            out.append(np.ascontiguousarray(pick))
+            prev = pick
+        return out
+
+    def chunk(self, rng: np.random.Generator, tokens: int, t_s: float, task: int = 0
+              ) -> list[np.ndarray]:
+        """Token counts per expert of one chunk of ``tokens`` tokens: per layer an int array
+        (experts,)."""
+        pop = self.popularity(t_s, task)
+        out: list[np.ndarray] = []
+        prev: np.ndarray | None = None
+        a = self.params.affinity
+        for layer, (e, k) in enumerate(zip(self.sizes, self.top_k, strict=True)):
+            p = pop[layer, :e]
+            if a > 0 and prev is not None:
+                share = prev / max(prev.sum(), 1)
                 p = (1 - a) * p + a * (share @ self._affinity[layer])
-                p = p / p.sum(1, keepdims=True)
-            c = rng.multinomial(t * k, p).astype(np.int32)
-            c = np.minimum(c, t[:, None]).astype(np.int32)
-            layers.append(c)
+                p = p / p.sum()
+            c = np.minimum(rng.multinomial(tokens * k, p), tokens)
+            out.append(c)
             prev = c
-        if len(self._cache) > 4:
-            self._cache.pop(min(self._cache))
-        self._cache[block] = layers
-        return layers
+        return out
+
+    def counts(self, lo: int, hi: int, times_s: np.ndarray, tokens: np.ndarray,
+               task: np.ndarray | None = None) -> list[np.ndarray]:
+        """Token counts of one ``tokens``-long chunk per request ``lo..hi-1`` (drawn from a
+        stream of its own, so reading them changes no pass the engine serves): one int array
+        (hi-lo, experts) per layer. For offered-load estimates (hindsight, aggregation)."""
+        out = [np.zeros((hi - lo, e), np.int64) for e in self.sizes]
+        for r in range(lo, hi):
+            rng = np.random.default_rng(np.random.SeedSequence(
+                self._req_seq.entropy, spawn_key=(*self._req_seq.spawn_key, int(r), 1)))
+            got = self.chunk(rng, int(min(tokens[r], self.max_tokens)), float(times_s[r]),
+                             0 if task is None else int(task[r]))
+            for layer, c in enumerate(got):
+                out[layer][r - lo] = c
+        return out

@@ -1,8 +1,11 @@
 """Per-tick counters and latency histograms, binned by event time, as Prometheus would see them.
 
-Counts (calls, tokens, 429s, busy seconds) are binned by the tick of the call's arrival;
-latencies by the tick of completion (a completion computed ahead of time waits in its future
-bin). Quantiles follow ``histogram_quantile``: linear interpolation inside the bucket.
+Per node: calls, tokens and busy seconds binned by the tick their batch starts, 429s by the
+tick of the refusal, call latencies by the tick of completion. Per pipeline: requests by
+arrival; TTFT by the tick of the first token; TPOT, end-to-end latency and whether the SLO
+was met by the tick the request ends or is dropped (a dropped request's TTFT and TPOT are
+infinite: the +Inf bucket). Quantiles follow ``histogram_quantile``: linear interpolation
+inside the bucket.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ BUCKETS_S = np.array([0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.0
 _NB = BUCKETS_S.size
 
 
-def histogram_quantile(q: float, counts: np.ndarray) -> np.ndarray:
+def histogram_quantile(q: float, counts: np.ndarray, *, inf: bool = False) -> np.ndarray:
     """Quantile ``q`` of histograms ``counts[..., bucket]`` (non-cumulative) in seconds;
-    NaN where a histogram is empty. The +Inf bucket answers the highest finite bound."""
+    NaN where a histogram is empty. The +Inf bucket answers the highest finite bound (what
+    Prometheus answers), or infinity with ``inf`` (a dropped request's latency)."""
     cum = np.cumsum(counts, axis=-1)
     total = cum[..., -1]
     rank = q * total
@@ -29,14 +33,18 @@ def histogram_quantile(q: float, counts: np.ndarray) -> np.ndarray:
                                                  -1)[..., 0], 0.0)
     inside = np.take_along_axis(counts, idx[..., None], -1)[..., 0]
     frac = np.where(inside > 0, (rank - below) / np.maximum(inside, 1e-12), 0.0)
-    value = np.where(np.isinf(upper), lower, lower + (upper - lower) * frac)
+    finite_upper = np.where(np.isinf(upper), lower, upper)
+    value = np.where(np.isinf(upper), np.inf if inf else lower,
+                     lower + (finite_upper - lower) * frac)
     return np.where(total > 0, value, np.nan)
 
 
 class Telemetry:
     """Per-tick bins for ``n_nodes`` nodes; ``interval_s`` the tick length."""
 
-    COUNTERS = ("calls", "tokens", "rejected", "busy_s")
+    COUNTERS = ("calls", "tokens", "rejected", "busy_s", "batches")
+    PIPELINE = ("requests", "e2e_sum", "slo_met", "slo_total", "dropped")
+    HISTOGRAMS = ("e2e_hist", "ttft_hist", "tpot_hist")
 
     def __init__(self, n_nodes: int, interval_s: float):
         self.n = n_nodes
@@ -45,9 +53,10 @@ class Telemetry:
         self.totals = {k: np.zeros(n_nodes) for k in self.COUNTERS}
         self.totals["lat_hist"] = np.zeros((n_nodes, _NB))
         self.totals["lat_sum"] = np.zeros(n_nodes)
-        self.totals["requests"] = np.zeros(1)
-        self.totals["e2e_hist"] = np.zeros(_NB)
-        self.totals["e2e_sum"] = np.zeros(1)
+        for k in self.PIPELINE:
+            self.totals[k] = np.zeros(1)
+        for k in self.HISTOGRAMS:
+            self.totals[k] = np.zeros(_NB)
 
     def _bin(self, k: int) -> dict[str, np.ndarray]:
         b = self.bins.get(k)
@@ -55,9 +64,10 @@ class Telemetry:
             b = {name: np.zeros(self.n) for name in self.COUNTERS}
             b["lat_hist"] = np.zeros((self.n, _NB))
             b["lat_sum"] = np.zeros(self.n)
-            b["requests"] = np.zeros(1)
-            b["e2e_hist"] = np.zeros(_NB)
-            b["e2e_sum"] = np.zeros(1)
+            for name in self.PIPELINE:
+                b[name] = np.zeros(1)
+            for name in self.HISTOGRAMS:
+                b[name] = np.zeros(_NB)
             self.bins[k] = b
         return b
 
@@ -65,6 +75,43 @@ class Telemetry:
         """Add ``values`` per ``nodes`` to counter ``name`` in the tick containing ``t``."""
         self._bin(int(t // self.dt))[name] += np.bincount(nodes, weights=values,
                                                           minlength=self.n)
+
+    def add_binned(self, t_s: np.ndarray, name: str, nodes: np.ndarray, values: np.ndarray
+                   ) -> None:
+        """Add ``values`` per ``nodes`` to counter ``name``, each in the tick of its ``t_s``."""
+        ticks = (t_s // self.dt).astype(np.int64)
+        for k in np.unique(ticks):
+            m = ticks == k
+            self._bin(int(k))[name] += np.bincount(nodes[m], weights=values[m],
+                                                   minlength=self.n)
+
+    def add_pass_latency(self, t_s: np.ndarray, name: str, lat_s: np.ndarray) -> None:
+        """A pipeline latency histogram (``ttft_hist``) per event at ``t_s``."""
+        ticks = (t_s // self.dt).astype(np.int64)
+        bucket = np.searchsorted(BUCKETS_S, lat_s, side="left")
+        for k in np.unique(ticks):
+            m = ticks == k
+            self._bin(int(k))[name] += np.bincount(bucket[m], minlength=_NB)
+
+    def add_request_ends(self, t_s: np.ndarray, *, ttft: np.ndarray, tpot: np.ndarray,
+                         e2e: np.ndarray, met: np.ndarray) -> None:
+        """Requests that finished or were dropped at ``t_s`` (seconds; inf when dropped):
+        TPOT and end-to-end histograms, SLO met and total, drops. ``ttft`` is NaN for a
+        request that never had a first token: a dropped one joins the TTFT histogram's +Inf
+        bucket here."""
+        ticks = (t_s // self.dt).astype(np.int64)
+        drop = ~np.isfinite(e2e)
+        for k in np.unique(ticks):
+            m = ticks == k
+            b = self._bin(int(k))
+            b["tpot_hist"] += np.bincount(np.searchsorted(BUCKETS_S, tpot[m]), minlength=_NB)
+            b["e2e_hist"] += np.bincount(np.searchsorted(BUCKETS_S, e2e[m]), minlength=_NB)
+            b["e2e_sum"] += e2e[m & ~drop].sum()
+            b["slo_met"] += met[m].sum()
+            b["slo_total"] += m.sum()
+            b["dropped"] += (m & drop).sum()
+            first_missing = m & drop & np.isnan(ttft)
+            b["ttft_hist"][-1] += first_missing.sum()
 
     def add_latencies(self, done_s: np.ndarray, nodes: np.ndarray, lat_s: np.ndarray) -> None:
         if not done_s.size:

@@ -1,11 +1,12 @@
 """Request arrivals: replay of an Azure LLM inference trace CSV, and the synthetic traces.
 
-A trace is two aligned arrays: arrival times (seconds from the trace start, sorted) and
-context tokens per request. A request is one forward pass over its context tokens (generated
-tokens are not simulated). Built-in names (DESIGN.md, "Traces"): ``conv`` (the packaged real
-trace), ``conv-train`` (its minutes 0-40), ``conv-eval`` (minutes 40-58, shifted to start at 0),
-and the synthetic ``poisson``, ``bursty``, ``diurnal``, ``spike``, generated from a seed
-(seeds below 1000 for training and tuning, 1000 and above for evaluation).
+A trace is aligned arrays: arrival times (seconds from the trace start, sorted), context tokens
+and generated tokens per request (``GeneratedTokens``; None when a CSV has no such column,
+which a pipeline that decodes refuses), and each request's task class (index into
+:data:`TASKS`; the routing popularity differs by class). Built-in names (DESIGN.md,
+"Traces"): ``conv`` (the packaged real trace), ``conv-train`` (its minutes 0-40),
+``conv-eval`` (minutes 40-58, shifted to start at 0), and the synthetic families (below),
+generated from a seed (seeds below 1000 for training and tuning, 1000 and above for evaluation).
 """
 
 from __future__ import annotations
@@ -28,24 +29,40 @@ _EVAL_S = (2400.0, 3480.0)
 BUILTIN_TRACES = ("conv", "conv-train", "conv-eval", "poisson", "bursty", "diurnal", "spike")
 
 
+TASKS = ("chat", "code", "agent")
+"""Task classes of requests; a replayed trace without a class column is all chat."""
+
+
 @dataclass(frozen=True)
 class Trace:
-    """Arrivals: ``times_s`` (float64, seconds from start, non-decreasing) and ``tokens``
-    (int64 context tokens per request); ``duration_s`` the span the trace covers."""
+    """Arrivals: ``times_s`` (float64, seconds from start, non-decreasing), ``tokens`` (int64
+    context tokens per request), ``generated`` (int64 generated tokens, or None when unknown),
+    ``task`` (int8 class per request, None: all chat); ``duration_s`` the span covered."""
 
     name: str
     times_s: np.ndarray
     tokens: np.ndarray
     duration_s: float
+    generated: np.ndarray | None = None
+    task: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.times_s.size)
 
+    def select(self, index, *, name: str | None = None, times_s: np.ndarray | None = None,
+               duration_s: float | None = None) -> Trace:
+        """The requests at ``index`` (a slice, mask or index array), optionally with new
+        times and span."""
+        pick = lambda a: None if a is None else a[index]  # noqa: E731
+        return Trace(name or self.name, self.times_s[index] if times_s is None else times_s,
+                     self.tokens[index], self.duration_s if duration_s is None else duration_s,
+                     pick(self.generated), pick(self.task))
+
     def window(self, start_s: float, end_s: float) -> Trace:
         """The requests in ``[start_s, end_s)``, shifted so ``start_s`` becomes 0."""
         lo, hi = np.searchsorted(self.times_s, [start_s, end_s], side="left")
-        return Trace(self.name, self.times_s[lo:hi] - start_s, self.tokens[lo:hi],
-                     end_s - start_s)
+        return self.select(slice(lo, hi), times_s=self.times_s[lo:hi] - start_s,
+                           duration_s=end_s - start_s)
 
     def rate_cv(self) -> float:
         """Coefficient of variation of inter-arrival times (1 for a Poisson process)."""
@@ -82,7 +99,8 @@ def _parse(rows: list[list[str]], *, name: str, label: str) -> Trace:
     body = rows[1:]
     if not body:
         raise fail(None, "trace has a header but no requests")
-    stamps, tokens = [], []
+    has_gen = len(header) > 2 and header[2] == _HEADER[2]
+    stamps, tokens, generated = [], [], []
     for i, row in enumerate(body, start=2):
         if len(row) < 2:
             raise fail(i, f"expected at least 2 columns, got {len(row)}")
@@ -99,6 +117,16 @@ def _parse(rows: list[list[str]], *, name: str, label: str) -> Trace:
         if tok < 0:
             raise fail(i, f"ContextTokens must be >= 0, got {tok}")
         tokens.append(tok)
+        if has_gen:
+            if len(row) < 3:
+                raise fail(i, f"expected 3 columns (GeneratedTokens), got {len(row)}")
+            try:
+                gen = int(row[2])
+            except ValueError:
+                raise fail(i, f"GeneratedTokens must be an integer, got {row[2]!r}") from None
+            if gen < 0:
+                raise fail(i, f"GeneratedTokens must be >= 0, got {gen}")
+            generated.append(gen)
     t = np.array(stamps, dtype="datetime64[us]")
     if np.isnat(t).any():
         raise fail(int(np.flatnonzero(np.isnat(t))[0]) + 2, "bad TIMESTAMP (NaT)")
@@ -106,7 +134,8 @@ def _parse(rows: list[list[str]], *, name: str, label: str) -> Trace:
     if back.size:
         raise fail(int(back[0]) + 3, "rows are not sorted by TIMESTAMP")
     secs = (t - t[0]).astype(np.int64) / 1e6
-    return Trace(label, secs, np.asarray(tokens, dtype=np.int64), float(secs[-1]) + 1.0)
+    return Trace(label, secs, np.asarray(tokens, dtype=np.int64), float(secs[-1]) + 1.0,
+                 np.asarray(generated, dtype=np.int64) if has_gen else None)
 
 
 @cache
@@ -126,7 +155,8 @@ def scale_trace(trace: Trace, *, time_scale: float = 1.0, rate_scale: float = 1.
         raise ConfigError([Problem("trace", "time_scale and rate_scale must be > 0")])
     times = trace.times_s * time_scale
     duration = trace.duration_s * time_scale
-    tokens = trace.tokens
+    if rate_scale == 1.0:
+        return trace.select(slice(None), times_s=times, duration_s=duration)
     if rate_scale != 1.0:
         if rng is None:
             raise ValueError("rate scaling needs an rng")
@@ -136,8 +166,7 @@ def scale_trace(trace: Trace, *, time_scale: float = 1.0, rate_scale: float = 1.
         gap = np.diff(times, append=duration)[idx]
         times = times[idx] + np.where(first, 0.0, rng.random(idx.size) * gap)
         order = np.argsort(times, kind="stable")
-        times, tokens = times[order], tokens[idx][order]
-    return Trace(trace.name, times, tokens, duration)
+    return trace.select(idx[order], times_s=times[order], duration_s=duration)
 
 
 def load_trace(name: str, *, seed: int, duration_s: float, rate_per_s: float = 5.5,
@@ -152,8 +181,7 @@ def load_trace(name: str, *, seed: int, duration_s: float, rate_per_s: float = 5
     if name in ("conv", "conv-train", "conv-eval"):
         base = _conv()
         span = {"conv": (0.0, base.duration_s), "conv-train": _TRAIN_S, "conv-eval": _EVAL_S}
-        base = base.window(*span[name])
-        base = Trace(name, base.times_s, base.tokens, base.duration_s)
+        base = base.window(*span[name]).select(slice(None), name=name)
     elif name in _SYNTHETIC:
         base = _SYNTHETIC[name](rng, duration_s / time_scale, rate_per_s)
     else:
@@ -165,17 +193,21 @@ def load_trace(name: str, *, seed: int, duration_s: float, rate_per_s: float = 5
 def _fit(trace: Trace, duration_s: float) -> Trace:
     """Cut to ``duration_s``, repeating the trace when it is shorter."""
     if trace.duration_s <= 0 or len(trace) == 0:
-        return Trace(trace.name, trace.times_s[:0], trace.tokens[:0], duration_s)
+        return trace.select(slice(0, 0), duration_s=duration_s)
     reps = int(np.ceil(duration_s / trace.duration_s))
     times = np.concatenate([trace.times_s + k * trace.duration_s for k in range(reps)])
-    tokens = np.tile(trace.tokens, reps)
+    index = np.tile(np.arange(len(trace)), reps)
     keep = times < duration_s
-    return Trace(trace.name, times[keep], tokens[keep], float(duration_s))
+    return trace.select(index[keep], times_s=times[keep], duration_s=float(duration_s))
 
 
 # ---- synthetic traces ------------------------------------------------------------------
-def _tokens(rng: np.random.Generator, n: int) -> np.ndarray:
-    return rng.choice(_conv().tokens, size=n, replace=True)
+def _requests(rng: np.random.Generator, name: str, times: np.ndarray, duration: float
+              ) -> Trace:
+    """Requests at ``times`` whose (context, generated) pairs are resampled from conv."""
+    conv = _conv()
+    rows = rng.integers(0, len(conv), size=times.size)
+    return Trace(name, times, conv.tokens[rows], duration, conv.generated[rows])
 
 
 def _piecewise_poisson(rng: np.random.Generator, edges: np.ndarray, rates: np.ndarray
@@ -190,7 +222,7 @@ def _piecewise_poisson(rng: np.random.Generator, edges: np.ndarray, rates: np.nd
 
 def _poisson(rng: np.random.Generator, duration: float, rate: float) -> Trace:
     times = _piecewise_poisson(rng, np.array([0.0, duration]), np.array([rate]))
-    return Trace("poisson", times, _tokens(rng, times.size), duration)
+    return _requests(rng, "poisson", times, duration)
 
 
 def _bursty(rng: np.random.Generator, duration: float, rate: float) -> Trace:
@@ -204,7 +236,7 @@ def _bursty(rng: np.random.Generator, duration: float, rate: float) -> Trace:
         edges.append(min(t, duration))
         burst = not burst
     times = _piecewise_poisson(rng, np.asarray(edges), np.asarray(rates))
-    return Trace("bursty", times, _tokens(rng, times.size), duration)
+    return _requests(rng, "bursty", times, duration)
 
 
 def _diurnal(rng: np.random.Generator, duration: float, rate: float) -> Trace:
@@ -213,7 +245,7 @@ def _diurnal(rng: np.random.Generator, duration: float, rate: float) -> Trace:
     mids = 0.5 * (edges[1:] + edges[:-1])
     rates = rate * (1.0 + 0.8 * np.sin(2 * np.pi * mids / 1800.0))
     times = _piecewise_poisson(rng, edges, rates)
-    return Trace("diurnal", times, _tokens(rng, times.size), duration)
+    return _requests(rng, "diurnal", times, duration)
 
 
 def _spike(rng: np.random.Generator, duration: float, rate: float) -> Trace:
@@ -222,7 +254,7 @@ def _spike(rng: np.random.Generator, duration: float, rate: float) -> Trace:
     start = duration * (0.25 + 0.5 * rng.random())
     edges = np.array([0.0, start, min(start + 60.0, duration), duration])
     times = _piecewise_poisson(rng, edges, np.array([rate, 5 * rate, rate]))
-    return Trace("spike", times, _tokens(rng, times.size), duration)
+    return _requests(rng, "spike", times, duration)
 
 
 _SYNTHETIC = {"poisson": _poisson, "bursty": _bursty, "diurnal": _diurnal, "spike": _spike}

@@ -16,7 +16,7 @@ def test_evaluate_writes_results_table_and_plots(tmp_path, capsys):
     assert len(runs) == 6 and {r["policy"] for r in runs} == {"hpa", "queueing", "floor"}
     table = (tmp_path / "results.md").read_text()
     assert "| hpa | physical | 1.000 ± 0.000 |" in table and "Acceptance checks" in table
-    for png in ("cost_vs_p95.png", "p95_over_time.png", "hottest_replicas.png"):
+    for png in ("cost_vs_p95.png", "attainment_over_time.png", "hottest_replicas.png"):
         assert (tmp_path / png).stat().st_size > 1000
 
 

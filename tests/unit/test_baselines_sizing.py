@@ -27,10 +27,12 @@ def test_tail_latency_is_the_mmck_wait_quantile_plus_noisy_service(dag):
     s = Settings()
     sz = QueueingSizer(dag, s, s.baselines.queueing)
     cfg, sim = s.baselines.queueing, s.simulator
-    i = int(np.flatnonzero((sz.share == 0.1) & (sz.conc == 2))[0])
+    i = int(np.flatnonzero((sz.share == 0.1) & (sz.conc == 2) & (sz.cpu == 1.0))[0])
     t, block = sz.tail_ms(np.array([300.0, 300.0]), np.array([100.0, 100.0]))
-    # service at share 0.1 on a full GPU: 0.6 + 100 x 0.002 x 0.1^-0.3 x (1 + 0.1 x 0.9) ms
-    svc = 0.6 + 100 * 0.002 * 0.1 ** -0.3 * 1.09
+    # one call of 100 tokens at share 0.1 and 1 core (smoelib/core/service.py): handler 0.25 ms
+    # + 100 x 3 KiB x 0.00015 ms serialisation, + the linear profile's flat 0.6 ms at
+    # 1 / min(1, 0.1 / 0.4) and 100 x 0.002 ms at 1 / 0.1, x interference (1 + 0.1 x 0.9)
+    svc = 0.25 + 100 * 3 * 0.00015 + (0.6 / 0.25 + 100 * 0.002 / 0.1) * 1.09
     mu = 1000.0 / svc
     for r in (1, 2):  # random spread: each replica an M/M/1/2 at 300 / r calls/s
         q = mmck(300.0 / r, mu, 1, 2)
@@ -50,10 +52,11 @@ def test_sizer_picks_the_cheapest_feasible_configuration(dag):
     s = Settings()
     sz = QueueingSizer(dag, s, s.baselines.queueing)
     lam, tok = np.array([5.0, 5.0]), np.array([100.0, 100.0])
-    plan = sz.plan(lam, tok, np.array([10.0, 10.0]))
+    plan = sz.plan(lam, tok, np.array([13.0, 13.0]))
     assert plan.feasible.all()
     assert plan.replicas.tolist() == [1, 1] and plan.gpu_share.tolist() == [0.1, 0.1]
-    assert plan.cpu.tolist() == [0.5, 0.5] and plan.memory_mb.tolist() == [1024, 1024]
+    # the smallest memory choice that holds the runtime (1536 MiB) and the 9.4 MB of weights
+    assert plan.cpu.tolist() == [0.5, 0.5] and plan.memory_mb.tolist() == [2048, 2048]
     # a budget only a larger share meets: the share rises, replicas stay at 1
     t, _ = sz.tail_ms(lam, tok)
     need = t[0, np.flatnonzero(sz.share == 0.5)[0], 0] + 1e-6
@@ -77,9 +80,17 @@ def test_floor_on_a_hand_made_load(dag):
     ex = Experts(dag)
     # one 5 s tick: expert 0 gets 2 calls/s of 50 tokens each (100 tokens/s), expert 1 none
     future = Hindsight(dt=5.0, calls=np.array([[2.0, 0.0]]), tokens=np.array([[100.0, 0.0]]))
-    busy_s = (10 * 0.6 + 500 * 0.002 * 0.1 ** -0.3) / 1000.0  # cheapest: share 0.1
-    price_h = 0.5 * 0.031611 + 1.0 * 0.004237 + 0.1 * 0.56
-    assert floor_cost(ex, s, future) == pytest.approx(busy_s * price_h / 3600.0, rel=1e-9)
+    # perfect batching: a call costs its handler (0.25 ms / min(1, cpu)), a token its
+    # serialisation (3 KiB x 0.00015 ms / min(1, cpu)) and its share of the FFN's compute
+    # (0.002 ms / share); priced per pod-hour at 2048 MiB, the cheapest (share, cpu) wins
+    best = math.inf
+    for share in s.actions.gpu_share:
+        for cpu in s.actions.cpu:
+            slow = 1 / min(1.0, cpu)
+            busy_s = (10 * 0.25 * slow + 500 * (3 * 0.00015 * slow + 0.002 / share)) / 1000
+            price_h = cpu * 0.031611 + 2.0 * 0.004237 + share * 0.56
+            best = min(best, busy_s * price_h / 3600.0)
+    assert floor_cost(ex, s, future) == pytest.approx(best, rel=1e-9)
 
 
 def test_elasticmoe_scales_by_whole_gpus_and_apportions_slots(dag):

@@ -63,8 +63,9 @@ def test_overrides_are_dotted_paths():
 def test_table_and_checks_say_pass_or_fail():
     def run(policy, cost, viol=0.0):
         return {"run": {"pipeline": "p", "trace": "t", "policy": policy, "seed": 1, "cost": cost,
-                        "p95_ms": 10.0, "p99_ms": 12.0, "slo_ms": 20.0, "dropped": 0,
-                        "window_violation_rate": viol, "decide_ms_p50": 0.1,
+                        "ttft_p95_ms": 10.0, "ttft_slo_ms": 20.0, "tpot_p95_ms": 4.0,
+                        "tpot_slo_ms": 8.0, "slo_attainment": 0.995, "dropped": 0,
+                        "rejected": 0, "window_violation_rate": viol, "decide_ms_p50": 0.1,
                         "guards": "physical", "pods_replaced": 0}}
     results = [run("hpa", 2.0), run("queueing", 1.5), run("oracle", 1.6), run("floor", 0.5)]
     lines = checks(results)

@@ -82,7 +82,8 @@ def observation(p95_ms=10.0, *, dropped_per_s=math.nan, busy=(), desired=None, s
         arrays["cpu"][at[node]], arrays["memory_mb"][at[node]] = 1.0, 2048
         arrays["gpu_share"][at[node]], arrays["concurrency"][at[node]] = share, 4
     return Observation(time_s=0.0, nodes=DAG.nodes, request_rate=1.0, p95_ms=p95_ms,
-                       p99_ms=p95_ms, dropped_per_s=dropped_per_s, **arrays)
+                       p99_ms=p95_ms, ttft_p95_ms=p95_ms, dropped_per_s=dropped_per_s,
+                       **arrays)
 
 
 def test_scale_down_held_under_slo_pressure_only():

@@ -110,7 +110,7 @@ def _run(dag, decisions, seed):
     for d in decisions:
         r = env.step(d)
         obs = r.observation.validate()
-        out.append((r.reward.cost, r.reward.p95_ms, r.reward.violations, obs.calls_per_s.sum()))
+        out.append((r.reward.cost, r.reward.slo_ratio, r.reward.violations, obs.calls_per_s.sum()))
     return env, out
 
 
@@ -122,7 +122,12 @@ def test_one_seed_one_trajectory_and_common_random_numbers():
     assert np.array_equal(np.array(ta), np.array(tb), equal_nan=True)
     c, _ = _run(dag, [_decision(dag, replicas=4)] * 24, seed=7)
     assert np.array_equal(a.trace.times_s, c.trace.times_s)
-    assert np.array_equal(a.server.counts[1], c.server.counts[1])  # same routing
+    for r in (0, 7, 30):  # same routing for every policy: each request's own stream
+        ra, rc = a.server.router, c.server.router
+        t = float(a.trace.times_s[r])
+        for x, y in zip(ra.chunk(ra.rng_for(r), 200, t), rc.chunk(rc.rng_for(r), 200, t),
+                        strict=True):
+            assert np.array_equal(x, y)
     d, _ = _run(dag, ds, seed=8)
     assert not np.array_equal(a.trace.times_s[:50], d.trace.times_s[:50])
 

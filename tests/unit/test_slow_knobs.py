@@ -109,8 +109,10 @@ def test_the_simulator_rolls_pods_for_a_memory_decrease_before_1_35():
         env = SimEnv(dag, load_settings({"cluster": {"in_place_memory_decrease": allowed}}),
                      trace="poisson", duration_s=30)
         env.reset(1)
-        experts = {n: ExpertDecision(1, s.cpu, s.memory_mb, s.gpu_share, s.concurrency)
+        experts = {n: ExpertDecision(1, s.cpu, 4096, s.gpu_share, s.concurrency)
                    for n in dag.experts if (s := dag.spec(n))}
-        experts["moe1/e0"] = ExpertDecision(1, 1.0, 1024, 0.25, 4)
-        env.step(PipelineDecision(dag.name, 0.0, MappingProxyType(experts)))
+        env.step(PipelineDecision(dag.name, 0.0, MappingProxyType(experts)))  # in place
+        assert env.rollouts == 0
+        experts["moe1/e0"] = ExpertDecision(1, 1.0, 2048, 0.25, 4)
+        env.step(PipelineDecision(dag.name, 15.0, MappingProxyType(experts)))
         assert env.rollouts == rollouts

@@ -25,12 +25,12 @@ CASES = [
     ("not-a-mapping", "- a\n- b\n", ["{f}: must be a mapping, got a list"]),
     ("unknown-top-key", OK_HEAD + "stages: [{id: a}]\nreplica: 3\n",
      ["{f}:4: replica: unknown key 'replica'; expected one of accelerator, decode_cap, "
-      "defaults, description, kind, max_seq_tokens, name, namespace, prefill_chunk, slo, "
-      "slo_ms, stages"]),
+      "defaults, description, kind, max_seq_tokens, name, namespace, prefill_chunk, rate_scale, "
+      "slo, slo_ms, stages"]),
     ("unknown-stage-key", OK_HEAD + "stages:\n  - {id: a, experts: 2, topk: 1}\n",
      ["{f}:4: stage 'a'.topk: unknown key 'topk'; expected one of after, concurrency, cpu, "
-      "experts, function, gpu_memory_mb, gpu_share, handler, id, kind, memory_mb, overrides, "
-      "parallelism, part, profile, replicas, shape, top_k, weights_mb"]),
+      "experts, function, gpu_memory_mb, gpu_share, handler, id, kind, max_batch, memory_mb, "
+      "overrides, parallelism, part, profile, replicas, shape, top_k, weights_mb"]),
     ("missing-name", "slo_ms: 5\nstages: [{id: a}]\n", ["{f}: missing required key 'name'"]),
     ("missing-slo", "name: p\nstages: [{id: a}]\n",
      ["{f}: missing required key 'slo' (slo: {ttft_ms: ..., tpot_ms: ..., attainment: 0.99}; "

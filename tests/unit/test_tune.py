@@ -63,11 +63,11 @@ def test_evaluation_data_is_refused():
 
 
 def test_best_is_the_cheapest_feasible_trial_else_the_one_that_drops_least():
-    cheap_but_slow = Trial({"k": 1}, cost=1.0, p95_over_slo=1.2, dropped=0, feasible=False)
-    dear = Trial({"k": 2}, cost=3.0, p95_over_slo=0.9, dropped=0, feasible=True)
-    fair = Trial({"k": 3}, cost=2.0, p95_over_slo=0.95, dropped=0, feasible=True)
+    cheap_but_slow = Trial({"k": 1}, cost=1.0, attainment=0.95, dropped=0, feasible=False)
+    dear = Trial({"k": 2}, cost=3.0, attainment=0.999, dropped=0, feasible=True)
+    fair = Trial({"k": 3}, cost=2.0, attainment=0.9995, dropped=0, feasible=True)
     assert best([cheap_but_slow, dear, fair]) is fair
     # none feasible: a low P95 over the completed requests does not excuse dropped ones
-    fast_dropping = Trial({"k": 4}, cost=1.0, p95_over_slo=0.8, dropped=40, feasible=False)
-    slow_complete = Trial({"k": 5}, cost=1.5, p95_over_slo=1.4, dropped=0, feasible=False)
+    fast_dropping = Trial({"k": 4}, cost=1.0, attainment=0.5, dropped=40, feasible=False)
+    slow_complete = Trial({"k": 5}, cost=1.5, attainment=0.9, dropped=0, feasible=False)
     assert best([fast_dropping, slow_complete, cheap_but_slow]) is cheap_but_slow

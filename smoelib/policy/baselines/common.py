@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from smoelib.core.decisions import ExpertDecision, PipelineDecision
+from smoelib.core.service import memory_choice, memory_floor_mb, service_models
 from smoelib.settings import Settings
 
 __all__ = ["Experts", "Hindsight", "decide_all", "service_ms",
@@ -55,8 +56,8 @@ class Experts:
         specs = [dag.spec(n) for n in self.nodes]
         self.rmin = np.array([s.replicas_min for s in specs], dtype=np.int64)
         self.rmax = np.array([s.replicas_max for s in specs], dtype=np.int64)
-        self.base_ms = np.array([s.base_ms for s in specs])
-        self.per_token_ms = np.array([s.per_token_ms for s in specs])
+        self.specs = specs
+        self._models: tuple[int, list] | None = None
         self.parallelism = np.array([max(1, s.parallelism) for s in specs], dtype=np.int64)
         self.default = {k: np.array([getattr(s, k) for s in specs], dtype=float)
                         for k in ("cpu", "memory_mb", "gpu_share", "concurrency")}
@@ -64,9 +65,24 @@ class Experts:
         self.layer = np.array([of[n] for n in self.nodes], dtype=np.int64)
         self.layers = [np.flatnonzero(self.layer == li) for li in range(len(dag.moe_layers))]
         self.slo_ms = float(dag.slo_ms)
+        self.slo = dag.slo
+        self.dag = dag
 
     def __len__(self) -> int:
         return len(self.nodes)
+
+    def models(self, settings: Settings) -> list:
+        """Per expert its :class:`~smoelib.core.service.ServiceModel` under ``settings``."""
+        if self._models is None or self._models[0] != id(settings):
+            every = service_models(self.dag, settings)
+            self._models = (id(settings), [every[i] for i in self.index])
+        return self._models[1]
+
+    def memory_floor(self, settings: Settings) -> np.ndarray:
+        """Per expert the least memory choice a replica runs in (runtime plus weights)."""
+        run = settings.cluster.runtime_memory_mb
+        return np.array([memory_choice(memory_floor_mb(s, runtime_memory_mb=run),
+                                       settings.actions.memory_mb) for s in self.specs], float)
 
 
 def decide_all(ex: Experts, t: float, *, replicas, cpu, memory_mb, gpu_share, concurrency
@@ -83,19 +99,26 @@ def decide_all(ex: Experts, t: float, *, replicas, cpu, memory_mb, gpu_share, co
 
 
 def service_ms(ex: Experts, settings: Settings, *, tokens, gpu_share, cpu,
-               interference: bool = True) -> np.ndarray:
-    """Mean service time (ms) of one call of ``tokens`` tokens (experts on the first axis), the
-    simulator's model:
-    ``base + tokens x per_token x eff^-gamma x (1 + beta x others)``; ``others`` is the rest of
-    a full GPU (``1 - share``) when ``interference``, else 0."""
+               interference: bool = True, calls=1) -> np.ndarray:
+    """Mean service time (ms) of a batch of ``calls`` calls carrying ``tokens`` tokens
+    (experts on the first axis), the simulator's model
+    (:meth:`~smoelib.core.service.ServiceModel.batch_ms`); MPS interference assumes the rest of
+    a full GPU (``1 - share``) is busy when ``interference``."""
     sim = settings.simulator
-    share = np.asarray(gpu_share, float)
-    eff = np.where(share > 0, share, np.maximum(np.asarray(cpu, float), 1e-3))
-    others = np.where(share > 0, 1.0 - share, 0.0) if interference else 0.0
-    slow = eff ** -sim.share_exponent * (1.0 + sim.mps_interference * others)
     tokens = np.asarray(tokens, float)
-    shape = (-1,) + (1,) * max(tokens.ndim - 1, 0)  # experts on the first axis
-    return ex.base_ms.reshape(shape) + tokens * ex.per_token_ms.reshape(shape) * slow
+    nd = max(tokens.ndim, np.ndim(gpu_share), np.ndim(cpu), 1)
+    share = np.broadcast_to(np.asarray(gpu_share, float), np.broadcast_shapes(
+        (len(ex),) + (1,) * (nd - 1), tokens.shape, np.shape(gpu_share), np.shape(cpu)))
+    cpu = np.broadcast_to(np.asarray(cpu, float), share.shape)
+    tokens = np.broadcast_to(tokens, share.shape)
+    calls = np.broadcast_to(np.asarray(calls, float), share.shape)
+    inter = 1.0 + sim.mps_interference * np.where(share > 0, 1.0 - share, 0.0) \
+        if interference else np.ones(share.shape)
+    out = np.empty(share.shape)
+    for i, model in enumerate(ex.models(settings)):
+        out[i] = model.batch_ms(calls[i], tokens[i], cpu=cpu[i], share=share[i],
+                                parallelism=int(ex.parallelism[i]), interference=inter[i])
+    return out
 
 
 def with_overrides(settings: Settings, overrides: Mapping[str, Any]) -> Settings:

@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from smoelib.core.slo import slo_pressure
 from smoelib.policy.base import register
 from smoelib.policy.baselines.common import PASS_THROUGH, Experts, decide_all
 from smoelib.policy.baselines.mmck import apportion_replicas
@@ -57,12 +58,13 @@ class ElasticMoeDecider:
         ready = np.maximum(np.asarray(obs.replicas_ready)[ex.index], 1)
         busy = concurrency_of(obs, ex.index)
         util = float((busy / ready).max(initial=0.0))
-        p95 = float(obs.p95_ms) if math.isfinite(obs.p95_ms) else 0.0
+        ratio = slo_pressure(obs, slo=ex.slo)
+        ratio = ratio if math.isfinite(ratio) else 0.0
         if t - self.last_event >= c.cooldown_s:
             step = 0
-            if util > c.scale_up_utilization or p95 > c.scale_up_p95 * ex.slo_ms:
+            if util > c.scale_up_utilization or ratio > c.scale_up_p95:
                 step = 1
-            elif util < c.scale_down_utilization and p95 < 0.8 * c.scale_up_p95 * ex.slo_ms:
+            elif util < c.scale_down_utilization and ratio < 0.8 * c.scale_up_p95:
                 step = -1
             gpus = min(max(self.gpus + step, self.min_gpus), self.max_gpus)
             if gpus != self.gpus:
@@ -70,5 +72,5 @@ class ElasticMoeDecider:
                 tps = np.asarray(obs.tokens_per_s)[ex.index]
                 self.replicas = self._apportion(tps)
         return decide_all(ex, t, replicas=self.replicas, cpu=min(self.s.actions.cpu),
-                          memory_mb=min(self.s.actions.memory_mb), gpu_share=c.gpu_share,
+                          memory_mb=ex.memory_floor(self.s), gpu_share=c.gpu_share,
                           concurrency=c.concurrency)

@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from smoelib.core.accounting import price_per_hour
+from smoelib.core.slo import slo_pressure
 from smoelib.policy.base import register
 from smoelib.policy.baselines.common import PASS_THROUGH, Experts, decide_all
 from smoelib.policy.baselines.platform import concurrency_of
@@ -74,11 +75,12 @@ class FaasConfDecider:
         lat = np.nan_to_num(np.asarray(obs.latency_p95_ms)[ex.index], nan=0.0) / budget
         state = np.stack([busy / ready, lat], axis=1)
         mixed = (1 - c.neighbour_weight) * state + c.neighbour_weight * self._mean_field(state)
-        p95 = float(obs.p95_ms) if math.isfinite(obs.p95_ms) else 0.0
-        if 0 < p95 <= ex.slo_ms:  # remember configurations that met the SLO
+        ratio = slo_pressure(obs, slo=ex.slo)
+        ratio = ratio if math.isfinite(ratio) else 0.0
+        if 0 < ratio <= 1.0:  # remember configurations that met the SLO
             self.library = (self.library + [(self._price(self.level, self.replicas),
                                              self.level.copy(), self.replicas.copy())])[-_LIBRARY:]
-        pressure = mixed[:, 1] * (1 + 0.25 * (p95 > ex.slo_ms))
+        pressure = mixed[:, 1] * (1 + 0.25 * (ratio > 1.0))
         step = np.where(pressure > 1.0, np.ceil(c.latency_gain * (pressure - 1.0) + 1e-9), 0)
         step = np.where(pressure < 0.5, -1, step)
         level = np.clip(self.level + step.astype(int), 0, self.shares.size - 1)
@@ -97,5 +99,5 @@ class FaasConfDecider:
                                    ex.rmax).astype(np.int64)
         self.level, self.replicas = level, replicas
         return decide_all(ex, t, replicas=replicas, cpu=min(self.s.actions.cpu),
-                          memory_mb=min(self.s.actions.memory_mb),
+                          memory_mb=self.ex.memory_floor(self.s),
                           gpu_share=self.shares[level], concurrency=c.concurrency)

@@ -16,29 +16,43 @@ import numpy as np
 
 from smoelib.core.accounting import price_per_hour
 from smoelib.policy.base import register
-from smoelib.policy.baselines.common import PASS_THROUGH, Experts, Hindsight, decide_all
+from smoelib.policy.baselines.common import (
+    PASS_THROUGH,
+    Experts,
+    Hindsight,
+    decide_all,
+    service_ms,
+)
 
 __all__ = ["FloorDecider", "floor_cost", "cheapest_work"]
 
 
 def cheapest_work(ex: Experts, settings) -> dict[str, np.ndarray]:
-    """Per expert, per candidate configuration (GPU share choices, or cores when CPU-only):
-    ``per_call`` and ``per_token`` cost (currency) of the busy time one call and one token
-    take, with no interference and mean service noise; plus the candidates' ``share``, ``cpu``.
-    """
-    a, sim = settings.actions, settings.simulator
+    """Per expert, per candidate configuration (GPU share x CPU choices, or cores when
+    CPU-only): ``per_call`` and ``per_token`` cost (currency) of the busy time one call and one
+    token take with perfect batching (the FFN's flat, bandwidth-bound part shared by an
+    unbounded batch, so only the handler, serialisation and the FFN's marginal compute per
+    token remain), no interference and mean service noise; plus the candidates' ``share``,
+    ``cpu`` and per expert the ``memory_mb`` floor."""
+    a = settings.actions
     if settings.gpu_sharing.mode == "none":
         share, cpu = np.zeros(len(a.cpu)), np.array(a.cpu, float)
-        eff = cpu
     else:
-        share, cpu = np.array(a.gpu_share, float), np.full(len(a.gpu_share), min(a.cpu))
-        eff = share
-    price_s = price_per_hour(settings, cpu=cpu, memory_mb=min(a.memory_mb),
-                             gpu_share=share) / 3600.0
-    per_s = price_s[None, :] / ex.parallelism[:, None]  # (E, C): a call holds 1/c of a pod
-    return {"per_call": per_s * ex.base_ms[:, None] / 1000.0,
-            "per_token": per_s * ex.per_token_ms[:, None] * eff[None, :]
-            ** -sim.share_exponent / 1000.0, "share": share, "cpu": cpu}
+        grid = [(sh, cp) for sh in a.gpu_share for cp in a.cpu]
+        share, cpu = np.array([g[0] for g in grid]), np.array([g[1] for g in grid])
+    memory = ex.memory_floor(settings)
+    price_s = price_per_hour(settings, cpu=cpu[None, :], memory_mb=memory[:, None],
+                             gpu_share=share[None, :]) / 3600.0  # (E, C)
+    per_s = price_s / ex.parallelism[:, None]  # a call holds 1/c of a pod
+    big = 1 << 16
+    kw = dict(gpu_share=share[None, :], cpu=cpu[None, :], interference=False)
+    one_call = service_ms(ex, settings, tokens=np.zeros((1, 1)), calls=1, **kw) \
+        - service_ms(ex, settings, tokens=np.zeros((1, 1)), calls=0, **kw)
+    per_token = (service_ms(ex, settings, tokens=np.full((1, 1), 2.0 * big), calls=0, **kw)
+                 - service_ms(ex, settings, tokens=np.full((1, 1), float(big)), calls=0, **kw)
+                 ) / big
+    return {"per_call": per_s * one_call / 1000.0, "per_token": per_s * per_token / 1000.0,
+            "share": share, "cpu": cpu, "memory_mb": memory}
 
 
 def floor_cost(ex: Experts, settings, future: Hindsight) -> float:
@@ -83,10 +97,10 @@ class FloorDecider:
         if f is not None and f.calls.shape[0]:
             k = min(k, f.calls.shape[0] - 1)
             per_s = w["per_call"][:, best] * f.calls[k] + w["per_token"][:, best] * f.tokens[k]
-            price_s = price_per_hour(self.s, cpu=w["cpu"][best], memory_mb=min(a.memory_mb),
+            price_s = price_per_hour(self.s, cpu=w["cpu"][best], memory_mb=w["memory_mb"],
                                      gpu_share=w["share"][best]) / 3600.0
             busy = per_s / price_s  # busy pods
         replicas = np.clip(np.ceil(busy - 1e-9), np.maximum(ex.rmin, 1), ex.rmax)
         return decide_all(ex, float(obs.time_s), replicas=replicas, cpu=w["cpu"][best],
-                          memory_mb=min(a.memory_mb), gpu_share=w["share"][best],
+                          memory_mb=w["memory_mb"], gpu_share=w["share"][best],
                           concurrency=max(a.concurrency))

@@ -76,7 +76,7 @@ class _Sized:
         t, sim = float(obs.time_s), self.s.simulator
         if self.last is not None and not on_period(t, sim.hpa_sync_s):
             return dataclasses.replace(self.last, updated_at=t)
-        self._calibrate(t, slo_pressure(obs, slo_ms=self.ex.slo_ms))
+        self._calibrate(t, slo_pressure(obs, slo=self.ex.slo))
         self.last = self._plan(t, lam, tokens, tokens_per_s, segment_ms, delay_s=delay_s)
         return self.last
 
@@ -87,7 +87,7 @@ class _Sized:
         tail = sz.tail_ms(lam, tokens)
         free = sz.plan(lam, tokens, budget, tail=tail)
         kept = sz.plan(lam, tokens, budget, keep=self.current, tail=tail)
-        cost = lambda p: p.replicas * sz.price[p.candidate]  # noqa: E731
+        cost = lambda p: p.replicas * sz.price[np.arange(len(p.replicas)), p.candidate]  # noqa: E731
         due = t - self.changed_at >= cfg.reconfigure_s
         move = ((self.current < 0) | (~kept.feasible & free.feasible)
                 | (due & (cost(free) < (1 - cfg.reconfigure_saving) * cost(kept))))

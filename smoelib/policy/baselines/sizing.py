@@ -23,7 +23,7 @@ import numpy as np
 from smoelib.core.accounting import price_per_hour
 from smoelib.policy.baselines.common import Experts, service_ms
 from smoelib.policy.baselines.mmck import apportion_replicas, mmck_batch, wait_quantile
-from smoelib.sim.serving import StagePlan
+from smoelib.sim.engine import StagePlan
 
 __all__ = ["QueueingSizer", "Plan"]
 
@@ -50,16 +50,17 @@ class QueueingSizer:
         a = settings.actions
         cpu_only = settings.gpu_sharing.mode == "none"
         shares = [0.0] if cpu_only else list(a.gpu_share)
-        cpus = list(a.cpu) if cpu_only else [min(a.cpu)]
+        cpus = list(a.cpu)  # the handler runs on the pod's CPU, GPU experts included
         # equal prices: the larger concurrency first (fewer 429s for the same money)
         grid = [(sh, cp, k) for sh in shares for cp in cpus
                 for k in sorted(a.concurrency, reverse=True)]
         self.share = np.array([g[0] for g in grid])
         self.cpu = np.array([g[1] for g in grid])
         self.conc = np.array([g[2] for g in grid], dtype=np.int64)
-        self.memory_mb = float(min(a.memory_mb))
-        self.price = price_per_hour(settings, cpu=self.cpu, memory_mb=self.memory_mb,
-                                    gpu_share=self.share)
+        self.memory_mb = self.ex.memory_floor(settings)  # per expert: runtime + weights
+        self.price = price_per_hour(settings, cpu=self.cpu[None, :],
+                                    memory_mb=self.memory_mb[:, None],
+                                    gpu_share=self.share[None, :])  # (experts, candidates)
         self.r = np.arange(1, int(self.ex.rmax.max()) + 1)
         sim = settings.simulator
         self.z = NormalDist().inv_cdf(1.0 - cfg.tail)
@@ -130,7 +131,7 @@ class QueueingSizer:
         ok = (t <= budget_ms[:, None, None]) & (block <= self.cfg.max_block)
         ok &= (self.r[None, None, :] >= ex.rmin[:, None, None])
         ok &= (self.r[None, None, :] <= ex.rmax[:, None, None])
-        cost = self.price[None, :, None] * self.r[None, None, :]
+        cost = self.price[:, :, None] * self.r[None, None, :]
         cost = np.where(ok, cost, np.inf)
         if keep is not None:
             cost = np.where((keep[:, None, None] >= 0)
@@ -148,7 +149,7 @@ class QueueingSizer:
         replicas = np.where(feasible, replicas, np.maximum(ex.rmax, 1))
         return self._fit_gpus(Plan(replicas=replicas.astype(np.int64),
                                    gpu_share=self.share[cand], cpu=self.cpu[cand],
-                                   memory_mb=np.full(len(ex), self.memory_mb),
+                                   memory_mb=self.memory_mb.copy(),
                                    concurrency=self.conc[cand], candidate=cand,
                                    feasible=feasible), lam)
 
