@@ -218,7 +218,8 @@ def _clamp(node: str, e: ExpertDecision, dag: PipelineDAG, settings: Settings,
     ranges = {"replicas": (spec.replicas_min, spec.replicas_max),
               "cpu": (min(a.cpu), max(a.cpu)),
               "memory_mb": (min(a.memory_mb), max(a.memory_mb)),
-              "gpu_share": (0.0, 1.0) if settings.gpu_sharing.mode != "none" else (0.0, 0.0),
+              "gpu_share": ((0.0, 0.0) if settings.gpu_sharing.mode == "none"
+                            or dag.accelerator == "cpu" else (0.0, 1.0)),
               "concurrency": (min(a.concurrency), max(a.concurrency))}
     changed = {}
     for knob, (lo, hi) in ranges.items():

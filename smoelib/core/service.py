@@ -59,6 +59,7 @@ class ServiceModel:
     cpu_bw: float  # bytes per ms per core (FP32 weights)
     cpu_peak: float  # FLOPs per ms per core
     s_bw: float
+    has_gpu: bool = True  # False: the pipeline's accelerator is the CPU (share is ignored)
     base_ms: float = 0.0
     per_token_ms: float = 0.0
     curve_tokens: tuple[float, ...] = ()
@@ -70,7 +71,7 @@ class ServiceModel:
         n = np.asarray(tokens, dtype=float)
         share = np.asarray(share, dtype=float)
         cores = np.maximum(np.asarray(cores, dtype=float), 1e-3)
-        gpu = share > 0
+        gpu = (share > 0) & self.has_gpu
         s = np.where(gpu, share, 1.0)
         bw_factor = np.where(gpu, np.minimum(1.0, s / self.s_bw), np.minimum(1.0, cores))
         compute = np.where(gpu, s, cores)
@@ -131,7 +132,8 @@ def service_model(spec: NodeSpec, *, accelerator, cpu_core, s_bw: float, handler
         gpu_peak=accelerator.efficiency * peak_tflops * 1e9,
         gpu_launch_ms=accelerator.launch_us / 1000.0,
         cpu_bw=cpu_core.memory_bw_gb_s * 1e6, cpu_peak=cpu_core.efficiency
-        * cpu_core.fp32_tflops * 1e9, s_bw=s_bw, base_ms=spec.base_ms,
+        * cpu_core.fp32_tflops * 1e9, s_bw=s_bw, has_gpu=accelerator is not cpu_core,
+        base_ms=spec.base_ms,
         per_token_ms=spec.per_token_ms, curve_tokens=tuple(float(t) for t in spec.profile_tokens),
         curve_ms=spec.profile_ms)
 
