@@ -9,8 +9,8 @@ restarts every cold start plus ``oom_restart_s`` (CrashLoopBackOff) without ever
 restart counts as a cold start. ``mps-env`` packs pods first-fit on GPUs while the shares on a
 GPU sum to at most 1 and its MPS clients stay within the limit; ``mps-device-plugin`` gives
 every GPU pod one of ``slots_per_gpu`` slots and a share of ``1 / slots_per_gpu``; ``none``
-runs every pod on CPU. Cores and memory are checked cluster-wide. Pods that do not fit stay Pending and are retried in
-creation order. Pure: time and the RNG are passed in.
+runs every pod on CPU. Cores and memory are checked cluster-wide. Pods that do not fit stay
+Pending and are retried in creation order. Pure: time and the RNG are passed in.
 """
 
 from __future__ import annotations

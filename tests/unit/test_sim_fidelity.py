@@ -9,7 +9,6 @@ import pytest
 from smoelib.policy.baselines.mmck import mmck
 from smoelib.settings import load_settings
 from smoelib.sim.env import SimEnv
-from smoelib.sim.summary import summarise
 from smoelib.topology import build_dag
 
 

@@ -132,7 +132,9 @@ def test_cpu_changes_in_place_roll_nothing():
 def test_429s_are_retried_with_backoff_and_counted(tmp_path):
     dag = build_dag({"name": "q", "slo_ms": 100, "max_seq_tokens": 512,
                      "defaults": {"segment": {"concurrency": 1, "replicas": {"min": 1, "max": 1},
-                                              "gpu_share": 0.0, "handler": {"call_ms": 0, "serialise_ms_per_kb": 0},
+                                              "gpu_share": 0.0,
+                                              "handler": {"call_ms": 0,
+                                                          "serialise_ms_per_kb": 0},
                                               "profile": {"base_ms": 100, "per_token_ms": 0}}},
                      "stages": [{"id": "svc", "kind": "segment"}]})
     csv = tmp_path / "two.csv"
@@ -153,7 +155,9 @@ def test_429s_are_retried_with_backoff_and_counted(tmp_path):
 def test_dropped_after_max_retries(tmp_path):
     dag = build_dag({"name": "q", "slo_ms": 100, "max_seq_tokens": 512,
                      "defaults": {"segment": {"concurrency": 1, "replicas": {"min": 1, "max": 1},
-                                              "gpu_share": 0.0, "handler": {"call_ms": 0, "serialise_ms_per_kb": 0},
+                                              "gpu_share": 0.0,
+                                              "handler": {"call_ms": 0,
+                                                          "serialise_ms_per_kb": 0},
                                               "profile": {"base_ms": 100, "per_token_ms": 0}}},
                      "stages": [{"id": "svc", "kind": "segment"}]})
     csv = tmp_path / "two.csv"
