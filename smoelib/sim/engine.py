@@ -26,7 +26,8 @@ running plus waiting); a call beyond that, or with no ready replica, is answered
 once. Each of its ``parallelism`` workers, when free, takes every call waiting (FIFO; at most
 the node's ``max_batch`` when it sets one) and runs them as one batch, whose time is
 :meth:`~smoelib.core.service.ServiceModel.batch_ms` at the pod's CPU, GPU share and MPS
-interference, times a unit-mean gamma noise of CV ``service_cv``. Calls go to a ready replica chosen uniformly at random (kube-proxy).
+interference, times a unit-mean gamma noise of CV ``service_cv``. Calls go to a ready replica
+chosen uniformly at random (kube-proxy).
 
 **429s under decode**: a refused call is retried after a jittered exponential backoff
 (``retry_backoff_ms`` doubling to ``retry_cap_ms``, x U[0.5, 1]), up to ``max_retries``
