@@ -36,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline", required=True, help="pipeline.yml")
     parser.add_argument("--config", default=None, help="config.yaml (default: built-in)")
     parser.add_argument("--trace", default="conv",
-                        help="conv, conv-train, conv-eval, poisson, bursty, diurnal, spike, "
+                        help="conv, conv-train, conv-eval, a synthetic family (poisson, bursty, "
+                        "diurnal, diurnal-day, weekly, spike, onoff; ':code' or ':agent' picks a "
+                        "token mix), "
                         "or a CSV path in the Azure LLM trace format")
     parser.add_argument("--policy", default="static", help="decider name (default static)")
     parser.add_argument("--guards", default=None, metavar="PROFILE",

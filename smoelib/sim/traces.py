@@ -26,7 +26,11 @@ CONV_FILE = "AzureLLMInferenceTrace_conv.csv"
 _HEADER = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 _TRAIN_S = (0.0, 2400.0)
 _EVAL_S = (2400.0, 3480.0)
-BUILTIN_TRACES = ("conv", "conv-train", "conv-eval", "poisson", "bursty", "diurnal", "spike")
+SYNTHETIC = ("poisson", "bursty", "diurnal", "diurnal-day", "weekly", "spike", "onoff")
+"""Synthetic families (load that moves; docs/simulator.md "Traces"). Each takes a token mix
+after a colon: ``bursty:code``; without one, the mix follows the task classes (below)."""
+MIXES = ("mixed", "conv", "code", "agent")
+BUILTIN_TRACES = ("conv", "conv-train", "conv-eval", *SYNTHETIC)
 
 
 TASKS = ("chat", "code", "agent")
@@ -182,8 +186,13 @@ def load_trace(name: str, *, seed: int, duration_s: float, rate_per_s: float = 5
         base = _conv()
         span = {"conv": (0.0, base.duration_s), "conv-train": _TRAIN_S, "conv-eval": _EVAL_S}
         base = base.window(*span[name]).select(slice(None), name=name)
-    elif name in _SYNTHETIC:
-        base = _SYNTHETIC[name](rng, duration_s / time_scale, rate_per_s)
+    elif name.split(":")[0] in _SYNTHETIC:
+        family, _, mix = name.partition(":")
+        if mix and mix not in MIXES:
+            raise ConfigError([Problem("trace", f"unknown token mix {mix!r} in {name!r}; "
+                                               f"expected one of {', '.join(MIXES)}")])
+        times, day_s = _SYNTHETIC[family](rng, duration_s / time_scale, rate_per_s)
+        base = _requests(rng, name, times, duration_s / time_scale, mix or "mixed", day_s)
     else:
         base = read_trace_csv(name)
     scaled = scale_trace(base, time_scale=time_scale, rate_scale=rate_scale, rng=rng)
@@ -202,12 +211,50 @@ def _fit(trace: Trace, duration_s: float) -> Trace:
 
 
 # ---- synthetic traces ------------------------------------------------------------------
-def _requests(rng: np.random.Generator, name: str, times: np.ndarray, duration: float
-              ) -> Trace:
-    """Requests at ``times`` whose (context, generated) pairs are resampled from conv."""
+CODE_TOKENS = {"context": (1500.0, 0.9), "generated": (13.0, 1.0)}
+"""Coding-assistant requests, lognormal (median, sigma): prompt median 1,500 tokens, output
+median 13 (Splitwise, ISCA 2024, the Azure 2023 code trace: short outputs, tens of tokens)."""
+AGENT_TOKENS = {"context": (10000.0, 0.5), "generated": (150.0, 0.8)}
+"""Agent and retrieval requests: contexts of about 10 k tokens (retrieved documents, tool
+output), outputs of a few hundred (assumptions within the published ranges; research note
+"workload", 4)."""
+
+
+def task_mix(t_s: np.ndarray, day_s: float) -> np.ndarray:
+    """Shares of the task classes (chat, code, agent) at ``t_s`` over a day of ``day_s``: each
+    class peaks at its own hour (chat in the evening, code in working hours, agents between),
+    so the traffic's mix, and with it the hot experts, moves along the day. Shape (n, 3)."""
+    phase = 2 * np.pi * np.asarray(t_s, float)[:, None] / day_s
+    w = 1.0 + 0.8 * np.sin(phase + np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3]))
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def _lognormal(rng: np.random.Generator, spec: tuple[float, float], n: int) -> np.ndarray:
+    median, sigma = spec
+    return np.maximum(np.round(median * np.exp(sigma * rng.standard_normal(n))), 1).astype(
+        np.int64)
+
+
+def _requests(rng: np.random.Generator, name: str, times: np.ndarray, duration: float,
+              mix: str, day_s: float) -> Trace:
+    """Requests at ``times``. ``mix``: ``conv`` resamples (context, generated) pairs from the
+    conv trace, ``code`` and ``agent`` draw from their token statistics, ``mixed`` draws each
+    request's task class from :func:`task_mix` and its tokens from that class's statistics
+    (chat: conv)."""
+    n = times.size
+    if mix == "mixed":
+        shares = task_mix(times, day_s)
+        task = (rng.random(n)[:, None] > np.cumsum(shares, axis=1)).sum(1).astype(np.int8)
+    else:
+        task = np.full(n, {"conv": 0, "code": 1, "agent": 2}[mix], np.int8)
     conv = _conv()
-    rows = rng.integers(0, len(conv), size=times.size)
-    return Trace(name, times, conv.tokens[rows], duration, conv.generated[rows])
+    rows = rng.integers(0, len(conv), size=n)
+    context, generated = conv.tokens[rows].copy(), conv.generated[rows].copy()
+    for cls, spec in ((1, CODE_TOKENS), (2, AGENT_TOKENS)):
+        m = task == cls
+        context[m] = _lognormal(rng, spec["context"], int(m.sum()))
+        generated[m] = _lognormal(rng, spec["generated"], int(m.sum()))
+    return Trace(name, times, context, duration, generated, task)
 
 
 def _piecewise_poisson(rng: np.random.Generator, edges: np.ndarray, rates: np.ndarray
@@ -220,41 +267,88 @@ def _piecewise_poisson(rng: np.random.Generator, edges: np.ndarray, rates: np.nd
     return np.sort(times, kind="stable")
 
 
-def _poisson(rng: np.random.Generator, duration: float, rate: float) -> Trace:
-    times = _piecewise_poisson(rng, np.array([0.0, duration]), np.array([rate]))
-    return _requests(rng, "poisson", times, duration)
+def _profile(rng, duration: float, rate: float, shape) -> np.ndarray:
+    """A Poisson process whose rate is ``rate x shape(t)`` (``shape`` of mean about 1), in 1 s
+    steps."""
+    edges = np.arange(0.0, duration + 1.0, 1.0).clip(max=duration)
+    mids = 0.5 * (edges[1:] + edges[:-1])
+    return _piecewise_poisson(rng, edges, rate * shape(mids))
 
 
-def _bursty(rng: np.random.Generator, duration: float, rate: float) -> Trace:
+_COMPRESSED_DAY_S = 1800.0
+
+
+def _poisson(rng, duration: float, rate: float):
+    return _piecewise_poisson(rng, np.array([0.0, duration]), np.array([rate])), \
+        _COMPRESSED_DAY_S
+
+
+def _bursty(rng, duration: float, rate: float):
     """Markov-modulated Poisson: a calm state (40 s mean sojourn) at 0.3x the mean rate and a
-    burst state (5 s mean) at 6.1x, so the mean stays ``rate`` and the CV is well above 1."""
-    lows, highs, mean_low, mean_high = 0.3 * rate, 6.1 * rate, 40.0, 5.0
+    burst state (5 s mean) at 6.6x, so the mean stays ``rate`` ((40 x 0.3 + 5 x 6.6) / 45 = 1)
+    and the CV is well above 1."""
+    lows, highs, mean_low, mean_high = 0.3 * rate, 6.6 * rate, 40.0, 5.0
     edges, rates, t, burst = [0.0], [], 0.0, False
     while t < duration:
         t += rng.exponential(mean_high if burst else mean_low)
         rates.append(highs if burst else lows)
         edges.append(min(t, duration))
         burst = not burst
-    times = _piecewise_poisson(rng, np.asarray(edges), np.asarray(rates))
-    return _requests(rng, "bursty", times, duration)
+    return _piecewise_poisson(rng, np.asarray(edges), np.asarray(rates)), _COMPRESSED_DAY_S
 
 
-def _diurnal(rng: np.random.Generator, duration: float, rate: float) -> Trace:
-    """A compressed day: rate(t) = rate x (1 + 0.8 sin(2 pi t / 1800 s)), in 1 s steps."""
-    edges = np.arange(0.0, duration + 1.0, 1.0).clip(max=duration)
-    mids = 0.5 * (edges[1:] + edges[:-1])
-    rates = rate * (1.0 + 0.8 * np.sin(2 * np.pi * mids / 1800.0))
-    times = _piecewise_poisson(rng, edges, rates)
-    return _requests(rng, "diurnal", times, duration)
+def _diurnal(rng, duration: float, rate: float):
+    """A compressed day of 30 min: rate x (1 + 0.45 sin(2 pi t / 1800 s)), 2.6x from trough to
+    peak (real traffic: 2-3x within a day)."""
+    day = _COMPRESSED_DAY_S
+    return _profile(rng, duration, rate, lambda t: 1.0 + 0.45 * np.sin(2 * np.pi * t / day)), day
 
 
-def _spike(rng: np.random.Generator, duration: float, rate: float) -> Trace:
+def _diurnal_day(rng, duration: float, rate: float):
+    """A real-time day (86,400 s period), starting at a seeded hour: the same 2.6x swing over
+    24 h, so a short episode sees a slow trend."""
+    day, start = 86400.0, float(rng.random()) * 86400.0
+    return _profile(rng, duration, rate, lambda t: 1.0 + 0.45 * np.sin(
+        2 * np.pi * (t + start) / day)), day
+
+
+def _weekly(rng, duration: float, rate: float):
+    """A compressed week of seven 30-min days: the diurnal swing on weekdays, weekend days at
+    0.4x (DynamoLLM's Azure 2024 conv week: 2-3x within a day, about 5x over the week)."""
+    day = _COMPRESSED_DAY_S
+
+    def shape(t):
+        weekend = (t // day) % 7 >= 5
+        return (1.0 + 0.45 * np.sin(2 * np.pi * t / day)) * np.where(weekend, 0.4, 1.24)
+
+    return _profile(rng, duration, rate, shape), day
+
+
+def _spike(rng, duration: float, rate: float):
     """Steady ``rate`` with one 5x spike lasting 60 s, starting at a seeded time in the middle
     half of the trace."""
     start = duration * (0.25 + 0.5 * rng.random())
     edges = np.array([0.0, start, min(start + 60.0, duration), duration])
-    times = _piecewise_poisson(rng, edges, np.array([rate, 5 * rate, rate]))
-    return _requests(rng, "spike", times, duration)
+    return _piecewise_poisson(rng, edges, np.array([rate, 5 * rate, rate])), _COMPRESSED_DAY_S
 
 
-_SYNTHETIC = {"poisson": _poisson, "bursty": _bursty, "diurnal": _diurnal, "spike": _spike}
+def _onoff(rng, duration: float, rate: float):
+    """Heavy-tailed on-off traffic, as coding assistants send: idle gaps of minutes (Pareto,
+    shape 1.5, at least 30 s) and bursts of 2-20 s (lognormal) at the rate that keeps the mean
+    ``rate``; the inter-arrival CV is 10 or more."""
+    edges, rates, t = [0.0], [], 0.0
+    on_mean, off_mean = 6.0, 90.0
+    burst_rate = rate * (on_mean + off_mean) / on_mean
+    while t < duration:
+        off = 30.0 * (1.0 + rng.pareto(1.5))
+        on = float(np.clip(rng.lognormal(np.log(5.0), 0.6), 2.0, 20.0))
+        t_on = min(t + off, duration)
+        edges += [t_on, min(t_on + on, duration)]
+        rates += [0.0, burst_rate * rng.lognormal(0.0, 0.5)]
+        t = t_on + on
+    return _piecewise_poisson(rng, np.asarray(edges), np.asarray(rates)), _COMPRESSED_DAY_S
+
+
+_SYNTHETIC = {"poisson": _poisson, "bursty": _bursty, "diurnal": _diurnal,
+              "diurnal-day": _diurnal_day, "weekly": _weekly, "spike": _spike,
+              "onoff": _onoff}

@@ -134,3 +134,32 @@ def test_a_replayed_trace_keeps_its_rate_and_token_statistics():
     double = load_trace("conv", seed=0, duration_s=3480.0, rate_scale=2.0)
     assert len(double) == pytest.approx(2 * len(conv), rel=0.02)
     assert double.generated.mean() == pytest.approx(conv.generated.mean(), rel=0.02)
+
+
+@pytest.mark.parametrize("family", ["poisson", "bursty", "diurnal", "weekly", "spike", "onoff"])
+def test_synthetic_families_keep_their_mean_rate_and_move_the_task_mix(family):
+    from smoelib.sim.traces import task_mix
+
+    # weekly: a whole compressed week; the others an hour
+    duration = 7 * 1800.0 if family == "weekly" else 3600.0
+    t = load_trace(family, seed=3, duration_s=duration, rate_per_s=5.0)
+    assert len(t) / duration == pytest.approx(5.0, rel=0.35 if family == "onoff" else 0.12)
+    assert t.generated is not None and t.task is not None
+    if family == "onoff":
+        assert t.rate_cv() >= 10  # idle minutes, then bursts far above the mean
+    shares = task_mix(np.array([0.0, 600.0, 1200.0]), 1800.0)
+    assert set(shares.argmax(axis=1)) == {0, 1, 2}  # a different class leads each third
+    hours = np.bincount(t.task[t.times_s < 600], minlength=3) / max((t.times_s < 600).sum(), 1)
+    later = t.task[(t.times_s >= 600) & (t.times_s < 1200)]
+    assert not np.allclose(hours, np.bincount(later, minlength=3) / max(later.size, 1),
+                           atol=0.05)
+
+
+def test_token_mixes_follow_their_published_medians():
+    code = load_trace("poisson:code", seed=1, duration_s=1200.0, rate_per_s=5.0)
+    agent = load_trace("poisson:agent", seed=1, duration_s=1200.0, rate_per_s=5.0)
+    assert np.median(code.generated) == pytest.approx(13, rel=0.15)  # tens of tokens
+    assert np.median(code.tokens) == pytest.approx(1500, rel=0.1)
+    assert np.median(agent.tokens) == pytest.approx(10000, rel=0.1)  # long contexts
+    with pytest.raises(ConfigError, match="unknown token mix 'essay'"):
+        load_trace("poisson:essay", seed=1, duration_s=10.0)
