@@ -12,7 +12,7 @@ from smoelib.control.controller import SMoEController
 from smoelib.control.report import layer_table
 from smoelib.core.guards import get_profile
 from smoelib.harness.embedded import EmbeddedCluster, KedaPoller, SimClock
-from smoelib.pipeline.topology import PipelineDAG, build_dag
+from smoelib.pipeline.topology import PipelineDAG, build_dag, slo_text
 from smoelib.policy.base import default_guards, get_decider
 from smoelib.scaler.server import create_server
 from smoelib.scaler.store import DecisionStore
@@ -56,8 +56,8 @@ class DemoRun:
 
     def banner(self) -> str:
         source = f"Prometheus at {self.prometheus}" if self.prometheus else "the simulator"
-        return (f"smoe demo: {self.dag.name} ({len(self.dag.experts)} experts, SLO "
-                f"{self.dag.slo_ms:g} ms), trace {self.trace}, {self.duration_s:.0f} s, seed "
+        return (f"smoe demo: {self.dag.name} ({self.dag.kind}, {len(self.dag.experts)} experts, "
+                f"{slo_text(self.dag.slo)}), trace {self.trace}, {self.duration_s:.0f} s, seed "
                 f"{self.seed}; policy {self.policy} reading {source}; replicas reach the "
                 "cluster through the KEDA external scaler over gRPC")
 

@@ -9,7 +9,8 @@ scale-down hold under SLO pressure, the busy-expert floor, slow-knob hysteresis 
 budget), the external systems under ``physical`` (bounds and GPU capacity: what any cluster
 imposes), unless the run names a profile; each row records the profile. Hooks a decider may have
 (docs/baselines.md): ``simulator_overrides`` (settings its model needs), ``see_future`` (the
-true offered load, for ``oracle``, ``static-peak`` and ``floor``), ``episode_cost`` (``floor``).
+true offered load, for ``oracle``, ``static-peak``, ``static-best``, ``static-mean`` and
+``floor``), ``episode_cost`` (``floor``).
 Results: ``results.json`` (DESIGN.md "Results of smoe evaluate") and the markdown table with
 the acceptance checks (:func:`table_markdown`); the CLI draws the plots.
 """

@@ -21,7 +21,7 @@ from smoelib.pipeline.builder import assemble
 from smoelib.pipeline.model import SLO, NodeSpec
 from smoelib.pipeline.yamlsrc import YamlProblem, load
 
-__all__ = ["NodeSpec", "SLO", "PipelineDAG", "build_dag"]
+__all__ = ["NodeSpec", "SLO", "PipelineDAG", "build_dag", "slo_text"]
 
 class PipelineDAG:
     """A pipeline's DAG over :class:`networkx.DiGraph` with typed node specs.
@@ -177,7 +177,7 @@ class PipelineDAG:
         g = self.graph
         lines = [
             f"pipeline {self.name} ({self.kind}, namespace {self.namespace}, "
-            f"{_slo_text(self.slo)}, max {self.max_seq_tokens} tokens per request, "
+            f"{slo_text(self.slo)}, max {self.max_seq_tokens} tokens per request, "
             f"accelerator {self.accelerator})",
             f"  stages: {len(self.stages)} ({len(self.moe_stages)} MoE, "
             f"{len(self.stages) - len(self.moe_stages)} segments)",
@@ -242,7 +242,8 @@ class PipelineDAG:
         return {st: self._part(st) for st in self.stages}
 
 
-def _slo_text(slo: SLO) -> str:
+def slo_text(slo: SLO) -> str:
+    """``SLO TTFT 100 ms, TPOT 50 ms at 99%``."""
     tpot = f", TPOT {slo.tpot_ms:g} ms" if slo.tpot_ms is not None else ""
     return f"SLO TTFT {slo.ttft_ms:g} ms{tpot} at {slo.attainment:.0%}"
 

@@ -185,6 +185,11 @@ class Simulator:
         "sample of one service at ~5.5 requests/s, where one replica of every expert at the "
         "smallest configuration is busy ~1% of the time; examples/loaded.yaml replays it 10x",
         unit="factor", check=positive)
+    warm_start: bool = setting(
+        True, "start every episode from the policy's first decision as a steady state (its "
+        "pods ready at its configuration, no rollout from the pipeline defaults), so that "
+        "short episodes measure the policy rather than one reconfiguration the rollout budget "
+        "rations")
     drain_s: float = setting(30.0, "after the last arrival, serve this long to finish requests",
                              unit="s", check=non_negative)
 

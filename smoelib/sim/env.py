@@ -100,7 +100,7 @@ class SimEnv:
     # ---- episode -------------------------------------------------------------------------
     def reset(self, seed: int) -> Observation:
         """Start an episode; one seed gives one trajectory."""
-        s, sim = self.s, self.s.simulator
+        sim = self.s.simulator
         self.seed = int(seed)
         routing_seq, cluster_seq, dispatch_seq = np.random.SeedSequence(self.seed).spawn(3)
         self.trace = load_trace(self.trace_name, seed=self.seed, duration_s=self.duration_s,
@@ -120,8 +120,7 @@ class SimEnv:
                                  class_divergence=sim.routing_class_divergence),
             seed=routing_seq)
         specs = self.specs
-        self.cluster = Cluster(self.n, np.array([x.weights_mb for x in specs]), settings=s,
-                               rng=np.random.default_rng(cluster_seq), floor_mb=self.floor_mb)
+        self._cluster_seq = cluster_seq
         params = {"parallelism": np.array([max(1, x.parallelism) for x in specs]),
                   "rpc_overhead_ms": sim.rpc_overhead_ms, "service_cv": sim.service_cv,
                   "retry_backoff_ms": sim.retry_backoff_ms, "retry_cap_ms": sim.retry_cap_ms,
@@ -131,27 +130,50 @@ class SimEnv:
                              params=params, rng=np.random.default_rng(dispatch_seq))
         self.tel = Telemetry(self.n, self.dt)
         self.defaults = tg.defaults(self.dag)
-        self.targets = self.defaults
-        self.template = np.stack([self.defaults.cpu, self.defaults.memory_mb,
-                                  self.defaults.gpu_share,
-                                  self.defaults.concurrency.astype(float)], axis=1)
+        self._start(self.defaults)
+        self.tick = 0
+        self.cost = 0.0
+        self.rollouts = 0
+        self.series: list[dict[str, float]] = []
+        self.observation = self._observe(0.0)
+        return self.observation
+
+    def _start(self, targets: tg.Targets) -> None:
+        """A warm cluster at t = 0: every node's pods ready at ``targets``."""
+        specs = self.specs
+        self.cluster = Cluster(self.n, np.array([x.weights_mb for x in specs]), settings=self.s,
+                               rng=np.random.default_rng(self._cluster_seq),
+                               floor_mb=self.floor_mb)
+        self.targets = targets
+        self.template = np.stack([targets.cpu, targets.memory_mb, targets.gpu_share,
+                                  targets.concurrency.astype(float)], axis=1)
         mins = np.array([x.replicas_min for x in specs])
         maxs = np.array([x.replicas_max for x in specs])
-        init = self.defaults.replicas
+        init = np.where(self.is_expert | self.is_segment, targets.replicas, 0)
         self.hpa_e = Autoscaler(mins, maxs, behaviour=self.expert_behaviour, initial=init)
         self.hpa_s = Autoscaler(mins, maxs, behaviour=self.segment_behaviour, initial=init)
         for node in np.flatnonzero(init > 0):
             pids = self.cluster.create(int(node), 0.0, int(init[node]),
                                        **self._tpl(int(node)))
-            for pid in pids:  # a warm cluster at t = 0
+            for pid in pids:
                 self.cluster.cols["ready"][pid] = self.cluster.cols["start"][pid]
         self.cluster.cold_starts = 0
+        self.cluster.oom_kills = 0
         self.rolling: set[int] = set()
         self.size = self.template[:, :2].copy()
-        self.tick = 0
-        self.cost = 0.0
-        self.rollouts = 0
-        self.series: list[dict[str, float]] = []
+
+    def warm_start(self, decision: Any) -> Observation:
+        """Before the first step: start the episode from ``decision`` as a steady state (its
+        pods ready at its configuration), as a cluster that has run the policy for a while
+        would be; short episodes then measure the policy, not the rollout from the pipeline
+        defaults. Returns the new first observation.
+
+        Raises:
+            RuntimeError: the episode has already stepped.
+        """
+        if self.tick != 0:
+            raise RuntimeError("warm_start is for the start of an episode (tick 0)")
+        self._start(tg.from_decision(decision, self.dag, self.s, self.defaults))
         self.observation = self._observe(0.0)
         return self.observation
 

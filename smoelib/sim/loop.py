@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from smoelib.core.decisions import PipelineDecision
-from smoelib.core.guards import GuardProfile, get_profile
+from smoelib.core.guards import GuardProfile, get_profile, guard
 from smoelib.core.observation import Observation
 from smoelib.core.ports import Decider, Feedback
 from smoelib.core.tick import TickResult, TickState, tick
@@ -51,10 +51,20 @@ class SimLoop:
         self.actuator = SimActuator(self.env, self.settings)
         self.state = TickState()
         self.decisions = []
+        self._warm = False
         return self.observation
 
     def step(self, decider: Decider) -> LoopStep:
-        """Decide on the latest observation, apply, simulate one control tick."""
+        """Decide on the latest observation, apply, simulate one control tick. At the first
+        step with ``simulator.warm_start``, the decider's first decision (bounded by the
+        physical guards) becomes the episode's starting state (:meth:`SimEnv.warm_start`)."""
+        if self.env.tick == 0 and not self._warm and self.settings.simulator.warm_start:
+            self._warm = True
+            proposal = decider.decide(self.observation)
+            start = guard(proposal, dag=self.env.dag, settings=self.settings,
+                          profile="physical").decision
+            self.observation = self.env.warm_start(start)
+            self.state = TickState(last=start)
         now = float(self.observation.time_s)
         result = tick(self.observation, decider, self.state, dag=self.env.dag,
                       settings=self.settings, profile=self.profile, now=now)

@@ -18,7 +18,7 @@ def test_demo_runs_to_its_comparison():
     proc = smoe("demo", "--duration", "120", "--policy", "queueing", "--baseline", "static")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert out.startswith("smoe demo: bert-moe (72 experts, SLO 80 ms)")
+    assert out.startswith("smoe demo: bert-moe (encoder, 72 experts, SLO TTFT 100 ms at 99%)")
     assert "replicas reach the cluster through the KEDA external scaler over gRPC" in out
     assert "cost of queueing is" in out and "x static" in out
     assert "Traceback" not in proc.stderr

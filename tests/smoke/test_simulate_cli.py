@@ -27,16 +27,19 @@ def test_simulate_bad_trace_exits_2(tmp_path, capsys):
     assert "row 1" in capsys.readouterr().err
 
 
-def test_the_bundled_policy_replaces_no_more_pods_than_the_rollout_budget(capsys):
+def test_the_bundled_policy_replaces_no_more_pods_than_the_rollout_budget(capsys, tmp_path):
     """smoe under its production profile on a bursty trace: the slow-knob rollouts it may start
     are rationed to guards.rollout_budget_per_min pods per minute (4 x 10 min here); under the
     physical profile the same policy rolls every expert it reconfigures at once."""
     import re
 
+    cold = tmp_path / "cold.yaml"  # from the pipeline defaults: the reconfiguration to ration
+    cold.write_text("simulator: {warm_start: false}\n")
+
     def pods(*extra):
         code = main(["simulate", "--pipeline", "examples/pipelines/bert-moe.yml", "--trace",
                      "bursty", "--policy", "smoe", "--duration", "600", "--seed", "3",
-                     "--no-progress", *extra])
+                     "--rate-scale", "1", "--config", str(cold), "--no-progress", *extra])
         out = capsys.readouterr().out
         assert code == 0
         return out, int(re.search(r"pods replaced (\d+)", out).group(1))

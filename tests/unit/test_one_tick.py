@@ -24,6 +24,7 @@ from smoelib.harness.embedded import EmbeddedCluster, KedaPoller, SimClock
 from smoelib.harness.evaluate import RunSpec, run_episode
 from smoelib.policy.agent import SMoEAgent
 from smoelib.policy.base import register
+from smoelib.policy.baselines.common import with_overrides
 from smoelib.policy.config import PolicyConfig
 from smoelib.policy.rollout import collect
 from smoelib.scaler.server import create_server
@@ -37,7 +38,8 @@ from smoelib.vertical.factory import vertical_loop
 PIPELINE = "examples/pipelines/bert-moe.yml"
 TRACE, SEED, DURATION = "bursty", 11, 120.0
 DAG = build_dag(PIPELINE)
-SETTINGS = Settings()
+SETTINGS = with_overrides(Settings(), {"simulator.warm_start": False})
+"""The controller starts from whatever the cluster runs: every driver starts from the defaults."""
 
 
 @register("test-scripted")
@@ -77,7 +79,8 @@ def _ticks() -> int:
 
 
 def evaluation_driver():
-    ep = run_episode(RunSpec(PIPELINE, TRACE, "test-scripted", SEED, DURATION))
+    ep = run_episode(RunSpec(PIPELINE, TRACE, "test-scripted", SEED, DURATION,
+                             overrides=(("simulator.warm_start", False),)))
     assert ep.profile == "production"
     return _experts(ep.loop.decisions), ep.loop.env
 

@@ -1,5 +1,7 @@
-"""``queueing`` (EWMA forecasts), ``oracle`` (the true future load) and ``static-peak`` (the
-episode's peak load, default vertical configuration), all sized by
+"""``queueing`` (EWMA forecasts), ``oracle`` (the true future load), ``static-peak`` (the
+episode's peak load, default vertical configuration), ``static-best`` (one configuration per
+expert for the whole episode, the cheapest the model finds feasible at the episode's peak, with
+hindsight) and ``static-mean`` (the same, sized for the mean load), all sized by
 :class:`~smoelib.policy.baselines.sizing.QueueingSizer`. docs/baselines.md says what each models.
 """
 
@@ -15,7 +17,8 @@ from smoelib.policy.base import register
 from smoelib.policy.baselines.common import PASS_THROUGH, Hindsight, decide_all, on_period
 from smoelib.policy.baselines.sizing import QueueingSizer
 
-__all__ = ["QueueingDecider", "OracleDecider", "StaticPeakDecider"]
+__all__ = ["QueueingDecider", "OracleDecider", "StaticPeakDecider", "StaticBestDecider",
+           "StaticMeanDecider"]
 
 
 class _Sized:
@@ -190,3 +193,47 @@ class StaticPeakDecider(_Hindsighted):
         return decide_all(ex, float(obs.time_s), replicas=self.replicas, cpu=ex.default["cpu"],
                           memory_mb=ex.default["memory_mb"], gpu_share=ex.default["gpu_share"],
                           concurrency=ex.default["concurrency"])
+
+
+class _StaticSized(_Hindsighted):
+    """One configuration per expert for the whole episode, the cheapest the sizer finds
+    feasible for a load statistic (``statistic`` over ticks) of the true, smoothed call rate."""
+
+    statistic = staticmethod(np.max)
+
+    def _load(self, x: np.ndarray) -> np.ndarray:
+        return self.statistic(x, axis=0)
+
+    def see_future(self, future: Hindsight) -> None:
+        super().see_future(future)
+        sz = self.sizer
+        lam = self._load(self.calls)
+        tokens = self._load(self.tokens) / np.maximum(lam, 1e-9)
+        budget = sz.budgets(tokens_per_s=self._load(self.tokens),
+                            segment_ms=np.zeros(sz.path_segments.size))
+        self.plan = sz.plan(lam, np.maximum(tokens, 1.0), budget)
+        self.plan.replicas = np.maximum(self.plan.replicas, np.maximum(self.ex.rmin, 1))
+
+    def decide(self, obs):
+        p = self.plan
+        return decide_all(self.ex, float(obs.time_s), replicas=p.replicas, cpu=p.cpu,
+                          memory_mb=p.memory_mb, gpu_share=p.gpu_share,
+                          concurrency=p.concurrency)
+
+
+@register("static-best")
+class StaticBestDecider(_StaticSized):
+    """Provisioned once, with hindsight, for the episode's peak (smoothed over the rate window)
+    at the cheapest vertical configuration the sizer finds feasible there: the best a fixed
+    per-expert configuration can do without missing the SLO at the peak (by the model; the
+    measured attainment is in every report)."""
+
+    statistic = staticmethod(np.max)
+
+
+@register("static-mean")
+class StaticMeanDecider(_StaticSized):
+    """Provisioned once for the episode's mean load at the cheapest feasible configuration:
+    what a configuration tuned for the mean costs, and what it misses at the peak."""
+
+    statistic = staticmethod(np.mean)
