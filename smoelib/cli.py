@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("smoelib.commands.tune", "tune a baseline's settings on the training traces"),
     "train": ("smoelib.commands.train", "train the sMoE policy with PPO on the simulator"),
     "demo": ("smoelib.commands.demo", "run everything on the embedded simulated cluster"),
+    "profile": ("smoelib.commands.profile", "time an expert on this machine and write the "
+                "profile block a pipeline uses"),
 }
 
 def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
