@@ -40,7 +40,8 @@ __all__ = ["RunSpec", "run_one", "run_all", "hindsight", "segment_cost", "RUN_KE
 
 RUN_KEYS = ("pipeline", "trace", "policy", "guards", "seed", "duration_s", "requests", "dropped",
             "cost", "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p95_ms",
-            "tpot_p99_ms", "ttft_slo_ms", "tpot_slo_ms", "slo_attainment", "goodput",
+            "tpot_p99_ms", "ttft_slo_ms", "tpot_slo_ms", "attainment_target", "slo_attainment",
+            "worst_window_attainment", "goodput",
             "slo_ratio", "window_violation_rate", "decide_ms_p50", "rejected", "rollouts",
             "pods_replaced", "cold_starts", "calls")
 
@@ -184,12 +185,14 @@ def run_one(spec: RunSpec, *, thread_cap: int | None = None) -> dict[str, Any]:
     cost = s.cost
     if hasattr(decider, "episode_cost"):
         cost = decider.episode_cost(segment_cost=segment_cost(env))
-    row = {**s.as_dict(), "pipeline": dag.name, "trace": spec.trace, "policy": spec.policy,
+    win = window_series(env)
+    att = win["attainment"][win["requests"] > 0]
+    row = {**s.as_dict(), "worst_window_attainment": float(att.min()) if att.size else 1.0,
+           "pipeline": dag.name, "trace": spec.trace, "policy": spec.policy,
            "seed": spec.seed, "duration_s": spec.duration_s, "cost": cost,
            "decide_ms_p50": float(np.median(decide_ms)) if decide_ms else 0.0,
            "guards": ep.profile}
     row = {k: row[k] for k in RUN_KEYS}
-    win = window_series(env)
     series = {"t_s": win["t_s"].tolist(), "ttft_p95_ms": win["ttft_p95_ms"].tolist(),
               "tpot_p95_ms": win["tpot_p95_ms"].tolist(),
               "attainment": win["attainment"].tolist(),
@@ -291,13 +294,18 @@ def table_markdown(results: list[dict[str, Any]], *, reference: str = "hpa") -> 
 
 def checks(results: list[dict[str, Any]]) -> list[str]:
     """Per scenario (mean over seeds): ``floor`` below every policy, ``oracle`` at most
-    ``queueing``, ``queueing`` cheaper than ``hpa`` with no more window violations and drops,
-    and ``smoe`` cheaper than both with no more of either. Each line says PASS or FAIL with the
-    numbers; checks whose policies did not run are skipped."""
+    ``queueing``, ``static-best`` at least 1.3x ``oracle`` on conv-eval and 1.5x on the diurnal
+    and bursty families, ``static-mean`` below the attainment target in its worst 60 s window
+    (the peak), ``queueing`` cheaper than ``hpa`` with no more window violations and drops,
+    ``smoe`` cheaper than both with no more of either; then the room an ideal policy has,
+    ``1 - oracle / queueing`` and ``1 - oracle / static-best``. Each line says PASS, FAIL or
+    ROOM with the numbers; checks whose policies did not run are skipped."""
     out = []
+    keys = ("cost", "window_violation_rate", "dropped", "worst_window_attainment",
+            "attainment_target")
     for (pipe, trace), rs in _scenarios([r["run"] for r in results]).items():
-        mean = {p: {k: float(np.mean([r[k] for r in rs if r["policy"] == p]))
-                    for k in ("cost", "window_violation_rate", "dropped")}
+        mean = {p: {k: float(np.mean([r.get(k, np.nan) for r in rs if r["policy"] == p]))
+                    for k in keys}
                 for p in dict.fromkeys(r["policy"] for r in rs)}
         tag = f"{pipe}/{trace}"
         if "floor" in mean and len(mean) > 1:
@@ -309,9 +317,26 @@ def checks(results: list[dict[str, Any]]) -> list[str]:
             o, q = mean["oracle"]["cost"], mean["queueing"]["cost"]
             out.append(f"{'PASS' if o <= q * (1 + 1e-9) else 'FAIL'} {tag}: oracle {o:.3f} "
                        f"<= queueing {q:.3f}")
+        if "oracle" in mean and "static-best" in mean:
+            need = 1.3 if trace.startswith("conv") else 1.5 if trace.split(":")[0] in (
+                "diurnal", "diurnal-day", "weekly", "bursty") else None
+            o, b = mean["oracle"]["cost"], mean["static-best"]["cost"]
+            if need is not None:
+                out.append(f"{'PASS' if b >= need * o else 'FAIL'} {tag}: static-best {b:.3f} "
+                           f">= {need} x oracle {o:.3f} ({b / o:.2f}x)")
+        if "static-mean" in mean:
+            m = mean["static-mean"]
+            ok = m["worst_window_attainment"] < m["attainment_target"]
+            out.append(f"{'PASS' if ok else 'FAIL'} {tag}: static-mean's worst 60 s window "
+                       f"attainment {m['worst_window_attainment']:.4f} < target "
+                       f"{m['attainment_target']:g}")
         for name, rival in (("queueing", "hpa"), ("smoe", "queueing"), ("smoe", "hpa")):
             if name in mean and rival in mean:
                 out.append(_beats(tag, name, mean[name], rival, mean[rival]))
+        for rival in ("queueing", "static-best"):
+            if "oracle" in mean and rival in mean:
+                room = 1.0 - mean["oracle"]["cost"] / mean[rival]["cost"]
+                out.append(f"ROOM {tag}: 1 - oracle / {rival} = {room:.3f}")
     return out
 
 

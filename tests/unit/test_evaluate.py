@@ -61,8 +61,10 @@ def test_overrides_are_dotted_paths():
 
 
 def test_table_and_checks_say_pass_or_fail():
-    def run(policy, cost, viol=0.0):
-        return {"run": {"pipeline": "p", "trace": "t", "policy": policy, "seed": 1, "cost": cost,
+    def run(policy, cost, viol=0.0, worst=0.995):
+        return {"run": {"pipeline": "p", "trace": "conv-eval", "policy": policy, "seed": 1,
+                        "cost": cost, "worst_window_attainment": worst,
+                        "attainment_target": 0.99,
                         "ttft_p95_ms": 10.0, "ttft_slo_ms": 20.0, "tpot_p95_ms": 4.0,
                         "tpot_slo_ms": 8.0, "slo_attainment": 0.995, "dropped": 0,
                         "rejected": 0, "window_violation_rate": viol, "decide_ms_p50": 0.1,
@@ -75,8 +77,14 @@ def test_table_and_checks_say_pass_or_fail():
     text = table_markdown(results)
     assert "| queueing | physical | 0.750 |" in text and "Acceptance checks" in text
     # the learned policy against both: cheaper than hpa, but a tie with queueing is no win
+    assert lines[3] == "ROOM p/conv-eval: 1 - oracle / queueing = -0.067"
     lines = checks(results + [run("smoe", 1.5)])
-    assert [x[:4] for x in lines[3:]] == ["FAIL", "PASS"]
+    assert [x[:4] for x in lines[3:6]] == ["FAIL", "PASS", "ROOM"]
     assert "smoe cost 1.500 vs queueing 1.500" in lines[3] and "vs hpa 2.000" in lines[4]
     lines = checks(results + [run("smoe", 1.0, viol=0.1)])  # cheaper, but violates more
-    assert [x[:4] for x in lines[3:]] == ["FAIL", "FAIL"]
+    assert [x[:4] for x in lines[3:5]] == ["FAIL", "FAIL"]
+    # the yardstick: static-best at least 1.3x oracle on conv; static-mean misses at the peak
+    lines = checks(results + [run("static-best", 2.2), run("static-mean", 1.2, worst=0.9)])
+    assert any(x.startswith("PASS p/conv-eval: static-best 2.200 >= 1.3 x oracle") for x in lines)
+    assert any(x.startswith("PASS p/conv-eval: static-mean's worst") for x in lines)
+    assert "ROOM p/conv-eval: 1 - oracle / static-best = 0.273" in lines
