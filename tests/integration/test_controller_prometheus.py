@@ -58,6 +58,9 @@ def test_prometheus_source_reads_every_series(live):
     assert (obs.replicas_ready[experts] >= 1).all()
     assert obs.request_rate > 0
     assert math.isfinite(obs.p95_ms) and 0 < obs.p95_ms < 1000
+    # the per-pass view: TTFT (an encoder has no TPOT series), attainment, drops
+    assert math.isfinite(obs.ttft_p95_ms) and 0 < obs.ttft_p95_ms < 1000
+    assert 0.0 <= obs.slo_attainment <= 1.0 and obs.dropped_per_s == 0.0
     assert obs.cpu[experts].tolist() == [dag.spec(n).cpu for n in dag.experts]
 
 

@@ -40,3 +40,19 @@ def test_pipeline_series():
     assert 'smoe_pipeline_requests_total{pipeline="bert-moe"} 2.0' in text
     assert registry.get_sample_value("smoe_pipeline_latency_seconds_count",
                                      {"pipeline": "bert-moe"}) == 2
+
+
+def test_pipeline_series_per_pass_and_drops():
+    registry = CollectorRegistry()
+    one = {"pipeline": "gpt2-moe"}
+    pipeline = PipelineMetrics("gpt2-moe", slo_ttft_s=0.1, slo_tpot_s=0.05, registry=registry)
+    pipeline.request(2.0, ttft_s=0.05, tpot_s=0.02)   # within both
+    pipeline.request(2.0, ttft_s=0.05, tpot_s=0.08)   # TPOT over
+    pipeline.request(2.0, ttft_s=0.2, tpot_s=0.02)    # TTFT over
+    pipeline.dropped()
+    value = registry.get_sample_value
+    assert value("smoe_pipeline_requests_total", one) == 4
+    assert value("smoe_pipeline_slo_met_total", one) == 1
+    assert value("smoe_pipeline_dropped_total", one) == 1
+    assert value("smoe_pipeline_ttft_seconds_count", one) == 3
+    assert value("smoe_pipeline_tpot_seconds_bucket", {**one, "le": "0.03"}) == 2
