@@ -104,6 +104,16 @@ def _parse(rows: list[list[str]], *, name: str, label: str) -> Trace:
     if not body:
         raise fail(None, "trace has a header but no requests")
     has_gen = len(header) > 2 and header[2] == _HEADER[2]
+
+    def count(line: int, row: list[str], col: int) -> int:
+        try:
+            n = int(row[col])
+        except ValueError:
+            raise fail(line, f"{_HEADER[col]} must be an integer, got {row[col]!r}") from None
+        if n < 0:
+            raise fail(line, f"{_HEADER[col]} must be >= 0, got {n}")
+        return n
+
     stamps, tokens, generated = [], [], []
     for i, row in enumerate(body, start=2):
         if len(row) < 2:
@@ -114,23 +124,11 @@ def _parse(rows: list[list[str]], *, name: str, label: str) -> Trace:
         except ValueError:
             raise fail(i, f"bad TIMESTAMP {text!r} (expected YYYY-MM-DD HH:MM:SS.ffffff)"
                        ) from None
-        try:
-            tok = int(row[1])
-        except ValueError:
-            raise fail(i, f"ContextTokens must be an integer, got {row[1]!r}") from None
-        if tok < 0:
-            raise fail(i, f"ContextTokens must be >= 0, got {tok}")
-        tokens.append(tok)
+        tokens.append(count(i, row, 1))
         if has_gen:
             if len(row) < 3:
                 raise fail(i, f"expected 3 columns (GeneratedTokens), got {len(row)}")
-            try:
-                gen = int(row[2])
-            except ValueError:
-                raise fail(i, f"GeneratedTokens must be an integer, got {row[2]!r}") from None
-            if gen < 0:
-                raise fail(i, f"GeneratedTokens must be >= 0, got {gen}")
-            generated.append(gen)
+            generated.append(count(i, row, 2))
     t = np.array(stamps, dtype="datetime64[us]")
     if np.isnat(t).any():
         raise fail(int(np.flatnonzero(np.isnat(t))[0]) + 2, "bad TIMESTAMP (NaT)")
