@@ -17,7 +17,8 @@ from pathlib import Path
 
 from smoelib.errors import ConfigError, Problem
 
-DEFAULT_PIPELINE = "examples/pipelines/bert-moe.yml"
+DEFAULT_PIPELINE = "examples/pipelines/gpt2-moe.yml"
+"""A decoder: the demo shows TTFT, TPOT and goodput on the realistic workload."""
 TABLE_EVERY_S = 300.0
 """Simulated seconds between two live tables."""
 
@@ -28,8 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="config.yaml (default: built-in)")
     parser.add_argument("--trace", default="conv-eval", help="built-in trace or CSV "
                         "(default: conv-eval, never used for tuning or training)")
-    parser.add_argument("--duration", type=float, default=1080.0, metavar="SECONDS",
-                        help="simulated seconds (default: 1080, the whole conv-eval trace)")
+    parser.add_argument("--duration", type=float, default=300.0, metavar="SECONDS",
+                        help="simulated seconds (default: 300, the first five minutes of "
+                             "conv-eval: every token of every request is simulated)")
     parser.add_argument("--seed", type=int, default=1000, help="seed (default: 1000)")
     parser.add_argument("--policy", help="decider (default: policy.name from the config)")
     parser.add_argument("--baseline", default="hpa", help="what to compare with (default: hpa)")

@@ -15,10 +15,12 @@ def smoe(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_demo_runs_to_its_comparison():
-    proc = smoe("demo", "--duration", "120", "--policy", "queueing", "--baseline", "static")
+    proc = smoe("demo", "--duration", "45", "--policy", "queueing", "--baseline", "static")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert out.startswith("smoe demo: bert-moe (encoder, 72 experts, SLO TTFT 100 ms at 99%)")
+    assert out.startswith("smoe demo: gpt2-moe (decoder, 72 experts, SLO TTFT 100 ms, TPOT "
+                          "50 ms at 99%)")
+    assert "TPOT P95 ms" in out and "goodput" in out
     assert "replicas reach the cluster through the KEDA external scaler over gRPC" in out
     assert "cost of queueing is" in out and "x static" in out
     assert "Traceback" not in proc.stderr
