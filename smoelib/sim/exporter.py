@@ -79,7 +79,8 @@ class SimCollector:
             lat.add_metric([p, node], _buckets(tot["lat_hist"][i]), float(tot["lat_sum"][i]))
         yield from (*fams.values(), inflight, lat)
         req = CounterMetricFamily("smoe_pipeline_requests", "requests", labels=["pipeline"])
-        req.add_metric([p], float(tot["requests"][0]))
+        req.add_metric([p], float(tot["slo_total"][0]))  # ended: served or dropped (as the
+        # instrument helper counts them, so attainment = met / requests)
         e2e = HistogramMetricFamily("smoe_pipeline_latency_seconds", "end-to-end latency",
                                     labels=["pipeline"])
         e2e.add_metric([p], _buckets(tot["e2e_hist"]), float(tot["e2e_sum"][0]))
