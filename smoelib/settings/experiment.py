@@ -143,6 +143,10 @@ class Simulator:
         "bytes: 0.195 - 0.136 ms for 127 more 768-d fp16 tokens, 3 KiB each), for nodes that "
         "do not declare it",
         unit="ms/KiB", check=non_negative)
+    engine: Literal["compiled", "reference"] = setting(
+        "compiled", "the request-level engine: compiled (numba; per-sequence invocation) or "
+        "reference (pure Python; both invocations): the same results for the same seed; "
+        "step-batched invocation always runs on the reference")
     invocation: Literal["per-sequence", "step-batched"] = setting(
         "per-sequence", "how calls reach experts: per-sequence (one call per sequence, pass, "
         "layer and selected expert; a serverless router) or step-batched (continuous "

@@ -49,7 +49,7 @@ from smoelib.sim.telemetry import Telemetry
 
 __all__ = ["StagePlan", "Engine"]
 
-_ARRIVE, _DONE, _STEP = 0, 1, 2
+_ARRIVE, _DONE, _REQUEST = 0, 1, 2
 _BUF = 1 << 14
 
 
@@ -132,7 +132,9 @@ class Engine:
         self.prefill = work.prefill_tokens(dag, trace.tokens, gen)
         self.decodes = work.decode_passes(dag, trace.tokens, gen)
         self.router = router
-        self.rng = rng
+        # two streams of the dispatch generator, each read in order: service noise, and the
+        # uniforms of replica choice and backoff jitter
+        self._noise_rng, self._unif_rng = rng.spawn(2)
         self.models = models
         self.par = params["parallelism"]
         self.max_batch = [dag.spec(n).max_batch for n in dag.nodes]
@@ -187,16 +189,19 @@ class Engine:
     def _noise_draw(self) -> float:
         """The next unit-mean gamma service noise (drawn in blocks)."""
         if self._ni >= len(self._noise):
-            self._noise = (self.rng.gamma(1 / self.cv**2, self.cv**2, _BUF) if self.cv > 0
-                           else np.ones(_BUF)).tolist()
+            self._noise = self._noise_block().tolist()
             self._ni = 0
         self._ni += 1
         return self._noise[self._ni - 1]
 
+    def _noise_block(self) -> np.ndarray:
+        return (self._noise_rng.gamma(1 / self.cv**2, self.cv**2, _BUF) if self.cv > 0
+                else np.ones(_BUF))
+
     def _u(self) -> float:
         """The next uniform draw (replica choice, backoff jitter; drawn in blocks)."""
         if self._ui >= len(self._unif):
-            self._unif = self.rng.random(_BUF).tolist()
+            self._unif = self._unif_rng.random(_BUF).tolist()
             self._ui = 0
         self._ui += 1
         return self._unif[self._ui - 1]
@@ -390,14 +395,9 @@ class Engine:
     def run(self, t0: float, t1: float, cluster: Cluster, tel: Telemetry) -> None:
         """Serve every event before ``t1`` (arrivals of the trace included)."""
         self._log_reset()
-        hi = int(np.searchsorted(self.times, t1, side="left"))
-        for r in range(self.next_req, hi):
-            self._push(float(self.times[r]), _STEP, r)
-        if hi > self.next_req:
-            for k, c in zip(*np.unique((self.times[self.next_req:hi] // tel.dt).astype(
-                    np.int64), return_counts=True), strict=True):
-                tel.add_requests(float(k) * tel.dt, int(c))
-        self.next_req = max(self.next_req, hi)
+        lo, hi = self._arrivals(t1, tel)
+        for r in range(lo, hi):
+            self._push(float(self.times[r]), _REQUEST, r)
         c = cluster.cols
         interference = cluster.interference(t0)
         cpu, share, conc = c["cpu"], c["share"], c["conc"]
@@ -409,7 +409,7 @@ class Engine:
         log = self._log
         while heap and heap[0][0] < t1:
             t, _, kind, a, b = heappop(heap)
-            if kind == _STEP:
+            if kind == _REQUEST:
                 self._arrive(a, t)
                 continue
             if kind == _ARRIVE:
@@ -478,6 +478,17 @@ class Engine:
                                   ffn)
         self._log_flush(t0, tel)
 
+    def _arrivals(self, t1: float, tel: Telemetry) -> tuple[int, int]:
+        """The requests arriving before ``t1`` not yet enqueued (counted in the telemetry)."""
+        lo = self.next_req
+        hi = max(lo, int(np.searchsorted(self.times, t1, side="left")))
+        if hi > lo:
+            for k, c in zip(*np.unique((self.times[lo:hi] // tel.dt).astype(np.int64),
+                                       return_counts=True), strict=True):
+                tel.add_requests(float(k) * tel.dt, int(c))
+        self.next_req = hi
+        return lo, hi
+
     def _drop_owner(self, owner, t: float) -> None:
         if isinstance(owner, _Step):
             for r in owner.members:
@@ -537,33 +548,42 @@ class Engine:
         self._log["drop"].append((t, r))
 
     def _log_flush(self, t0: float, tel: Telemetry) -> None:
-        g = {k: v for k, v in self._log.items()}
-        if g["b_node"]:
-            node = np.asarray(g["b_node"], np.int64)
-            bt = np.asarray(g["b_t"])
-            tel.add_binned(bt, "calls", node, np.asarray(g["b_calls"], float))
-            tel.add_binned(bt, "tokens", node, np.asarray(g["b_tokens"], float))
-            tel.add_binned(bt, "busy_s", node, np.asarray(g["b_svc"]))
+        g = self._log
+        first = np.asarray(g["first"], float).reshape(-1, 2)
+        ends = np.asarray(g["end"] + g["drop"], float).reshape(-1, 2)
+        self._record(tel, batches=(np.asarray(g["b_t"]), np.asarray(g["b_node"], np.int64),
+                                   np.asarray(g["b_calls"], float),
+                                   np.asarray(g["b_tokens"], float), np.asarray(g["b_svc"])),
+                     rejected=(np.asarray(g["rej_t"]), np.asarray(g["rej"], np.int64)),
+                     done=(np.asarray(g["done_t"]), np.asarray(g["done_node"], np.int64),
+                           np.asarray(g["lat"])),
+                     first=(first[:, 0], first[:, 1].astype(np.int64)),
+                     ends=(ends[:, 0], ends[:, 1].astype(np.int64)))
+        self._log_reset()
+
+    def _record(self, tel: Telemetry, *, batches, rejected, done, first, ends) -> None:
+        """Add what a slice served to the telemetry: batches (time, node, calls, tokens,
+        busy seconds), 429s (time, node), finished calls (time, node, latency), first tokens
+        and request ends (time, request)."""
+        bt, node, calls, tokens, svc = batches
+        if bt.size:
+            tel.add_binned(bt, "calls", node, calls)
+            tel.add_binned(bt, "tokens", node, tokens)
+            tel.add_binned(bt, "busy_s", node, svc)
             tel.add_binned(bt, "batches", node, np.ones(node.size))
-        if g["rej"]:
-            tel.add_binned(np.asarray(g["rej_t"]), "rejected", np.asarray(g["rej"], np.int64),
-                           np.ones(len(g["rej"])))
-        if g["done_node"]:
-            tel.add_latencies(np.asarray(g["done_t"]), np.asarray(g["done_node"], np.int64),
-                              np.asarray(g["lat"]))
-        if g["first"]:
-            t, r = (np.asarray(x) for x in zip(*g["first"], strict=True))
-            tel.add_pass_latency(t, "ttft_hist", self.ttft[r])
-        if g["end"] or g["drop"]:
-            ends = g["end"] + g["drop"]
-            t, r = (np.asarray(x) for x in zip(*ends, strict=True))
-            r = r.astype(np.int64)
+        if rejected[0].size:
+            tel.add_binned(rejected[0], "rejected", rejected[1], np.ones(rejected[0].size))
+        if done[0].size:
+            tel.add_latencies(*done)
+        if first[0].size:
+            tel.add_pass_latency(first[0], "ttft_hist", self.ttft[first[1]])
+        if ends[0].size:
+            t, r = ends
             dropped = self.dropped[r]
             tpot = np.where(dropped, np.inf, self.tpot[r])
             e2e = np.where(dropped, np.inf, self.e2e[r])
             tel.add_request_ends(t, ttft=self.ttft[r], tpot=tpot, e2e=e2e,
                                  met=self.meets_slo(r))
-        self._log_reset()
 
     def meets_slo(self, r: np.ndarray) -> np.ndarray:
         """Whether requests ``r`` met the SLO: finished, TTFT and TPOT within theirs

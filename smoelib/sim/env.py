@@ -126,7 +126,10 @@ class SimEnv:
                   "retry_backoff_ms": sim.retry_backoff_ms, "retry_cap_ms": sim.retry_cap_ms,
                   "max_retries": sim.max_retries, "invocation": sim.invocation,
                   "max_running": sim.max_running, "max_step_tokens": sim.max_step_tokens}
-        self.server = Engine(self.dag, self.trace, models=self.models, router=router,
+        engine = Engine
+        if sim.engine == "compiled" and sim.invocation == "per-sequence":
+            from smoelib.sim.compiled import CompiledEngine as engine  # numba: loaded on use
+        self.server = engine(self.dag, self.trace, models=self.models, router=router,
                              params=params, rng=np.random.default_rng(dispatch_seq))
         self.tel = Telemetry(self.n, self.dt)
         self.defaults = tg.defaults(self.dag)

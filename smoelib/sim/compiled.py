@@ -1,0 +1,346 @@
+"""The compiled request-level engine: :class:`~smoelib.sim.engine.Engine`'s model, served by
+the numba kernel of :mod:`smoelib.sim.kernel`.
+
+What it computes is the reference engine's, for the same seed, to the last request
+(``tests/unit/test_compiled_engine.py``): the same events in the same order, the same random
+streams read in the same order, the same arithmetic. Python prepares, per slice, what the
+kernel cannot draw itself: each arriving request's routing (from its own generator, in the
+order the reference draws it: the prefill chunks, then the decode passes), the pods that serve
+each node, their handler coefficients, shares and MPS interference; then the kernel runs the
+slice's events. Per-sequence invocation only: the step-batched router (a few calls per step)
+stays with the reference engine (``simulator.engine`` picks the engine).
+
+Memory: the event heap, the call pool, the pass slots (one per request in flight) and the
+routes of the requests in flight grow by doubling; a finished request's routes are compacted
+away.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from smoelib.sim import kernel as k
+from smoelib.sim.cluster import Cluster
+from smoelib.sim.engine import Engine
+from smoelib.sim.telemetry import Telemetry
+
+__all__ = ["CompiledEngine"]
+
+_KIND = {"shape": 0, "linear": 1, "curve": 2}
+_BUF = 1 << 14
+_LOG = 1 << 16
+
+
+def _grow(a: np.ndarray, size: int) -> np.ndarray:
+    """``a`` with its first axis at least ``size`` long (doubling), the head kept."""
+    n = a.shape[0]
+    if size <= n:
+        return a
+    new = max(size, 2 * n, 16)
+    out = np.zeros((new, *a.shape[1:]), dtype=a.dtype)
+    out[:n] = a
+    return out
+
+
+def _free_stack(free: np.ndarray, st: np.ndarray, top: int, old: int, new: int) -> np.ndarray:
+    """A pool grown from ``old`` to ``new`` entries: its free stack (as long as the pool),
+    the new entries free."""
+    out = np.zeros(new, np.int64)
+    n = int(st[top])
+    out[:n] = free[:n]
+    out[n:n + new - old] = np.arange(old, new)
+    st[top] = n + new - old
+    return out
+
+
+class CompiledEngine(Engine):
+    """The reference engine's interface (``run``, the per-request arrays, the counters),
+    served by the compiled kernel."""
+
+    def __init__(self, dag, trace, *, models, router, params: dict, rng: np.random.Generator):
+        if params.get("invocation", "per-sequence") != "per-sequence":
+            raise ValueError("the compiled engine runs per-sequence invocation; step-batched "
+                             "runs on the reference engine (simulator.engine: reference)")
+        super().__init__(dag, trace, models=models, router=router, params=params, rng=rng)
+        self._plans()
+        self._models()
+        n = self.times.size
+        self.times = np.ascontiguousarray(self.times, dtype=float)
+        self.prefill = np.asarray(self.prefill, np.int64)
+        self.decodes = np.asarray(self.decodes, np.int64)
+        size = dag.prefill_chunk
+        self.n_chunks = (np.ones(n, np.int64) if size <= 0
+                         else np.maximum(-(-self.prefill // size), 1).astype(np.int64))
+        self.req_slot = np.full(n, -1, np.int64)
+        # routes
+        self.n_layers = len(router.sizes)
+        self.kw = np.array([min(kk, e) for kk, e in zip(router.top_k, router.sizes,
+                                                        strict=True)], np.int64)
+        self.ko = np.concatenate([[0], np.cumsum(self.kw)[:-1]]).astype(np.int64)
+        self.kt = int(self.kw.sum())
+        self.dec_off = np.full(n, -1, np.int64)
+        self.chk_off = np.full(n, -1, np.int64)
+        self.dec = np.zeros(1 << 12, np.int32)
+        self.chk_ptr = np.zeros(1 << 10, np.int64)
+        self.chk_e = np.zeros(1 << 12, np.int32)
+        self.chk_n = np.zeros(1 << 12, np.int32)
+        self._dec_n = self._ptr_n = self._ent_n = 0
+        # state
+        self.st = np.zeros(k.SCALARS, np.int64)
+        self.ht = np.zeros(1 << 12)
+        self.hv = np.zeros((1 << 12, 5), np.int64)
+        self.call_v = np.zeros((1 << 12, 6), np.int64)
+        self.cadm = np.zeros(1 << 12)
+        self.cfree = np.arange(1 << 12, dtype=np.int64)[::-1].copy()
+        self.st[k.CALL_FREE] = self.cfree.size
+        width = max(self.g_moe.size, 1)
+        self.s_preds = np.zeros((64, width), np.int64)
+        self.s_calls = np.zeros((64, width), np.int64)
+        self.s_ready = np.zeros((64, width))
+        self.s_done = np.zeros((64, width))
+        self.s_meta = np.zeros((64, 4), np.int64)
+        self.sfree = np.arange(64, dtype=np.int64)[::-1].copy()
+        self.st[k.SLOT_FREE] = 64
+        self.ubuf = np.zeros(0)
+        self.nbuf = np.zeros(0)
+        self.p_n = np.zeros(0, np.int64)
+        self.p_free = np.zeros(0, np.int64)
+        self.q_head = np.zeros(0, np.int64)
+        self.q_tail = np.zeros(0, np.int64)
+        self.q_len = np.zeros(0, np.int64)
+        self._logs = self._new_logs(_LOG)
+
+    # ---- static arrays -------------------------------------------------------------------
+    def _plans(self) -> None:
+        """Both plans (first pass, next passes) as flat arrays over global stage ids."""
+        moe, layer, noff, ncnt, npreds, soff, succ, nodes = [], [], [], [], [], [0], [], []
+        plan_off, src_off, src, sink_off, sink = [0], [0], [], [0], []
+        for plan in (self.plan_first, self.plan_next):
+            base = plan_off[-1]
+            for i in range(len(plan.stages)):
+                moe.append(int(plan.moe[i]))
+                layer.append(plan.layer_of[i])
+                noff.append(len(nodes))
+                ncnt.append(len(plan.nodes[i]))
+                nodes.extend(plan.nodes[i])
+                npreds.append(len(plan.preds[i]))
+                succ.extend(base + j for j in plan.succs[i])
+                soff.append(len(succ))
+            plan_off.append(base + len(plan.stages))
+            src.extend(base + i for i in plan.sources)
+            src_off.append(len(src))
+            sink.extend(base + i for i in plan.sinks)
+            sink_off.append(len(sink))
+        a = lambda x: np.asarray(x, np.int64)  # noqa: E731
+        self.g_moe, self.g_ncnt, self.g_soff, self.g_succ = a(moe), a(ncnt), a(soff), a(succ)
+        self.plan_arrays = (a(moe), a(layer), a(noff), a(ncnt), a(npreds), a(soff), a(succ),
+                            a(nodes), a(plan_off), a(src_off), a(src), a(sink_off), a(sink))
+        # the most calls one stage's end can emit: its successors', or the next pass's sources
+        succ_emit = max((int(self.g_ncnt[self.g_succ[soff[g]:soff[g + 1]]].sum())
+                         for g in range(len(moe))), default=0)
+        src_emit = max(int(self.g_ncnt[src[src_off[p]:src_off[p + 1]]].sum()) for p in (0, 1))
+        self.emit_max = succ_emit + src_emit + 1
+        self.width = max(plan_off[1], plan_off[2] - plan_off[1])
+
+    def _models(self) -> None:
+        """The service model of each node as columns (kind -1: a join)."""
+        n = len(self.models)
+        self.m_kind = np.full(n, -1, np.int64)
+        self.m_f = np.zeros((n, k.MODEL_COLUMNS))
+        coff, ct, cm = [0], [], []
+        self.handler = np.zeros(n)
+        self.per_token = np.zeros(n)
+        for i, m in enumerate(self.models):
+            if m is not None:
+                self.m_kind[i] = _KIND[m.kind]
+                self.m_f[i] = (float(m.has_gpu), m.weight_bytes, m.cpu_weight_bytes,
+                               m.flops_per_token, m.gpu_bw, m.gpu_peak, m.gpu_launch_ms,
+                               m.cpu_bw, m.cpu_peak, m.s_bw, m.base_ms, m.per_token_ms)
+                self.handler[i], self.per_token[i] = m.handler_ms, m.serialise_ms_per_token
+                ct.extend(m.curve_tokens)
+                cm.extend(m.curve_ms)
+            coff.append(len(ct))
+        self.model_arrays = (self.m_kind, self.m_f, np.asarray(coff, np.int64),
+                             np.asarray(ct, float).reshape(-1), np.asarray(cm, float).reshape(-1))
+
+    # ---- per slice -----------------------------------------------------------------------
+    def _route(self, lo: int, hi: int) -> None:
+        """The routing of requests ``lo..hi-1``, drawn as the reference engine draws it."""
+        router, size, L = self.router, self.dag.prefill_chunk, self.n_layers  # noqa: N806
+        for r in range(lo, hi):
+            rng = self._rng(r)
+            t, task = float(self.times[r]), int(self.task[r])
+            nc, p = int(self.n_chunks[r]), int(self.prefill[r])
+            self.chk_off[r] = self._ptr_n
+            need = self._ptr_n + nc * L + 1
+            self.chk_ptr = _grow(self.chk_ptr, need)
+            for c in range(nc):
+                tokens = p if size <= 0 else min(size, p - c * size)
+                for counts in router.chunk(rng, tokens, t, task):
+                    hit = np.flatnonzero(counts)
+                    self.chk_ptr[self._ptr_n] = self._ent_n
+                    self._ptr_n += 1
+                    end = self._ent_n + hit.size
+                    self.chk_e = _grow(self.chk_e, end)
+                    self.chk_n = _grow(self.chk_n, end)
+                    self.chk_e[self._ent_n:end] = hit
+                    self.chk_n[self._ent_n:end] = counts[hit]
+                    self._ent_n = end
+            self.chk_ptr[self._ptr_n] = self._ent_n  # (the next request's first entry)
+            d = int(self.decodes[r])
+            if d > 0:
+                picks = np.concatenate(router.decode(rng, d, t, task), axis=1).reshape(-1)
+                end = self._dec_n + picks.size
+                self.dec = _grow(self.dec, end)
+                self.dec[self._dec_n:end] = picks
+                self.dec_off[r] = self._dec_n
+                self._dec_n = end
+            self._rngs.pop(r, None)
+
+    def _compact(self) -> None:
+        """Drop the routes of requests no longer in flight (finished or dropped)."""
+        done = ~np.isnan(self.e2e[:self.next_req]) | self.dropped[:self.next_req]
+        live = np.flatnonzero(~done & (self.chk_off[:self.next_req] >= 0))
+        dec, ptr, ent_e, ent_n = [], [], [], []
+        dn = pn = en = 0
+        L = self.n_layers
+        for r in live.tolist():
+            if self.dec_off[r] >= 0:
+                m = int(self.decodes[r]) * self.kt
+                dec.append(self.dec[self.dec_off[r]:self.dec_off[r] + m])
+                self.dec_off[r] = dn
+                dn += m
+            p0 = int(self.chk_off[r])
+            m = int(self.n_chunks[r]) * L + 1
+            seg = self.chk_ptr[p0:p0 + m]
+            e0, e1 = int(seg[0]), int(seg[-1])
+            ptr.append(seg - e0 + en)
+            ent_e.append(self.chk_e[e0:e1])
+            ent_n.append(self.chk_n[e0:e1])
+            self.chk_off[r] = pn
+            pn += m
+            en += e1 - e0
+        gone = np.flatnonzero(done)
+        self.dec_off[gone] = -1
+        self.chk_off[gone] = -1
+        cat = lambda parts, a: (np.concatenate(parts).astype(a.dtype) if parts  # noqa: E731
+                                else np.zeros(0, a.dtype))
+        self.dec = _grow(cat(dec, self.dec), 1 << 12)
+        self.chk_ptr = _grow(cat(ptr, self.chk_ptr), 1 << 10)
+        self.chk_e = _grow(cat(ent_e, self.chk_e), 1 << 12)
+        self.chk_n = _grow(cat(ent_n, self.chk_n), 1 << 12)
+        self._dec_n, self._ptr_n, self._ent_n = dn, pn, en
+
+    def _pods(self, t0: float, cluster: Cluster) -> tuple:
+        c, n = cluster.cols, cluster.n
+        cap = c["node"].size
+        for name in ("p_n", "q_head", "q_tail", "q_len"):
+            setattr(self, name, _grow(getattr(self, name), cap))
+        if self.p_free.size < cap:
+            grown = np.full(cap, -1, np.int64)
+            grown[:self.p_free.size] = self.p_free
+            self.p_free = grown
+        node = c["node"]
+        par = np.maximum(np.asarray(self.par, np.int64)[node], 1)
+        cpu = c["cpu"]
+        per_worker = cpu / par
+        slow = 1.0 / np.minimum(1.0, np.maximum(per_worker, 1e-3))
+        interference = np.ones(cap)
+        interference[:n] = cluster.interference(t0)
+        return (self.p_n, self.p_free, self.q_head, self.q_tail, self.q_len, node, c["ready"],
+                c["end"], c["conc"], self.handler[node] * slow, self.per_token[node] * slow,
+                c["share"], cpu / par, interference)
+
+    @staticmethod
+    def _candidates(t0: float, cluster: Cluster) -> tuple:
+        """Per node, the pods that may serve in the slice, in the reference's order."""
+        end = cluster.cols["end"]
+        off, ids = [0], []
+        for ended, live in zip(cluster.ended, cluster.live, strict=True):
+            ids.extend(p for p in ended if end[p] > t0)
+            ids.extend(live)
+            off.append(len(ids))
+        return np.asarray(off, np.int64), np.asarray(ids, np.int64)
+
+    @staticmethod
+    def _new_logs(size: int) -> tuple:
+        return (np.zeros(size), np.zeros(size), np.zeros(size, np.int64), np.zeros(size),
+                np.zeros(size), np.zeros((size, 3), np.int64), np.zeros(size),
+                np.zeros(size, np.int64), np.zeros(2 * size), np.zeros((2 * size, 2), np.int64))
+
+    def _flush(self, tel: Telemetry) -> None:
+        st = self.st
+        ld_t, ld_l, ld_n, lb_t, lb_s, lb_v, lr_t, lr_n, lq_t, lq_v = self._logs
+        nd, nb, nr, nq = st[k.LOG_DONE], st[k.LOG_B], st[k.LOG_REJ], st[k.LOG_REQ]
+        kinds = lq_v[:nq, 1]
+        first = kinds == k.FIRST
+        ends = np.concatenate([np.flatnonzero(kinds == k.END), np.flatnonzero(kinds == k.DROP)])
+        self._record(tel, batches=(lb_t[:nb], lb_v[:nb, 0], lb_v[:nb, 1].astype(float),
+                                   lb_v[:nb, 2].astype(float), lb_s[:nb]),
+                     rejected=(lr_t[:nr], lr_n[:nr]), done=(ld_t[:nd], ld_n[:nd], ld_l[:nd]),
+                     first=(lq_t[:nq][first], lq_v[:nq, 0][first]),
+                     ends=(lq_t[:nq][ends], lq_v[:nq, 0][ends]))
+        st[k.LOG_DONE] = st[k.LOG_B] = st[k.LOG_REJ] = st[k.LOG_REQ] = 0
+
+    # ---- the slice -----------------------------------------------------------------------
+    def run(self, t0: float, t1: float, cluster: Cluster, tel: Telemetry) -> None:
+        """Serve every event before ``t1`` (arrivals of the trace included)."""
+        lo, hi = self._arrivals(t1, tel)
+        if self._dec_n > (1 << 22) or self._ent_n > (1 << 22):
+            self._compact()
+        self._route(lo, hi)
+        st = self.st
+        if hi > lo:
+            self.ht = _grow(self.ht, st[k.HEAP] + hi - lo + 1)
+            self.hv = _grow(self.hv, st[k.HEAP] + hi - lo + 1)
+            k.push_requests(st, self.ht, self.hv, self.times, lo, hi)
+        pods = self._pods(t0, cluster)
+        cand = self._candidates(t0, cluster)
+        req = (self.times, self.prefill, self.decodes, self.n_chunks, int(self.dag.prefill_chunk),
+               self.ttft, self.e2e, self.tpot, self.dropped, self.req_slot)
+        par = np.asarray(self.par, np.int64)
+        max_batch = np.asarray(self.max_batch, np.int64)
+        while True:
+            route = (self.dec_off, self.dec, self.kt, self.ko, self.kw, self.chk_off,
+                     self.chk_ptr, self.chk_e, self.chk_n, self.n_layers)
+            slots = (self.s_preds, self.s_calls, self.s_ready, self.s_done, self.s_meta,
+                     self.sfree)
+            status = k.serve(float(t1), st, self.ht, self.hv, self.call_v, self.cadm, self.cfree,
+                             self.plan_arrays, req, route, slots, pods, cand, self.model_arrays,
+                             (self.ubuf, self.nbuf), self._logs, self.node_inflight, max_batch,
+                             par, float(self.rpc_s), float(self.retry_s),
+                             float(self.retry_cap_s), int(self.max_retries),
+                             int(self.emit_max))
+            if status == k.OK:
+                break
+            self._make_room(status, tel)
+        self._flush(tel)
+        self.calls, self.rejected = int(st[k.CALLS]), int(st[k.REJECTED])
+        self.retries, self.batches = int(st[k.RETRIES]), int(st[k.BATCHES])
+
+    def _make_room(self, status: int, tel: Telemetry) -> None:
+        st = self.st
+        if status == k.NEED_RANDOM:
+            self.ubuf = np.concatenate([self.ubuf[st[k.UI]:], self._unif_rng.random(_BUF)])
+            self.nbuf = np.concatenate([self.nbuf[st[k.NI]:], self._noise_block()])
+            st[k.UI] = st[k.NI] = 0
+        elif status == k.NEED_HEAP:
+            size = 2 * self.ht.size + self.emit_max * 64
+            self.ht, self.hv = _grow(self.ht, size), _grow(self.hv, size)
+        elif status == k.NEED_CALLS:
+            old = self.call_v.shape[0]
+            self.call_v = _grow(self.call_v, 2 * old + self.emit_max * 64)
+            self.cadm = _grow(self.cadm, self.call_v.shape[0])
+            self.cfree = _free_stack(self.cfree, st, k.CALL_FREE, old, self.call_v.shape[0])
+        elif status == k.NEED_SLOTS:
+            old = self.s_meta.shape[0]
+            for name in ("s_preds", "s_calls", "s_ready", "s_done", "s_meta"):
+                setattr(self, name, _grow(getattr(self, name), 2 * old))
+            self.sfree = _free_stack(self.sfree, st, k.SLOT_FREE, old, 2 * old)
+        elif status == k.NEED_LOG:
+            empty = not (st[k.LOG_DONE] or st[k.LOG_B] or st[k.LOG_REJ] or st[k.LOG_REQ])
+            self._flush(tel)
+            if empty:  # one event needs more than the log holds
+                self._logs = self._new_logs(2 * self._logs[0].size)
+        else:
+            raise RuntimeError(f"the compiled engine returned status {status}")
