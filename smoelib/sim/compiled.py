@@ -88,8 +88,9 @@ class CompiledEngine(Engine):
         # state
         self.st = np.zeros(k.SCALARS, np.int64)
         self.ht = np.zeros(1 << 12)
-        self.hv = np.zeros((1 << 12, 5), np.int64)
-        self.call_v = np.zeros((1 << 12, 6), np.int64)
+        self.hs = np.zeros(1 << 12, np.int64)
+        self.hc = np.zeros(1 << 12, np.int64)
+        self.call_v = np.zeros((1 << 12, k.CALL_COLUMNS), np.int64)
         self.cadm = np.zeros(1 << 12)
         self.cfree = np.arange(1 << 12, dtype=np.int64)[::-1].copy()
         self.st[k.CALL_FREE] = self.cfree.size
@@ -103,11 +104,7 @@ class CompiledEngine(Engine):
         self.st[k.SLOT_FREE] = 64
         self.ubuf = np.zeros(0)
         self.nbuf = np.zeros(0)
-        self.p_n = np.zeros(0, np.int64)
-        self.p_free = np.zeros(0, np.int64)
-        self.q_head = np.zeros(0, np.int64)
-        self.q_tail = np.zeros(0, np.int64)
-        self.q_len = np.zeros(0, np.int64)
+        self.pi = np.zeros((0, k.POD_INTS), np.int64)
         self._logs = self._new_logs(_LOG)
 
     # ---- static arrays -------------------------------------------------------------------
@@ -133,8 +130,11 @@ class CompiledEngine(Engine):
             sink_off.append(len(sink))
         a = lambda x: np.asarray(x, np.int64)  # noqa: E731
         self.g_moe, self.g_ncnt, self.g_soff, self.g_succ = a(moe), a(ncnt), a(soff), a(succ)
-        self.plan_arrays = (a(moe), a(layer), a(noff), a(ncnt), a(npreds), a(soff), a(succ),
-                            a(nodes), a(plan_off), a(src_off), a(src), a(sink_off), a(sink))
+        gst = np.zeros((len(moe), k.STAGE_COLUMNS), np.int64)
+        gst[:, k.G_MOE], gst[:, k.G_LAYER], gst[:, k.G_NOFF] = moe, layer, noff
+        gst[:, k.G_NPREDS], gst[:, k.G_SUCC], gst[:, k.G_SUCC_END] = npreds, soff[:-1], soff[1:]
+        self.plan_arrays = (gst, a(succ), a(nodes), a(plan_off), a(src_off), a(src),
+                            a(sink_off), a(sink))
         # the most calls one stage's end can emit: its successors', or the next pass's sources
         succ_emit = max((int(self.g_ncnt[self.g_succ[soff[g]:soff[g + 1]]].sum())
                          for g in range(len(moe))), default=0)
@@ -231,25 +231,31 @@ class CompiledEngine(Engine):
         self.chk_n = _grow(cat(ent_n, self.chk_n), 1 << 12)
         self._dec_n, self._ptr_n, self._ent_n = dn, pn, en
 
-    def _pods(self, t0: float, cluster: Cluster) -> tuple:
+    def _pods(self, t0: float, cluster: Cluster) -> np.ndarray:
+        """The pods' columns for the slice (the integer ones persist: calls in flight, free
+        workers, FIFO)."""
         c, n = cluster.cols, cluster.n
         cap = c["node"].size
-        for name in ("p_n", "q_head", "q_tail", "q_len"):
-            setattr(self, name, _grow(getattr(self, name), cap))
-        if self.p_free.size < cap:
-            grown = np.full(cap, -1, np.int64)
-            grown[:self.p_free.size] = self.p_free
-            self.p_free = grown
+        if self.pi.shape[0] < cap:
+            grown = np.zeros((cap, k.POD_INTS), np.int64)
+            grown[:, k.PI_FREE] = -1
+            grown[:self.pi.shape[0]] = self.pi
+            self.pi = grown
         node = c["node"]
+        self.pi[:, k.PI_NODE] = node
+        self.pi[:, k.PI_CONC] = c["conc"]
         par = np.maximum(np.asarray(self.par, np.int64)[node], 1)
         cpu = c["cpu"]
         per_worker = cpu / par
         slow = 1.0 / np.minimum(1.0, np.maximum(per_worker, 1e-3))
-        interference = np.ones(cap)
-        interference[:n] = cluster.interference(t0)
-        return (self.p_n, self.p_free, self.q_head, self.q_tail, self.q_len, node, c["ready"],
-                c["end"], c["conc"], self.handler[node] * slow, self.per_token[node] * slow,
-                c["share"], cpu / par, interference)
+        pf = np.empty((cap, k.POD_FLOATS))
+        pf[:, k.PF_READY], pf[:, k.PF_END] = c["ready"], c["end"]
+        pf[:, k.PF_K0] = self.handler[node] * slow
+        pf[:, k.PF_K1] = self.per_token[node] * slow
+        pf[:, k.PF_SHARE], pf[:, k.PF_CORES] = c["share"], cpu / par
+        pf[:, k.PF_INTERF] = 1.0
+        pf[:n, k.PF_INTERF] = cluster.interference(t0)
+        return pf
 
     @staticmethod
     def _candidates(t0: float, cluster: Cluster) -> tuple:
@@ -292,25 +298,24 @@ class CompiledEngine(Engine):
         st = self.st
         if hi > lo:
             self.ht = _grow(self.ht, st[k.HEAP] + hi - lo + 1)
-            self.hv = _grow(self.hv, st[k.HEAP] + hi - lo + 1)
-            k.push_requests(st, self.ht, self.hv, self.times, lo, hi)
-        pods = self._pods(t0, cluster)
+            self.hs = _grow(self.hs, self.ht.size)
+            self.hc = _grow(self.hc, self.ht.size)
+            k.push_requests(st, self.ht, self.hs, self.hc, self.times, lo, hi)
+        pf = self._pods(t0, cluster)
         cand = self._candidates(t0, cluster)
-        req = (self.times, self.prefill, self.decodes, self.n_chunks, int(self.dag.prefill_chunk),
-               self.ttft, self.e2e, self.tpot, self.dropped, self.req_slot)
         par = np.asarray(self.par, np.int64)
         max_batch = np.asarray(self.max_batch, np.int64)
         while True:
-            route = (self.dec_off, self.dec, self.kt, self.ko, self.kw, self.chk_off,
-                     self.chk_ptr, self.chk_e, self.chk_n, self.n_layers)
-            slots = (self.s_preds, self.s_calls, self.s_ready, self.s_done, self.s_meta,
-                     self.sfree)
-            status = k.serve(float(t1), st, self.ht, self.hv, self.call_v, self.cadm, self.cfree,
-                             self.plan_arrays, req, route, slots, pods, cand, self.model_arrays,
-                             (self.ubuf, self.nbuf), self._logs, self.node_inflight, max_batch,
-                             par, float(self.rpc_s), float(self.retry_s),
-                             float(self.retry_cap_s), int(self.max_retries),
-                             int(self.emit_max))
+            status = k.serve(
+                float(t1), st, self.ht, self.hs, self.hc, self.call_v, self.cadm, self.cfree,
+                *self.plan_arrays, self.times, self.prefill, self.decodes, self.n_chunks,
+                int(self.dag.prefill_chunk), self.ttft, self.e2e, self.tpot, self.dropped,
+                self.req_slot, self.dec_off, self.dec, self.kt, self.ko, self.kw, self.chk_off,
+                self.chk_ptr, self.chk_e, self.chk_n, self.n_layers, self.s_preds,
+                self.s_calls, self.s_ready, self.s_done, self.s_meta, self.sfree, self.pi, pf,
+                *cand, *self.model_arrays, self.ubuf, self.nbuf, *self._logs,
+                self.node_inflight, max_batch, par, float(self.rpc_s), float(self.retry_s),
+                float(self.retry_cap_s), int(self.max_retries), int(self.emit_max))
             if status == k.OK:
                 break
             self._make_room(status, tel)
@@ -326,7 +331,8 @@ class CompiledEngine(Engine):
             st[k.UI] = st[k.NI] = 0
         elif status == k.NEED_HEAP:
             size = 2 * self.ht.size + self.emit_max * 64
-            self.ht, self.hv = _grow(self.ht, size), _grow(self.hv, size)
+            self.ht, self.hs, self.hc = (_grow(self.ht, size), _grow(self.hs, size),
+                                         _grow(self.hc, size))
         elif status == k.NEED_CALLS:
             old = self.call_v.shape[0]
             self.call_v = _grow(self.call_v, 2 * old + self.emit_max * 64)

@@ -9,7 +9,8 @@ drift as a stationary AR(1) on a fixed time grid (slow drift) and a layer's are 
 Poisson times (sudden shifts). A pass uses the popularity at its request's arrival.
 
 A **decode** token picks ``top_k`` distinct experts per layer (Gumbel top-k on the layer's
-probabilities). A **prefill** chunk of ``T`` tokens sends ``T * top_k`` token slots to a layer,
+probabilities, the largest key first; compiled: a request draws hundreds of passes). A
+**prefill** chunk of ``T`` tokens sends ``T * top_k`` token slots to a layer,
 drawn multinomially (each expert's count clipped to ``T``, as a token picks distinct experts).
 Layers are correlated (Lina, ExFlow): with affinity ``a > 0`` the next layer's probabilities
 are ``(1 - a) p + a * (c A)``, ``c`` the previous layer's choice (shares for a chunk) and ``A``
@@ -24,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 __all__ = ["RoutingModel", "RoutingParams", "gini", "solve_sigma", "touched_share"]
 
@@ -102,6 +104,8 @@ class RoutingModel:
                                  for i, e in enumerate(self.sizes)] for k in range(c)])
         self._grid: list[np.ndarray] = [self._shares()]  # (C, L, Emax) per drift step
         self._affinity = self._affinity_matrices(np.random.default_rng(aff_seq))
+        self._aff_flat: np.ndarray | None = None
+        self._aff_off = np.zeros(1, np.int64)
 
     # ---- popularity over time ------------------------------------------------------------
     def _mixed(self, z: np.ndarray) -> np.ndarray:
@@ -152,21 +156,20 @@ class RoutingModel:
     def decode(self, rng: np.random.Generator, passes: int, t_s: float, task: int = 0
                ) -> list[np.ndarray]:
         """Expert choices of ``passes`` one-token passes: per layer an int array (passes,
-        top_k) of distinct expert indices."""
+        top_k) of distinct expert indices, the most preferred first."""
         pop = self.popularity(t_s, task)
-        out: list[np.ndarray] = []
-        prev: np.ndarray | None = None
-        a = self.params.affinity
-        for layer, (e, k) in enumerate(zip(self.sizes, self.top_k, strict=True)):
-            p = np.broadcast_to(pop[layer, :e], (passes, e))
-            if a > 0 and prev is not None:
-                p = (1 - a) * p + a * self._affinity[layer][prev[:, 0]]
-            keys = np.log(np.maximum(p, 1e-300)) + rng.gumbel(size=(passes, e))
-            pick = (np.argpartition(-keys, k - 1, axis=1)[:, :k] if k < e
-                    else np.broadcast_to(np.arange(e), (passes, e)))
-            out.append(np.ascontiguousarray(pick))
-            prev = pick
-        return out
+        sizes = np.asarray(self.sizes, np.int64)
+        gumbel = rng.gumbel(size=int(passes * sizes.sum()))  # layer after layer, (passes, e)
+        if self._aff_flat is None:
+            mats = [np.zeros((1, 1)) if m is None else m for m in self._affinity]
+            self._aff_off = np.concatenate([[0], np.cumsum([m.size for m in mats])]
+                                           ).astype(np.int64)
+            self._aff_flat = np.concatenate([m.reshape(-1) for m in mats])
+        width = np.minimum(np.asarray(self.top_k, np.int64), sizes)
+        out = _top_k_passes(np.ascontiguousarray(pop), sizes, width, self._aff_flat,
+                            self._aff_off, float(self.params.affinity), gumbel, int(passes))
+        cuts = np.cumsum(width)[:-1]
+        return [np.ascontiguousarray(x) for x in np.split(out, cuts, axis=1)]
 
     def chunk(self, rng: np.random.Generator, tokens: int, t_s: float, task: int = 0
               ) -> list[np.ndarray]:
@@ -201,3 +204,36 @@ class RoutingModel:
             for layer, c in enumerate(got):
                 out[layer][r - lo] = c
         return out
+
+
+@njit(cache=True)
+def _top_k_passes(pop, sizes, width, aff, aff_off, a, gumbel, passes):
+    """Gumbel top-k per pass and layer: keys ``log p + G`` with ``p`` the layer's shares,
+    mixed with the affinity row of the previous layer's first choice; the ``width[l]``
+    largest keys, largest first. ``gumbel`` holds layer after layer a (passes, experts)
+    block. Returns (passes, sum of widths)."""
+    out = np.empty((passes, width.sum()), np.int64)
+    keys = np.empty(sizes.max())
+    g0 = 0
+    col = 0
+    for layer in range(sizes.size):
+        e = sizes[layer]
+        k = width[layer]
+        for i in range(passes):
+            g = g0 + i * e
+            prev = out[i, col - width[layer - 1]] if layer > 0 else -1
+            for j in range(e):
+                p = pop[layer, j]
+                if a > 0 and prev >= 0:
+                    p = (1 - a) * p + a * aff[aff_off[layer] + prev * e + j]
+                keys[j] = np.log(max(p, 1e-300)) + gumbel[g + j]
+            for m in range(k):
+                best = -1
+                for j in range(e):
+                    if keys[j] > -np.inf and (best < 0 or keys[j] > keys[best]):
+                        best = j
+                out[i, col + m] = best
+                keys[best] = -np.inf
+        g0 += passes * e
+        col += k
+    return out

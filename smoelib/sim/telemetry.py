@@ -71,6 +71,21 @@ class Telemetry:
             self.bins[k] = b
         return b
 
+    def _ticks(self, t_s: np.ndarray, *, mask: bool = False):
+        """``(tick, selection)`` for each tick the times ``t_s`` fall in: most slices fall in
+        one tick, selected whole (a boolean mask when ``mask``)."""
+        if not t_s.size:
+            return
+        ticks = (t_s // self.dt).astype(np.int64)
+        lo, hi = int(ticks.min()), int(ticks.max())
+        if lo == hi:
+            yield lo, (np.ones(t_s.size, bool) if mask else slice(None))
+            return
+        for k in range(lo, hi + 1):
+            m = ticks == k
+            if m.any():
+                yield k, m
+
     def add_counts(self, t: float, name: str, nodes: np.ndarray, values: np.ndarray) -> None:
         """Add ``values`` per ``nodes`` to counter ``name`` in the tick containing ``t``."""
         self._bin(int(t // self.dt))[name] += np.bincount(nodes, weights=values,
@@ -79,19 +94,14 @@ class Telemetry:
     def add_binned(self, t_s: np.ndarray, name: str, nodes: np.ndarray, values: np.ndarray
                    ) -> None:
         """Add ``values`` per ``nodes`` to counter ``name``, each in the tick of its ``t_s``."""
-        ticks = (t_s // self.dt).astype(np.int64)
-        for k in np.unique(ticks):
-            m = ticks == k
-            self._bin(int(k))[name] += np.bincount(nodes[m], weights=values[m],
-                                                   minlength=self.n)
+        for k, m in self._ticks(t_s):
+            self._bin(k)[name] += np.bincount(nodes[m], weights=values[m], minlength=self.n)
 
     def add_pass_latency(self, t_s: np.ndarray, name: str, lat_s: np.ndarray) -> None:
         """A pipeline latency histogram (``ttft_hist``) per event at ``t_s``."""
-        ticks = (t_s // self.dt).astype(np.int64)
         bucket = np.searchsorted(BUCKETS_S, lat_s, side="left")
-        for k in np.unique(ticks):
-            m = ticks == k
-            self._bin(int(k))[name] += np.bincount(bucket[m], minlength=_NB)
+        for k, m in self._ticks(t_s):
+            self._bin(k)[name] += np.bincount(bucket[m], minlength=_NB)
 
     def add_request_ends(self, t_s: np.ndarray, *, ttft: np.ndarray, tpot: np.ndarray,
                          e2e: np.ndarray, met: np.ndarray) -> None:
@@ -99,11 +109,9 @@ class Telemetry:
         TPOT and end-to-end histograms, SLO met and total, drops. ``ttft`` is NaN for a
         request that never had a first token: a dropped one joins the TTFT histogram's +Inf
         bucket here."""
-        ticks = (t_s // self.dt).astype(np.int64)
         drop = ~np.isfinite(e2e)
-        for k in np.unique(ticks):
-            m = ticks == k
-            b = self._bin(int(k))
+        for k, m in self._ticks(t_s, mask=True):
+            b = self._bin(k)
             b["tpot_hist"] += np.bincount(np.searchsorted(BUCKETS_S, tpot[m]), minlength=_NB)
             b["e2e_hist"] += np.bincount(np.searchsorted(BUCKETS_S, e2e[m]), minlength=_NB)
             b["e2e_sum"] += e2e[m & ~drop].sum()
@@ -116,12 +124,9 @@ class Telemetry:
     def add_latencies(self, done_s: np.ndarray, nodes: np.ndarray, lat_s: np.ndarray) -> None:
         if not done_s.size:
             return
-        ticks = (done_s // self.dt).astype(np.int64)
         bucket = np.searchsorted(BUCKETS_S, lat_s, side="left")
-        lo, hi = int(ticks.min()), int(ticks.max())
-        for k in range(lo, hi + 1):
-            m = ticks == k if hi > lo else slice(None)
-            b = self._bin(int(k))
+        for k, m in self._ticks(done_s):
+            b = self._bin(k)
             flat = nodes[m] * _NB + bucket[m]
             b["lat_hist"] += np.bincount(flat, minlength=self.n * _NB).reshape(self.n, _NB)
             b["lat_sum"] += np.bincount(nodes[m], weights=lat_s[m], minlength=self.n)
