@@ -1,5 +1,5 @@
 """How an observation compares with the pipeline's SLO: one rule for the guards' pressure hold
-and ``queueing``'s calibration. Pure.
+and ``queueing``'s calibration; the overrun a tick's reward pays for. Pure.
 """
 
 from __future__ import annotations
@@ -7,7 +7,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["slo_pressure", "shows_drops", "pressure_text"]
+__all__ = ["slo_pressure", "shows_drops", "pressure_text", "overrun", "MAX_OVERRUN"]
+
+MAX_OVERRUN = 5.0
+"""An overrun (fraction of the SLO) is capped here: one bad tick, a bounded reward."""
 
 
 def _ratios(observation: Any, slo: Any) -> list[tuple[str, float, float]]:
@@ -44,3 +47,16 @@ def shows_drops(observation: Any) -> bool:
     so any drop is SLO pressure); unknown (NaN) is not a drop."""
     d = float(observation.dropped_per_s)
     return math.isfinite(d) and d > 0
+
+
+def overrun(parts: Any, attainment: float) -> float:
+    """One tick's SLO overrun (``parts`` a simulator tick's ``RewardParts``):
+    ``max(0, ratio - 1)`` of the requests that ended in the tick (``ratio`` the worse of P95
+    TTFT and TPOT over their SLOs; inf, so capped, when drops reach the P95) plus the share of
+    requests that missed the SLO beyond what the ``attainment`` target allows; capped at
+    :data:`MAX_OVERRUN`."""
+    ratio = parts.slo_ratio
+    over = 0.0 if math.isnan(ratio) else max(0.0, min(ratio, MAX_OVERRUN + 1.0) - 1.0)
+    if parts.requests > 0:
+        over += max(0.0, parts.violations / parts.requests - (1.0 - attainment))
+    return min(over, MAX_OVERRUN)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["prefill_tokens", "decode_passes", "chunks", "passes_per_request"]
+__all__ = ["prefill_tokens", "decode_passes", "chunks", "passes_per_request", "expected_calls"]
 
 
 def prefill_tokens(dag, context, generated):
@@ -57,3 +57,36 @@ def passes_per_request(dag, context, generated):
     p = prefill_tokens(dag, context, generated)
     n_chunks = 1 if dag.prefill_chunk <= 0 else -(-p // dag.prefill_chunk)
     return n_chunks + decode_passes(dag, context, generated)
+
+
+def expected_calls(dag, context, generated) -> np.ndarray:
+    """Calls each request makes (arrays broadcast): per pass one call per segment stage
+    (and join) it visits, a decode pass ``min(top_k, experts)`` per MoE layer, a prefill chunk
+    of ``T`` tokens the experts it touches, ``E (1 - (1 - k / E) ** T)`` in expectation under
+    uniform routing (exact once every expert is touched; skewed routing touches fewer). The
+    check that a simulation serves every call, decode passes uncollapsed."""
+    p = np.asarray(prefill_tokens(dag, context, generated), dtype=np.int64)
+    d = np.asarray(decode_passes(dag, context, generated), dtype=np.int64)
+    parts = dag.stage_parts
+    first = [st for st in dag.stages if dag.kind != "encoder-decoder" or parts[st] == "encoder"]
+    later = [st for st in dag.stages if dag.kind != "encoder-decoder" or parts[st] == "decoder"]
+    layers = dag.moe_layers
+
+    def per_chunk(stages, tokens):
+        out = np.zeros(np.shape(tokens))
+        for st in stages:
+            if st not in layers:
+                out = out + 1
+                continue
+            e = len(layers[st])
+            k = min(dag.spec(layers[st][0]).top_k, e)
+            out = out + e * (1.0 - (1.0 - k / e) ** np.asarray(tokens, dtype=float))
+        return out
+
+    size = dag.prefill_chunk
+    if size <= 0:
+        prefill = per_chunk(first, p)
+    else:
+        full, rest = np.divmod(p, size)
+        prefill = full * per_chunk(first, size) + np.where(rest > 0, per_chunk(first, rest), 0)
+    return prefill + d * per_chunk(later, 1)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from smoelib.core.guards import guard
+from smoelib.core.slo import MAX_OVERRUN, overrun
 from smoelib.core.tick import Proposed
 from smoelib.policy.agent import SMoEAgent, actions_to_decision
 from smoelib.policy.base import get_decider
@@ -34,10 +35,9 @@ from smoelib.sim.env import RewardParts, SimEnv
 from smoelib.sim.loop import SimLoop
 from smoelib.sim.summary import summarise, window_series
 
-__all__ = ["Rollout", "EpisodeStats", "collect", "overrun", "cat_actions"]
+__all__ = ["Rollout", "EpisodeStats", "collect", "cat_actions"]
 
 Mode = Literal["sample", "greedy", "teacher"]
-_MAX_OVER = 5.0  # an overrun (fraction of the SLO) is capped here: one bad tick, bounded reward
 
 
 @dataclass(frozen=True)
@@ -80,18 +80,6 @@ class Rollout:
         return int(self.cost.numel())
 
 
-def overrun(parts: RewardParts, attainment: float) -> float:
-    """One tick's SLO overrun: ``max(0, ratio - 1)`` of the requests that ended in the tick
-    (``ratio`` the worse of P95 TTFT and TPOT over their SLOs; inf, so capped, when drops
-    reach the P95) plus the share of requests that missed the SLO beyond what the
-    ``attainment`` target allows; capped at 5."""
-    ratio = parts.slo_ratio
-    over = 0.0 if np.isnan(ratio) else max(0.0, min(ratio, _MAX_OVER + 1.0) - 1.0)
-    if parts.requests > 0:
-        over += max(0.0, parts.violations / parts.requests - (1.0 - attainment))
-    return min(over, _MAX_OVER)
-
-
 def cat_actions(items: list[Actions]) -> Actions:
     """Stack actions along the batch dimension."""
     return Actions(order=torch.cat([a.order for a in items]),
@@ -108,7 +96,7 @@ def _episode(env: SimEnv) -> EpisodeStats:
     win = win[~np.isnan(win)]  # NaN: a window without requests
     worst = float(np.max(win)) if win.size else 0.0
     return EpisodeStats(cost=s.cost, slo_ratio=s.slo_ratio,
-                        worst_window=min(worst, _MAX_OVER),
+                        worst_window=min(worst, MAX_OVERRUN),
                         violation_rate=s.window_violation_rate, dropped=s.dropped)
 
 

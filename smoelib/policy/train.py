@@ -50,6 +50,7 @@ from smoelib.policy.features import PolicyInput
 from smoelib.policy.imitation import bc_loss
 from smoelib.policy.pointer import Actions
 from smoelib.policy.rollout import EpisodeStats, Rollout, collect
+from smoelib.sim.targets import reference_cost
 
 __all__ = ["TrainConfig", "TrainResult", "train", "crn_advantages", "reference_cost",
            "LOG_KEYS"]
@@ -212,17 +213,6 @@ class TrainResult:
 
 
 # ---- small pieces ---------------------------------------------------------------------------
-def reference_cost(dag: Any, settings: Any) -> float:
-    """Cost of one control tick of ``dag`` at its pipeline defaults (currency): the unit
-    rewards are measured in, so that one reward scale serves pipelines of any size."""
-    from smoelib.core.accounting import price_per_hour
-    from smoelib.sim.targets import defaults
-
-    d = defaults(dag)
-    per_h = price_per_hour(settings, cpu=d.cpu, memory_mb=d.memory_mb, gpu_share=d.gpu_share)
-    return float((d.replicas * per_h).sum()) * settings.control.interval_s / 3600.0
-
-
 def crn_advantages(adv: torch.Tensor) -> torch.Tensor:
     """Subtract, per tick, the mean advantage of the *other* rollouts (leave-one-out, so the
     baseline never depends on the rollout's own actions): what all rollouts share through the

@@ -95,3 +95,13 @@ def from_decision(decision: Any, dag, settings: Settings, base: Targets) -> Targ
     if problems:
         raise ConfigError(problems, source="decision")
     return Targets(**out, decided=decided)
+
+
+def reference_cost(dag, settings: Settings) -> float:
+    """Cost of one control tick of ``dag`` at its pipeline defaults (currency): the unit
+    rewards are measured in, so that one reward scale serves pipelines of any size."""
+    from smoelib.core.accounting import price_per_hour
+
+    d = defaults(dag)
+    per_h = price_per_hour(settings, cpu=d.cpu, memory_mb=d.memory_mb, gpu_share=d.gpu_share)
+    return float((d.replicas * per_h).sum()) * settings.control.interval_s / 3600.0
