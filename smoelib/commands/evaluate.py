@@ -4,6 +4,8 @@ Writes ``DIR/results.json`` (DESIGN.md), ``DIR/results.md`` (cost relative to ``
 P99 over the SLO, window violation rate, dropped requests, spread over seeds, acceptance
 checks) and three plots: ``cost_vs_p95.png`` (per scenario), ``attainment_over_time.png`` (first
 seed) and ``hottest_replicas.png`` (ready replicas of the busiest expert, first seed).
+``DIR/runs.jsonl`` holds each run as it finishes: run the same command again and an evaluation
+that was stopped resumes where it was.
 """
 
 from __future__ import annotations
@@ -96,9 +98,10 @@ def run(args: argparse.Namespace) -> int:
         get_profile(args.guards)  # an unknown profile fails before any work
     specs = [RunSpec(p, t, pol, s, args.duration, args.config, guards=args.guards)
              for p in pipelines for t in traces for s in seeds for pol in policies]
-    results = run_all(specs, jobs=args.jobs, progress=not args.no_progress)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    results = run_all(specs, jobs=args.jobs, progress=not args.no_progress,
+                      journal=out / "runs.jsonl")
     write_json(results, out)
     command = "smoe evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
         if len(sys.argv) > 2 and sys.argv[1] == "evaluate" else "smoe evaluate"

@@ -160,19 +160,21 @@ def run_episode(spec: RunSpec, *, thread_cap: int | None = None) -> Episode:
     loop.reset(spec.seed)
     decider.reset(spec.seed)
     ex = Experts(dag)
-    future = hindsight(env, ex)
-    if hasattr(decider, "see_future"):
-        decider.see_future(future)
-    hot = int(np.argmax(future.calls.sum(axis=0) + 1e-9 * future.tokens.sum(axis=0)))
+    if hasattr(decider, "see_future"):  # only the hindsight policies read ahead
+        decider.see_future(hindsight(env, ex))
     decide_ms: list[float] = []
-    hot_replicas: list[float] = []
+    replicas: list[np.ndarray] = []
 
     def record(s: LoopStep) -> None:
         decide_ms.append(s.tick.decide_ms)
-        hot_replicas.append(float(s.step.observation.replicas_ready[ex.index[hot]]))
+        replicas.append(s.step.observation.replicas_ready[ex.index].copy())
 
     loop.run(decider, on_step=record)
-    return Episode(loop, decider, loop.profile.name, decide_ms, ex.nodes[hot], hot_replicas)
+    # the hottest expert: the most calls served (then tokens) over the episode
+    totals = env.tel.totals
+    hot = int(np.argmax(totals["calls"][ex.index] + 1e-9 * totals["tokens"][ex.index]))
+    return Episode(loop, decider, loop.profile.name, decide_ms, ex.nodes[hot],
+                   [float(r[hot]) for r in replicas])
 
 
 def run_one(spec: RunSpec, *, thread_cap: int | None = None) -> dict[str, Any]:
@@ -202,30 +204,61 @@ def run_one(spec: RunSpec, *, thread_cap: int | None = None) -> dict[str, Any]:
     return {"run": row, "series": series, "spec": asdict(spec)}
 
 
-def run_all(specs: list[RunSpec], *, jobs: int = 1, progress: bool = True
-            ) -> list[dict[str, Any]]:
+def run_all(specs: list[RunSpec], *, jobs: int = 1, progress: bool = True,
+            journal: Path | None = None) -> list[dict[str, Any]]:
     """Run every spec, in ``jobs`` spawned processes (each builds its own env and uses at most
     its share of the cores for policy inference), with a progress bar; results in the order
-    of ``specs``."""
+    of ``specs``. With a ``journal`` (a JSON-lines file) each run is appended as it finishes
+    and the runs it already holds are not run again: a stopped evaluation resumes."""
     from tqdm import tqdm
 
     out: list[dict[str, Any] | None] = [None] * len(specs)
-    bar = tqdm(total=len(specs), unit="run", disable=not progress)
+    done = _journal(journal)
+    for i, spec in enumerate(specs):
+        out[i] = done.get(_key(spec))
+    todo = [i for i, r in enumerate(out) if r is None]
+    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), unit="run",
+               disable=not progress)
+
+    def finished(i: int, res: dict[str, Any]) -> None:
+        out[i] = res
+        if journal is not None:
+            with journal.open("a") as f:
+                f.write(json.dumps(res, allow_nan=True) + "\n")
+        bar.update(1)
+
     if jobs <= 1:
-        for i, spec in enumerate(specs):
-            out[i] = run_one(spec)
-            bar.update(1)
+        for i in todo:
+            finished(i, run_one(specs[i]))
     else:
         import multiprocessing as mp
 
         cap = max(1, (os.cpu_count() or 1) // jobs)
-        work = [(i, spec, cap) for i, spec in enumerate(specs)]
+        work = [(i, specs[i], cap) for i in todo]
         with mp.get_context("spawn").Pool(jobs) as pool:
             for i, res in pool.imap_unordered(_indexed, work):
-                out[i] = res
-                bar.update(1)
+                finished(i, res)
     bar.close()
     return [r for r in out if r is not None]
+
+
+def _key(spec: RunSpec) -> str:
+    return json.dumps(asdict(spec), sort_keys=True, default=str)
+
+
+def _journal(path: Path | None) -> dict[str, dict[str, Any]]:
+    """The runs a journal holds, by spec (a line cut short by a stop is skipped)."""
+    if path is None or not path.exists():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        try:
+            res = json.loads(line)
+            out[_key(RunSpec(**{k: tuple(tuple(x) for x in v) if k == "overrides" else v
+                                for k, v in res["spec"].items()}))] = res
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
 
 
 def _indexed(item: tuple[int, RunSpec, int]) -> tuple[int, dict[str, Any]]:

@@ -54,7 +54,7 @@ P_INDEX, P_PLAN, P_SINKS, P_TOKENS = range(4)
 FIRST, END, DROP = 0, 1, 2
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def ffn_ms(kind, f, coff, ct, cm, node, n, share, cores):
     """The FFN time (ms) of ``n`` tokens on ``node`` at GPU ``share`` or ``cores`` (the
     arithmetic of :meth:`~smoelib.core.service.ServiceModel.ffn_ms`, scalar)."""
@@ -95,7 +95,7 @@ def ffn_ms(kind, f, coff, ct, cm, node, n, share, cores):
 
 # ---- the event heap: (time, push sequence) keys, the event as ``a * 4 + kind`` ----------
 # (its size ``nh`` and the last sequence number ``seq`` live in registers: passed and returned)
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _push(ht, hs, hc, nh, seq, t, kind, a):
     if nh >= ht.size:
         raise IndexError("event heap overflow")
@@ -116,7 +116,7 @@ def _push(ht, hs, hc, nh, seq, t, kind, a):
     return nh + 1, seq
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _pop(ht, hs, hc, nh):
     """Remove the heap's top (the caller has read it); returns the new size."""
     n = nh - 1
@@ -157,7 +157,7 @@ def push_requests(st, ht, hs, hc, times, lo, hi):
 
 
 # ---- calls and the request log --------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _new_call(st, cfree, cv, r, g, node, tokens):
     k = st[CALL_FREE] - 1
     if k < 0:
@@ -174,13 +174,13 @@ def _new_call(st, cfree, cv, r, g, node, tokens):
     return c
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _free_call(st, cfree, c):
     cfree[st[CALL_FREE]] = c
     st[CALL_FREE] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _log_req(st, lq_t, lq_v, t, r, kind):
     i = st[LOG_REQ]
     lq_t[i] = t
@@ -189,7 +189,7 @@ def _log_req(st, lq_t, lq_v, t, r, kind):
     st[LOG_REQ] = i + 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _release(r, st, req_slot, sfree):
     slot = req_slot[r]
     if slot >= 0:
@@ -352,15 +352,40 @@ def serve(t1, st, ht, hs, hc, cv, cadm, cfree,
             if t > s_done[slot, li]:
                 s_done[slot, li] = t
             s_calls[slot, li] -= 1
-            if s_calls[slot, li] == 0:
-                stack_g[0] = g
-                stack_t[0] = s_done[slot, li]
-                nh, seq = _complete(
-                    r, t, 1, False, st, ht, hs, hc, nh, seq, cv, cfree, gst, g_succ, g_nodes,
-                    plan_off, src_off, src, sink_off, sink, times, prefill, decodes, n_chunks,
-                    chunk, ttft, e2e, tpot, dropped, req_slot, dec_off, dec, kt, ko, kw, chk_off,
-                    chk_ptr, chk_e, chk_n, n_layers, s_preds, s_calls, s_ready, s_done, s_meta,
-                    sfree, stack_g, stack_t, lq_t, lq_v, rpc_s)
+            if s_calls[slot, li] == 0:  # the stage is done
+                tg = s_done[slot, li]
+                top = 0
+                if gst[g, G_SUCC_END] > gst[g, G_SUCC]:
+                    # release its successors here (what _complete does, inline: the common case)
+                    lo = plan_off[s_meta[slot, P_PLAN]]
+                    for j in range(gst[g, G_SUCC], gst[g, G_SUCC_END]):
+                        s2 = g_succ[j]
+                        l2 = s2 - lo
+                        if tg > s_ready[slot, l2]:
+                            s_ready[slot, l2] = tg
+                        s_preds[slot, l2] -= 1
+                        if s_preds[slot, l2] == 0:
+                            at = s_ready[slot, l2] + rpc_s
+                            ok, nh, seq = _emit(r, slot, s2, at, st, ht, hs, hc, nh, seq, cv,
+                                                cfree, gst, g_nodes, plan_off, n_chunks,
+                                                dec_off, dec, kt, ko, kw, chk_off, chk_ptr,
+                                                chk_e, chk_n, n_layers, s_calls, s_meta)
+                            if not ok:
+                                stack_g[top] = s2
+                                stack_t[top] = at
+                                top += 1
+                else:  # a sink: the pass may end
+                    stack_g[0] = g
+                    stack_t[0] = tg
+                    top = 1
+                if top:
+                    nh, seq = _complete(
+                        r, t, top, False, st, ht, hs, hc, nh, seq, cv, cfree, gst, g_succ,
+                        g_nodes, plan_off, src_off, src, sink_off, sink, times, prefill,
+                        decodes, n_chunks, chunk, ttft, e2e, tpot, dropped, req_slot, dec_off,
+                        dec, kt, ko, kw, chk_off, chk_ptr, chk_e, chk_n, n_layers, s_preds,
+                        s_calls, s_ready, s_done, s_meta, sfree, stack_g, stack_t, lq_t, lq_v,
+                        rpc_s)
         pi[pid, PI_FREE] += 1
         if pi[pid, PI_LEN] > 0:
             nh, seq = _start_batch(pid, pi[pid, PI_NODE], t, st, ht, hs, hc, nh, seq, cv, pi,
@@ -371,7 +396,7 @@ def serve(t1, st, ht, hs, hc, cv, cadm, cfree,
     return status
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _start_batch(pid, node, t, st, ht, hs, hc, nh, seq, cv, pi, pf, max_batch, m_kind, m_f,
                  m_coff, m_ct, m_cm, nbuf, lb_t, lb_s, lb_v):
     """A free worker of ``pid`` takes the calls waiting (at most the node's ``max_batch``)."""
@@ -410,7 +435,7 @@ def _start_batch(pid, node, t, st, ht, hs, hc, nh, seq, cv, pi, pf, max_batch, m
     return _push(ht, hs, hc, nh, seq, t + svc, DONE, head)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _emit(r, slot, g, t, st, ht, hs, hc, nh, seq, cv, cfree, gst, g_nodes, plan_off, n_chunks,
           dec_off, dec, kt, ko, kw, chk_off, chk_ptr, chk_e, chk_n, n_layers, s_calls, s_meta):
     """Push the calls of stage ``g`` of ``r``'s pass at ``t`` as one group (one event: its
