@@ -22,7 +22,7 @@ import numpy as np
 from smoelib.sim import kernel as k
 from smoelib.sim.cluster import Cluster
 from smoelib.sim.engine import Engine
-from smoelib.sim.telemetry import Telemetry
+from smoelib.sim.telemetry import BUCKETS_S, Telemetry
 
 __all__ = ["CompiledEngine"]
 
@@ -270,23 +270,22 @@ class CompiledEngine(Engine):
 
     @staticmethod
     def _new_logs(size: int) -> tuple:
-        return (np.zeros(size), np.zeros(size), np.zeros(size, np.int64), np.zeros(size),
-                np.zeros(size), np.zeros((size, 3), np.int64), np.zeros(size),
-                np.zeros(size, np.int64), np.zeros(2 * size), np.zeros((2 * size, 2), np.int64))
+        """The request log: time, and (request, kind: first token, end, drop)."""
+        return np.zeros(size), np.zeros((size, 2), np.int64)
 
     def _flush(self, tel: Telemetry) -> None:
         st = self.st
-        ld_t, ld_l, ld_n, lb_t, lb_s, lb_v, lr_t, lr_n, lq_t, lq_v = self._logs
-        nd, nb, nr, nq = st[k.LOG_DONE], st[k.LOG_B], st[k.LOG_REJ], st[k.LOG_REQ]
+        lq_t, lq_v = self._logs
+        nq = st[k.LOG_REQ]
         kinds = lq_v[:nq, 1]
         first = kinds == k.FIRST
         ends = np.concatenate([np.flatnonzero(kinds == k.END), np.flatnonzero(kinds == k.DROP)])
-        self._record(tel, batches=(lb_t[:nb], lb_v[:nb, 0], lb_v[:nb, 1].astype(float),
-                                   lb_v[:nb, 2].astype(float), lb_s[:nb]),
-                     rejected=(lr_t[:nr], lr_n[:nr]), done=(ld_t[:nd], ld_n[:nd], ld_l[:nd]),
+        empty_f, empty_i = np.zeros(0), np.zeros(0, np.int64)
+        self._record(tel, batches=(empty_f, empty_i, empty_f, empty_f, empty_f),
+                     rejected=(empty_f, empty_i), done=(empty_f, empty_i, empty_f),
                      first=(lq_t[:nq][first], lq_v[:nq, 0][first]),
                      ends=(lq_t[:nq][ends], lq_v[:nq, 0][ends]))
-        st[k.LOG_DONE] = st[k.LOG_B] = st[k.LOG_REJ] = st[k.LOG_REQ] = 0
+        st[k.LOG_REQ] = 0
 
     # ---- the slice -----------------------------------------------------------------------
     def run(self, t0: float, t1: float, cluster: Cluster, tel: Telemetry) -> None:
@@ -305,6 +304,9 @@ class CompiledEngine(Engine):
         cand = self._candidates(t0, cluster)
         par = np.asarray(self.par, np.int64)
         max_batch = np.asarray(self.max_batch, np.int64)
+        n_nodes = self.node_inflight.size
+        acc = np.zeros((n_nodes, k.COUNTERS))
+        lat_hist = np.zeros((n_nodes, BUCKETS_S.size))
         while True:
             status = k.serve(
                 float(t1), st, self.ht, self.hs, self.hc, self.call_v, self.cadm, self.cfree,
@@ -313,13 +315,19 @@ class CompiledEngine(Engine):
                 self.req_slot, self.dec_off, self.dec, self.kt, self.ko, self.kw, self.chk_off,
                 self.chk_ptr, self.chk_e, self.chk_n, self.n_layers, self.s_preds,
                 self.s_calls, self.s_ready, self.s_done, self.s_meta, self.sfree, self.pi, pf,
-                *cand, *self.model_arrays, self.ubuf, self.nbuf, *self._logs,
-                self.node_inflight, max_batch, par, float(self.rpc_s), float(self.retry_s),
-                float(self.retry_cap_s), int(self.max_retries), int(self.emit_max))
+                *cand, *self.model_arrays, self.ubuf, self.nbuf, *self._logs, acc, lat_hist,
+                BUCKETS_S, self.node_inflight, max_batch, par, float(self.rpc_s),
+                float(self.retry_s), float(self.retry_cap_s), int(self.max_retries),
+                int(self.emit_max))
             if status == k.OK:
                 break
             self._make_room(status, tel)
         self._flush(tel)
+        tel.add_tick(int(t0 // tel.dt), {
+            "calls": acc[:, k.A_CALLS], "tokens": acc[:, k.A_TOKENS],
+            "busy_s": acc[:, k.A_BUSY], "batches": acc[:, k.A_BATCHES],
+            "rejected": acc[:, k.A_REJECTED], "lat_sum": acc[:, k.A_LAT_SUM],
+            "lat_hist": lat_hist})
         self.calls, self.rejected = int(st[k.CALLS]), int(st[k.REJECTED])
         self.retries, self.batches = int(st[k.RETRIES]), int(st[k.BATCHES])
 
@@ -344,7 +352,7 @@ class CompiledEngine(Engine):
                 setattr(self, name, _grow(getattr(self, name), 2 * old))
             self.sfree = _free_stack(self.sfree, st, k.SLOT_FREE, old, 2 * old)
         elif status == k.NEED_LOG:
-            empty = not (st[k.LOG_DONE] or st[k.LOG_B] or st[k.LOG_REJ] or st[k.LOG_REQ])
+            empty = not st[k.LOG_REQ]
             self._flush(tel)
             if empty:  # one event needs more than the log holds
                 self._logs = self._new_logs(2 * self._logs[0].size)

@@ -27,9 +27,9 @@ ARRIVE, DONE, REQUEST = 0, 1, 2
 OK, NEED_RANDOM, NEED_HEAP, NEED_CALLS, NEED_SLOTS, NEED_LOG = 0, 1, 2, 3, 4, 5
 
 # the scalar state (one int64 array), by index
-(HEAP, SEQ, CALLS, REJECTED, RETRIES, BATCHES, CALL_FREE, SLOT_FREE, UI, NI, LOG_DONE, LOG_B,
- LOG_REJ, LOG_REQ) = range(14)
-SCALARS = 14
+(HEAP, SEQ, CALLS, REJECTED, RETRIES, BATCHES, CALL_FREE, SLOT_FREE, UI, NI,
+ LOG_REQ) = range(11)
+SCALARS = 11
 
 # the model columns (one float row per node)
 (M_GPU, M_WB, M_CWB, M_FPT, M_GBW, M_GPEAK, M_LAUNCH, M_CBW, M_CPEAK, M_SBW, M_BASE,
@@ -48,6 +48,9 @@ STAGE_COLUMNS = 6
 # call columns (a group's or a batch's head also holds its size, a batch's head its pod)
 C_REQ, C_STAGE, C_NODE, C_TOKENS, C_ATTEMPT, C_NEXT, C_COUNT, C_PID = range(8)
 CALL_COLUMNS = 8
+# per-node counters of the slice (its tick), binned as the events happen
+A_CALLS, A_TOKENS, A_BUSY, A_BATCHES, A_REJECTED, A_LAT_SUM = range(6)
+COUNTERS = 6
 # pass-slot meta columns
 P_INDEX, P_PLAN, P_SINKS, P_TOKENS = range(4)
 # request-log kinds
@@ -181,6 +184,19 @@ def _free_call(st, cfree, c):
 
 
 @njit(cache=True, inline="always")
+def _bucket(buckets, x):
+    """``np.searchsorted(buckets, x, side="left")``: the first bucket at or above ``x``."""
+    lo, hi = 0, buckets.size
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if buckets[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True, inline="always")
 def _log_req(st, lq_t, lq_v, t, r, kind):
     i = st[LOG_REQ]
     lq_t[i] = t
@@ -205,11 +221,13 @@ def serve(t1, st, ht, hs, hc, cv, cadm, cfree,
           times, prefill, decodes, n_chunks, chunk, ttft, e2e, tpot, dropped, req_slot,
           dec_off, dec, kt, ko, kw, chk_off, chk_ptr, chk_e, chk_n, n_layers,
           s_preds, s_calls, s_ready, s_done, s_meta, sfree,
-          pi, pf, cand_off, cand_ids, m_kind, m_f, m_coff, m_ct, m_cm, ubuf, nbuf,
-          ld_t, ld_l, ld_n, lb_t, lb_s, lb_v, lr_t, lr_n, lq_t, lq_v,
-          node_inflight, max_batch, par, rpc_s, retry_s, retry_cap_s, max_retries, emit_max):
-    """Serve events before ``t1``; returns a status code (OK when done)."""
-    cap_done, cap_b, cap_rej, cap_req = ld_t.size, lb_t.size, lr_t.size, lq_t.size
+          pi, pf, cand_off, cand_ids, m_kind, m_f, m_coff, m_ct, m_cm, ubuf, nbuf, lq_t, lq_v,
+          acc, lat_hist, buckets, node_inflight, max_batch, par, rpc_s, retry_s, retry_cap_s,
+          max_retries, emit_max):
+    """Serve events before ``t1``; returns a status code (OK when done). Calls, tokens, busy
+    seconds, batches, 429s and call latencies are added to ``acc`` and ``lat_hist`` (the
+    slice's tick); first tokens, ends and drops go to the request log."""
+    cap_req = lq_t.size
     stack_g = np.empty(s_calls.shape[1] + 1, np.int64)
     stack_t = np.empty(s_calls.shape[1] + 1)
     nh, seq = st[HEAP], st[SEQ]
@@ -234,8 +252,7 @@ def serve(t1, st, ht, hs, hc, cv, cadm, cfree,
         if kind == REQUEST and st[SLOT_FREE] < 1:
             status = NEED_SLOTS
             break
-        if (st[LOG_DONE] + count > cap_done or st[LOG_B] + count > cap_b
-                or st[LOG_REJ] + count > cap_rej or st[LOG_REQ] + 2 * count + 2 > cap_req):
+        if st[LOG_REQ] + 2 * count + 2 > cap_req:
             status = NEED_LOG
             break
         nh = _pop(ht, hs, hc, nh)
@@ -285,10 +302,7 @@ def serve(t1, st, ht, hs, hc, cv, cadm, cfree,
                         pid = -1
                 if pid < 0:
                     st[REJECTED] += 1
-                    i = st[LOG_REJ]
-                    lr_t[i] = t
-                    lr_n[i] = node
-                    st[LOG_REJ] = i + 1
+                    acc[node, A_REJECTED] += 1.0
                     attempt = cv[c, C_ATTEMPT]
                     if attempt >= max_retries:
                         if not dropped[r]:
@@ -324,7 +338,7 @@ def serve(t1, st, ht, hs, hc, cv, cadm, cfree,
                 if pi[pid, PI_FREE] > 0:
                     nh, seq = _start_batch(pid, node, t, st, ht, hs, hc, nh, seq, cv, pi, pf,
                                            max_batch, m_kind, m_f, m_coff, m_ct, m_cm, nbuf,
-                                           lb_t, lb_s, lb_v)
+                                           acc)
                 c = nxt
             continue
 
@@ -336,11 +350,9 @@ def serve(t1, st, ht, hs, hc, cv, cadm, cfree,
             node = cv[c, C_NODE]
             pi[pid, PI_N] -= 1
             node_inflight[node] -= 1
-            i = st[LOG_DONE]
-            ld_t[i] = t
-            ld_l[i] = t - cadm[c]
-            ld_n[i] = node
-            st[LOG_DONE] = i + 1
+            lat = t - cadm[c]
+            lat_hist[node, _bucket(buckets, lat)] += 1.0
+            acc[node, A_LAT_SUM] += lat
             r = cv[c, C_REQ]
             g = cv[c, C_STAGE]
             _free_call(st, cfree, c)
@@ -389,8 +401,7 @@ def serve(t1, st, ht, hs, hc, cv, cadm, cfree,
         pi[pid, PI_FREE] += 1
         if pi[pid, PI_LEN] > 0:
             nh, seq = _start_batch(pid, pi[pid, PI_NODE], t, st, ht, hs, hc, nh, seq, cv, pi,
-                                   pf, max_batch, m_kind, m_f, m_coff, m_ct, m_cm, nbuf, lb_t,
-                                   lb_s, lb_v)
+                                   pf, max_batch, m_kind, m_f, m_coff, m_ct, m_cm, nbuf, acc)
     st[HEAP] = nh
     st[SEQ] = seq
     return status
@@ -398,7 +409,7 @@ def serve(t1, st, ht, hs, hc, cv, cadm, cfree,
 
 @njit(cache=True, inline="always")
 def _start_batch(pid, node, t, st, ht, hs, hc, nh, seq, cv, pi, pf, max_batch, m_kind, m_f,
-                 m_coff, m_ct, m_cm, nbuf, lb_t, lb_s, lb_v):
+                 m_coff, m_ct, m_cm, nbuf, acc):
     """A free worker of ``pid`` takes the calls waiting (at most the node's ``max_batch``)."""
     limit = max_batch[node]
     n = pi[pid, PI_LEN]
@@ -425,13 +436,10 @@ def _start_batch(pid, node, t, st, ht, hs, hc, nh, seq, cv, pi, pf, max_batch, m
     st[NI] += 1
     st[CALLS] += take
     st[BATCHES] += 1
-    i = st[LOG_B]
-    lb_t[i] = t
-    lb_s[i] = svc
-    lb_v[i, 0] = node
-    lb_v[i, 1] = take
-    lb_v[i, 2] = tokens
-    st[LOG_B] = i + 1
+    acc[node, A_CALLS] += take
+    acc[node, A_TOKENS] += tokens
+    acc[node, A_BUSY] += svc
+    acc[node, A_BATCHES] += 1.0
     return _push(ht, hs, hc, nh, seq, t + svc, DONE, head)
 
 

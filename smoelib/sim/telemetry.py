@@ -86,6 +86,12 @@ class Telemetry:
             if m.any():
                 yield k, m
 
+    def add_tick(self, k: int, arrays: dict[str, np.ndarray]) -> None:
+        """Add per-node counters (and ``lat_hist``) already summed over tick ``k``."""
+        b = self._bin(k)
+        for name, v in arrays.items():
+            b[name] += v
+
     def add_counts(self, t: float, name: str, nodes: np.ndarray, values: np.ndarray) -> None:
         """Add ``values`` per ``nodes`` to counter ``name`` in the tick containing ``t``."""
         self._bin(int(t // self.dt))[name] += np.bincount(nodes, weights=values,
