@@ -8,8 +8,9 @@ routing Gini equals the configured target (0.1-0.4, research note "workload" 4).
 drift as a stationary AR(1) on a fixed time grid (slow drift) and a layer's are reshuffled at
 Poisson times (sudden shifts). A pass uses the popularity at its request's arrival.
 
-A **decode** token picks ``top_k`` distinct experts per layer (Gumbel top-k on the layer's
-probabilities, the largest key first; compiled: a request draws hundreds of passes). A
+A **decode** token picks ``top_k`` distinct experts per layer, drawn one after another in
+proportion to the layer's probabilities among those not yet drawn (the Gumbel top-k
+distribution; compiled: a request draws hundreds of passes). A
 **prefill** chunk of ``T`` tokens sends ``T * top_k`` token slots to a layer,
 drawn multinomially (each expert's count clipped to ``T``, as a token picks distinct experts).
 Layers are correlated (Lina, ExFlow): with affinity ``a > 0`` the next layer's probabilities
@@ -159,15 +160,15 @@ class RoutingModel:
         top_k) of distinct expert indices, the most preferred first."""
         pop = self.popularity(t_s, task)
         sizes = np.asarray(self.sizes, np.int64)
-        gumbel = rng.gumbel(size=int(passes * sizes.sum()))  # layer after layer, (passes, e)
+        width = np.minimum(np.asarray(self.top_k, np.int64), sizes)
+        u = rng.random(int(passes * width.sum()))  # layer after layer, (passes, width)
         if self._aff_flat is None:
             mats = [np.zeros((1, 1)) if m is None else m for m in self._affinity]
             self._aff_off = np.concatenate([[0], np.cumsum([m.size for m in mats])]
                                            ).astype(np.int64)
             self._aff_flat = np.concatenate([m.reshape(-1) for m in mats])
-        width = np.minimum(np.asarray(self.top_k, np.int64), sizes)
-        out = _top_k_passes(np.ascontiguousarray(pop), sizes, width, self._aff_flat,
-                            self._aff_off, float(self.params.affinity), gumbel, int(passes))
+        out = _picks(np.ascontiguousarray(pop), sizes, width, self._aff_flat, self._aff_off,
+                     float(self.params.affinity), u, int(passes))
         cuts = np.cumsum(width)[:-1]
         return [np.ascontiguousarray(x) for x in np.split(out, cuts, axis=1)]
 
@@ -207,33 +208,40 @@ class RoutingModel:
 
 
 @njit(cache=True)
-def _top_k_passes(pop, sizes, width, aff, aff_off, a, gumbel, passes):
-    """Gumbel top-k per pass and layer: keys ``log p + G`` with ``p`` the layer's shares,
-    mixed with the affinity row of the previous layer's first choice; the ``width[l]``
-    largest keys, largest first. ``gumbel`` holds layer after layer a (passes, experts)
-    block. Returns (passes, sum of widths)."""
+def _picks(pop, sizes, width, aff, aff_off, a, u, passes):
+    """Per pass and layer, ``width[l]`` distinct experts drawn one after another in proportion
+    to ``p`` among those not yet drawn (sampling without replacement: the Gumbel top-k
+    distribution, from ``width[l]`` uniforms instead of one Gumbel per expert); ``p`` the
+    layer's shares mixed with the affinity row of the previous layer's first choice. ``u``
+    holds layer after layer a (passes, width) block. Returns (passes, sum of widths)."""
     out = np.empty((passes, width.sum()), np.int64)
-    keys = np.empty(sizes.max())
-    g0 = 0
+    p = np.empty(sizes.max())
+    u0 = 0
     col = 0
     for layer in range(sizes.size):
         e = sizes[layer]
         k = width[layer]
         for i in range(passes):
-            g = g0 + i * e
             prev = out[i, col - width[layer - 1]] if layer > 0 else -1
+            total = 0.0
             for j in range(e):
-                p = pop[layer, j]
+                q = pop[layer, j]
                 if a > 0 and prev >= 0:
-                    p = (1 - a) * p + a * aff[aff_off[layer] + prev * e + j]
-                keys[j] = np.log(max(p, 1e-300)) + gumbel[g + j]
+                    q = (1 - a) * q + a * aff[aff_off[layer] + prev * e + j]
+                p[j] = q
+                total += q
             for m in range(k):
-                best = -1
+                x = u[u0 + i * k + m] * total
+                pick = -1
                 for j in range(e):
-                    if keys[j] > -np.inf and (best < 0 or keys[j] > keys[best]):
-                        best = j
-                out[i, col + m] = best
-                keys[best] = -np.inf
-        g0 += passes * e
+                    if p[j] > 0:
+                        pick = j
+                        x -= p[j]
+                        if x < 0:
+                            break
+                out[i, col + m] = pick
+                total -= p[pick]
+                p[pick] = 0.0
+        u0 += passes * k
         col += k
     return out
