@@ -19,7 +19,10 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
+
 from smoelib.commands.plotting import pyplot
+from smoelib.core import work
 from smoelib.core.guards import get_profile
 from smoelib.errors import ConfigError, Problem
 from smoelib.pipeline.topology import build_dag
@@ -75,8 +78,11 @@ def run(args: argparse.Namespace) -> int:
                     speed=args.speed, progress=not args.no_progress)
     wall = time.monotonic() - started
     summary = summarise(loop.env)
+    tr = loop.env.trace
+    generated = tr.generated if tr.generated is not None else np.zeros_like(tr.tokens)
+    expected = float(work.expected_calls(dag, tr.tokens, generated).sum())
     print(_render(summary, dag=dag, args=args, wall_s=wall, settings=settings,
-                  profile=profile.name))
+                  profile=profile.name, expected_calls=expected))
     if args.out:
         _write_out(Path(args.out), loop.env)
     return 0
@@ -115,7 +121,8 @@ def simulate(dag, settings, *, decider, profile, trace: str, duration_s: float, 
     return loop
 
 
-def _render(s: Summary, *, dag, args, wall_s: float, settings, profile: str) -> str:
+def _render(s: Summary, *, dag, args, wall_s: float, settings, profile: str,
+            expected_calls: float) -> str:
     pct = 100.0 * s.dropped / max(s.requests, 1)
     currency = settings.prices.currency
     budget = settings.guards.rollout_budget_per_min
@@ -125,7 +132,8 @@ def _render(s: Summary, *, dag, args, wall_s: float, settings, profile: str) -> 
     lines = [
         f"pipeline {dag.name} ({dag.kind}), trace {args.trace}, policy {args.policy} (guards "
         f"{profile}), seed {args.seed}: {args.duration:g} s simulated in {wall_s:.1f} s "
-        f"({s.calls} expert and segment calls, {s.calls / max(wall_s, 1e-9):,.0f} per second)",
+        f"({s.calls} expert and segment calls, {s.calls / max(wall_s, 1e-9):,.0f} per second; "
+        f"analytic count {expected_calls:,.0f}, {s.calls / max(expected_calls, 1) - 1:+.2%})",
         f"requests {s.requests}, completed {s.completed}, dropped {s.dropped} ({pct:.2f}%; a "
         f"dropped request has infinite latency and counts in every percentile)",
         _latency_line("TTFT", s.ttft_p50_ms, s.ttft_p95_ms, s.ttft_p99_ms, s.ttft_slo_ms),

@@ -159,7 +159,8 @@ class OracleDecider(_Hindsighted):
     """The queueing optimiser (with its budget calibration) fed the true future in place of the
     forecast: per expert the mean true call rate (averaged like the observation, over
     ``metrics.rate_window_s``) over the period the decision governs, from now to the next plan
-    (one HPA sync plus one tick), no forecast headroom and no scale-down delay."""
+    (one HPA sync plus one tick), no forecast headroom and no scale-down delay; the segments'
+    no-load times in the budget, as the static hindsight sizers take them."""
 
     def decide(self, obs):
         t = float(obs.time_s)
@@ -169,7 +170,7 @@ class OracleDecider(_Hindsighted):
         lam = self.calls[sl].mean(axis=0)
         tps = self.tokens[sl].mean(axis=0)
         tokens = np.where(lam > 0, tps / np.maximum(lam, 1e-9), 0.0)
-        return self._choose(obs, lam, tokens, tps, self._segments(obs), delay_s=0.0)
+        return self._choose(obs, lam, tokens, tps, self.sizer.segment_floor_ms, delay_s=0.0)
 
 
 @register("static-peak")
@@ -183,8 +184,7 @@ class StaticPeakDecider(_Hindsighted):
         lam = self.calls.max(axis=0)
         tokens = (self.tokens / np.maximum(self.calls, 1e-9)).max(axis=0)
         keep = self.current.copy()
-        budget = sz.budgets(tokens_per_s=self.tokens.max(axis=0), segment_ms=np.zeros(
-            sz.path_segments.size))
+        budget = sz.budgets(tokens_per_s=self.tokens.max(axis=0), segment_ms=sz.segment_floor_ms)
         plan = sz.plan(lam, tokens, budget, keep=keep)
         self.replicas = np.maximum(plan.replicas, np.maximum(self.ex.rmin, 1))
 
@@ -209,8 +209,7 @@ class _StaticSized(_Hindsighted):
         sz = self.sizer
         lam = self._load(self.calls)
         tokens = self._load(self.tokens) / np.maximum(lam, 1e-9)
-        budget = sz.budgets(tokens_per_s=self._load(self.tokens),
-                            segment_ms=np.zeros(sz.path_segments.size))
+        budget = sz.budgets(tokens_per_s=self._load(self.tokens), segment_ms=sz.segment_floor_ms)
         self.plan = sz.plan(lam, np.maximum(tokens, 1.0), budget)
         self.plan.replicas = np.maximum(self.plan.replicas, np.maximum(self.ex.rmin, 1))
 

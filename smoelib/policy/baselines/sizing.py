@@ -6,7 +6,9 @@ random over ``R`` replicas, each an M/M/c/K queue (``c`` = parallelism, ``K`` = 
 ``lam / R``; the service time is the simulator's (``common.service_ms``, GPU assumed full). A
 candidate is feasible when its 429 probability is at most ``max_block`` and the call's tail
 latency (service at the ``1 - tail`` quantile of its noise, plus the exponential-tail wait
-quantile scaled by Allen-Cunneen's ``(ca^2 + cs^2) / 2``) fits the expert's layer budget. The
+quantile scaled by Allen-Cunneen's ``(ca^2 + cs^2) / 2``; for a pipeline that decodes, whose
+budget is TPOT, a request's mean over its decode passes: the mean call latency, service plus
+the scaled mean wait) fits the expert's layer budget. The
 budget is ``slo_fraction x SLO`` minus the segments and hops on the critical path, split across
 the MoE layers in proportion to their token load. CPU and memory do not change a GPU expert's
 service time in the model, so the cheapest choices are taken; CPU-only pipelines choose cores
@@ -21,6 +23,7 @@ from statistics import NormalDist
 import numpy as np
 
 from smoelib.core.accounting import price_per_hour
+from smoelib.core.service import service_models
 from smoelib.policy.baselines.common import Experts, service_ms
 from smoelib.policy.baselines.mmck import apportion_replicas, mmck_batch, wait_quantile
 from smoelib.sim.engine import StagePlan
@@ -65,7 +68,11 @@ class QueueingSizer:
         sim = settings.simulator
         self.z = NormalDist().inv_cdf(1.0 - cfg.tail)
         self.burst = (cfg.arrival_scv + sim.service_cv ** 2) / 2.0
+        # a decoder's budget is TPOT, a request's mean over its decode passes: the mean call
+        # latency is what adds up in it; an encoder's TTFT is one pass: the per-call tail
+        self.mean = bool(dag.decodes)
         self._path(dag)
+        self.segment_floor_ms = self._segment_floor(dag, settings)
 
     def _path(self, dag) -> None:
         """Segments and MoE layers on the longest stage path (the critical path)."""
@@ -79,6 +86,19 @@ class QueueingSizer:
         self.path_segments = np.array([plan.nodes[i][0] for i in path if not plan.moe[i]],
                                       dtype=np.int64)
         self.path_layers = [plan.layer_of[i] for i in path if plan.moe[i]]
+
+    def _segment_floor(self, dag, settings) -> np.ndarray:
+        """Per segment on the critical path, one call's time at no load at its default
+        configuration (one token: a decode pass; an encoder's segments barely depend on the
+        tokens): what the hindsight sizers subtract from the budget, which decide before any
+        segment latency is observed."""
+        models = service_models(dag, settings)
+        out = []
+        for node in self.path_segments:
+            spec = dag.spec(dag.nodes[node])
+            out.append(float(models[node].batch_ms(1, 1.0, cpu=spec.cpu, share=spec.gpu_share,
+                                                   parallelism=max(spec.parallelism, 1))))
+        return np.asarray(out)
 
     # ---- budgets -------------------------------------------------------------------------
     def budgets(self, *, tokens_per_s: np.ndarray, segment_ms: np.ndarray) -> np.ndarray:
@@ -110,8 +130,11 @@ class QueueingSizer:
         for c in np.unique(ex.parallelism):
             m = ex.parallelism == c
             q = mmck_batch(lam_r[m], mu[m][:, :, None], int(c), self.conc[None, :, None])
-            wait = wait_quantile(q["p_wait"], q["mean_wait"], self.cfg.tail) * self.burst
-            out_t[m] = svc[m][:, :, None] * (1 + self.z * sim.service_cv) + wait * 1000.0
+            if self.mean:
+                out_t[m] = svc[m][:, :, None] + q["mean_wait"] * self.burst * 1000.0
+            else:
+                wait = wait_quantile(q["p_wait"], q["mean_wait"], self.cfg.tail) * self.burst
+                out_t[m] = svc[m][:, :, None] * (1 + self.z * sim.service_cv) + wait * 1000.0
             out_b[m] = q["p_block"]
         return out_t, out_b
 
