@@ -28,7 +28,6 @@ __all__ = ["CompiledEngine"]
 
 _KIND = {"shape": 0, "linear": 1, "curve": 2}
 _BUF = 1 << 14
-_LOG = 1 << 16
 
 
 def _grow(a: np.ndarray, size: int) -> np.ndarray:
@@ -57,6 +56,15 @@ class CompiledEngine(Engine):
     """The reference engine's interface (``run``, the per-request arrays, the counters),
     served by the compiled kernel."""
 
+    START = 1 << 12
+    """first size of the heap, the call pool and the route arrays (each grows by doubling)"""
+    SLOTS = 64
+    """first number of pass slots (requests in flight)"""
+    LOG = 1 << 16
+    """request-log entries between flushes"""
+    COMPACT_AT = 1 << 22
+    """route entries held before the finished requests' routes are compacted away"""
+
     def __init__(self, dag, trace, *, models, router, params: dict, rng: np.random.Generator):
         if params.get("invocation", "per-sequence") != "per-sequence":
             raise ValueError("the compiled engine runs per-sequence invocation; step-batched "
@@ -80,32 +88,32 @@ class CompiledEngine(Engine):
         self.kt = int(self.kw.sum())
         self.dec_off = np.full(n, -1, np.int64)
         self.chk_off = np.full(n, -1, np.int64)
-        self.dec = np.zeros(1 << 12, np.int32)
-        self.chk_ptr = np.zeros(1 << 10, np.int64)
-        self.chk_e = np.zeros(1 << 12, np.int32)
-        self.chk_n = np.zeros(1 << 12, np.int32)
+        self.dec = np.zeros(self.START, np.int32)
+        self.chk_ptr = np.zeros(self.START, np.int64)
+        self.chk_e = np.zeros(self.START, np.int32)
+        self.chk_n = np.zeros(self.START, np.int32)
         self._dec_n = self._ptr_n = self._ent_n = 0
         # state
         self.st = np.zeros(k.SCALARS, np.int64)
-        self.ht = np.zeros(1 << 12)
-        self.hs = np.zeros(1 << 12, np.int64)
-        self.hc = np.zeros(1 << 12, np.int64)
-        self.call_v = np.zeros((1 << 12, k.CALL_COLUMNS), np.int64)
-        self.cadm = np.zeros(1 << 12)
-        self.cfree = np.arange(1 << 12, dtype=np.int64)[::-1].copy()
+        self.ht = np.zeros(self.START)
+        self.hs = np.zeros(self.START, np.int64)
+        self.hc = np.zeros(self.START, np.int64)
+        self.call_v = np.zeros((self.START, k.CALL_COLUMNS), np.int64)
+        self.cadm = np.zeros(self.START)
+        self.cfree = np.arange(self.START, dtype=np.int64)[::-1].copy()
         self.st[k.CALL_FREE] = self.cfree.size
         width = max(self.g_moe.size, 1)
-        self.s_preds = np.zeros((64, width), np.int64)
-        self.s_calls = np.zeros((64, width), np.int64)
-        self.s_ready = np.zeros((64, width))
-        self.s_done = np.zeros((64, width))
-        self.s_meta = np.zeros((64, 4), np.int64)
-        self.sfree = np.arange(64, dtype=np.int64)[::-1].copy()
-        self.st[k.SLOT_FREE] = 64
+        self.s_preds = np.zeros((self.SLOTS, width), np.int64)
+        self.s_calls = np.zeros((self.SLOTS, width), np.int64)
+        self.s_ready = np.zeros((self.SLOTS, width))
+        self.s_done = np.zeros((self.SLOTS, width))
+        self.s_meta = np.zeros((self.SLOTS, 4), np.int64)
+        self.sfree = np.arange(self.SLOTS, dtype=np.int64)[::-1].copy()
+        self.st[k.SLOT_FREE] = self.SLOTS
         self.ubuf = np.zeros(0)
         self.nbuf = np.zeros(0)
         self.pi = np.zeros((0, k.POD_INTS), np.int64)
-        self._logs = self._new_logs(_LOG)
+        self._logs = self._new_logs(self.LOG)
 
     # ---- static arrays -------------------------------------------------------------------
     def _plans(self) -> None:
@@ -225,10 +233,10 @@ class CompiledEngine(Engine):
         self.chk_off[gone] = -1
         cat = lambda parts, a: (np.concatenate(parts).astype(a.dtype) if parts  # noqa: E731
                                 else np.zeros(0, a.dtype))
-        self.dec = _grow(cat(dec, self.dec), 1 << 12)
-        self.chk_ptr = _grow(cat(ptr, self.chk_ptr), 1 << 10)
-        self.chk_e = _grow(cat(ent_e, self.chk_e), 1 << 12)
-        self.chk_n = _grow(cat(ent_n, self.chk_n), 1 << 12)
+        self.dec = _grow(cat(dec, self.dec), self.START)
+        self.chk_ptr = _grow(cat(ptr, self.chk_ptr), self.START)
+        self.chk_e = _grow(cat(ent_e, self.chk_e), self.START)
+        self.chk_n = _grow(cat(ent_n, self.chk_n), self.START)
         self._dec_n, self._ptr_n, self._ent_n = dn, pn, en
 
     def _pods(self, t0: float, cluster: Cluster) -> np.ndarray:
@@ -291,7 +299,7 @@ class CompiledEngine(Engine):
     def run(self, t0: float, t1: float, cluster: Cluster, tel: Telemetry) -> None:
         """Serve every event before ``t1`` (arrivals of the trace included)."""
         lo, hi = self._arrivals(t1, tel)
-        if self._dec_n > (1 << 22) or self._ent_n > (1 << 22):
+        if self._dec_n > self.COMPACT_AT or self._ent_n > self.COMPACT_AT:
             self._compact()
         self._route(lo, hi)
         st = self.st

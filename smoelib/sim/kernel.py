@@ -368,7 +368,9 @@ def serve(t1, st, ht, hs, hc, cv, cadm, cfree,
                 tg = s_done[slot, li]
                 top = 0
                 if gst[g, G_SUCC_END] > gst[g, G_SUCC]:
-                    # release its successors here (what _complete does, inline: the common case)
+                    # release its successors here: _complete's loop, written again on purpose
+                    # (the common case; a call passing this many arrays counts references on
+                    # each, and numba inlines no call of over 30 arguments)
                     lo = plan_off[s_meta[slot, P_PLAN]]
                     for j in range(gst[g, G_SUCC], gst[g, G_SUCC_END]):
                         s2 = g_succ[j]

@@ -72,3 +72,11 @@ def test_chunked_prefill_and_an_encoder_decoder_are_the_same():
 def test_step_batched_invocation_runs_on_the_reference_engine():
     env = serve(tiny(), "compiled", duration=5.0, invocation="step-batched")
     assert type(env.server) is Engine and env.server.calls > 0
+
+
+def test_every_array_grows_and_routes_compact_without_changing_a_result(monkeypatch):
+    # tiny first sizes: the heap, call pool, pass slots, request log and route arrays all
+    # grow during the run, and the finished requests' routes are compacted away many times
+    for name, value in (("START", 8), ("SLOTS", 2), ("LOG", 4), ("COMPACT_AT", 64)):
+        monkeypatch.setattr(CompiledEngine, name, value)
+    assert_same(tiny(prefill_chunk=128), rate_scale=2.0, duration=15.0, max_retries=3)
