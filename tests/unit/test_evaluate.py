@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 
 from smoelib.harness.evaluate import RUN_KEYS, RunSpec, checks, hindsight, run_one, table_markdown
 from smoelib.policy.baselines.common import Experts, with_overrides
@@ -13,6 +14,8 @@ from smoelib.settings import Settings
 from smoelib.sim.env import SimEnv
 from smoelib.sim.summary import summarise
 from smoelib.topology import build_dag
+
+pytestmark = pytest.mark.heavy  # minutes of simulated traffic: the lowest-bounds run skips it
 
 BERT = "examples/pipelines/bert-moe.yml"
 

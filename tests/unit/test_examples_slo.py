@@ -9,6 +9,8 @@ import pytest
 
 from benchmarks.no_load import no_load
 
+pytestmark = pytest.mark.heavy  # minutes of simulated traffic: the lowest-bounds run skips it
+
 EXAMPLES = sorted(glob.glob("examples/pipelines/*.yml"))
 CONFIG = {"deepseek-v3": "examples/deepseek-cluster.yaml"}
 

@@ -35,6 +35,8 @@ from smoelib.sim.loop import SimLoop
 from smoelib.topology import build_dag
 from smoelib.vertical.factory import vertical_loop
 
+pytestmark = pytest.mark.heavy  # minutes of simulated traffic: the lowest-bounds run skips it
+
 PIPELINE = "examples/pipelines/bert-moe.yml"
 TRACE, SEED, DURATION = "bursty", 11, 120.0
 DAG = build_dag(PIPELINE)

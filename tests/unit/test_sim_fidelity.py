@@ -11,6 +11,8 @@ from smoelib.settings import load_settings
 from smoelib.sim.env import SimEnv
 from smoelib.topology import build_dag
 
+pytestmark = pytest.mark.heavy  # minutes of simulated traffic: the lowest-bounds run skips it
+
 
 def one_queue(*, service_ms: float, parallelism: int = 1, concurrency: int = 4,
               replicas: int = 1, max_batch: int = 1):
