@@ -37,7 +37,7 @@ from smoelib.pipeline.model import NodeSpec
 from smoelib.pipeline.schema import DTYPES
 
 __all__ = ["ServiceModel", "service_model", "service_models", "memory_floor_mb", "memory_choice",
-           "ACTIVATION_BYTES"]
+           "handler_slowdown", "ACTIVATION_BYTES"]
 
 ACTIVATION_BYTES = 2
 """Bytes per activation value on the wire (fp16/bf16)."""
@@ -95,8 +95,7 @@ class ServiceModel:
     def cpu_coefficients(self, *, cpu, parallelism=1):
         """``(per_call_ms, per_token_ms)`` of the handler on a worker of a pod with ``cpu``
         cores and ``parallelism`` workers (at most one core per worker)."""
-        per_worker = np.asarray(cpu, dtype=float) / np.maximum(parallelism, 1)
-        slow = 1.0 / np.minimum(1.0, np.maximum(per_worker, 1e-3))
+        slow = handler_slowdown(cpu, parallelism)
         return self.handler_ms * slow, self.serialise_ms_per_token * slow
 
     def batch_ms(self, calls, tokens, *, cpu, share, parallelism=1, interference=1.0):
@@ -107,6 +106,13 @@ class ServiceModel:
         return (per_call * np.asarray(calls, dtype=float)
                 + per_token * np.asarray(tokens, dtype=float)
                 + self.ffn_ms(tokens, share=share, cores=cores) * interference)
+
+
+def handler_slowdown(cpu, parallelism=1):
+    """How much slower the single-threaded handler runs on a worker of a pod with ``cpu``
+    cores and ``parallelism`` workers: ``1 / min(1, cores per worker)`` (broadcasts)."""
+    per_worker = np.asarray(cpu, dtype=float) / np.maximum(parallelism, 1)
+    return 1.0 / np.minimum(1.0, np.maximum(per_worker, 1e-3))
 
 
 def service_model(spec: NodeSpec, *, accelerator, cpu_core, s_bw: float, handler_ms: float,

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["prefill_tokens", "decode_passes", "chunks", "passes_per_request", "expected_calls"]
+__all__ = ["prefill_tokens", "decode_passes", "chunks", "n_chunks", "passes_per_request",
+           "expected_calls"]
 
 
 def prefill_tokens(dag, context, generated):
@@ -52,11 +53,18 @@ def chunks(dag, tokens: int) -> list[int]:
     return [size] * full + ([rest] if rest else [])
 
 
+def n_chunks(dag, tokens):
+    """How many chunks prefills of ``tokens`` tokens make (arrays broadcast; at least 1)."""
+    t = np.asarray(tokens, dtype=np.int64)
+    if dag.prefill_chunk <= 0:
+        return np.ones_like(t)
+    return np.maximum(-(-t // dag.prefill_chunk), 1)
+
+
 def passes_per_request(dag, context, generated):
     """Passes of each request through the pipeline: prefill chunks plus decode passes."""
     p = prefill_tokens(dag, context, generated)
-    n_chunks = 1 if dag.prefill_chunk <= 0 else -(-p // dag.prefill_chunk)
-    return n_chunks + decode_passes(dag, context, generated)
+    return n_chunks(dag, p) + decode_passes(dag, context, generated)
 
 
 def expected_calls(dag, context, generated) -> np.ndarray:

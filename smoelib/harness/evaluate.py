@@ -17,6 +17,7 @@ the acceptance checks (:func:`table_markdown`); the CLI draws the plots.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -209,7 +210,9 @@ def run_all(specs: list[RunSpec], *, jobs: int = 1, progress: bool = True,
     """Run every spec, in ``jobs`` spawned processes (each builds its own env and uses at most
     its share of the cores for policy inference), with a progress bar; results in the order
     of ``specs``. With a ``journal`` (a JSON-lines file) each run is appended as it finishes
-    and the runs it already holds are not run again: a stopped evaluation resumes."""
+    and the runs it already holds are not run again: a stopped evaluation resumes. A run is
+    known by its spec and the contents of its config file; a change of code is not seen
+    (start a new journal after one)."""
     from tqdm import tqdm
 
     out: list[dict[str, Any] | None] = [None] * len(specs)
@@ -224,7 +227,7 @@ def run_all(specs: list[RunSpec], *, jobs: int = 1, progress: bool = True,
         out[i] = res
         if journal is not None:
             with journal.open("a") as f:
-                f.write(json.dumps(res, allow_nan=True) + "\n")
+                f.write(json.dumps({**res, "key": _key(specs[i])}, allow_nan=True) + "\n")
         bar.update(1)
 
     if jobs <= 1:
@@ -243,20 +246,21 @@ def run_all(specs: list[RunSpec], *, jobs: int = 1, progress: bool = True,
 
 
 def _key(spec: RunSpec) -> str:
-    return json.dumps(asdict(spec), sort_keys=True, default=str)
+    """A run's identity in the journal: its spec and its config file's contents."""
+    config = hashlib.sha256(Path(spec.config).read_bytes()).hexdigest() if spec.config else ""
+    return json.dumps([asdict(spec), config], sort_keys=True, default=str)
 
 
 def _journal(path: Path | None) -> dict[str, dict[str, Any]]:
-    """The runs a journal holds, by spec (a line cut short by a stop is skipped)."""
+    """The runs a journal holds, by key (a line cut short by a stop is skipped)."""
     if path is None or not path.exists():
         return {}
     out = {}
     for line in path.read_text().splitlines():
         try:
             res = json.loads(line)
-            out[_key(RunSpec(**{k: tuple(tuple(x) for x in v) if k == "overrides" else v
-                                for k, v in res["spec"].items()}))] = res
-        except (ValueError, KeyError, TypeError):
+            out[res.pop("key")] = res
+        except (ValueError, KeyError, TypeError, AttributeError):
             continue
     return out
 

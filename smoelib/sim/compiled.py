@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from smoelib.core import work
+from smoelib.core.service import handler_slowdown
 from smoelib.sim import kernel as k
 from smoelib.sim.cluster import Cluster
 from smoelib.sim.engine import Engine
@@ -76,14 +78,11 @@ class CompiledEngine(Engine):
         self.times = np.ascontiguousarray(self.times, dtype=float)
         self.prefill = np.asarray(self.prefill, np.int64)
         self.decodes = np.asarray(self.decodes, np.int64)
-        size = dag.prefill_chunk
-        self.n_chunks = (np.ones(n, np.int64) if size <= 0
-                         else np.maximum(-(-self.prefill // size), 1).astype(np.int64))
+        self.n_chunks = work.n_chunks(dag, self.prefill).astype(np.int64)
         self.req_slot = np.full(n, -1, np.int64)
         # routes
         self.n_layers = len(router.sizes)
-        self.kw = np.array([min(kk, e) for kk, e in zip(router.top_k, router.sizes,
-                                                        strict=True)], np.int64)
+        self.kw = router.widths
         self.ko = np.concatenate([[0], np.cumsum(self.kw)[:-1]]).astype(np.int64)
         self.kt = int(self.kw.sum())
         self.dec_off = np.full(n, -1, np.int64)
@@ -102,7 +101,7 @@ class CompiledEngine(Engine):
         self.cadm = np.zeros(self.START)
         self.cfree = np.arange(self.START, dtype=np.int64)[::-1].copy()
         self.st[k.CALL_FREE] = self.cfree.size
-        width = max(self.g_moe.size, 1)
+        width = max(self.width, 1)
         self.s_preds = np.zeros((self.SLOTS, width), np.int64)
         self.s_calls = np.zeros((self.SLOTS, width), np.int64)
         self.s_ready = np.zeros((self.SLOTS, width))
@@ -114,6 +113,8 @@ class CompiledEngine(Engine):
         self.nbuf = np.zeros(0)
         self.pi = np.zeros((0, k.POD_INTS), np.int64)
         self._logs = self._new_logs(self.LOG)
+        self._par = np.asarray(self.par, np.int64)
+        self._max_batch = np.asarray(self.max_batch, np.int64)
 
     # ---- static arrays -------------------------------------------------------------------
     def _plans(self) -> None:
@@ -137,18 +138,18 @@ class CompiledEngine(Engine):
             sink.extend(base + i for i in plan.sinks)
             sink_off.append(len(sink))
         a = lambda x: np.asarray(x, np.int64)  # noqa: E731
-        self.g_moe, self.g_ncnt, self.g_soff, self.g_succ = a(moe), a(ncnt), a(soff), a(succ)
         gst = np.zeros((len(moe), k.STAGE_COLUMNS), np.int64)
         gst[:, k.G_MOE], gst[:, k.G_LAYER], gst[:, k.G_NOFF] = moe, layer, noff
         gst[:, k.G_NPREDS], gst[:, k.G_SUCC], gst[:, k.G_SUCC_END] = npreds, soff[:-1], soff[1:]
         self.plan_arrays = (gst, a(succ), a(nodes), a(plan_off), a(src_off), a(src),
                             a(sink_off), a(sink))
         # the most calls one stage's end can emit: its successors', or the next pass's sources
-        succ_emit = max((int(self.g_ncnt[self.g_succ[soff[g]:soff[g + 1]]].sum())
+        ncnt_a, succ_a = a(ncnt), a(succ)
+        succ_emit = max((int(ncnt_a[succ_a[soff[g]:soff[g + 1]]].sum())
                          for g in range(len(moe))), default=0)
-        src_emit = max(int(self.g_ncnt[src[src_off[p]:src_off[p + 1]]].sum()) for p in (0, 1))
+        src_emit = max(int(ncnt_a[src[src_off[p]:src_off[p + 1]]].sum()) for p in (0, 1))
         self.emit_max = succ_emit + src_emit + 1
-        self.width = max(plan_off[1], plan_off[2] - plan_off[1])
+        self.width = max(plan_off[1], plan_off[2] - plan_off[1])  # stages of the larger plan
 
     def _models(self) -> None:
         """The service model of each node as columns (kind -1: a join)."""
@@ -174,16 +175,13 @@ class CompiledEngine(Engine):
     # ---- per slice -----------------------------------------------------------------------
     def _route(self, lo: int, hi: int) -> None:
         """The routing of requests ``lo..hi-1``, drawn as the reference engine draws it."""
-        router, size, L = self.router, self.dag.prefill_chunk, self.n_layers  # noqa: N806
+        router, L = self.router, self.n_layers  # noqa: N806
         for r in range(lo, hi):
             rng = self._rng(r)
             t, task = float(self.times[r]), int(self.task[r])
-            nc, p = int(self.n_chunks[r]), int(self.prefill[r])
             self.chk_off[r] = self._ptr_n
-            need = self._ptr_n + nc * L + 1
-            self.chk_ptr = _grow(self.chk_ptr, need)
-            for c in range(nc):
-                tokens = p if size <= 0 else min(size, p - c * size)
+            self.chk_ptr = _grow(self.chk_ptr, self._ptr_n + int(self.n_chunks[r]) * L + 1)
+            for tokens in work.chunks(self.dag, int(self.prefill[r])):
                 for counts in router.chunk(rng, tokens, t, task):
                     hit = np.flatnonzero(counts)
                     self.chk_ptr[self._ptr_n] = self._ent_n
@@ -252,15 +250,14 @@ class CompiledEngine(Engine):
         node = c["node"]
         self.pi[:, k.PI_NODE] = node
         self.pi[:, k.PI_CONC] = c["conc"]
-        par = np.maximum(np.asarray(self.par, np.int64)[node], 1)
-        cpu = c["cpu"]
-        per_worker = cpu / par
-        slow = 1.0 / np.minimum(1.0, np.maximum(per_worker, 1e-3))
+        par = self._par[node]
+        slow = handler_slowdown(c["cpu"], par)
         pf = np.empty((cap, k.POD_FLOATS))
         pf[:, k.PF_READY], pf[:, k.PF_END] = c["ready"], c["end"]
         pf[:, k.PF_K0] = self.handler[node] * slow
         pf[:, k.PF_K1] = self.per_token[node] * slow
-        pf[:, k.PF_SHARE], pf[:, k.PF_CORES] = c["share"], cpu / par
+        pf[:, k.PF_SHARE] = c["share"]
+        pf[:, k.PF_CORES] = c["cpu"] / np.maximum(par, 1)  # each worker's cores
         pf[:, k.PF_INTERF] = 1.0
         pf[:n, k.PF_INTERF] = cluster.interference(t0)
         return pf
@@ -288,11 +285,8 @@ class CompiledEngine(Engine):
         kinds = lq_v[:nq, 1]
         first = kinds == k.FIRST
         ends = np.concatenate([np.flatnonzero(kinds == k.END), np.flatnonzero(kinds == k.DROP)])
-        empty_f, empty_i = np.zeros(0), np.zeros(0, np.int64)
-        self._record(tel, batches=(empty_f, empty_i, empty_f, empty_f, empty_f),
-                     rejected=(empty_f, empty_i), done=(empty_f, empty_i, empty_f),
-                     first=(lq_t[:nq][first], lq_v[:nq, 0][first]),
-                     ends=(lq_t[:nq][ends], lq_v[:nq, 0][ends]))
+        self._record_requests(tel, first=(lq_t[:nq][first], lq_v[:nq, 0][first]),
+                              ends=(lq_t[:nq][ends], lq_v[:nq, 0][ends]))
         st[k.LOG_REQ] = 0
 
     # ---- the slice -----------------------------------------------------------------------
@@ -310,8 +304,6 @@ class CompiledEngine(Engine):
             k.push_requests(st, self.ht, self.hs, self.hc, self.times, lo, hi)
         pf = self._pods(t0, cluster)
         cand = self._candidates(t0, cluster)
-        par = np.asarray(self.par, np.int64)
-        max_batch = np.asarray(self.max_batch, np.int64)
         n_nodes = self.node_inflight.size
         acc = np.zeros((n_nodes, k.COUNTERS))
         lat_hist = np.zeros((n_nodes, BUCKETS_S.size))
@@ -324,7 +316,7 @@ class CompiledEngine(Engine):
                 self.chk_ptr, self.chk_e, self.chk_n, self.n_layers, self.s_preds,
                 self.s_calls, self.s_ready, self.s_done, self.s_meta, self.sfree, self.pi, pf,
                 *cand, *self.model_arrays, self.ubuf, self.nbuf, *self._logs, acc, lat_hist,
-                BUCKETS_S, self.node_inflight, max_batch, par, float(self.rpc_s),
+                BUCKETS_S, self.node_inflight, self._max_batch, self._par, float(self.rpc_s),
                 float(self.retry_s), float(self.retry_cap_s), int(self.max_retries),
                 int(self.emit_max))
             if status == k.OK:

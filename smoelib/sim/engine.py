@@ -551,30 +551,25 @@ class Engine:
         g = self._log
         first = np.asarray(g["first"], float).reshape(-1, 2)
         ends = np.asarray(g["end"] + g["drop"], float).reshape(-1, 2)
-        self._record(tel, batches=(np.asarray(g["b_t"]), np.asarray(g["b_node"], np.int64),
-                                   np.asarray(g["b_calls"], float),
-                                   np.asarray(g["b_tokens"], float), np.asarray(g["b_svc"])),
-                     rejected=(np.asarray(g["rej_t"]), np.asarray(g["rej"], np.int64)),
-                     done=(np.asarray(g["done_t"]), np.asarray(g["done_node"], np.int64),
-                           np.asarray(g["lat"])),
-                     first=(first[:, 0], first[:, 1].astype(np.int64)),
-                     ends=(ends[:, 0], ends[:, 1].astype(np.int64)))
+        if g["b_node"]:
+            bt, node = np.asarray(g["b_t"]), np.asarray(g["b_node"], np.int64)
+            tel.add_binned(bt, "calls", node, np.asarray(g["b_calls"], float))
+            tel.add_binned(bt, "tokens", node, np.asarray(g["b_tokens"], float))
+            tel.add_binned(bt, "busy_s", node, np.asarray(g["b_svc"]))
+            tel.add_binned(bt, "batches", node, np.ones(node.size))
+        if g["rej"]:
+            tel.add_binned(np.asarray(g["rej_t"]), "rejected", np.asarray(g["rej"], np.int64),
+                           np.ones(len(g["rej"])))
+        if g["done_node"]:
+            tel.add_latencies(np.asarray(g["done_t"]), np.asarray(g["done_node"], np.int64),
+                              np.asarray(g["lat"]))
+        self._record_requests(tel, first=(first[:, 0], first[:, 1].astype(np.int64)),
+                              ends=(ends[:, 0], ends[:, 1].astype(np.int64)))
         self._log_reset()
 
-    def _record(self, tel: Telemetry, *, batches, rejected, done, first, ends) -> None:
-        """Add what a slice served to the telemetry: batches (time, node, calls, tokens,
-        busy seconds), 429s (time, node), finished calls (time, node, latency), first tokens
-        and request ends (time, request)."""
-        bt, node, calls, tokens, svc = batches
-        if bt.size:
-            tel.add_binned(bt, "calls", node, calls)
-            tel.add_binned(bt, "tokens", node, tokens)
-            tel.add_binned(bt, "busy_s", node, svc)
-            tel.add_binned(bt, "batches", node, np.ones(node.size))
-        if rejected[0].size:
-            tel.add_binned(rejected[0], "rejected", rejected[1], np.ones(rejected[0].size))
-        if done[0].size:
-            tel.add_latencies(*done)
+    def _record_requests(self, tel: Telemetry, *, first, ends) -> None:
+        """Add first tokens and request ends (each: times, requests) to the telemetry: the
+        TTFT histogram; TPOT, end-to-end, SLO met and drops (a drop has infinite latency)."""
         if first[0].size:
             tel.add_pass_latency(first[0], "ttft_hist", self.ttft[first[1]])
         if ends[0].size:

@@ -74,7 +74,7 @@ class ClusterEnv(gymnasium.Env):
         self.reference = reference_cost(self.dag, self.settings)
         a = self.settings.actions
         self.experts = list(self.dag.experts)
-        self.index = np.array([self.dag.nodes.index(e) for e in self.experts])
+        self.index = np.flatnonzero(self.sim.is_expert)  # dag.experts, in dag.nodes order
         self.choices = {"cpu": a.cpu, "memory_mb": a.memory_mb,
                         "gpu_share": (0.0,) if self.dag.accelerator == "cpu" else a.gpu_share,
                         "concurrency": a.concurrency}

@@ -105,8 +105,12 @@ class RoutingModel:
                                  for i, e in enumerate(self.sizes)] for k in range(c)])
         self._grid: list[np.ndarray] = [self._shares()]  # (C, L, Emax) per drift step
         self._affinity = self._affinity_matrices(np.random.default_rng(aff_seq))
-        self._aff_flat: np.ndarray | None = None
-        self._aff_off = np.zeros(1, np.int64)
+        mats = [np.zeros((1, 1)) if m is None else m for m in self._affinity]
+        self._aff_off = np.concatenate([[0], np.cumsum([m.size for m in mats])]).astype(np.int64)
+        self._aff_flat = np.concatenate([m.reshape(-1) for m in mats])
+        self.widths = np.minimum(np.asarray(self.top_k, np.int64),
+                                 np.asarray(self.sizes, np.int64))
+        """experts a decode token picks per layer (``top_k``, at most the layer's experts)"""
 
     # ---- popularity over time ------------------------------------------------------------
     def _mixed(self, z: np.ndarray) -> np.ndarray:
@@ -160,13 +164,8 @@ class RoutingModel:
         top_k) of distinct expert indices, the most preferred first."""
         pop = self.popularity(t_s, task)
         sizes = np.asarray(self.sizes, np.int64)
-        width = np.minimum(np.asarray(self.top_k, np.int64), sizes)
+        width = self.widths
         u = rng.random(int(passes * width.sum()))  # layer after layer, (passes, width)
-        if self._aff_flat is None:
-            mats = [np.zeros((1, 1)) if m is None else m for m in self._affinity]
-            self._aff_off = np.concatenate([[0], np.cumsum([m.size for m in mats])]
-                                           ).astype(np.int64)
-            self._aff_flat = np.concatenate([m.reshape(-1) for m in mats])
         out = _picks(np.ascontiguousarray(pop), sizes, width, self._aff_flat, self._aff_off,
                      float(self.params.affinity), u, int(passes))
         cuts = np.cumsum(width)[:-1]

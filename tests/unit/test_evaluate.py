@@ -4,6 +4,7 @@ the results format, the checks."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -91,3 +92,20 @@ def test_table_and_checks_say_pass_or_fail():
     assert any(x.startswith("PASS p/conv-eval: static-best 2.200 >= 1.3 x oracle") for x in lines)
     assert any(x.startswith("PASS p/conv-eval: static-mean's worst") for x in lines)
     assert "ROOM p/conv-eval: 1 - oracle / static-best = 0.273" in lines
+
+
+def test_a_journal_resumes_and_a_changed_config_runs_again(tmp_path):
+    from smoelib.harness.evaluate import _key, run_all
+
+    config = tmp_path / "config.yaml"
+    config.write_text("simulator: {rate_scale: 1.0}\n")
+    spec = RunSpec("examples/pipelines/bert-moe-cpu.yml", "poisson", "static", 1, 10.0,
+                   str(config))
+    journal = tmp_path / "runs.jsonl"
+    kept = {"run": {"policy": "static", "cost": -1.0}, "series": {}, "spec": {}}
+    # a run already journaled, then a line cut short by a stop (skipped)
+    journal.write_text(json.dumps({**kept, "key": _key(spec)}) + "\n{\"run\": \n")
+    assert run_all([spec], progress=False, journal=journal) == [kept]  # not run again
+    config.write_text("simulator: {rate_scale: 2.0}\n")
+    (fresh,) = run_all([spec], progress=False, journal=journal)
+    assert fresh["run"]["cost"] > 0 and len(journal.read_text().splitlines()) == 3
