@@ -92,11 +92,6 @@ class Telemetry:
         for name, v in arrays.items():
             b[name] += v
 
-    def add_counts(self, t: float, name: str, nodes: np.ndarray, values: np.ndarray) -> None:
-        """Add ``values`` per ``nodes`` to counter ``name`` in the tick containing ``t``."""
-        self._bin(int(t // self.dt))[name] += np.bincount(nodes, weights=values,
-                                                          minlength=self.n)
-
     def add_binned(self, t_s: np.ndarray, name: str, nodes: np.ndarray, values: np.ndarray
                    ) -> None:
         """Add ``values`` per ``nodes`` to counter ``name``, each in the tick of its ``t_s``."""
@@ -139,15 +134,6 @@ class Telemetry:
 
     def add_requests(self, t: float, count: int) -> None:
         self._bin(int(t // self.dt))["requests"] += count
-
-    def add_e2e(self, done_s: np.ndarray, lat_s: np.ndarray) -> None:
-        ticks = (done_s // self.dt).astype(np.int64)
-        bucket = np.searchsorted(BUCKETS_S, lat_s, side="left")
-        for k in np.unique(ticks):
-            m = ticks == k
-            b = self._bin(int(k))
-            b["e2e_hist"] += np.bincount(bucket[m], minlength=_NB)
-            b["e2e_sum"] += lat_s[m].sum()
 
     def close(self, tick: int) -> dict[str, np.ndarray]:
         """Finish tick ``tick`` (add it to the running totals) and return its bin."""
