@@ -122,8 +122,13 @@ class Simulator:
         "(simulator.hpa_stock)")
     hpa_stock: HpaStock = section(HpaStock, "the stock preset (also used by segment HPAs)")
     segment_target_utilization: float = setting(
-        0.6, "segments keep their own HPA on busy-time utilisation with this target",
-        unit="fraction", check=fraction)
+        0.6, "segments keep their own HPA; its first metric is busy-time utilisation, with "
+        "this target", unit="fraction", check=fraction)
+    segment_target_inflight: float = setting(
+        0.5, "the segments' HPA's second metric: mean calls in flight per ready replica over "
+        "its max_inflight (OpenFaaS's capacity scaling), with this target; the HPA takes the "
+        "higher proposal of its metrics (a replica that batches its waiting calls can be "
+        "full at low busy time)", unit="fraction", check=fraction)
     mps_bandwidth_share: float = setting(
         0.4, "s_bw: the MPS share below which an expert kernel no longer saturates memory "
         "bandwidth (not published; 0.3-0.5 is the range to sweep)", unit="fraction",

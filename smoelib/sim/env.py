@@ -271,21 +271,27 @@ class SimEnv:
                 self.hpa_s.poll(t, np.ones(self.n))
             if _on(t, sim.hpa_sync_s):
                 self.hpa_e.sync(t, desired)
-                self.hpa_s.sync(t, self._utilisation(t), per_pod=False,
-                                target=sim.segment_target_utilization,
+                self.hpa_s.sync(t, self._segment_load(t), per_pod=False, target=1.0,
                                 base=np.maximum(self.hpa_s.replicas, 1))
             after = self.spec_replicas
             for node in np.flatnonzero(after != before):
                 self.cluster.reconcile(int(node), t, int(after[node]), tuple(self.template[node]))
             self.cluster.schedule_pending(t)
 
-    def _utilisation(self, t: float) -> np.ndarray:
-        ticks = max(1, int(round(self.s.simulator.hpa_sync_s / self.dt)))
+    def _segment_load(self, t: float) -> np.ndarray:
+        """Per node, the higher of the segments' two HPA metrics over their targets (the HPA's
+        multi-metric rule: the highest proposal wins, the same as the proposal of the highest
+        ratio): busy-time utilisation, and mean calls in flight per ready replica (Little's
+        law: summed call latency over the window) over ``max_inflight``."""
+        sim = self.s.simulator
+        ticks = max(1, int(round(sim.hpa_sync_s / self.dt)))
         w = self.tel.window(self.tick - 1, ticks)
-        counts = self.cluster.counts(t, self.n)
-        par = self.server.par
-        capacity = np.maximum(counts["ready"], 1) * par * ticks * self.dt
-        return w["busy_s"] / capacity
+        ready = np.maximum(self.cluster.counts(t, self.n)["ready"], 1)
+        span = ticks * self.dt
+        busy = w["busy_s"] / (ready * self.server.par * span)
+        inflight = w["lat_sum"] / (ready * np.maximum(self.template[:, 3], 1) * span)
+        return np.maximum(busy / sim.segment_target_utilization,
+                          inflight / sim.segment_target_inflight)
 
     def _drain(self, t: float) -> None:
         end = t + self.s.simulator.drain_s

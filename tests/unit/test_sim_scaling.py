@@ -169,3 +169,24 @@ def test_dropped_after_max_retries(tmp_path):
     env.step(None)
     assert env.server.dropped.tolist() == [False, True]
     assert env.server.rejected == 1 and env.server.retries == 0
+
+
+@pytest.mark.parametrize("inflight_target, scales", [(0.5, True), (1.0, False)])
+def test_segment_hpa_scales_on_calls_in_flight_when_busy_time_cannot_show_it(
+        inflight_target, scales):
+    # a batch costs 50 ms whatever it carries: an overloaded replica is busy all the time
+    # (busy time at its 1.0 target shows nothing) and holds max_inflight calls
+    dag = build_dag({"name": "q", "slo_ms": 100, "max_seq_tokens": 512,
+                     "defaults": {"segment": {"concurrency": 8, "replicas": {"min": 1, "max": 4},
+                                              "gpu_share": 0.0,
+                                              "handler": {"call_ms": 0,
+                                                          "serialise_ms_per_kb": 0},
+                                              "profile": {"base_ms": 50, "per_token_ms": 0}}},
+                     "stages": [{"id": "svc", "kind": "segment"}]})
+    s = load_settings({"simulator": {"segment_target_utilization": 1.0,
+                                     "segment_target_inflight": inflight_target}})
+    env = SimEnv(dag, s, trace="poisson", duration_s=35.0, rate_scale=60.0)
+    env.reset(seed=0)
+    while env.tick * env.dt < 35.0 - 1e-9:
+        env.step(None)
+    assert (env.hpa_s.replicas[0] > 1) == scales
