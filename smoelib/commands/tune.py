@@ -1,5 +1,5 @@
-"""smoe tune: grid or random search of one baseline's settings for the lowest cost with
-P95 <= SLO, on training traces and seeds below 1000 only.
+"""smoe tune: grid or random search of one baseline's settings for the lowest cost at
+the SLO attainment target, on training traces and seeds below 1000 only.
 
 Prints every trial and the best settings as the ``baselines:`` block of config.yaml;
 ``--write FILE`` also writes that block to FILE.

@@ -1,11 +1,12 @@
-"""``smoe tune``: the lowest-cost settings of one baseline whose runs all keep P95 <= SLO.
+"""``smoe tune``: the lowest-cost settings of one baseline whose runs reach the SLO target.
 
 Search: ``budget`` configurations drawn without replacement (seeded) from the policy's grid
 (:data:`SPACES`); every contender gets the same budget, traces, seeds and duration
 (docs/results/tuning.md). Only training data: ``conv-train`` or synthetic traces with seeds
-below 1000 (DESIGN.md "Traces"). A configuration is feasible when every run's P95 is within the
-SLO and no request is dropped; the best is the feasible one with the lowest mean cost (if none
-is feasible, the one with the fewest dropped requests, then the lowest worst P95 / SLO).
+below 1000 (DESIGN.md "Traces"). A configuration is feasible when every run's SLO attainment
+reaches its pipeline's target and no request is dropped; the best is the feasible one with the
+lowest mean cost (if none is feasible, the one with the fewest dropped requests, then the
+highest worst attainment).
 """
 
 from __future__ import annotations
