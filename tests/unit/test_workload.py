@@ -136,6 +136,17 @@ def test_a_replayed_trace_keeps_its_rate_and_token_statistics():
     assert double.generated.mean() == pytest.approx(conv.generated.mean(), rel=0.02)
 
 
+def test_a_scaled_replay_arrives_as_more_independent_users_not_in_clusters():
+    conv = load_trace("conv", seed=0, duration_s=600.0)
+    many = load_trace("conv", seed=0, duration_s=600.0, rate_scale=30.0)
+    cv = lambda t: float(np.std(np.diff(t.times_s)) / np.mean(np.diff(t.times_s)))  # noqa: E731
+    # copies clustered inside the original's inter-arrival gaps gave CV 1.7 at 30x
+    assert cv(many) == pytest.approx(cv(conv), rel=0.1)
+    # the rate over minutes is still the trace's
+    minute = lambda t: np.histogram(t.times_s, bins=10, range=(0, 600))[0]  # noqa: E731
+    assert np.corrcoef(minute(conv), minute(many))[0, 1] > 0.8
+
+
 @pytest.mark.parametrize("family", ["poisson", "bursty", "diurnal", "weekly", "spike", "onoff"])
 def test_synthetic_families_keep_their_mean_rate_and_move_the_task_mix(family):
     from smoelib.sim.traces import task_mix
