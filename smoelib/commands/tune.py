@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     for t in sorted(trials, key=lambda t: (not t.feasible, t.cost)):
         flag = "ok " if t.feasible else "bad"
         print(f"{flag} cost {t.cost:.4f} attainment {t.attainment:.4f} dropped {t.dropped} "
+              f"runs meeting the target {t.runs_met} "
               f"{t.values}")
     block: dict = {}
     for path, value in best.values.items():

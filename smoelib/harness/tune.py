@@ -29,23 +29,26 @@ _V = "vertical."
 # (examples/loaded.yaml), where bursts overflow a replica's in-flight limit.
 _SHARES = [0.1, 0.25, 0.5, 1.0]
 _CONC = [2, 4, 8, 16]
+# the handler (and a CPU expert's FFN) runs on the pod's CPU: a baseline that sets a fixed CPU
+# for every expert picks it too
+_CPUS = [0.5, 1.0, 2.0]
 # Per-replica targets below 1 let an in-flight target scale a replica that is busy < 100 %.
 _TARGETS = [0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0]
 SPACES: dict[str, dict[str, list[Any]]] = {
     "hpa": {"metric": ["rps", "inflight"], "target": _TARGETS,
-            _V + "gpu_share": _SHARES, _V + "concurrency": _CONC},
+            _V + "gpu_share": _SHARES, _V + "concurrency": _CONC, _V + "cpu": _CPUS},
     "kpa": {"metric": ["concurrency", "rps"], "target": [0.25, 0.5, 1.0, 2.0, 4.0, 10.0, 20.0],
             "utilization": [0.5, 0.7, 0.9], _V + "gpu_share": _SHARES,
-            _V + "concurrency": _CONC},
+            _V + "concurrency": _CONC, _V + "cpu": _CPUS},
     "openfaas": {"mode": ["capacity", "rps"], "target": _TARGETS,
-                 _V + "gpu_share": _SHARES, _V + "concurrency": _CONC},
+                 _V + "gpu_share": _SHARES, _V + "concurrency": _CONC, _V + "cpu": _CPUS},
     "queueing": {"headroom": [0.0, 0.15, 0.3, 0.6, 1.0],
                  "slo_fraction": [0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5],
                  "tail": [0.01, 0.05], "arrival_scv": [1.0, 1.5, 2.5, 4.0],
                  "scale_down_delay_s": [0.0, 30.0, 60.0]},
     "elasticmoe": {"gpu_share": [0.1, 0.25, 0.5], "scale_up_utilization": [0.3, 0.5, 0.7],
                    "scale_down_utilization": [0.05, 0.1, 0.2], "scale_up_p95": [0.8, 0.9],
-                   "cooldown_s": [15.0, 30.0, 60.0], "concurrency": _CONC},
+                   "cooldown_s": [15.0, 30.0, 60.0], "concurrency": _CONC, "cpu": _CPUS},
     "faasconf": {"target_utilization": [0.05, 0.1, 0.3, 0.5], "neighbour_weight": [0.0, 0.5],
                  "latency_gain": [0.5, 1.0, 2.0], "band_sigmas": [1.0, 2.0, 3.0],
                  "concurrency": _CONC},
@@ -58,13 +61,14 @@ SECTION = {"hpa-stock": "hpa_stock"}  # registry name -> settings.baselines fiel
 class Trial:
     """One configuration's outcome: mean ``cost``, worst ``attainment`` (SLO attainment of a
     run), ``dropped`` total, ``feasible`` (every run at or above the pipeline's attainment
-    target, nothing dropped)."""
+    target, nothing dropped), ``runs_met`` (the runs that are)."""
 
     values: dict[str, Any]
     cost: float
     attainment: float
     dropped: int
     feasible: bool
+    runs_met: int = 0
 
 
 def grid(policy: str, budget: int, *, seed: int) -> list[dict[str, Any]]:
@@ -109,15 +113,19 @@ def tune(policy: str, *, pipelines: list[str], traces: list[str], seeds: list[in
         worst = min(r["slo_attainment"] for r in runs)
         target = min(targets[r["pipeline"]] for r in runs)
         dropped = sum(r["dropped"] for r in runs)
+        met = sum(r["slo_attainment"] >= targets[r["pipeline"]] and not r["dropped"]
+                  for r in runs)
         trials.append(Trial(values, float(np.mean([r["cost"] for r in runs])), float(worst),
-                            int(dropped), bool(worst >= target and dropped == 0)))
+                            int(dropped), bool(worst >= target and dropped == 0), int(met)))
     return best(trials), trials
 
 
 def best(trials: list[Trial]) -> Trial:
-    """The cheapest feasible trial (the first of equals); when none is feasible, the one with
-    the fewest dropped requests, then the highest worst attainment."""
+    """The cheapest feasible trial (the first of equals); when none is feasible, the one that
+    meets the target on the most runs, then drops the fewest requests, then costs least (the
+    highest worst attainment would reward the dearest over-provisioning wherever one training
+    trace is out of every configuration's reach)."""
     feasible = [t for t in trials if t.feasible]
     if feasible:
         return min(feasible, key=lambda t: t.cost)
-    return min(trials, key=lambda t: (t.dropped, -t.attainment))
+    return min(trials, key=lambda t: (-t.runs_met, t.dropped, t.cost))

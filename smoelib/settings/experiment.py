@@ -217,14 +217,23 @@ class StaticVertical:
 
 
 @dataclass(frozen=True)
+class HpaVertical(StaticVertical):
+    """``hpa``'s tuned vertical configuration (docs/results/tuning.md)."""
+
+    gpu_share: float = setting(0.25, "GPU share of every expert replica",
+                               unit="fraction of one GPU", check=fraction)
+    cpu: float = setting(2.0, "CPU of every expert replica", unit="cores", check=positive)
+
+
+@dataclass(frozen=True)
 class HpaBaseline:
     """``hpa`` / ``hpa-stock``: KEDA's Prometheus scaler plus the HPA on per-replica load."""
 
     metric: Literal["rps", "inflight"] = setting(
-        "inflight", "per-replica metric: calls per second or calls in flight")
-    target: float = setting(1.0, "AverageValue target of the metric per replica",
+        "rps", "per-replica metric: calls per second or calls in flight")
+    target: float = setting(5.0, "AverageValue target of the metric per replica",
                             unit="calls/s or calls", check=positive)
-    vertical: StaticVertical = section(StaticVertical, "per-expert vertical configuration")
+    vertical: HpaVertical = section(HpaVertical, "per-expert vertical configuration")
 
 
 @dataclass(frozen=True)
@@ -322,20 +331,22 @@ class QueueingBaseline:
 class ElasticMoeBaseline:
     """``elasticmoe``: one elastic expert-parallel instance; the scale unit is one GPU."""
 
-    gpu_share: float = setting(0.1, "GPU share of one expert slot (slots per GPU = 1 / share)",
+    gpu_share: float = setting(0.25, "GPU share of one expert slot (slots per GPU = 1 / share)",
                                unit="fraction of one GPU", check=fraction)
     scale_up_utilization: float = setting(0.3, "add a GPU above this busy fraction of the "
                                           "busiest slot", unit="fraction", check=positive)
-    scale_down_utilization: float = setting(0.05, "remove a GPU below this busy fraction",
+    scale_down_utilization: float = setting(0.2, "remove a GPU below this busy fraction",
                                             unit="fraction", check=non_negative)
-    scale_up_p95: float = setting(0.9, "add a GPU while the P95 exceeds this fraction of the SLO",
+    scale_up_p95: float = setting(0.8, "add a GPU while the P95 exceeds this fraction of the SLO",
                                   unit="fraction of SLO", check=positive)
-    cooldown_s: float = setting(60.0, "least time between two scale events", unit="s",
+    cooldown_s: float = setting(30.0, "least time between two scale events", unit="s",
                                 check=non_negative)
     scale_up_start_s: float = setting(0.3, "pod start of a scale-up (P2P weight transfer, "
                                       "zero-copy remapping; about 9x faster than a cold start)",
                                       unit="s", check=positive)
-    concurrency: int = setting(4, "max_inflight of every slot", unit="calls", check=positive)
+    concurrency: int = setting(8, "max_inflight of every slot", unit="calls", check=positive)
+    cpu: float = setting(2.0, "CPU of every slot (its handler runs on it)", unit="cores",
+                         check=positive)
 
 
 @dataclass(frozen=True)

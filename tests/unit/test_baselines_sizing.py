@@ -94,7 +94,8 @@ def test_floor_on_a_hand_made_load(dag):
 
 
 def test_elasticmoe_scales_by_whole_gpus_and_apportions_slots(dag):
-    d = get_decider("elasticmoe", dag=dag, settings=Settings())
+    s = with_overrides(Settings(), {"baselines.elasticmoe.gpu_share": 0.1})
+    d = get_decider("elasticmoe", dag=dag, settings=s)
     d.reset(0)
     assert d.slots_per_gpu == 10 and d.gpus == 1  # 2 experts fit on one GPU of 10 slots
     d.gpus = 1

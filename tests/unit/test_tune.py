@@ -71,3 +71,9 @@ def test_best_is_the_cheapest_feasible_trial_else_the_one_that_drops_least():
     fast_dropping = Trial({"k": 4}, cost=1.0, attainment=0.5, dropped=40, feasible=False)
     slow_complete = Trial({"k": 5}, cost=1.5, attainment=0.9, dropped=0, feasible=False)
     assert best([fast_dropping, slow_complete, cheap_but_slow]) is cheap_but_slow
+    # none feasible: meeting the target on more runs comes first, then drops, then cost; the
+    # dearest configuration's better attainment on a trace nothing meets does not win
+    lavish = Trial({"k": 6}, cost=9.0, attainment=0.8, dropped=0, feasible=False, runs_met=1)
+    lean = Trial({"k": 7}, cost=2.0, attainment=0.3, dropped=0, feasible=False, runs_met=1)
+    none_met = Trial({"k": 8}, cost=1.0, attainment=0.7, dropped=0, feasible=False)
+    assert best([lavish, none_met, lean]) is lean

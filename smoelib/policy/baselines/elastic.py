@@ -71,6 +71,6 @@ class ElasticMoeDecider:
                 self.gpus, self.last_event = gpus, t
                 tps = np.asarray(obs.tokens_per_s)[ex.index]
                 self.replicas = self._apportion(tps)
-        return decide_all(ex, t, replicas=self.replicas, cpu=min(self.s.actions.cpu),
+        return decide_all(ex, t, replicas=self.replicas, cpu=c.cpu,
                           memory_mb=ex.memory_floor(self.s), gpu_share=c.gpu_share,
                           concurrency=c.concurrency)
