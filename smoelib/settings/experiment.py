@@ -148,10 +148,12 @@ class Simulator:
         "bytes: 0.195 - 0.136 ms for 127 more 768-d fp16 tokens, 3 KiB each), for nodes that "
         "do not declare it",
         unit="ms/KiB", check=non_negative)
-    engine: Literal["compiled", "reference"] = setting(
-        "compiled", "the request-level engine: compiled (numba; per-sequence invocation) or "
-        "reference (pure Python; both invocations): the same results for the same seed; "
-        "step-batched invocation always runs on the reference")
+    engine: Literal["compiled", "reference", "fluid"] = setting(
+        "compiled", "the engine: compiled (numba; per-sequence invocation) or reference (pure "
+        "Python; both invocations), request-level with the same results for the same seed "
+        "(step-batched invocation always runs on the reference); or fluid, the fast training "
+        "mode (queueing arithmetic per node and tick, per-sequence; docs/simulator.md says "
+        "how far it agrees)")
     invocation: Literal["per-sequence", "step-batched"] = setting(
         "per-sequence", "how calls reach experts: per-sequence (one call per sequence, pass, "
         "layer and selected expert; a serverless router) or step-batched (continuous "

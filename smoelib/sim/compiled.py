@@ -26,7 +26,7 @@ from smoelib.sim.cluster import Cluster
 from smoelib.sim.engine import Engine
 from smoelib.sim.telemetry import BUCKETS_S, Telemetry
 
-__all__ = ["CompiledEngine"]
+__all__ = ["CompiledEngine", "model_columns"]
 
 _KIND = {"shape": 0, "linear": 1, "curve": 2}
 _BUF = 1 << 14
@@ -52,6 +52,29 @@ def _free_stack(free: np.ndarray, st: np.ndarray, top: int, old: int, new: int) 
     out[n:n + new - old] = np.arange(old, new)
     st[top] = n + new - old
     return out
+
+
+def model_columns(models) -> tuple:
+    """The service model of each node as the kernel's columns: kind (-1: a join), the float
+    columns, the measured curves (offsets, tokens, ms), and the handler's per-call and
+    per-token ms."""
+    n = len(models)
+    m_kind = np.full(n, -1, np.int64)
+    m_f = np.zeros((n, k.MODEL_COLUMNS))
+    coff, ct, cm = [0], [], []
+    handler, per_token = np.zeros(n), np.zeros(n)
+    for i, m in enumerate(models):
+        if m is not None:
+            m_kind[i] = _KIND[m.kind]
+            m_f[i] = (float(m.has_gpu), m.weight_bytes, m.cpu_weight_bytes, m.flops_per_token,
+                      m.gpu_bw, m.gpu_peak, m.gpu_launch_ms, m.cpu_bw, m.cpu_peak, m.s_bw,
+                      m.base_ms, m.per_token_ms)
+            handler[i], per_token[i] = m.handler_ms, m.serialise_ms_per_token
+            ct.extend(m.curve_tokens)
+            cm.extend(m.curve_ms)
+        coff.append(len(ct))
+    return (m_kind, m_f, np.asarray(coff, np.int64), np.asarray(ct, float).reshape(-1),
+            np.asarray(cm, float).reshape(-1), handler, per_token)
 
 
 class CompiledEngine(Engine):
@@ -152,25 +175,9 @@ class CompiledEngine(Engine):
         self.width = max(plan_off[1], plan_off[2] - plan_off[1])  # stages of the larger plan
 
     def _models(self) -> None:
-        """The service model of each node as columns (kind -1: a join)."""
-        n = len(self.models)
-        self.m_kind = np.full(n, -1, np.int64)
-        self.m_f = np.zeros((n, k.MODEL_COLUMNS))
-        coff, ct, cm = [0], [], []
-        self.handler = np.zeros(n)
-        self.per_token = np.zeros(n)
-        for i, m in enumerate(self.models):
-            if m is not None:
-                self.m_kind[i] = _KIND[m.kind]
-                self.m_f[i] = (float(m.has_gpu), m.weight_bytes, m.cpu_weight_bytes,
-                               m.flops_per_token, m.gpu_bw, m.gpu_peak, m.gpu_launch_ms,
-                               m.cpu_bw, m.cpu_peak, m.s_bw, m.base_ms, m.per_token_ms)
-                self.handler[i], self.per_token[i] = m.handler_ms, m.serialise_ms_per_token
-                ct.extend(m.curve_tokens)
-                cm.extend(m.curve_ms)
-            coff.append(len(ct))
-        self.model_arrays = (self.m_kind, self.m_f, np.asarray(coff, np.int64),
-                             np.asarray(ct, float).reshape(-1), np.asarray(cm, float).reshape(-1))
+        cols = model_columns(self.models)
+        self.model_arrays = cols[:5]
+        self.handler, self.per_token = cols[5], cols[6]
 
     # ---- per slice -----------------------------------------------------------------------
     def _route(self, lo: int, hi: int) -> None:

@@ -127,7 +127,9 @@ class SimEnv:
                   "max_retries": sim.max_retries, "invocation": sim.invocation,
                   "max_running": sim.max_running, "max_step_tokens": sim.max_step_tokens}
         engine = Engine
-        if sim.engine == "compiled" and sim.invocation == "per-sequence":
+        if sim.engine == "fluid":
+            from smoelib.sim.fluid import FluidEngine as engine  # numba: loaded on use
+        elif sim.engine == "compiled" and sim.invocation == "per-sequence":
             from smoelib.sim.compiled import CompiledEngine as engine  # numba: loaded on use
         self.server = engine(self.dag, self.trace, models=self.models, router=router,
                              params=params, rng=np.random.default_rng(dispatch_seq))

@@ -1,0 +1,510 @@
+"""The fast training mode (``simulator.engine: fluid``): queueing arithmetic per node and
+control slice instead of one event per call.
+
+The request-level engines (:mod:`smoelib.sim.engine`, :mod:`smoelib.sim.compiled`) serve every
+call; this engine serves the same trace on the same cluster with the same service model
+(:mod:`smoelib.core.service`) and the same pass structure, as averages over a slice:
+
+- **Load.** A request's prefill (or encoder) pass happens at its arrival, in chunks where the
+  pipeline chunks it; its decode passes follow one after another. Per slice, ``N`` requests
+  are decoding (time-averaged) and each makes a pass every ``tau`` seconds, so a node receives
+  ``N / tau x v`` decode calls a second, ``v`` its calls per pass: 1 for a segment, for an
+  expert the chance that a token picks it (``top_k`` picks among the layer's popularity at the
+  slice, mixed over the task classes of the requests in flight). Arrivals add their prefill
+  calls: one per segment, one per expert a chunk touches (``1 - (1 - v) ^ tokens``).
+- **A node** (``R`` ready replicas, ``c`` workers each, ``K`` = ``max_inflight``) spreads its
+  calls over its workers. A worker takes every call waiting as one batch
+  (:meth:`~smoelib.core.service.ServiceModel.batch_ms`); in steady state the next batch holds
+  the calls that arrived during the last one, ``n = max(1, lambda_w x T(n))`` (at most
+  ``K / c``), and the worker is busy ``rho = lambda_w x T(n) / n``. A call finds every worker
+  busy with probability ``rho ^ c``, then waits for the batch in service to end (mean residual
+  ``T (1 + cv^2) / (2 c)``) and is served in the next one; otherwise it is served alone:
+  ``L = (1 - rho^c) T(1) + rho^c (T(n) (1 + cv^2) / (2c) + T(n))``. Calls in a replica are
+  ``lambda_pod x L`` on average (Little); a call is refused (429) when ``K`` are there, with the
+  probability of a geometric count of that mean, or, when the node cannot serve its load even
+  at full batches, with ``1 - capacity / load``; a refused call retries with the jittered
+  backoff's mean delay, up to ``max_retries`` times, and a call refused every time drops its
+  request. A node with no ready replica refuses every call.
+- **Passes.** A stage's latency is its node's ``L`` (an MoE stage: the mean over the experts a
+  token picks plus the expected maximum of ``top_k`` draws of their spread and the service
+  noise); a pass is the critical path through its stages with ``rpc_overhead_ms`` per hop,
+  as the request-level engines schedule it. The decode pass time ``tau`` and the load it
+  makes are solved together (a damped fixed point: the decode loop is closed, so an overloaded
+  node slows the passes until its load is what it serves). A prefill pass's stage serves the
+  request's own call (its tokens, the hottest expert's share at an MoE stage) after the wait.
+- **Requests.** Each request's TTFT is its prefill at the slice it arrives in; its decode
+  passes advance at ``1 / tau`` per second of each slice, so its TPOT is the mean pass time
+  over the slices it decodes in. Drops are drawn per request and slice from the per-call drop
+  chance of the calls it makes there (the dispatch generator).
+
+What it does not model: the per-request variation of routing and service noise (averaged over a
+request's passes, they move its TPOT little) and the synchronisation of batches (convoys).
+How far it agrees with the request-level engine is measured in
+``tests/unit/test_fluid_engine.py`` and docs/simulator.md. Per-node arithmetic is compiled
+(numba) over arrays; the per-request bookkeeping is vectorised numpy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from smoelib.core import work
+from smoelib.core.service import handler_slowdown
+from smoelib.sim.cluster import Cluster
+from smoelib.sim.compiled import model_columns
+from smoelib.sim.engine import StagePlan
+from smoelib.sim.kernel import ffn_ms
+from smoelib.sim.telemetry import BUCKETS_S, Telemetry
+
+__all__ = ["FluidEngine"]
+
+# per-node results of :func:`_nodes` (columns)
+(N_BATCH, N_T, N_RHO, N_L, N_WAIT, N_BLOCK, N_DROP, N_REJ, N_ADMIT) = range(9)
+NODE_COLUMNS = 9
+_FIXED_POINT = 12  # damped iterations of the decode pass time per slice
+# the expected maximum of k standard normal draws (k = 1..8): an MoE stage waits for its
+# slowest pick
+_MAX_OF = np.array([0.0, 0.0, 0.5642, 0.8463, 1.0294, 1.1630, 1.2672, 1.3522, 1.4236])
+
+
+@njit(cache=True)
+def _nodes(lam, tok, ready, par, k0, k1, share, cores, interf, conc, cv2, retry_s, cap_s,
+           max_retries, m_kind, m_f, m_coff, m_ct, m_cm, out):
+    """Per node, the batch, busy fraction, mean call latency (s, retries included), wait,
+    refusal, drop and rejections per call, at ``lam`` calls/s of ``tok`` tokens each."""
+    for i in range(lam.size):
+        for j in range(out.shape[1]):
+            out[i, j] = 0.0
+        if m_kind[i] < 0:  # a join: no work
+            continue
+        m = max(tok[i], 1.0)
+        t1 = (k0[i] + k1[i] * m
+              + ffn_ms(m_kind, m_f, m_coff, m_ct, m_cm, i, m, share[i], cores[i]) * interf[i])
+        out[i, N_BATCH] = 1.0
+        out[i, N_T] = t1
+        if ready[i] <= 0.0:  # nothing serves: every attempt refused
+            out[i, N_BLOCK] = 1.0
+            out[i, N_DROP] = 1.0
+            out[i, N_REJ] = max_retries + 1.0
+            out[i, N_L] = t1 / 1000.0
+            continue
+        avail = min(ready[i], 1.0)  # a replica ready during part of the slice
+        workers = max(ready[i], 1.0) * par[i]
+        lw = lam[i] / workers / 1000.0  # calls per ms per worker
+        nmax = max(conc[i] / par[i], 1.0)
+        n = 1.0
+        t = t1
+        full = False
+        for _ in range(40):
+            t = (k0[i] * n + k1[i] * n * m
+                 + ffn_ms(m_kind, m_f, m_coff, m_ct, m_cm, i, n * m, share[i], cores[i])
+                 * interf[i])
+            nxt = max(1.0, lw * t)
+            if nxt >= nmax:
+                nxt = nmax
+            if abs(nxt - n) < 1e-4 * n:
+                n = nxt
+                break
+            n = nxt
+        t = (k0[i] * n + k1[i] * n * m
+             + ffn_ms(m_kind, m_f, m_coff, m_ct, m_cm, i, n * m, share[i], cores[i])
+             * interf[i])
+        full = lw * t > n * (1.0 + 1e-9)
+        rho = min(lw * t / n, 1.0)
+        p_busy = rho ** par[i]
+        wait = p_busy * t * (1.0 + cv2) / (2.0 * par[i])
+        lat = (1.0 - p_busy) * t1 + p_busy * (wait + t)
+        pod_lam = lam[i] / max(ready[i], 1.0) / 1000.0
+        inside = pod_lam * lat
+        block = (inside / (1.0 + inside)) ** conc[i]
+        if full:  # beyond what full batches serve
+            block = max(block, 1.0 - n / (lw * t))
+        block = 1.0 - (1.0 - block) * avail
+        block = min(block, 1.0)
+        # retries: the jittered backoff's mean (x 0.75) per refused attempt
+        delay = 0.0
+        rej = 0.0
+        pa = 1.0
+        for a in range(max_retries + 1):
+            pa *= block
+            rej += pa
+            if a < max_retries:
+                delay += pa * min(retry_s * 2.0 ** a, cap_s) * 0.75
+        out[i, N_BATCH] = n
+        out[i, N_T] = t
+        out[i, N_RHO] = rho
+        out[i, N_WAIT] = wait / 1000.0
+        out[i, N_L] = lat / 1000.0 + delay
+        out[i, N_BLOCK] = block
+        out[i, N_DROP] = pa
+        out[i, N_REJ] = rej
+        out[i, N_ADMIT] = 1.0 - pa
+
+
+@njit(cache=True)
+def _pass_time(stage_lat, st_first, pred_off, preds, sinks, rpc):
+    """The critical path of one pass (s): stages in topological order, each starting
+    ``rpc`` after its slowest predecessor (a source at once)."""
+    n = stage_lat.size
+    finish = np.empty(n)
+    for s in range(n):
+        start = 0.0
+        if pred_off[s + 1] > pred_off[s]:
+            start = -1.0
+            for j in range(pred_off[s], pred_off[s + 1]):
+                start = max(start, finish[preds[j]])
+            start += rpc
+        finish[s] = start + stage_lat[s]
+    end = 0.0
+    for s in sinks:
+        end = max(end, finish[s])
+    return end
+
+
+@njit(cache=True)
+def _stage_latency(lat, t_ms, v, st_off, st_nodes, st_moe, st_k, max_of, cv):
+    """Per stage of a decode pass: its node's latency, or at an MoE stage the mean over the
+    experts a token picks plus the expected maximum of ``k`` draws of their spread."""
+    n = st_off.size - 1
+    out = np.empty(n)
+    for s in range(n):
+        lo, hi = st_off[s], st_off[s + 1]
+        if not st_moe[s]:
+            out[s] = lat[st_nodes[lo]]
+            continue
+        k = st_k[s]
+        tot = 0.0
+        mean = 0.0
+        for j in range(lo, hi):
+            tot += v[st_nodes[j]]
+            mean += v[st_nodes[j]] * lat[st_nodes[j]]
+        mean /= max(tot, 1e-12)
+        var = 0.0
+        for j in range(lo, hi):
+            e = st_nodes[j]
+            noise = cv * t_ms[e] / 1000.0
+            var += v[e] / max(tot, 1e-12) * ((lat[e] - mean) ** 2 + noise * noise)
+        out[s] = mean + max_of[min(k, max_of.size - 1)] * math.sqrt(var)
+    return out
+
+
+@njit(cache=True)
+def _prefill_times(tokens, st_off, st_nodes, st_moe, hot, res, k0, k1, share, cores, interf,
+                   m_kind, m_f, m_coff, m_ct, m_cm, pred_off, preds, sinks, rpc):
+    """The pass time (s) of a prefill of ``tokens[i]`` tokens at the slice's node state:
+    per stage, the wait and retries at the node, then the request's own call (a segment's with
+    all its tokens, an MoE stage's at its hottest expert with that expert's share)."""
+    n_st = st_off.size - 1
+    out = np.empty(tokens.size)
+    lat = np.empty(n_st)
+    for r in range(tokens.size):
+        for s in range(n_st):
+            lo = st_off[s]
+            node = st_nodes[lo]
+            m = tokens[r]
+            if st_moe[s]:
+                node = hot[s]
+                m = max(1.0, tokens[r] * res[node, 1])
+            if m_kind[node] < 0:
+                lat[s] = 0.0
+                continue
+            own = (k0[node] + k1[node] * m
+                   + ffn_ms(m_kind, m_f, m_coff, m_ct, m_cm, node, m, share[node], cores[node])
+                   * interf[node]) / 1000.0
+            lat[s] = res[node, 0] + own
+        out[r] = _pass_time(lat, st_off, pred_off, preds, sinks, rpc)
+    return out
+
+
+class _Plan:
+    """A :class:`~smoelib.sim.engine.StagePlan` as flat arrays for the compiled helpers."""
+
+    def __init__(self, plan: StagePlan, top_k: list[int]):
+        self.st_off = np.concatenate([[0], np.cumsum([len(x) for x in plan.nodes])]).astype(
+            np.int64)
+        self.st_nodes = np.concatenate([np.asarray(x, np.int64) for x in plan.nodes])
+        self.st_moe = np.asarray(plan.moe, np.bool_)
+        self.st_k = np.asarray([top_k[plan.layer_of[s]] if plan.moe[s] else 1
+                                for s in range(len(plan.stages))], np.int64)
+        self.pred_off = np.concatenate([[0], np.cumsum([len(p) for p in plan.preds])]).astype(
+            np.int64)
+        self.preds = np.asarray([q for p in plan.preds for q in p], np.int64)
+        self.sinks = np.asarray(plan.sinks, np.int64)
+        self.segment_nodes = np.asarray([x[0] for x, moe in zip(plan.nodes, plan.moe,
+                                                                  strict=True) if not moe],
+                                        np.int64)
+        self.layers = [(plan.layer_of[s], np.asarray(plan.nodes[s], np.int64))
+                       for s in range(len(plan.stages)) if plan.moe[s]]
+        self.moe_stages = np.flatnonzero(self.st_moe)
+
+
+class FluidEngine:
+    """The request-level engines' interface (``run``, the per-request arrays, the
+    counters), served by per-slice queueing arithmetic. Same constructor as
+    :class:`~smoelib.sim.engine.Engine`."""
+
+    def __init__(self, dag, trace, *, models, router, params: dict, rng: np.random.Generator):
+        self.dag = dag
+        self.times = trace.times_s
+        n = self.times.size
+        gen = trace.generated if trace.generated is not None else np.zeros(n, np.int64)
+        self.task = trace.task if trace.task is not None else np.zeros(n, np.int8)
+        self.prefill = work.prefill_tokens(dag, trace.tokens, gen).astype(float)
+        self.decodes = work.decode_passes(dag, trace.tokens, gen).astype(float)
+        self.chunks = work.n_chunks(dag, self.prefill.astype(np.int64)).astype(float)
+        self.router = router
+        self.rng = rng
+        self.models = models
+        self.par = params["parallelism"]
+        self.rpc_s = params["rpc_overhead_ms"] / 1000.0
+        self.cv = float(params["service_cv"])
+        self.retry_s = params["retry_backoff_ms"] / 1000.0
+        self.retry_cap_s = params["retry_cap_ms"] / 1000.0
+        self.max_retries = int(params["max_retries"])
+        if params.get("invocation", "per-sequence") != "per-sequence":
+            raise ValueError("the fluid engine models per-sequence invocation")
+        top_k = list(router.widths)
+        if dag.kind == "encoder-decoder":
+            parts = dag.stage_parts
+            first = StagePlan(dag, {s for s, p in parts.items() if p == "encoder"})
+            nxt = StagePlan(dag, {s for s, p in parts.items() if p == "decoder"})
+        else:
+            first = nxt = StagePlan(dag)
+        self.plan_first, self.plan_next = first, nxt  # as the request-level engines name them
+        self.first, self.next = _Plan(first, top_k), _Plan(nxt, top_k)
+        self.slo = dag.slo
+        self.n_nodes = len(dag.nodes)
+        cols = model_columns(models)
+        self.model_arrays = cols[:5]
+        self.handler, self.per_token = cols[5], cols[6]
+        # per request
+        self.ttft = np.full(n, np.nan)
+        self.e2e = np.full(n, np.nan)
+        self.tpot = np.full(n, np.nan)
+        self.dropped = np.zeros(n, dtype=bool)
+        self.first_t = np.full(n, np.nan)  # when the first token is out
+        self.left = self.decodes.copy()  # decode passes still to make
+        self.active = np.zeros(0, np.int64)  # requests arrived and not yet ended
+        self.next_req = 0
+        self.tau = None  # the last slice's decode pass time (s)
+        self._ttft_guess = 0.05  # the last slice's mean TTFT (s)
+        self.calls = 0
+        self.rejected = 0
+        self.retries = 0
+        self.batches = 0
+        self._acc = np.zeros(4)  # fractional calls, rejections, retries, batches carried
+        self.node_inflight = np.zeros(self.n_nodes)
+
+    # ---- per slice -----------------------------------------------------------------------
+    def run(self, t0: float, t1: float, cluster: Cluster, tel: Telemetry) -> None:
+        dt = t1 - t0
+        lo = self.next_req
+        hi = max(lo, int(np.searchsorted(self.times, t1, side="left")))
+        if hi > lo:
+            ks, cnt = np.unique((self.times[lo:hi] // tel.dt).astype(np.int64),
+                                return_counts=True)
+            for k_, c_ in zip(ks, cnt, strict=True):
+                tel.add_requests(float(k_) * tel.dt, int(c_))
+        new = np.arange(lo, hi)
+        self.next_req = hi
+        state = self._node_config(t0, t1, cluster)
+        v_tok = self._token_shares(t0, t1, new)
+        first, nxt = self.first, self.next
+        # prefill load of the arrivals: per node calls and tokens per second
+        calls_pre = np.zeros(self.n_nodes)
+        tok_pre = np.zeros(self.n_nodes)
+        if new.size:
+            c = self.chunks[new]
+            p = self.prefill[new]
+            calls_pre[first.segment_nodes] += c.sum()
+            tok_pre[first.segment_nodes] += p.sum()
+            for _, nodes in first.layers:
+                share = v_tok[nodes]
+                touched = 1.0 - (1.0 - share[None, :]) ** (p / c)[:, None]
+                calls_pre[nodes] += (touched * c[:, None]).sum(0)
+                tok_pre[nodes] += p.sum() * share
+        calls_pre /= dt
+        tok_pre /= dt
+        # decode load: requests decoding during the slice (time-averaged)
+        act = self.active
+        dec = act[(self.left[act] > 0) & ~self.dropped[act]]
+        # the arrivals decode in the slice too (a conv request's decode is about one slice):
+        # from their arrival plus the last slice's mean TTFT until their TTFT is solved
+        dec_start = np.concatenate([self.first_t[dec], self.times[new] + self._ttft_guess])
+        dec_left = np.concatenate([self.left[dec], self.decodes[new]])
+        tau = self.tau if self.tau is not None else 0.05
+        v_dec = np.zeros(self.n_nodes)
+        v_dec[nxt.segment_nodes] = 1.0
+        for _, nodes in nxt.layers:
+            v_dec[nodes] = v_tok[nodes]
+        res = np.zeros((self.n_nodes, 2))
+        out = np.zeros((self.n_nodes, NODE_COLUMNS))
+        args = (*state, self.cv ** 2, self.retry_s, self.retry_cap_s, self.max_retries,
+                *self.model_arrays)
+        for it in range(_FIXED_POINT):
+            start = np.maximum(dec_start, t0)
+            busy = np.clip(np.minimum(t1, start + dec_left * tau) - start, 0, None)
+            n_dec = busy.sum() / dt
+            lam_dec = n_dec / tau * v_dec
+            lam = lam_dec + calls_pre
+            tok = np.where(lam > 0, (lam_dec + tok_pre) / np.maximum(lam, 1e-12), 1.0)
+            _nodes(lam, tok, *args, out)
+            stage = _stage_latency(out[:, N_L], out[:, N_T], v_dec, nxt.st_off, nxt.st_nodes,
+                                   nxt.st_moe, nxt.st_k, _MAX_OF, self.cv)
+            new_tau = _pass_time(stage, nxt.st_off, nxt.pred_off, nxt.preds, nxt.sinks,
+                                 self.rpc_s) + self.rpc_s
+            if not dec_left.any():
+                tau = new_tau
+                break
+            tau = new_tau if it == 0 and self.tau is None else 0.5 * tau + 0.5 * new_tau
+        self.tau = tau
+        # the arrivals' first tokens
+        if new.size:
+            res[:, 0] = out[:, N_L] - out[:, N_T] / 1000.0  # wait and retries, not service
+            hot = np.zeros(len(first.st_moe), np.int64)
+            for s, (_, nodes) in zip(first.moe_stages, first.layers, strict=True):
+                hot[s] = nodes[np.argmax(v_tok[nodes])]
+                res[nodes, 1] = v_tok[nodes]  # a token's chance to pick it: its token share
+            c = self.chunks[new]
+            per = _prefill_times(self.prefill[new] / c, first.st_off, first.st_nodes,
+                                 first.st_moe, hot, res, *state[2:7], *self.model_arrays,
+                                 first.pred_off,
+                                 first.preds, first.sinks, self.rpc_s)
+            ttft = c * per + (c - 1) * self.rpc_s
+            self.ttft[new] = ttft
+            self._ttft_guess = float(ttft.mean())
+            self.first_t[new] = self.times[new] + ttft
+            self.active = np.concatenate([self.active, new])
+        self._advance(t0, t1, tau, out, v_dec, calls_pre, tel)
+        self._telemetry(t0, dt, out, lam, tok, state[0], tel)
+
+    def _node_config(self, t0: float, t1: float, cluster: Cluster) -> tuple:
+        """Per node over the slice: ready replicas (time-weighted), workers, handler
+        coefficients, GPU share, cores per worker, interference, max_inflight."""
+        c, n = cluster.cols, cluster.n
+        node = c["node"][:n]
+        w = np.clip(np.minimum(c["end"][:n], t1) - np.maximum(c["ready"][:n], t0), 0,
+                    None) / (t1 - t0)
+        nn = self.n_nodes
+        ready = np.bincount(node, weights=w, minlength=nn)
+        wsum = np.maximum(ready, 1e-12)
+        par = self.par.astype(float)
+        mean = lambda x: np.where(ready > 0, np.bincount(node, weights=w * x,  # noqa: E731
+                                                         minlength=nn) / wsum, 0.0)
+        cpu = mean(c["cpu"][:n])
+        share = mean(c["share"][:n])
+        conc = np.maximum(mean(c["conc"][:n].astype(float)), 1.0)
+        interf = np.where(ready > 0, mean(cluster.interference(t0)), 1.0)
+        cpu = np.where(ready > 0, cpu, 1.0)
+        slow = handler_slowdown(cpu, par)
+        return (ready, par, self.handler * slow, self.per_token * slow, share,
+                cpu / np.maximum(par, 1), interf, conc)
+
+    def _token_shares(self, t0: float, t1: float, new: np.ndarray) -> np.ndarray:
+        """Per expert node, the chance that one token picks it (``top_k`` picks per layer
+        among the popularity mixed over the task classes in flight)."""
+        v = np.zeros(self.n_nodes)
+        rs = np.concatenate([self.active, new])
+        classes = np.bincount(self.task[rs].astype(np.int64)) if rs.size else np.ones(1)
+        mix = classes / max(classes.sum(), 1)
+        t = 0.5 * (t0 + t1)
+        pop = sum(w * self.router.popularity(t, k) for k, w in enumerate(mix) if w > 0)
+        layers = list(self.dag.moe_layers.values())
+        index = {x: i for i, x in enumerate(self.dag.nodes)}
+        for li, names in enumerate(layers):
+            k = int(self.router.widths[li])
+            p = np.asarray(pop[li, :len(names)], float)
+            sel = np.minimum(1.0, k * p)
+            for _ in range(3):  # picks without replacement: k in all, at most 1 each
+                spare = k - sel.sum()
+                room = sel < 1.0
+                if spare <= 1e-9 or not room.any():
+                    break
+                sel = np.where(room, np.minimum(1.0, sel + spare * p / p[room].sum()), sel)
+            v[[index[x] for x in names]] = sel
+        return v
+
+    def _advance(self, t0, t1, tau, out, v_dec, calls_pre, tel) -> None:
+        """Decode passes made in the slice; requests that end or drop in it."""
+        act = self.active
+        firsts = act[(self.first_t[act] >= t0) & (self.first_t[act] < t1)]
+        start = np.maximum(self.first_t[act], t0)
+        left = self.left[act]
+        can = np.clip(t1 - start, 0, None) / tau
+        made = np.minimum(left, can)
+        # drops: the chance each call of the slice's passes is refused every time
+        per_pass = float((v_dec * out[:, N_DROP]).sum())
+        p_first = float(out[self.first.st_nodes, N_DROP].sum())  # a prefill touches them all
+        first_here = (self.first_t[act] >= t0) & (self.first_t[act] < t1)
+        hazard = made * per_pass + np.where(first_here, p_first, 0.0)
+        drop = np.zeros(act.size, bool)
+        if np.any(hazard > 0):
+            u = self.rng.random(act.size)
+            drop = (u < -np.expm1(-hazard)) & ~self.dropped[act]
+        self.left[act] = left - made
+        done = (self.left[act] <= 1e-9) & (start < t1) & ~drop & ~self.dropped[act]
+        end_t = start + left * tau
+        r_done = act[done]
+        self.e2e[r_done] = end_t[done] - self.times[r_done]
+        d = self.decodes[r_done]
+        self.tpot[r_done] = np.where(d > 0, (self.e2e[r_done] - self.ttft[r_done])
+                                     / np.maximum(d, 1), 0.0)
+        r_drop = act[drop]
+        self.dropped[r_drop] = True
+        drop_t = t0 + self.rng.random(r_drop.size) * (t1 - t0)
+        before = self.first_t[r_drop] > drop_t  # dropped before its first token
+        self.ttft[r_drop[before]] = np.nan
+        keep = ~(done | drop | self.dropped[act])
+        self.active = act[keep]
+        firsts = firsts[~self.dropped[firsts]]
+        ends_t = np.concatenate([end_t[done], drop_t])
+        ends_r = np.concatenate([r_done, r_drop])
+        if firsts.size:
+            tel.add_pass_latency(self.first_t[firsts], "ttft_hist", self.ttft[firsts])
+        if ends_r.size:
+            dropped = self.dropped[ends_r]
+            tel.add_request_ends(ends_t, ttft=self.ttft[ends_r],
+                                 tpot=np.where(dropped, np.inf, self.tpot[ends_r]),
+                                 e2e=np.where(dropped, np.inf, self.e2e[ends_r]),
+                                 met=self.meets_slo(ends_r))
+
+    def _telemetry(self, t0, dt, out, lam, tok, ready, tel) -> None:
+        """Per-node counters of the slice, as the request-level engines bin them."""
+        admitted = lam * dt * out[:, N_ADMIT]
+        calls = admitted
+        batches = calls / np.maximum(out[:, N_BATCH], 1.0)
+        busy = batches * out[:, N_T] / 1000.0
+        rejected = lam * dt * out[:, N_REJ]
+        lat = out[:, N_L]
+        service = out[:, N_T] / 1000.0
+        wait = np.maximum(lat - service, 0.0)
+        # call latencies: the service, then an exponential wait of the mean wait
+        bounds = BUCKETS_S[None, :]
+        x = np.clip((bounds - service[:, None]) / np.maximum(wait[:, None], 1e-9), 0, 700)
+        cdf = np.where(bounds >= service[:, None], -np.expm1(-x), 0.0)
+        cdf[:, -1] = 1.0
+        hist = np.diff(np.concatenate([np.zeros((cdf.shape[0], 1)), cdf], axis=1), axis=1)
+        k = int(round(t0 / tel.dt))
+        tel.add_tick(k, {"calls": calls, "tokens": calls * tok, "busy_s": busy,
+                         "batches": batches, "rejected": rejected,
+                         "lat_hist": hist * calls[:, None], "lat_sum": calls * lat})
+        retried = lam * dt * (out[:, N_REJ] - out[:, N_DROP])
+        self._acc += (calls.sum(), rejected.sum(), retried.sum(), batches.sum())
+        self.calls, self.rejected, self.retries, self.batches = (int(x) for x in self._acc)
+        self.node_inflight = lam * lat
+
+    # ---- per request ---------------------------------------------------------------------
+    def meets_slo(self, r: np.ndarray) -> np.ndarray:
+        """Whether requests ``r`` met the SLO: finished, TTFT and TPOT within theirs."""
+        ok = ~self.dropped[r] & np.isfinite(self.e2e[r])
+        ok &= self.ttft[r] * 1000.0 <= self.slo.ttft_ms
+        if self.slo.tpot_ms is not None:
+            ok &= self.tpot[r] * 1000.0 <= self.slo.tpot_ms
+        return ok
+
+    def inflight_at(self, t: float, n_nodes: int, cluster: Cluster) -> np.ndarray:
+        """Calls in flight per node (the slice's mean, Little's law)."""
+        return self.node_inflight.astype(float)
