@@ -55,7 +55,7 @@ from smoelib.core import work
 from smoelib.core.service import handler_slowdown
 from smoelib.sim.cluster import Cluster
 from smoelib.sim.compiled import model_columns
-from smoelib.sim.engine import StagePlan
+from smoelib.sim.engine import Engine, StagePlan
 from smoelib.sim.kernel import ffn_ms
 from smoelib.sim.telemetry import BUCKETS_S, Telemetry
 
@@ -97,7 +97,6 @@ def _nodes(lam, tok, ready, par, k0, k1, share, cores, interf, conc, cv2, retry_
         nmax = max(conc[i] / par[i], 1.0)
         n = 1.0
         t = t1
-        full = False
         for _ in range(40):
             t = (k0[i] * n + k1[i] * n * m
                  + ffn_ms(m_kind, m_f, m_coff, m_ct, m_cm, i, n * m, share[i], cores[i])
@@ -497,13 +496,7 @@ class FluidEngine:
         self.node_inflight = lam * lat
 
     # ---- per request ---------------------------------------------------------------------
-    def meets_slo(self, r: np.ndarray) -> np.ndarray:
-        """Whether requests ``r`` met the SLO: finished, TTFT and TPOT within theirs."""
-        ok = ~self.dropped[r] & np.isfinite(self.e2e[r])
-        ok &= self.ttft[r] * 1000.0 <= self.slo.ttft_ms
-        if self.slo.tpot_ms is not None:
-            ok &= self.tpot[r] * 1000.0 <= self.slo.tpot_ms
-        return ok
+    meets_slo = Engine.meets_slo  # one rule: finished, TTFT and TPOT within the SLO
 
     def inflight_at(self, t: float, n_nodes: int, cluster: Cluster) -> np.ndarray:
         """Calls in flight per node (the slice's mean, Little's law)."""

@@ -23,6 +23,17 @@ def hpa(initial, *, tol=0.1, window=300.0, pods=4, percent=100.0, cooldown=300.0
     return Autoscaler(np.array([mn]), np.array([mx]), behaviour=b, initial=np.array([initial]))
 
 
+def one_segment(*, concurrency: int, max_replicas: int, batch_ms: float):
+    """One CPU segment whose batch costs ``batch_ms`` whatever it carries."""
+    return build_dag({"name": "q", "slo_ms": 100, "max_seq_tokens": 512,
+                      "defaults": {"segment": {
+                          "concurrency": concurrency,
+                          "replicas": {"min": 1, "max": max_replicas}, "gpu_share": 0.0,
+                          "handler": {"call_ms": 0, "serialise_ms_per_kb": 0},
+                          "profile": {"base_ms": batch_ms, "per_token_ms": 0}}},
+                      "stages": [{"id": "svc", "kind": "segment"}]})
+
+
 @pytest.mark.parametrize("current, want_up", [(5, 6), (10, 12), (20, 23), (50, 56)])
 def test_default_tolerance_deadband_matches_the_kubernetes_table(current, want_up):
     # keda.md 3.4: the smallest reachable scale-up from C with "metric = desired, target 1"
@@ -130,13 +141,7 @@ def test_cpu_changes_in_place_roll_nothing():
 
 
 def test_429s_are_retried_with_backoff_and_counted(tmp_path):
-    dag = build_dag({"name": "q", "slo_ms": 100, "max_seq_tokens": 512,
-                     "defaults": {"segment": {"concurrency": 1, "replicas": {"min": 1, "max": 1},
-                                              "gpu_share": 0.0,
-                                              "handler": {"call_ms": 0,
-                                                          "serialise_ms_per_kb": 0},
-                                              "profile": {"base_ms": 100, "per_token_ms": 0}}},
-                     "stages": [{"id": "svc", "kind": "segment"}]})
+    dag = one_segment(concurrency=1, max_replicas=1, batch_ms=100)
     csv = tmp_path / "two.csv"
     csv.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
                    "2024-01-01 00:00:00.0000000,10,1\n2024-01-01 00:00:00.0000000,10,1\n")
@@ -153,13 +158,7 @@ def test_429s_are_retried_with_backoff_and_counted(tmp_path):
 
 
 def test_dropped_after_max_retries(tmp_path):
-    dag = build_dag({"name": "q", "slo_ms": 100, "max_seq_tokens": 512,
-                     "defaults": {"segment": {"concurrency": 1, "replicas": {"min": 1, "max": 1},
-                                              "gpu_share": 0.0,
-                                              "handler": {"call_ms": 0,
-                                                          "serialise_ms_per_kb": 0},
-                                              "profile": {"base_ms": 100, "per_token_ms": 0}}},
-                     "stages": [{"id": "svc", "kind": "segment"}]})
+    dag = one_segment(concurrency=1, max_replicas=1, batch_ms=100)
     csv = tmp_path / "two.csv"
     csv.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
                    "2024-01-01 00:00:00.0000000,10,1\n2024-01-01 00:00:00.0000000,10,1\n")
@@ -176,13 +175,7 @@ def test_segment_hpa_scales_on_calls_in_flight_when_busy_time_cannot_show_it(
         inflight_target, scales):
     # a batch costs 50 ms whatever it carries: an overloaded replica is busy all the time
     # (busy time at its 1.0 target shows nothing) and holds max_inflight calls
-    dag = build_dag({"name": "q", "slo_ms": 100, "max_seq_tokens": 512,
-                     "defaults": {"segment": {"concurrency": 8, "replicas": {"min": 1, "max": 4},
-                                              "gpu_share": 0.0,
-                                              "handler": {"call_ms": 0,
-                                                          "serialise_ms_per_kb": 0},
-                                              "profile": {"base_ms": 50, "per_token_ms": 0}}},
-                     "stages": [{"id": "svc", "kind": "segment"}]})
+    dag = one_segment(concurrency=8, max_replicas=4, batch_ms=50)
     s = load_settings({"simulator": {"segment_target_utilization": 1.0,
                                      "segment_target_inflight": inflight_target}})
     env = SimEnv(dag, s, trace="poisson", duration_s=35.0, rate_scale=60.0)
