@@ -296,6 +296,10 @@ class FluidEngine:
         self.batches = 0
         self._acc = np.zeros(4)  # fractional calls, rejections, retries, batches carried
         self.node_inflight = np.zeros(self.n_nodes)
+        index = {x: i for i, x in enumerate(dag.nodes)}
+        self._layer_nodes = [np.asarray([index[x] for x in names], np.int64)
+                             for names in dag.moe_layers.values()]
+        self._incl: dict[tuple[int, int], np.ndarray] = {}
 
     # ---- per slice -----------------------------------------------------------------------
     def run(self, t0: float, t1: float, cluster: Cluster, tel: Telemetry) -> None:
@@ -310,7 +314,7 @@ class FluidEngine:
         new = np.arange(lo, hi)
         self.next_req = hi
         state = self._node_config(t0, t1, cluster)
-        v_tok = self._token_shares(t0, t1, new)
+        v_tok, q_tok = self._token_shares(t0, t1, new)
         first, nxt = self.first, self.next
         # prefill load of the arrivals: per node calls and tokens per second
         calls_pre = np.zeros(self.n_nodes)
@@ -320,11 +324,13 @@ class FluidEngine:
             p = self.prefill[new]
             calls_pre[first.segment_nodes] += c.sum()
             tok_pre[first.segment_nodes] += p.sum()
-            for _, nodes in first.layers:
-                share = v_tok[nodes]
-                touched = 1.0 - (1.0 - share[None, :]) ** (p / c)[:, None]
+            for li, nodes in first.layers:
+                share = q_tok[nodes]  # of a chunk's tokens x top_k slots
+                slots = (p / c * self.router.widths[li])[:, None]
+                touched = 1.0 - (1.0 - share[None, :]) ** slots
                 calls_pre[nodes] += (touched * c[:, None]).sum(0)
-                tok_pre[nodes] += p.sum() * share
+                tok_pre[nodes] += (np.minimum(slots * share[None, :], (p / c)[:, None])
+                                   * c[:, None]).sum(0)
         calls_pre /= dt
         tok_pre /= dt
         # decode load: requests decoding during the slice (time-averaged)
@@ -364,9 +370,10 @@ class FluidEngine:
         if new.size:
             res[:, 0] = out[:, N_L] - out[:, N_T] / 1000.0  # wait and retries, not service
             hot = np.zeros(len(first.st_moe), np.int64)
-            for s, (_, nodes) in zip(first.moe_stages, first.layers, strict=True):
-                hot[s] = nodes[np.argmax(v_tok[nodes])]
-                res[nodes, 1] = v_tok[nodes]  # a token's chance to pick it: its token share
+            for s, (li, nodes) in zip(first.moe_stages, first.layers, strict=True):
+                hot[s] = nodes[np.argmax(q_tok[nodes])]
+                # a chunk token's chance to pick it (its slots, at most one per token)
+                res[nodes, 1] = np.minimum(1.0, q_tok[nodes] * self.router.widths[li])
             c = self.chunks[new]
             per = _prefill_times(self.prefill[new] / c, first.st_off, first.st_nodes,
                                  first.st_moe, hot, res, *state[2:7], *self.model_arrays,
@@ -402,29 +409,50 @@ class FluidEngine:
         return (ready, par, self.handler * slow, self.per_token * slow, share,
                 cpu / np.maximum(par, 1), interf, conc)
 
-    def _token_shares(self, t0: float, t1: float, new: np.ndarray) -> np.ndarray:
-        """Per expert node, the chance that one token picks it (``top_k`` picks per layer
-        among the popularity mixed over the task classes in flight)."""
-        v = np.zeros(self.n_nodes)
+    def _token_shares(self, t0: float, t1: float, new: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Per expert node: the chance that one decode token picks it, and its share of a
+        prefill chunk's token slots. A request routes with the popularity of its class at its
+        arrival (:mod:`smoelib.sim.routing`), so decode inclusion is the mean over the
+        requests in flight of their (class, drift step)'s; the arrivals' prefill shares are
+        their own."""
+        router = self.router
         rs = np.concatenate([self.active, new])
-        classes = np.bincount(self.task[rs].astype(np.int64)) if rs.size else np.ones(1)
-        mix = classes / max(classes.sum(), 1)
-        t = 0.5 * (t0 + t1)
-        pop = sum(w * self.router.popularity(t, k) for k, w in enumerate(mix) if w > 0)
-        layers = list(self.dag.moe_layers.values())
-        index = {x: i for i, x in enumerate(self.dag.nodes)}
-        for li, names in enumerate(layers):
-            k = int(self.router.widths[li])
-            p = np.asarray(pop[li, :len(names)], float)
-            sel = np.minimum(1.0, k * p)
-            for _ in range(3):  # picks without replacement: k in all, at most 1 each
-                spare = k - sel.sum()
-                room = sel < 1.0
-                if spare <= 1e-9 or not room.any():
-                    break
-                sel = np.where(room, np.minimum(1.0, sel + spare * p / p[room].sum()), sel)
-            v[[index[x] for x in names]] = sel
-        return v
+        v = np.zeros(self.n_nodes)
+        q = np.zeros(self.n_nodes)
+        if not rs.size:
+            rs = np.asarray([min(self.next_req, self.times.size - 1)], np.int64)
+        # weights: the passes each makes in the slice at the last slice's pace
+        tau = self.tau if self.tau is not None else 0.05
+        start = np.where(np.isnan(self.first_t[rs]), self.times[rs] + self._ttft_guess,
+                         self.first_t[rs])
+        start = np.maximum(start, t0)
+        made = np.minimum(self.left[rs], np.clip(t1 - start, 0.0, None) / tau)
+        weight = np.where(self.dropped[rs], 0.0, made) + 1e-9
+        steps = (np.maximum(self.times[rs], 0.0) // router.params.drift_step_s).astype(np.int64)
+        keys, group = np.unique(np.stack([steps, self.task[rs].astype(np.int64)]), axis=1,
+                                return_inverse=True)
+        w = np.bincount(group.ravel(), weights=weight)
+        incl = sum(c * self._inclusion(int(st), int(k))
+                   for (st, k), c in zip(keys.T, w, strict=True)) / w.sum()
+        arrivals = new if new.size else rs[:1]
+        ks, cnt = np.unique(self.task[arrivals].astype(np.int64), return_counts=True)
+        at = float(self.times[arrivals].mean())
+        share = sum(c * router.chunk_shares(at, int(k))
+                    for k, c in zip(ks, cnt, strict=True)) / cnt.sum()
+        for li, idx in enumerate(self._layer_nodes):
+            v[idx] = incl[li, :idx.size]
+            q[idx] = share[li, :idx.size]
+        return v, q
+
+    def _inclusion(self, step: int, task: int) -> np.ndarray:
+        key = (step, task)
+        got = self._incl.get(key)
+        if got is None:
+            if len(self._incl) > 4096:  # requests in flight span a few drift steps
+                self._incl.clear()
+            got = self._incl[key] = self.router.decode_inclusion(step, task)
+        return got
 
     def _advance(self, t0, t1, tau, out, v_dec, calls_pre, tel) -> None:
         """Decode passes made in the slice; requests that end or drop in it."""

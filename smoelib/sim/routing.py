@@ -151,6 +151,57 @@ class RoutingModel:
             mats.append(a)
         return mats
 
+    # ---- expected shares (for the fast mode) ----------------------------------------------
+    def drift_step(self, t_s: float) -> int:
+        """The index of the drift step whose popularity a pass arriving at ``t_s`` uses."""
+        return int(max(t_s, 0.0) // self.params.drift_step_s)
+
+    def decode_inclusion(self, step: int, task: int = 0) -> np.ndarray:
+        """Per layer and expert, the chance that one decode token of a request of class
+        ``task`` arriving in drift step ``step`` picks it: shape (layers, max experts), each
+        layer summing to its width. Not ``top_k x popularity``: picks are distinct (a hot
+        expert's chance is below ``k p``, a cold one's above) and follow the previous layer's
+        first pick (affinity), so it is estimated with the sampler the engines draw from, on
+        a stream of its own (reading it changes no request's routing; the same step and class
+        give the same estimate). Samples: at most 20,000, fewer on big pipelines (about 30
+        million draws a call), so a cold expert of a 256-expert layer is known within
+        about 10 %."""
+        pop = np.ascontiguousarray(self._grid_at(step * self.params.drift_step_s)[task])
+        sizes = np.asarray(self.sizes, np.int64)
+        width = self.widths
+        draws = max(1, int((width * sizes).sum()))
+        passes = int(min(20_000, max(500, 30_000_000 // draws)))
+        seq = self._req_seq
+        rng = np.random.default_rng(np.random.SeedSequence(
+            seq.entropy, spawn_key=(*seq.spawn_key, 2**32 + int(step), int(task))))
+        u = rng.random(int(passes * width.sum()))
+        out = _picks(pop, sizes, width, self._aff_flat, self._aff_off,
+                     float(self.params.affinity), u, passes)
+        incl = np.zeros_like(pop)
+        col = 0
+        for layer, k in enumerate(width):
+            incl[layer] = np.bincount(out[:, col:col + k].ravel(),
+                                      minlength=pop.shape[1])[:pop.shape[1]] / passes
+            col += k
+        return incl
+
+    def chunk_shares(self, t_s: float, task: int = 0) -> np.ndarray:
+        """Per layer and expert, the expected share of a prefill chunk's token slots
+        (``tokens x top_k`` of them) that go to it: the popularity mixed through the
+        affinity with the previous layer's shares, as :meth:`chunk` draws them."""
+        pop = self.popularity(t_s, task)
+        out = np.zeros_like(pop)
+        a = self.params.affinity
+        prev: np.ndarray | None = None
+        for layer, e in enumerate(self.sizes):
+            p = pop[layer, :e]
+            if a > 0 and prev is not None:
+                p = (1 - a) * p + a * (prev @ self._affinity[layer])
+                p = p / p.sum()
+            out[layer, :e] = p
+            prev = p
+        return out
+
     # ---- per-request draws ---------------------------------------------------------------
     def rng_for(self, request: int) -> np.random.Generator:
         """The routing generator of one request (its own child of the routing seed)."""
