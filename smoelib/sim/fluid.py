@@ -9,28 +9,35 @@ call; this engine serves the same trace on the same cluster with the same servic
   pipeline chunks it; its decode passes follow one after another. Per slice, ``N`` requests
   are decoding (time-averaged) and each makes a pass every ``tau`` seconds, so a node receives
   ``N / tau x v`` decode calls a second, ``v`` its calls per pass: 1 for a segment, for an
-  expert the chance that a token picks it (``top_k`` picks among the layer's popularity at the
-  slice, mixed over the task classes of the requests in flight). Arrivals add their prefill
-  calls: one per segment, one per expert a chunk touches (``1 - (1 - v) ^ tokens``).
+  expert the chance that a token picks it (Routing, below). Arrivals add their prefill
+  calls: one per segment, one per expert a chunk touches (``1 - (1 - q) ^ (tokens x k)``,
+  ``q`` its share of the chunk's token slots).
 - **A node** (``R`` ready replicas, ``c`` workers each, ``K`` = ``max_inflight``) spreads its
   calls over its workers. A worker takes every call waiting as one batch
-  (:meth:`~smoelib.core.service.ServiceModel.batch_ms`); in steady state the next batch holds
-  the calls that arrived during the last one, ``n = max(1, lambda_w x T(n))`` (at most
-  ``K / c``), and the worker is busy ``rho = lambda_w x T(n) / n``. A call finds every worker
-  busy with probability ``rho ^ c``, then waits for the batch in service to end (mean residual
-  ``T (1 + cv^2) / (2 c)``) and is served in the next one; otherwise it is served alone:
-  ``L = (1 - rho^c) T(1) + rho^c (T(n) (1 + cv^2) / (2c) + T(n))``. Calls in a replica are
-  ``lambda_pod x L`` on average (Little); a call is refused (429) when ``K`` are there, with the
-  probability of a geometric count of that mean, or, when the node cannot serve its load even
-  at full batches, with ``1 - capacity / load``; a refused call retries with the jittered
-  backoff's mean delay, up to ``max_retries`` times, and a call refused every time drops its
-  request. A node with no ready replica refuses every call.
+  (:meth:`~smoelib.core.service.ServiceModel.batch_ms`): a decode batch holds the calls that
+  arrived during the last one, or one after an idle spell (``n = x + exp(-x)``, ``x =
+  lambda_w T(n)``, only while the other workers are busy too); a prefill call is served with
+  its own tokens. A decode call costs its share of its batch, ``T(n) / n``; the worker's busy
+  fraction is the work offered, and a call waits as in M/G/c (Pollaczek-Khinchine's residual
+  of the work, decode and prefill calls mixed: a rare long prefill is what makes decode calls
+  wait), then ends with its batch. Calls in a pod are ``lambda_pod x L`` on average (Little);
+  a call is refused (429) when ``K`` are there, with the tail of a negative binomial count of
+  that mean (Poisson while workers are free, geometric when all are busy), or, when the node
+  cannot serve its load even at full batches, with ``1 - capacity / load``; a refused call
+  retries with the jittered backoff's mean delay, up to ``max_retries`` times, and a call
+  refused every time drops its request. A node with no ready replica refuses every call.
+- **Routing.** A decode token's chance to pick an expert is estimated with the engines' own
+  sampler (distinct top-k picks follow the previous layer's first pick) per task class and
+  drift step, mixed over the requests in flight by the passes they make in the slice (a
+  request routes with the popularity at its arrival); a prefill chunk's token slots follow
+  the popularity mixed through the affinity.
 - **Passes.** A stage's latency is its node's ``L`` (an MoE stage: the mean over the experts a
   token picks plus the expected maximum of ``top_k`` draws of their spread and the service
   noise); a pass is the critical path through its stages with ``rpc_overhead_ms`` per hop,
   as the request-level engines schedule it. The decode pass time ``tau`` and the load it
   makes are solved together (a damped fixed point: the decode loop is closed, so an overloaded
-  node slows the passes until its load is what it serves). A prefill pass's stage serves the
+  node slows the passes until its load is what it serves). An MoE stage's spread includes
+  the wait's own (a call waits with chance ``rho^c``). A prefill pass's stage serves the
   request's own call (its tokens, the hottest expert's share at an MoE stage) after the wait.
 - **Requests.** Each request's TTFT is its prefill at the slice it arrives in; its decode
   passes advance at ``1 / tau`` per second of each slice, so its TPOT is the mean pass time
@@ -61,82 +68,130 @@ from smoelib.sim.telemetry import BUCKETS_S, Telemetry
 
 __all__ = ["FluidEngine"]
 
-# per-node results of :func:`_nodes` (columns)
-(N_BATCH, N_T, N_RHO, N_L, N_WAIT, N_BLOCK, N_DROP, N_REJ, N_ADMIT) = range(9)
-NODE_COLUMNS = 9
+# per-node results of :func:`_nodes` (columns): a decode call's batch size and service (ms),
+# the busy fraction, a decode call's latency (s, wait and retries included), the wait for a
+# busy worker (s), refusal and drop chance per attempt and call, rejections per call, the
+# admitted share, a prefill call's service (ms) and latency (s)
+(N_BATCH, N_T, N_RHO, N_L, N_WAIT, N_BLOCK, N_DROP, N_REJ, N_ADMIT, N_TP, N_LP) = range(11)
+NODE_COLUMNS = 11
 _FIXED_POINT = 12  # damped iterations of the decode pass time per slice
+_U_MAX = 0.95  # the busy fraction the queueing delay is taken at, at most (refusals beyond)
 # the expected maximum of k standard normal draws (k = 1..8): an MoE stage waits for its
 # slowest pick
 _MAX_OF = np.array([0.0, 0.0, 0.5642, 0.8463, 1.0294, 1.1630, 1.2672, 1.3522, 1.4236])
 
 
 @njit(cache=True)
-def _nodes(lam, tok, ready, par, k0, k1, share, cores, interf, conc, cv2, retry_s, cap_s,
-           max_retries, m_kind, m_f, m_coff, m_ct, m_cm, out):
-    """Per node, the batch, busy fraction, mean call latency (s, retries included), wait,
-    refusal, drop and rejections per call, at ``lam`` calls/s of ``tok`` tokens each."""
+def _batch_ms(i, calls, tokens, k0, k1, share, cores, interf, m_kind, m_f, m_coff, m_ct, m_cm):
+    """One batch of ``calls`` calls carrying ``tokens`` tokens on node ``i`` (ms)."""
+    return (k0[i] * calls + k1[i] * tokens
+            + ffn_ms(m_kind, m_f, m_coff, m_ct, m_cm, i, tokens, share[i], cores[i]) * interf[i])
+
+
+@njit(cache=True)
+def _tail(mean, theta, k):
+    """``P(N >= k)`` for ``N`` negative binomial of ``mean`` and variance ``mean + theta
+    mean^2``: the calls in a pod. Poisson (``theta = 0``) while workers are free, as for
+    workers that take all waiting calls at once (close to an infinite server); geometric
+    (``theta = 1``, M/M/1's) when every worker is busy and calls queue."""
+    if mean <= 0.0:
+        return 0.0
+    r = 1.0 / max(theta, 1e-6)
+    q = mean / (r + mean)
+    pk = math.exp(r * math.log(r / (r + mean)))  # P(N = 0)
+    below = 0.0
+    for j in range(int(math.ceil(k))):
+        below += pk
+        pk *= (j + r) / (j + 1.0) * q
+    return min(max(1.0 - below, 0.0), 1.0)
+
+
+@njit(cache=True)
+def _nodes(lam, lam_p, tok_p, tok2_p, ready, par, k0, k1, share, cores, interf, conc, cv2,
+           retry_s, cap_s, max_retries, m_kind, m_f, m_coff, m_ct, m_cm, out):
+    """Per node, at ``lam`` decode calls/s (one token each) and ``lam_p`` prefill calls/s
+    (``tok_p`` tokens on average, ``tok2_p`` the mean square): the columns above.
+
+    Two kinds of call share the workers: a decode call is served in a batch of the decode
+    calls that arrived during the last batch, or alone after an idle spell (``n = x +
+    exp(-x)``, ``x = lambda_w T(n)``); a prefill call is long and served with its own tokens.
+    The work is what a batch amortises: a decode call costs ``s = T(n) / n``, the worker is
+    busy ``rho = lambda_w s + lambda_p T_p``, and a call waits as in M/G/1
+    (Pollaczek-Khinchine, ``rho^c R / (c (1 - rho))`` with ``R`` the mean residual of the
+    work, ``E[S^2] (1 + cv^2) / (2 E[S])`` over decode and prefill calls: a rare long prefill
+    is what makes decode calls wait), then ends with its batch. Fitted against the
+    request-level engine's per-tick latencies (docs/simulator.md)."""
     for i in range(lam.size):
         for j in range(out.shape[1]):
             out[i, j] = 0.0
         if m_kind[i] < 0:  # a join: no work
             continue
-        m = max(tok[i], 1.0)
-        t1 = (k0[i] + k1[i] * m
-              + ffn_ms(m_kind, m_f, m_coff, m_ct, m_cm, i, m, share[i], cores[i]) * interf[i])
+        a = (i, k0, k1, share, cores, interf, m_kind, m_f, m_coff, m_ct, m_cm)
+        t1 = _batch_ms(a[0], 1.0, 1.0, *a[1:])
+        mp = max(tok_p[i], 1.0)
+        tp = _batch_ms(a[0], 1.0, mp, *a[1:])
+        # a prefill call's second moment: service about linear in its tokens
+        tp2 = tp * tp * max(tok2_p[i] / (mp * mp), 1.0)
         out[i, N_BATCH] = 1.0
         out[i, N_T] = t1
+        out[i, N_TP] = tp
         if ready[i] <= 0.0:  # nothing serves: every attempt refused
             out[i, N_BLOCK] = 1.0
             out[i, N_DROP] = 1.0
             out[i, N_REJ] = max_retries + 1.0
             out[i, N_L] = t1 / 1000.0
+            out[i, N_LP] = tp / 1000.0
             continue
         avail = min(ready[i], 1.0)  # a replica ready during part of the slice
         workers = max(ready[i], 1.0) * par[i]
-        lw = lam[i] / workers / 1000.0  # calls per ms per worker
+        lw = lam[i] / workers / 1000.0  # decode calls per ms per worker
+        lwp = lam_p[i] / workers / 1000.0
         nmax = max(conc[i] / par[i], 1.0)
         n = 1.0
-        t = t1
         for _ in range(40):
-            t = (k0[i] * n + k1[i] * n * m
-                 + ffn_ms(m_kind, m_f, m_coff, m_ct, m_cm, i, n * m, share[i], cores[i])
-                 * interf[i])
-            nxt = max(1.0, lw * t)
-            if nxt >= nmax:
-                nxt = nmax
+            x = lw * _batch_ms(a[0], n, n, *a[1:])
+            # the arrivals of the last batch, or the first after an idle spell; with c
+            # workers a batch forms only while the others are busy too
+            nxt = min(1.0 + (x + math.exp(-x) - 1.0) * min(x, 1.0) ** (par[i] - 1.0), nmax)
             if abs(nxt - n) < 1e-4 * n:
                 n = nxt
                 break
             n = nxt
-        t = (k0[i] * n + k1[i] * n * m
-             + ffn_ms(m_kind, m_f, m_coff, m_ct, m_cm, i, n * m, share[i], cores[i])
-             * interf[i])
-        full = lw * t > n * (1.0 + 1e-9)
-        rho = min(lw * t / n, 1.0)
+        t = _batch_ms(a[0], n, n, *a[1:])
+        se = t / n  # a decode call's share of its batch
+        load = lw * se + lwp * tp  # the worker's offered busy fraction
+        rho = min(load, 1.0)
+        u = min(load, _U_MAX)
         p_busy = rho ** par[i]
-        wait = p_busy * t * (1.0 + cv2) / (2.0 * par[i])
-        lat = (1.0 - p_busy) * t1 + p_busy * (wait + t)
-        pod_lam = lam[i] / max(ready[i], 1.0) / 1000.0
-        inside = pod_lam * lat
-        block = (inside / (1.0 + inside)) ** conc[i]
-        if full:  # beyond what full batches serve
-            block = max(block, 1.0 - n / (lw * t))
+        wait = 0.0
+        if load > 0.0:  # Pollaczek-Khinchine on the work, shared by the c workers
+            resid = (lw * se * se + lwp * tp2) * (1.0 + cv2) / (2.0 * load)
+            wait = p_busy * resid / ((1.0 - u) * par[i])
+        # served alone when idle; when busy, it ends with its batch (half the others' work)
+        serve = (1.0 - p_busy) * t1 + p_busy * 0.5 * (t + se)
+        lat = wait + serve
+        lat_p = wait + tp
+        inside = (lam[i] * lat + lam_p[i] * lat_p) / max(ready[i], 1.0) / 1000.0
+        block = _tail(inside, p_busy, conc[i])
+        if load > 1.0 + 1e-9:  # beyond what full batches serve
+            block = max(block, 1.0 - 1.0 / load)
         block = 1.0 - (1.0 - block) * avail
         block = min(block, 1.0)
         # retries: the jittered backoff's mean (x 0.75) per refused attempt
         delay = 0.0
         rej = 0.0
         pa = 1.0
-        for a in range(max_retries + 1):
+        for r in range(max_retries + 1):
             pa *= block
             rej += pa
-            if a < max_retries:
-                delay += pa * min(retry_s * 2.0 ** a, cap_s) * 0.75
+            if r < max_retries:
+                delay += pa * min(retry_s * 2.0 ** r, cap_s) * 0.75
         out[i, N_BATCH] = n
-        out[i, N_T] = t
+        out[i, N_T] = serve
         out[i, N_RHO] = rho
         out[i, N_WAIT] = wait / 1000.0
         out[i, N_L] = lat / 1000.0 + delay
+        out[i, N_LP] = lat_p / 1000.0 + delay
         out[i, N_BLOCK] = block
         out[i, N_DROP] = pa
         out[i, N_REJ] = rej
@@ -164,9 +219,11 @@ def _pass_time(stage_lat, st_first, pred_off, preds, sinks, rpc):
 
 
 @njit(cache=True)
-def _stage_latency(lat, t_ms, v, st_off, st_nodes, st_moe, st_k, max_of, cv):
+def _stage_latency(lat, t_ms, wait, rho, par, v, st_off, st_nodes, st_moe, st_k, max_of, cv):
     """Per stage of a decode pass: its node's latency, or at an MoE stage the mean over the
-    experts a token picks plus the expected maximum of ``k`` draws of their spread."""
+    experts a token picks plus the expected maximum of ``k`` draws of their spread: the
+    spread of their means, the service noise and the wait's own (a call waits with chance
+    ``p = rho ^ c`` for an about exponential residual: variance ``wait^2 (2 / p - 1)``)."""
     n = st_off.size - 1
     out = np.empty(n)
     for s in range(n):
@@ -185,7 +242,9 @@ def _stage_latency(lat, t_ms, v, st_off, st_nodes, st_moe, st_k, max_of, cv):
         for j in range(lo, hi):
             e = st_nodes[j]
             noise = cv * t_ms[e] / 1000.0
-            var += v[e] / max(tot, 1e-12) * ((lat[e] - mean) ** 2 + noise * noise)
+            p = rho[e] ** par[e]
+            wvar = wait[e] * wait[e] * (2.0 / p - 1.0) if p > 1e-9 else 0.0
+            var += v[e] / max(tot, 1e-12) * ((lat[e] - mean) ** 2 + noise * noise + wvar)
         out[s] = mean + max_of[min(k, max_of.size - 1)] * math.sqrt(var)
     return out
 
@@ -210,9 +269,8 @@ def _prefill_times(tokens, st_off, st_nodes, st_moe, hot, res, k0, k1, share, co
             if m_kind[node] < 0:
                 lat[s] = 0.0
                 continue
-            own = (k0[node] + k1[node] * m
-                   + ffn_ms(m_kind, m_f, m_coff, m_ct, m_cm, node, m, share[node], cores[node])
-                   * interf[node]) / 1000.0
+            own = _batch_ms(node, 1.0, m, k0, k1, share, cores, interf, m_kind, m_f, m_coff,
+                            m_ct, m_cm) / 1000.0
             lat[s] = res[node, 0] + own
         out[r] = _pass_time(lat, st_off, pred_off, preds, sinks, rpc)
     return out
@@ -319,20 +377,25 @@ class FluidEngine:
         # prefill load of the arrivals: per node calls and tokens per second
         calls_pre = np.zeros(self.n_nodes)
         tok_pre = np.zeros(self.n_nodes)
+        tok2_pre = np.zeros(self.n_nodes)  # sum over calls of their tokens squared
         if new.size:
             c = self.chunks[new]
             p = self.prefill[new]
             calls_pre[first.segment_nodes] += c.sum()
             tok_pre[first.segment_nodes] += p.sum()
+            tok2_pre[first.segment_nodes] += (p * p / c).sum()
             for li, nodes in first.layers:
                 share = q_tok[nodes]  # of a chunk's tokens x top_k slots
                 slots = (p / c * self.router.widths[li])[:, None]
                 touched = 1.0 - (1.0 - share[None, :]) ** slots
-                calls_pre[nodes] += (touched * c[:, None]).sum(0)
-                tok_pre[nodes] += (np.minimum(slots * share[None, :], (p / c)[:, None])
-                                   * c[:, None]).sum(0)
+                calls = touched * c[:, None]
+                toks = np.minimum(slots * share[None, :], (p / c)[:, None]) * c[:, None]
+                calls_pre[nodes] += calls.sum(0)
+                tok_pre[nodes] += toks.sum(0)
+                tok2_pre[nodes] += (toks * toks / np.maximum(calls, 1e-12)).sum(0)
+        tok_p = np.where(calls_pre > 0, tok_pre / np.maximum(calls_pre, 1e-12), 1.0)
+        tok2_p = np.where(calls_pre > 0, tok2_pre / np.maximum(calls_pre, 1e-12), 1.0)
         calls_pre /= dt
-        tok_pre /= dt
         # decode load: requests decoding during the slice (time-averaged)
         act = self.active
         dec = act[(self.left[act] > 0) & ~self.dropped[act]]
@@ -354,10 +417,9 @@ class FluidEngine:
             busy = np.clip(np.minimum(t1, start + dec_left * tau) - start, 0, None)
             n_dec = busy.sum() / dt
             lam_dec = n_dec / tau * v_dec
-            lam = lam_dec + calls_pre
-            tok = np.where(lam > 0, (lam_dec + tok_pre) / np.maximum(lam, 1e-12), 1.0)
-            _nodes(lam, tok, *args, out)
-            stage = _stage_latency(out[:, N_L], out[:, N_T], v_dec, nxt.st_off, nxt.st_nodes,
+            _nodes(lam_dec, calls_pre, tok_p, tok2_p, *args, out)
+            stage = _stage_latency(out[:, N_L], out[:, N_T], out[:, N_WAIT], out[:, N_RHO],
+                                   state[1], v_dec, nxt.st_off, nxt.st_nodes,
                                    nxt.st_moe, nxt.st_k, _MAX_OF, self.cv)
             new_tau = _pass_time(stage, nxt.st_off, nxt.pred_off, nxt.preds, nxt.sinks,
                                  self.rpc_s) + self.rpc_s
@@ -368,7 +430,7 @@ class FluidEngine:
         self.tau = tau
         # the arrivals' first tokens
         if new.size:
-            res[:, 0] = out[:, N_L] - out[:, N_T] / 1000.0  # wait and retries, not service
+            res[:, 0] = out[:, N_LP] - out[:, N_TP] / 1000.0  # wait and retries
             hot = np.zeros(len(first.st_moe), np.int64)
             for s, (li, nodes) in zip(first.moe_stages, first.layers, strict=True):
                 hot[s] = nodes[np.argmax(q_tok[nodes])]
@@ -385,7 +447,7 @@ class FluidEngine:
             self.first_t[new] = self.times[new] + ttft
             self.active = np.concatenate([self.active, new])
         self._advance(t0, t1, tau, out, v_dec, calls_pre, tel)
-        self._telemetry(t0, dt, out, lam, tok, state[0], tel)
+        self._telemetry(t0, dt, out, lam_dec, calls_pre, tok_p, state, tel)
 
     def _node_config(self, t0: float, t1: float, cluster: Cluster) -> tuple:
         """Per node over the slice: ready replicas (time-weighted), workers, handler
@@ -498,30 +560,33 @@ class FluidEngine:
                                  e2e=np.where(dropped, np.inf, self.e2e[ends_r]),
                                  met=self.meets_slo(ends_r))
 
-    def _telemetry(self, t0, dt, out, lam, tok, ready, tel) -> None:
+    def _telemetry(self, t0, dt, out, lam_d, lam_p, tok_p, state, tel) -> None:
         """Per-node counters of the slice, as the request-level engines bin them."""
-        admitted = lam * dt * out[:, N_ADMIT]
-        calls = admitted
-        batches = calls / np.maximum(out[:, N_BATCH], 1.0)
-        busy = batches * out[:, N_T] / 1000.0
-        rejected = lam * dt * out[:, N_REJ]
-        lat = out[:, N_L]
-        service = out[:, N_T] / 1000.0
-        wait = np.maximum(lat - service, 0.0)
+        ready, par = state[0], state[1]
+        admit = out[:, N_ADMIT]
+        calls_d, calls_p = lam_d * dt * admit, lam_p * dt * admit
+        calls = calls_d + calls_p
+        batches = calls_d / np.maximum(out[:, N_BATCH], 1.0) + calls_p
+        busy = out[:, N_RHO] * ready * par * dt
+        rejected = (lam_d + lam_p) * dt * out[:, N_REJ]
         # call latencies: the service, then an exponential wait of the mean wait
         bounds = BUCKETS_S[None, :]
-        x = np.clip((bounds - service[:, None]) / np.maximum(wait[:, None], 1e-9), 0, 700)
-        cdf = np.where(bounds >= service[:, None], -np.expm1(-x), 0.0)
-        cdf[:, -1] = 1.0
-        hist = np.diff(np.concatenate([np.zeros((cdf.shape[0], 1)), cdf], axis=1), axis=1)
+        hist = np.zeros((self.n_nodes, BUCKETS_S.size))
+        for n_calls, lat, service in ((calls_d, out[:, N_L], out[:, N_T] / 1000.0),
+                                      (calls_p, out[:, N_LP], out[:, N_TP] / 1000.0)):
+            wait = np.maximum(lat - service, 0.0)
+            x = np.clip((bounds - service[:, None]) / np.maximum(wait[:, None], 1e-9), 0, 700)
+            cdf = np.where(bounds >= service[:, None], -np.expm1(-x), 0.0)
+            cdf[:, -1] = 1.0
+            hist += np.diff(cdf, axis=1, prepend=0.0) * n_calls[:, None]
         k = int(round(t0 / tel.dt))
-        tel.add_tick(k, {"calls": calls, "tokens": calls * tok, "busy_s": busy,
-                         "batches": batches, "rejected": rejected,
-                         "lat_hist": hist * calls[:, None], "lat_sum": calls * lat})
-        retried = lam * dt * (out[:, N_REJ] - out[:, N_DROP])
+        tel.add_tick(k, {"calls": calls, "tokens": calls_d + calls_p * tok_p, "busy_s": busy,
+                         "batches": batches, "rejected": rejected, "lat_hist": hist,
+                         "lat_sum": calls_d * out[:, N_L] + calls_p * out[:, N_LP]})
+        retried = (lam_d + lam_p) * dt * (out[:, N_REJ] - out[:, N_DROP])
         self._acc += (calls.sum(), rejected.sum(), retried.sum(), batches.sum())
         self.calls, self.rejected, self.retries, self.batches = (int(x) for x in self._acc)
-        self.node_inflight = lam * lat
+        self.node_inflight = lam_d * out[:, N_L] + lam_p * out[:, N_LP]
 
     # ---- per request ---------------------------------------------------------------------
     meets_slo = Engine.meets_slo  # one rule: finished, TTFT and TPOT within the SLO
