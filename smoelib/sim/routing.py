@@ -163,14 +163,14 @@ class RoutingModel:
         expert's chance is below ``k p``, a cold one's above) and follow the previous layer's
         first pick (affinity), so it is estimated with the sampler the engines draw from, on
         a stream of its own (reading it changes no request's routing; the same step and class
-        give the same estimate). Samples: at most 20,000, fewer on big pipelines (about 30
-        million draws a call), so a cold expert of a 256-expert layer is known within
-        about 10 %."""
+        give the same estimate). Samples: 4,000 (a share of 0.3 within about 0.7 points),
+        fewer on big pipelines (about 10 million draws a call, at least 500).
+        """
         pop = np.ascontiguousarray(self._grid_at(step * self.params.drift_step_s)[task])
         sizes = np.asarray(self.sizes, np.int64)
         width = self.widths
         draws = max(1, int((width * sizes).sum()))
-        passes = int(min(20_000, max(500, 30_000_000 // draws)))
+        passes = int(min(4_000, max(500, 10_000_000 // draws)))
         seq = self._req_seq
         rng = np.random.default_rng(np.random.SeedSequence(
             seq.entropy, spawn_key=(*seq.spawn_key, 2**32 + int(step), int(task))))
