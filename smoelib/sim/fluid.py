@@ -74,8 +74,10 @@ __all__ = ["FluidEngine"]
 # admitted share, a prefill call's service (ms) and latency (s)
 (N_BATCH, N_T, N_RHO, N_L, N_WAIT, N_BLOCK, N_DROP, N_REJ, N_ADMIT, N_TP, N_LP) = range(11)
 NODE_COLUMNS = 11
-_FIXED_POINT = 12  # damped iterations of the decode pass time per slice
-_U_MAX = 0.95  # the busy fraction the queueing delay is taken at, at most (refusals beyond)
+_FIXED_POINT = 12  # damped iterations of the decode pass time per slice, at most
+_TAU_TOL = 1e-3  # until the pass time moves less than this (relative)
+SUB_S = 1.0
+_VAR_FLOOR = 0.2  # 1 - (lambda b)^2 at least: the batch-size variance at saturation, at most
 # the expected maximum of k standard normal draws (k = 1..8): an MoE stage waits for its
 # slowest pick
 _MAX_OF = np.array([0.0, 0.0, 0.5642, 0.8463, 1.0294, 1.1630, 1.2672, 1.3522, 1.4236])
@@ -158,17 +160,24 @@ def _nodes(lam, lam_p, tok_p, tok2_p, ready, par, k0, k1, share, cores, interf, 
                 break
             n = nxt
         t = _batch_ms(a[0], n, n, *a[1:])
-        se = t / n  # a decode call's share of its batch
-        load = lw * se + lwp * tp  # the worker's offered busy fraction
+        b = max(_batch_ms(a[0], n + 1.0, n + 1.0, *a[1:]) - t, 0.0)  # one more call's cost
+        bd = lw / n  # decode batches per ms per worker
+        load = bd * t + lwp * tp  # the worker's offered busy fraction
         rho = min(load, 1.0)
-        u = min(load, _U_MAX)
         p_busy = rho ** par[i]
         wait = 0.0
-        if load > 0.0:  # Pollaczek-Khinchine on the work, shared by the c workers
-            resid = (lw * se * se + lwp * tp2) * (1.0 + cv2) / (2.0 * load)
-            wait = p_busy * resid / ((1.0 - u) * par[i])
-        # served alone when idle; when busy, it ends with its batch (half the others' work)
-        serve = (1.0 - p_busy) * t1 + p_busy * 0.5 * (t + se)
+        serve = t1
+        if load > 0.0:
+            # a batch holds the arrivals of the one before: its size varies as
+            # Var(n) = lambda T / (1 - (lambda b)^2), b the marginal cost of a call (the
+            # fixed cost a batch amortises keeps it bounded)
+            var_n = lw * t / max(1.0 - (lw * b) ** 2, _VAR_FLOOR)
+            t2 = t * t + b * b * var_n
+            lb = (bd * t2 + lwp * tp2) / load  # the length-biased duration in service
+            wait = p_busy * 0.5 * lb * (1.0 + cv2) / par[i]
+            # then the next batch: the calls that arrived during the one in service
+            nn = min(max(1.0, lw * lb), nmax)
+            serve = (1.0 - p_busy) * t1 + p_busy * _batch_ms(a[0], nn, nn, *a[1:])
         lat = wait + serve
         lat_p = wait + tp
         inside = (lam[i] * lat + lam_p[i] * lat_p) / max(ready[i], 1.0) / 1000.0
@@ -226,10 +235,15 @@ def _stage_latency(lat, t_ms, wait, rho, par, v, st_off, st_nodes, st_moe, st_k,
     ``p = rho ^ c`` for an about exponential residual: variance ``wait^2 (2 / p - 1)``)."""
     n = st_off.size - 1
     out = np.empty(n)
+    svar = np.empty(n)  # each stage's variance, for the spread of the pass time
     for s in range(n):
         lo, hi = st_off[s], st_off[s + 1]
         if not st_moe[s]:
-            out[s] = lat[st_nodes[lo]]
+            e = st_nodes[lo]
+            out[s] = lat[e]
+            noise = cv * t_ms[e] / 1000.0
+            p = rho[e] ** par[e]
+            svar[s] = noise * noise + (wait[e] * wait[e] * (2.0 / p - 1.0) if p > 1e-9 else 0.0)
             continue
         k = st_k[s]
         tot = 0.0
@@ -246,7 +260,8 @@ def _stage_latency(lat, t_ms, wait, rho, par, v, st_off, st_nodes, st_moe, st_k,
             wvar = wait[e] * wait[e] * (2.0 / p - 1.0) if p > 1e-9 else 0.0
             var += v[e] / max(tot, 1e-12) * ((lat[e] - mean) ** 2 + noise * noise + wvar)
         out[s] = mean + max_of[min(k, max_of.size - 1)] * math.sqrt(var)
-    return out
+        svar[s] = var
+    return out, svar
 
 
 @njit(cache=True)
@@ -344,6 +359,7 @@ class FluidEngine:
         self.dropped = np.zeros(n, dtype=bool)
         self.first_t = np.full(n, np.nan)  # when the first token is out
         self.left = self.decodes.copy()  # decode passes still to make
+        self.pass_var = np.zeros(n)  # the variance of the decode passes made so far (s^2)
         self.active = np.zeros(0, np.int64)  # requests arrived and not yet ended
         self.next_req = 0
         self.tau = None  # the last slice's decode pass time (s)
@@ -361,6 +377,32 @@ class FluidEngine:
 
     # ---- per slice -----------------------------------------------------------------------
     def run(self, t0: float, t1: float, cluster: Cluster, tel: Telemetry) -> None:
+        """One control tick, in one slice, or in slices of about ``SUB_S`` seconds where
+        its arrivals are uneven (a burst lasts seconds, and the tick's mean load would
+        understate the queueing it causes): when a second's arrivals exceed the tick's mean
+        by more than Poisson noise (3 standard deviations and 2), or the requests decoding
+        at its end differ from those at its start by more than a fifth (and 3). Routing
+        shares are the tick's (popularity moves in 10 s drift steps)."""
+        hi = max(self.next_req, int(np.searchsorted(self.times, t1, side="left")))
+        shares = self._token_shares(t0, t1, np.arange(self.next_req, hi))
+        n = max(1, int(round((t1 - t0) / SUB_S)))
+        if n > 1:
+            counts = np.bincount(((self.times[self.next_req:hi] - t0) * n / (t1 - t0))
+                                 .astype(np.int64).clip(0, n - 1), minlength=n)
+            mean = counts.mean()
+            # or the requests decoding at its end (at the last pace) differ from its start's
+            act = self.active[~self.dropped[self.active] & (self.left[self.active] > 0)]
+            now = act.size
+            then = int((np.nan_to_num(self.first_t[act], nan=t0)
+                        + self.left[act] * (self.tau or 0.05) > t1).sum()) + counts.sum()
+            uneven = counts.max() > mean + 3.0 * math.sqrt(mean) + 2.0
+            n = n if uneven or abs(then - now) > 0.2 * now + 3 else 1
+        for j in range(n):
+            self._slice(t0 + (t1 - t0) * j / n, t0 + (t1 - t0) * (j + 1) / n, cluster, tel,
+                        shares)
+
+    def _slice(self, t0: float, t1: float, cluster: Cluster, tel: Telemetry,
+               shares: tuple[np.ndarray, np.ndarray]) -> None:
         dt = t1 - t0
         lo = self.next_req
         hi = max(lo, int(np.searchsorted(self.times, t1, side="left")))
@@ -372,7 +414,7 @@ class FluidEngine:
         new = np.arange(lo, hi)
         self.next_req = hi
         state = self._node_config(t0, t1, cluster)
-        v_tok, q_tok = self._token_shares(t0, t1, new)
+        v_tok, q_tok = shares
         first, nxt = self.first, self.next
         # prefill load of the arrivals: per node calls and tokens per second
         calls_pre = np.zeros(self.n_nodes)
@@ -418,7 +460,7 @@ class FluidEngine:
             n_dec = busy.sum() / dt
             lam_dec = n_dec / tau * v_dec
             _nodes(lam_dec, calls_pre, tok_p, tok2_p, *args, out)
-            stage = _stage_latency(out[:, N_L], out[:, N_T], out[:, N_WAIT], out[:, N_RHO],
+            stage, svar = _stage_latency(out[:, N_L], out[:, N_T], out[:, N_WAIT], out[:, N_RHO],
                                    state[1], v_dec, nxt.st_off, nxt.st_nodes,
                                    nxt.st_moe, nxt.st_k, _MAX_OF, self.cv)
             new_tau = _pass_time(stage, nxt.st_off, nxt.pred_off, nxt.preds, nxt.sinks,
@@ -426,8 +468,11 @@ class FluidEngine:
             if not dec_left.any():
                 tau = new_tau
                 break
+            if abs(new_tau - tau) < _TAU_TOL * tau:
+                break
             tau = new_tau if it == 0 and self.tau is None else 0.5 * tau + 0.5 * new_tau
         self.tau = tau
+        pass_var = float(svar.sum())  # the stages one after another, independent
         # the arrivals' first tokens
         if new.size:
             res[:, 0] = out[:, N_LP] - out[:, N_TP] / 1000.0  # wait and retries
@@ -446,7 +491,7 @@ class FluidEngine:
             self._ttft_guess = float(ttft.mean())
             self.first_t[new] = self.times[new] + ttft
             self.active = np.concatenate([self.active, new])
-        self._advance(t0, t1, tau, out, v_dec, calls_pre, tel)
+        self._advance(t0, t1, tau, pass_var, out, v_dec, calls_pre, tel)
         self._telemetry(t0, dt, out, lam_dec, calls_pre, tok_p, state, tel)
 
     def _node_config(self, t0: float, t1: float, cluster: Cluster) -> tuple:
@@ -516,7 +561,7 @@ class FluidEngine:
             got = self._incl[key] = self.router.decode_inclusion(step, task)
         return got
 
-    def _advance(self, t0, t1, tau, out, v_dec, calls_pre, tel) -> None:
+    def _advance(self, t0, t1, tau, pass_var, out, v_dec, calls_pre, tel) -> None:
         """Decode passes made in the slice; requests that end or drop in it."""
         act = self.active
         firsts = act[(self.first_t[act] >= t0) & (self.first_t[act] < t1)]
@@ -534,10 +579,15 @@ class FluidEngine:
             u = self.rng.random(act.size)
             drop = (u < -np.expm1(-hazard)) & ~self.dropped[act]
         self.left[act] = left - made
+        self.pass_var[act] += made * pass_var
         done = (self.left[act] <= 1e-9) & (start < t1) & ~drop & ~self.dropped[act]
         end_t = start + left * tau
         r_done = act[done]
-        self.e2e[r_done] = end_t[done] - self.times[r_done]
+        # a request's own passes vary about the slice's mean (service noise, waits, which
+        # experts its tokens pick): its decode time spreads by the sum of their variances
+        spread = np.sqrt(self.pass_var[r_done]) * self.rng.standard_normal(r_done.size)
+        self.e2e[r_done] = np.maximum(end_t[done] + spread, self.first_t[r_done]) \
+            - self.times[r_done]
         d = self.decodes[r_done]
         self.tpot[r_done] = np.where(d > 0, (self.e2e[r_done] - self.ttft[r_done])
                                      / np.maximum(d, 1), 0.0)
@@ -572,21 +622,25 @@ class FluidEngine:
         # call latencies: the service, then an exponential wait of the mean wait
         bounds = BUCKETS_S[None, :]
         hist = np.zeros((self.n_nodes, BUCKETS_S.size))
-        for n_calls, lat, service in ((calls_d, out[:, N_L], out[:, N_T] / 1000.0),
-                                      (calls_p, out[:, N_LP], out[:, N_TP] / 1000.0)):
+        # an admitted attempt's latency, as the request-level engines time a call from its
+        # admission: the wait and the service, not the backoff of refused attempts before it
+        lat_d = out[:, N_WAIT] + out[:, N_T] / 1000.0
+        lat_p = out[:, N_WAIT] + out[:, N_TP] / 1000.0
+        for n_calls, lat, service in ((calls_d, lat_d, out[:, N_T] / 1000.0),
+                                      (calls_p, lat_p, out[:, N_TP] / 1000.0)):
             wait = np.maximum(lat - service, 0.0)
             x = np.clip((bounds - service[:, None]) / np.maximum(wait[:, None], 1e-9), 0, 700)
             cdf = np.where(bounds >= service[:, None], -np.expm1(-x), 0.0)
             cdf[:, -1] = 1.0
             hist += np.diff(cdf, axis=1, prepend=0.0) * n_calls[:, None]
-        k = int(round(t0 / tel.dt))
+        k = int(math.floor(t0 / tel.dt + 1e-9))
         tel.add_tick(k, {"calls": calls, "tokens": calls_d + calls_p * tok_p, "busy_s": busy,
                          "batches": batches, "rejected": rejected, "lat_hist": hist,
-                         "lat_sum": calls_d * out[:, N_L] + calls_p * out[:, N_LP]})
+                         "lat_sum": calls_d * lat_d + calls_p * lat_p})
         retried = (lam_d + lam_p) * dt * (out[:, N_REJ] - out[:, N_DROP])
         self._acc += (calls.sum(), rejected.sum(), retried.sum(), batches.sum())
         self.calls, self.rejected, self.retries, self.batches = (int(x) for x in self._acc)
-        self.node_inflight = lam_d * out[:, N_L] + lam_p * out[:, N_LP]
+        self.node_inflight = (lam_d * lat_d + lam_p * lat_p) * admit
 
     # ---- per request ---------------------------------------------------------------------
     meets_slo = Engine.meets_slo  # one rule: finished, TTFT and TPOT within the SLO

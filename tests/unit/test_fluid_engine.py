@@ -12,37 +12,47 @@ from smoelib.sim.routing import RoutingModel, RoutingParams
 PIPELINE = "examples/pipelines/gpt2-moe.yml"
 
 
-def _run(policy: str, engine: str, tmp_path) -> dict:
+def _run(policy: str, trace: str, engine: str, tmp_path) -> dict:
     config = tmp_path / f"{engine}.yaml"
     config.write_text(f"simulator:\n  engine: {engine}\n")
-    return run_one(RunSpec(PIPELINE, "conv-train", policy, 1, 300.0, config=str(config)))["run"]
+    return run_one(RunSpec(PIPELINE, trace, policy, 1, 300.0, config=str(config)))["run"]
 
 
-@pytest.mark.heavy  # two 300 s request-level episodes
-@pytest.mark.parametrize("policy", ["static-mean", "queueing"])
-def test_fluid_agrees_with_the_request_level_engine_on_conv_train(policy, tmp_path):
-    req, fl = _run(policy, "compiled", tmp_path), _run(policy, "fluid", tmp_path)
-    assert fl["requests"] == req["requests"] and fl["dropped"] == req["dropped"] == 0
+@pytest.mark.heavy  # two 300 s request-level episodes each
+@pytest.mark.parametrize(("policy", "trace"), [("static-mean", "conv-train"),
+                                               ("queueing", "conv-train"), ("hpa", "conv-train"),
+                                               ("static-mean", "bursty")])
+def test_fluid_agrees_with_the_request_level_engine(policy, trace, tmp_path):
+    """P95 TTFT and TPOT within 10 % everywhere; attainment within a point and the same cost
+    on conv-train. On bursty attainment is off by 1-8 points (docs/simulator.md)."""
+    req = _run(policy, trace, "compiled", tmp_path)
+    fl = _run(policy, trace, "fluid", tmp_path)
+    assert fl["requests"] == req["requests"]
     assert fl["ttft_p95_ms"] == pytest.approx(req["ttft_p95_ms"], rel=0.10)
     assert fl["tpot_p95_ms"] == pytest.approx(req["tpot_p95_ms"], rel=0.10)
-    assert abs(fl["slo_attainment"] - req["slo_attainment"]) <= 0.01
-    assert fl["cost"] == pytest.approx(req["cost"], rel=0.05)
+    if trace == "conv-train":
+        assert fl["dropped"] == req["dropped"] == 0
+        assert abs(fl["slo_attainment"] - req["slo_attainment"]) <= 0.01
+        assert fl["cost"] == pytest.approx(req["cost"], rel=0.05)
 
 
-def test_decode_inclusion_is_what_the_sampler_draws():
+@pytest.mark.parametrize(("top_k", "tol"), [(2, 0.012), (1, 0.012), (3, 0.04)])
+def test_decode_inclusion_is_what_the_sampler_draws(top_k, tol):
     """A decode token's chance to pick each expert, as the fluid engine reads it, is the
     frequency of the picks the request-level engines draw (distinct top-k picks and the
-    previous layer's pull), not ``top_k x popularity``."""
-    router = RoutingModel([6, 6, 6], [2, 2, 2], max_tokens=512,
+    previous layer's pull), not ``top_k x popularity``: exact for one or two picks, sampled
+    (4,000 passes) for more."""
+    router = RoutingModel([6, 6, 6], [top_k] * 3, max_tokens=512,
                           params=RoutingParams(gini=0.35, affinity=0.3),
                           seed=np.random.SeedSequence(3))
     incl = router.decode_inclusion(0, task=1)
-    assert incl.sum(axis=1) == pytest.approx([2.0, 2.0, 2.0])
+    assert incl.sum(axis=1) == pytest.approx([top_k] * 3)
     drawn = router.decode(np.random.default_rng(5), 40_000, 0.0, task=1)
     for layer, picks in enumerate(drawn):
         freq = np.bincount(picks.ravel(), minlength=6) / picks.shape[0]
-        assert incl[layer] == pytest.approx(freq, abs=0.03)  # 4,000 samples: sd 0.007
+        assert incl[layer] == pytest.approx(freq, abs=tol)
     pop = router.popularity(0.0, 1)[0]
     hot = int(np.argmax(pop))
-    assert incl[0, hot] < 2 * pop[hot] - 0.02  # a hot expert is picked at most once a token
+    if top_k > 1:  # a hot expert is picked at most once a token
+        assert incl[0, hot] < top_k * pop[hot] - 0.02
     assert router.decode_inclusion(0, task=1) == pytest.approx(incl, abs=0)  # one estimate
