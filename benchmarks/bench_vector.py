@@ -1,61 +1,72 @@
-"""Vectorised environments: N episodes of the Gymnasium form stepped together, their memory and
-their speed.
+"""Vectorised environments in the fast mode: N gpt2-moe episodes (conv-train and bursty, at
+0.5x-2x the default rate) stepped together through ``make_vector`` on the fluid engine, for
+the policy's batched forward pass; ticks a second of the batch and memory per environment.
 
-Run: ``python3 benchmarks/bench_vector.py [--pipeline P] [--envs 1,4,16] [--ticks T]``.
-Per N: the resident memory the N environments add (after reset and ``--ticks`` steps, over
-the process before them), per environment; and the environment steps (control ticks) per
-second of wall time with random actions, on the request-level compiled engine (the fast
-training mode is not built yet).
+Run: ``python3 benchmarks/bench_vector.py [--envs N] [--seconds S]``.
+
+- Throughput: wall time of ``--seconds`` of simulated time in every environment (random
+  actions, drawn before the clock starts), as environment ticks a second and as simulated
+  seconds per wall second summed over the batch; one environment alone alongside, same
+  scenario mix, for the ratio.
+- Memory: what the batch holds after its episodes (tracemalloc, in a run of its own),
+  divided by N.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
-import resource
 import time
+import tracemalloc
 from pathlib import Path
 
-import numpy as np
-
+from smoelib.settings import load_settings
 from smoelib.sim.gymenv import make_vector
+from smoelib.topology import build_dag
 
 ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = [{"trace": "conv-train", "rate_scale": r} for r in (0.5, 1.0, 2.0)] + \
+    [{"trace": "bursty", "rate_scale": r} for r in (0.5, 1.0, 2.0)]
 
 
-def rss_mib() -> float:
-    """This process's peak resident memory (MiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def run(pipeline: str, n: int, ticks: int, trace: str) -> None:
-    gc.collect()
-    before = rss_mib()
-    venv = make_vector(str(ROOT / "examples" / "pipelines" / pipeline), n, trace=trace,
-                       duration_s=3600.0)
-    venv.reset(seed=list(range(1000, 1000 + n)))
+def episode(dag, n: int, seconds: float, *, memory: bool = False) -> tuple[float, int, float]:
+    """(wall seconds, ticks stepped per environment, MiB held per environment when
+    ``memory``: tracemalloc slows Python, so the timed run goes without it)."""
+    fluid = load_settings({"simulator": {"engine": "fluid"}})
+    if memory:
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+    venv = make_vector(dag, n, duration_s=seconds, settings=fluid, scenarios=SCENARIOS)
+    rate = venv.envs[0].settings.control.interval_s
+    ticks = int(round(seconds / rate))
     venv.action_space.seed(1)
+    actions = [venv.action_space.sample() for _ in range(ticks)]
+    venv.reset(seed=list(range(1, n + 1)))
     t = time.perf_counter()
-    for _ in range(ticks):
-        _, rewards, _, _, _ = venv.step(venv.action_space.sample())
-        assert np.isfinite(rewards).all()
+    for a in actions:
+        venv.step(a)
     wall = time.perf_counter() - t
-    after = rss_mib()
+    held = 0.0
+    if memory:
+        held = (tracemalloc.get_traced_memory()[0] - before) / n / 2**20
+        tracemalloc.stop()
     venv.close()
-    print(f"{pipeline} on {trace}, {n} environments x {ticks} ticks: {n * ticks / wall:.1f} "
-          f"environment ticks/s ({wall:.1f} s); peak memory +{after - before:.0f} MiB, "
-          f"{(after - before) / n:.1f} MiB per environment")
+    return wall, ticks, held
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pipeline", default="bert-moe-cpu.yml")
-    parser.add_argument("--trace", default="conv-train")
-    parser.add_argument("--envs", default="1,4,16")
-    parser.add_argument("--ticks", type=int, default=12)
+    parser.add_argument("--envs", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=300.0)
     args = parser.parse_args()
-    for n in (int(x) for x in args.envs.split(",")):
-        run(args.pipeline, n, args.ticks, args.trace)
+    dag = build_dag(ROOT / "examples" / "pipelines" / "gpt2-moe.yml")
+    episode(dag, 2, 20.0)  # load the compiled helpers
+    for n in (1, args.envs):
+        wall, ticks, _ = episode(dag, n, args.seconds)
+        print(f"{n:3d} env(s) x {args.seconds:.0f} s of gpt2-moe (fluid, mixed scenarios, "
+              f"random actions): {wall:.2f} s wall, {n * ticks / wall:,.0f} env-ticks/s, "
+              f"{n * args.seconds / wall:,.0f}x real time summed")
+    _, _, mib = episode(dag, args.envs, args.seconds, memory=True)
+    print(f"memory: {mib:.2f} MiB per environment after the episodes ({args.envs} envs)")
 
 
 if __name__ == "__main__":

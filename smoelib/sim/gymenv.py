@@ -129,15 +129,24 @@ class ClusterEnv(gymnasium.Env):
 
 
 def make_vector(pipeline: Any, n: int, *, asynchronous: bool = False,
+                scenarios: list[dict[str, Any]] | None = None,
                 **kwargs) -> gymnasium.vector.VectorEnv:
     """``n`` environments of one pipeline stepped together (a ``gymnasium.vector`` env; seed
     each on reset: ``reset(seed=[...])``); ``asynchronous`` runs each in its own process.
-    ``kwargs`` go to :class:`ClusterEnv`."""
-    def build() -> ClusterEnv:
-        return ClusterEnv(pipeline, **kwargs)
+    ``kwargs`` go to every :class:`ClusterEnv`; ``scenarios`` (``n`` dicts, or fewer, used in
+    turn) override them per environment, so one batch mixes traces and rates
+    (``{"trace": "bursty", "rate_scale": 2.0}``). For training, the fast mode:
+    ``settings=load_settings({"simulator": {"engine": "fluid"}})`` (about 1 MiB and a few
+    milliseconds a tick per gpt2-moe environment, BENCHMARKS.md)."""
+    if scenarios is not None and not scenarios:
+        raise ValueError("make_vector: scenarios is empty (give at least one dict, or None)")
+
+    def build(i: int):
+        extra = scenarios[i % len(scenarios)] if scenarios else {}
+        return lambda: ClusterEnv(pipeline, **{**kwargs, **extra})
 
     cls = gymnasium.vector.AsyncVectorEnv if asynchronous else gymnasium.vector.SyncVectorEnv
-    return cls([build for _ in range(n)])
+    return cls([build(i) for i in range(n)])
 
 
 if ENV_ID not in gymnasium.registry:

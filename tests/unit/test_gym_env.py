@@ -54,3 +54,26 @@ def test_the_vector_form_steps_episodes_together():
     venv.close()
     env = gymnasium.make(ENV_ID, pipeline=tiny(), trace="poisson", duration_s=20.0)
     assert isinstance(env.unwrapped, ClusterEnv)
+
+
+def test_the_vector_form_mixes_scenarios_in_the_fast_mode():
+    from smoelib.settings import load_settings
+
+    fluid = load_settings({"simulator": {"engine": "fluid"}})
+    scenarios = [{"trace": "poisson"}, {"trace": "bursty", "rate_scale": 1.5}]
+    runs = []
+    for _ in range(2):
+        venv = make_vector(tiny(), 4, trace="poisson", duration_s=30.0, rate_scale=0.5,
+                           settings=fluid, scenarios=scenarios)
+        assert [e.sim.trace_name for e in venv.envs] == ["poisson", "bursty"] * 2
+        obs, _ = venv.reset(seed=[1, 2, 3, 4])
+        venv.action_space.seed(7)
+        total = np.zeros(4)
+        for _ in range(4):
+            obs, rewards, _, _, _ = venv.step(venv.action_space.sample())
+            total += rewards
+        runs.append((total, obs))
+        venv.close()
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])  # one seed, one trajectory each
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    assert np.isfinite(runs[0][0]).all()
