@@ -13,12 +13,16 @@ that may be applied, rule by rule, under a named :class:`GuardProfile`:
    calls in flight or 429s): scaling it to zero would stall every request that needs it;
 6. ``hysteresis`` and ``budget``: slow knobs (they roll pods) change only after persisting, by
    more than a threshold, within the rollout budget (:mod:`smoelib.core.slow_knobs`);
-7. ``capacity``: the cluster's GPUs, taking replicas back from the largest increases first.
+7. ``shield``: replicas lifted (never another knob) so that no expert is offered more work
+   than ``guards.shield_bound`` at its load and its forecast, and one replica added at once
+   to an expert refusing a burst of calls (:mod:`smoelib.core.shield`);
+8. ``capacity``: the cluster's GPUs, taking replicas back from the largest increases first.
 
 Rules 3-6 start from the last decision (before the first one: the observed configuration).
-Profiles: ``production`` runs every rule (what sMoE's controller runs); ``physical`` only 1, 2
-and 7, the limits any cluster imposes (how the external systems we compare with run in their
-own world). Rules 2-7 adjust and say what they changed; rule 1 refuses. Nothing here raises for
+Profiles: ``production`` runs every rule (what sMoE's controller runs); ``unshielded`` every
+rule but the shield (what the shield adds is measured against it); ``physical`` only 1, 2 and
+8, the limits any cluster imposes (how the external systems we compare with run in their own
+world). Rules 2-7 adjust and say what they changed; rule 1 refuses. Nothing here raises for
 bad proposals: the caller logs the notes and keeps going.
 """
 
@@ -36,6 +40,7 @@ from smoelib.core.accounting import gpu_per_pod
 from smoelib.core.decisions import ExpertDecision, PipelineDecision
 from smoelib.core.knobs import KNOB_NAMES
 from smoelib.core.service import memory_choice, memory_floor_mb
+from smoelib.core.shield import ShieldMemory, shield
 from smoelib.core.slo import pressure_text, shows_drops, slo_pressure
 from smoelib.core.slow_knobs import SlowKnobMemory, SlowKnobRules, hold_slow_knobs
 from smoelib.errors import ConfigError, Problem
@@ -45,7 +50,8 @@ from smoelib.settings import Settings
 __all__ = ["GuardProfile", "GuardResult", "PROFILES", "RULES", "guard", "busy_experts",
            "get_profile", "observed_decision"]
 
-RULES = ("refused", "bounds", "step", "pressure", "busy", "hysteresis", "budget", "capacity")
+RULES = ("refused", "bounds", "step", "pressure", "busy", "hysteresis", "budget", "shield",
+         "capacity")
 """Every rule's name, as notes, logs and the controller's metrics count them."""
 
 
@@ -58,11 +64,14 @@ class GuardProfile:
     pressure_hold: bool
     busy_floor: bool
     slow_knobs: bool
+    shield: bool = False
 
 
 PROFILES: Mapping[str, GuardProfile] = MappingProxyType({
     "production": GuardProfile("production", step_limits=True, pressure_hold=True,
-                               busy_floor=True, slow_knobs=True),
+                               busy_floor=True, slow_knobs=True, shield=True),
+    "unshielded": GuardProfile("unshielded", step_limits=True, pressure_hold=True,
+                               busy_floor=True, slow_knobs=True, shield=False),
     "physical": GuardProfile("physical", step_limits=False, pressure_hold=False,
                              busy_floor=False, slow_knobs=False),
 })
@@ -87,13 +96,15 @@ def get_profile(name: str | GuardProfile, *, where: str = "--guards") -> GuardPr
 class GuardResult:
     """``decision`` is what may be applied (the last good one when ``accepted`` is False);
     ``notes`` say what each rule changed or why the proposal was refused, ``fired`` names the
-    rule of each note (:data:`RULES`); ``memory`` is the slow-knob memory for the next tick."""
+    rule of each note (:data:`RULES`); ``memory`` is the slow-knob memory and ``shield`` the
+    shield's for the next tick."""
 
     decision: PipelineDecision | None
     accepted: bool
     notes: tuple[str, ...]
     fired: tuple[str, ...] = ()
     memory: SlowKnobMemory = field(default_factory=SlowKnobMemory)
+    shield: ShieldMemory = field(default_factory=ShieldMemory)
 
 
 class _Notes:
@@ -107,15 +118,17 @@ class _Notes:
         self.items += [(rule, t) for t in texts]
 
     def result(self, decision: PipelineDecision | None, accepted: bool,
-               memory: SlowKnobMemory) -> GuardResult:
+               memory: SlowKnobMemory, shield_memory: ShieldMemory | None = None
+               ) -> GuardResult:
         return GuardResult(decision, accepted, tuple(t for _, t in self.items),
-                           tuple(r for r, _ in self.items), memory)
+                           tuple(r for r, _ in self.items), memory,
+                           shield_memory if shield_memory is not None else ShieldMemory())
 
 
 def guard(proposed: PipelineDecision, *, dag: PipelineDAG, settings: Settings,
           profile: str | GuardProfile = "production", last: PipelineDecision | None = None,
           observation: Any = None, memory: SlowKnobMemory | None = None,
-          now: float = 0.0) -> GuardResult:
+          now: float = 0.0, shield_memory: ShieldMemory | None = None) -> GuardResult:
     """Apply the profile's rules to ``proposed``.
 
     Args:
@@ -129,6 +142,7 @@ def guard(proposed: PipelineDecision, *, dag: PipelineDAG, settings: Settings,
             of these is known).
         memory: the slow-knob memory of the last tick.
         now: seconds on the loop's clock (the rollout budget's window).
+        shield_memory: the shield's memory of the last tick (its trend).
     """
     rules = get_profile(profile, where="guards.profile")
     memory = memory if memory is not None else SlowKnobMemory()
@@ -136,7 +150,7 @@ def guard(proposed: PipelineDecision, *, dag: PipelineDAG, settings: Settings,
     refusal = _refusal(proposed, dag)
     if refusal:
         notes.add("refused", refusal)
-        return notes.result(last, False, memory)
+        return notes.result(last, False, memory, shield_memory)
     experts = dict(proposed.experts)
     if last is not None:
         for node in dag.experts:
@@ -162,10 +176,13 @@ def guard(proposed: PipelineDecision, *, dag: PipelineDAG, settings: Settings,
             pods=_pods(observation, dag, base), now=now)
         for rule, text in held:
             notes.add(rule, text)
+    if rules.shield and observation is not None:
+        experts, shield_memory = shield(experts, observation=observation, dag=dag,
+                                        settings=settings, memory=shield_memory, notes=notes)
     experts = _fit_gpus(experts, base, dag=dag, settings=settings, notes=notes)
     decision = replace(proposed, experts=MappingProxyType(
         {n: experts[n] for n in dag.experts if n in experts}))
-    return notes.result(decision, True, memory)
+    return notes.result(decision, True, memory, shield_memory)
 
 
 def observed_decision(observation: Any, dag: PipelineDAG) -> dict[str, ExpertDecision]:

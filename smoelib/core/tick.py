@@ -27,6 +27,7 @@ from typing import Any
 from smoelib.core.decisions import PipelineDecision
 from smoelib.core.guards import GuardProfile, guard
 from smoelib.core.ports import Decider, Feedback
+from smoelib.core.shield import ShieldMemory
 from smoelib.core.slow_knobs import SlowKnobMemory
 
 __all__ = ["TickState", "TickResult", "tick", "Proposed"]
@@ -34,11 +35,13 @@ __all__ = ["TickState", "TickResult", "tick", "Proposed"]
 
 @dataclass(frozen=True)
 class TickState:
-    """What the tick carries to the next one: the last applied decision and the slow-knob
-    memory (candidates, and the rollouts of the last minute as the actuator reported them)."""
+    """What the tick carries to the next one: the last applied decision, the slow-knob
+    memory (candidates, and the rollouts of the last minute as the actuator reported them)
+    and the shield's (the last observation's call rates, for the trend)."""
 
     last: PipelineDecision | None = None
     slow: SlowKnobMemory = field(default_factory=SlowKnobMemory)
+    shield: ShieldMemory = field(default_factory=ShieldMemory)
 
     def after(self, feedback: Feedback, *, now: float) -> TickState:
         """The state once the actuator has applied this tick's decision: its rollouts count
@@ -82,13 +85,15 @@ def tick(observation: Any, decider: Decider, state: TickState, *, dag: Any, sett
     proposal = decider.decide(observation)
     decide_ms = (timer() - started) * 1000.0
     result = guard(proposal, dag=dag, settings=settings, profile=profile, last=state.last,
-                   observation=observation, memory=state.slow, now=now)
+                   observation=observation, memory=state.slow, now=now,
+                   shield_memory=state.shield)
     if not result.accepted:
-        return TickResult(state.last, False, result.notes, result.fired, state, decide_ms,
-                          proposal)
+        return TickResult(state.last, False, result.notes, result.fired,
+                          replace(state, shield=result.shield), decide_ms, proposal)
     decision = replace(result.decision, updated_at=float(now))
     return TickResult(decision, True, result.notes, result.fired,
-                      TickState(last=decision, slow=result.memory), decide_ms, proposal)
+                      TickState(last=decision, slow=result.memory, shield=result.shield),
+                      decide_ms, proposal)
 
 
 class Proposed:

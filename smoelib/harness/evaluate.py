@@ -44,7 +44,7 @@ RUN_KEYS = ("pipeline", "trace", "policy", "guards", "seed", "duration_s", "requ
             "tpot_p99_ms", "ttft_slo_ms", "tpot_slo_ms", "attainment_target", "slo_attainment",
             "worst_window_attainment", "goodput",
             "slo_ratio", "window_violation_rate", "decide_ms_p50", "rejected", "rollouts",
-            "pods_replaced", "cold_starts", "calls")
+            "pods_replaced", "cold_starts", "calls", "intervention_rate")
 
 
 @dataclass(frozen=True)
@@ -144,6 +144,7 @@ class Episode:
     decide_ms: list[float]
     hot: str
     hot_replicas: list[float]
+    interventions: int = 0  # expert-ticks the shield lifted
 
 
 def run_episode(spec: RunSpec, *, thread_cap: int | None = None) -> Episode:
@@ -165,17 +166,19 @@ def run_episode(spec: RunSpec, *, thread_cap: int | None = None) -> Episode:
         decider.see_future(hindsight(env, ex))
     decide_ms: list[float] = []
     replicas: list[np.ndarray] = []
+    lifted = [0]
 
     def record(s: LoopStep) -> None:
         decide_ms.append(s.tick.decide_ms)
         replicas.append(s.step.observation.replicas_ready[ex.index].copy())
+        lifted[0] += sum(1 for r in s.tick.fired if r == "shield")
 
     loop.run(decider, on_step=record)
     # the hottest expert: the most calls served (then tokens) over the episode
     totals = env.tel.totals
     hot = int(np.argmax(totals["calls"][ex.index] + 1e-9 * totals["tokens"][ex.index]))
     return Episode(loop, decider, loop.profile.name, decide_ms, ex.nodes[hot],
-                   [float(r[hot]) for r in replicas])
+                   [float(r[hot]) for r in replicas], lifted[0])
 
 
 def run_one(spec: RunSpec, *, thread_cap: int | None = None) -> dict[str, Any]:
@@ -194,7 +197,9 @@ def run_one(spec: RunSpec, *, thread_cap: int | None = None) -> dict[str, Any]:
            "pipeline": dag.name, "trace": spec.trace, "policy": spec.policy,
            "seed": spec.seed, "duration_s": spec.duration_s, "cost": cost,
            "decide_ms_p50": float(np.median(decide_ms)) if decide_ms else 0.0,
-           "guards": ep.profile}
+           "guards": ep.profile,
+           # the shield's lifts per expert-tick (0 where the profile has no shield)
+           "intervention_rate": ep.interventions / max(len(decide_ms) * len(dag.experts), 1)}
     row = {k: row[k] for k in RUN_KEYS}
     series = {"t_s": win["t_s"].tolist(), "ttft_p95_ms": win["ttft_p95_ms"].tolist(),
               "tpot_p95_ms": win["tpot_p95_ms"].tolist(),
@@ -298,7 +303,8 @@ def _by(rows: list[dict[str, Any]], policy: str) -> dict[int, dict[str, Any]]:
 def table_markdown(results: list[dict[str, Any]], *, reference: str = "hpa") -> str:
     """One table per scenario: cost relative to ``reference`` (per seed, then mean ± sd over
     seeds), P95 TTFT and TPOT against their SLOs, SLO attainment, window violations, dropped
-    requests, 429s, pods replaced, decide time; then the acceptance checks."""
+    requests, 429s, pods replaced, the shield's lifts per expert-tick, decide time; then the
+    acceptance checks."""
     rows = [r["run"] for r in results]
     lines: list[str] = []
     for (pipe, trace), rs in _scenarios(rows).items():
@@ -306,14 +312,16 @@ def table_markdown(results: list[dict[str, Any]], *, reference: str = "hpa") -> 
         lines += [f"### {pipe} / {trace}", "",
                   f"| policy | guards | cost / {reference} | cost | P95 TTFT / SLO | "
                   "P95 TPOT / SLO | attainment | window violations | dropped | 429s | "
-                  "pods replaced | decide ms (p50) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "pods replaced | shield lifts | decide ms (p50) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for policy in dict.fromkeys(r["policy"] for r in rs):
             mine = _by(rs, policy)
             rel = [mine[s]["cost"] / ref[s]["cost"] for s in mine if s in ref]
             def col(k: str, d: str | None = None, mine=mine) -> list[float]:
                 return [m[k] / (m[d] if d else 1.0) for m in mine.values()]
             guards = "/".join(dict.fromkeys(m["guards"] for m in mine.values()))
+            lifts = (_stat(col("intervention_rate"), ".3f")  # results from before the shield
+                     if all("intervention_rate" in m for m in mine.values()) else "n/a")
             lines.append(
                 f"| {policy} | {guards} | {_stat(rel, '.3f') if rel else 'n/a'} | "
                 f"{_stat(col('cost'), '.3f')} | "
@@ -323,6 +331,7 @@ def table_markdown(results: list[dict[str, Any]], *, reference: str = "hpa") -> 
                 f"{_stat(col('window_violation_rate'), '.3f')} | "
                 f"{_stat(col('dropped'), '.1f')} | {_stat(col('rejected'), '.0f')} | "
                 f"{_stat(col('pods_replaced'), '.1f')} | "
+                f"{lifts} | "
                 f"{_stat(col('decide_ms_p50'), '.2f')} |")
         lines.append("")
     lines += ["### Acceptance checks", ""] + [f"- {c}" for c in checks(results)] + [""]

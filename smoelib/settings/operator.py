@@ -133,6 +133,19 @@ class Guards:
     rollout_budget_per_min: int = setting(
         4, "most pods replaced per minute per pipeline by slow-knob rollouts",
         unit="pods / minute", check=non_negative)
+    shield_bound: float = setting(
+        0.9, "the shield lifts replicas so that no expert's offered utilisation (its load "
+        "and forecast times a call's service time, over its workers) exceeds this",
+        unit="fraction", check=positive)
+    shield_horizon_s: float = setting(
+        30.0, "how far ahead the shield extrapolates each expert's call-rate trend", unit="s",
+        check=non_negative)
+    shield_reject_fraction: float = setting(
+        0.02, "the shield adds a replica at once to an expert refusing (429) more than this "
+        "share of its calls", unit="fraction", check=non_negative)
+    shield_hold_s: float = setting(
+        120.0, "a shield lift stays at least this long (a stabilisation window)", unit="s",
+        check=non_negative)
     pause_scaledobject_during_rollout: bool = setting(
         False, "annotate the expert's ScaledObject autoscaling.keda.sh/paused while it rolls")
 

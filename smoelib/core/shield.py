@@ -1,0 +1,141 @@
+"""The safety shield: a guard rule that lifts replicas, and only replicas, so that no expert is
+offered more work than a stability bound at its observed load and a short-horizon forecast
+of it. Pure: no I/O, no clock (shielded RL, Alshiekh et al., AAAI 2018: the policy proposes,
+the shield corrects the proposals that would leave the safe set).
+
+Per expert, at the configuration the other rules let through (its CPU, GPU share and
+``max_inflight``; the shield never changes those, so it never rolls a pod):
+
+- the **load** is the larger of the observed call rate and its forecast ``horizon_s`` ahead
+  (the trend of the last two observations, never below the observation);
+- the **offered utilisation** at ``R`` replicas is ``load x s / (R x c)``, ``s`` a call's
+  service time alone (the service model of :mod:`smoelib.core.service` at the observed tokens
+  per call, no batching credit), ``c`` the workers of a pod; the shield lifts ``R`` to the
+  fewest replicas that keep it at most ``bound`` (``guards.shield_bound``, default 0.9).
+  No tail budget and no headroom: a queue at 90 % is stable but slow, so this is strictly
+  looser than ``queueing``'s sizing, a floor under any policy and never a plan;
+- after a **burst of refusals** (429s above ``guards.shield_reject_fraction`` of the expert's
+  calls over the rate window) it lifts at once to one replica more than the expert has ready,
+  unless capacity is already on its way (replicas starting or pending, or a decision above
+  what is ready): the window's rate lags, and a lift per tick on a stale rate would run
+  away.
+
+A lift is held ``guards.shield_hold_s`` (a stabilisation window, as the HPA's scale-down
+window): a policy that proposes less on the next tick keeps the replicas the shield started
+until then. Every lift, held ones included, is a note naming the expert, the replicas and the
+reason; each note is one intervention (an expert-tick), which training penalises and
+evaluation reports.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from smoelib.core.decisions import ExpertDecision
+from smoelib.core.service import service_models
+
+__all__ = ["ShieldMemory", "shield"]
+
+
+@dataclass(frozen=True)
+class ShieldMemory:
+    """The last observation the shield saw: its time (s) and call rate per node, for the
+    trend; and its recent lifts, each held until a time (s) so that a policy proposing less
+    the next tick does not drop the replicas the shield just started."""
+
+    time_s: float = math.nan
+    calls_per_s: tuple[float, ...] = ()
+    held: tuple[tuple[str, int, float], ...] = ()  # (expert, replicas, until s)
+
+
+class _Models:
+    """Per pipeline and settings, the service model of each node (built once)."""
+
+    _cache: dict[int, tuple[Any, Any, list]] = {}
+
+    @classmethod
+    def of(cls, dag: Any, settings: Any) -> list:
+        key = id(dag)
+        got = cls._cache.get(key)
+        if got is None or got[0] is not dag or got[1] is not settings:
+            if len(cls._cache) > 64:
+                cls._cache.clear()
+            got = cls._cache[key] = (dag, settings, service_models(dag, settings))
+        return got[2]
+
+
+def shield(experts: dict[str, ExpertDecision], *, observation: Any, dag: Any, settings: Any,
+           memory: ShieldMemory | None, notes: Any) -> tuple[dict[str, ExpertDecision],
+                                                          ShieldMemory]:
+    """Lift ``experts``' replicas where the observation says they are unsafe (module
+    docstring); returns the decisions and the memory for the next tick. ``notes.add("shield",
+    text)`` records each lift."""
+    g = settings.guards
+    nodes = observation.nodes
+    calls = np.nan_to_num(np.asarray(observation.calls_per_s, float))
+    mem = memory if memory is not None else ShieldMemory()
+    load = calls
+    dt = observation.time_s - mem.time_s
+    if len(mem.calls_per_s) == len(nodes) and math.isfinite(dt) and dt > 0:
+        slope = (calls - np.asarray(mem.calls_per_s)) / dt
+        load = np.maximum(calls, calls + slope * g.shield_horizon_s)
+    now = float(observation.time_s)
+    held = {n: (r, until) for n, r, until in mem.held if until > now}
+    tokens = np.nan_to_num(np.asarray(observation.tokens_per_s, float))
+    rejected = np.nan_to_num(np.asarray(observation.rejected_per_s, float))
+    ready = np.nan_to_num(np.asarray(observation.replicas_ready, float))
+    starting = (np.nan_to_num(np.asarray(observation.replicas_starting, float))
+                + np.nan_to_num(np.asarray(observation.replicas_pending, float)))
+    drops = observation.dropped_per_s
+    dropping = math.isfinite(drops) and drops > 0
+    models = _Models.of(dag, settings)
+    index = {n: i for i, n in enumerate(nodes)}
+    sim = settings.simulator
+    out = dict(experts)
+    for node, e in experts.items():
+        i = index.get(node)
+        if i is None or models[i] is None:
+            continue
+        spec = dag.spec(node)
+        workers = max(1, spec.parallelism)
+        need = e.replicas
+        why = ""
+        if load[i] > 0:
+            per_call = max(tokens[i] / calls[i], 1.0) if calls[i] > 0 else 1.0
+            share = e.gpu_share if dag.accelerator != "cpu" else 0.0
+            inter = 1.0 + sim.mps_interference * (1.0 - share) if share > 0 else 1.0
+            s_ms = float(models[i].batch_ms(1.0, per_call, cpu=e.cpu, share=share,
+                                            parallelism=workers, interference=inter))
+            work = load[i] * s_ms / 1000.0 / workers  # busy workers' worth
+            fit = int(math.ceil(work / g.shield_bound - 1e-9))
+            if fit > need:
+                need = fit
+                why = (f"offered utilisation {work / max(e.replicas, 1):.2f} > "
+                       f"{g.shield_bound:g} at {load[i]:.0f} calls/s"
+                       + (" (forecast)" if load[i] > calls[i] + 1e-9 else ""))
+        coming = starting[i] > 0 or e.replicas > ready[i]  # capacity already on its way
+        if (rejected[i] > 0 and not coming
+                and rejected[i] > g.shield_reject_fraction * (calls[i] + rejected[i])):
+            burst = int(ready[i]) + 1
+            if burst > need:
+                need = burst
+                why = (f"{rejected[i]:.0f} 429s/s"
+                       + (" while requests drop" if dropping else ""))
+        if need > e.replicas:
+            held[node] = (need, now + g.shield_hold_s)
+        elif node in held and held[node][0] > need:
+            need = held[node][0]
+            why = f"held since a lift until t={held[node][1]:.0f} s"
+        need = min(need, spec.replicas_max)
+        if need > e.replicas:
+            notes.add("shield", f"{node}: shield lifted replicas {e.replicas} -> {need} "
+                                f"({why})")
+            out[node] = replace(e, replicas=need)
+    memory_out = ShieldMemory(now, tuple(float(x) for x in calls),
+                              tuple((n, r, u) for n, (r, u) in sorted(held.items())))
+    return out, memory_out
+
