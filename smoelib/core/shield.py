@@ -53,18 +53,33 @@ class ShieldMemory:
 
 
 class _Models:
-    """Per pipeline and settings, the service model of each node (built once)."""
+    """Per pipeline and settings, built once: the experts' node positions, workers and
+    maxima, and the experts grouped by identical service model (a pipeline's experts share a
+    few shapes), so each group's service times are one vectorised call."""
 
-    _cache: dict[int, tuple[Any, Any, list]] = {}
+    _cache: dict[int, tuple[Any, Any, _Models]] = {}
+
+    def __init__(self, dag: Any, settings: Any):
+        models = service_models(dag, settings)
+        pos = {n: i for i, n in enumerate(dag.nodes)}
+        self.nodes = [n for n in dag.experts if models[pos[n]] is not None]
+        self.index = np.array([pos[n] for n in self.nodes], np.int64)
+        specs = [dag.spec(n) for n in self.nodes]
+        self.workers = np.array([max(1, s.parallelism) for s in specs], float)
+        self.rmax = np.array([s.replicas_max for s in specs], np.int64)
+        groups: dict[Any, list[int]] = {}
+        for k, i in enumerate(self.index):
+            groups.setdefault(models[i], []).append(k)
+        self.groups = [(m, np.array(ks, np.int64)) for m, ks in groups.items()]
 
     @classmethod
-    def of(cls, dag: Any, settings: Any) -> list:
+    def of(cls, dag: Any, settings: Any) -> _Models:
         key = id(dag)
         got = cls._cache.get(key)
         if got is None or got[0] is not dag or got[1] is not settings:
             if len(cls._cache) > 64:
                 cls._cache.clear()
-            got = cls._cache[key] = (dag, settings, service_models(dag, settings))
+            got = cls._cache[key] = (dag, settings, cls(dag, settings))
         return got[2]
 
 
@@ -83,54 +98,58 @@ def shield(experts: dict[str, ExpertDecision], *, observation: Any, dag: Any, se
     if len(mem.calls_per_s) == len(nodes) and math.isfinite(dt) and dt > 0:
         slope = (calls - np.asarray(mem.calls_per_s)) / dt
         load = np.maximum(calls, calls + slope * g.shield_horizon_s)
-    now = float(observation.time_s)
-    held = {n: (r, until) for n, r, until in mem.held if until > now}
     tokens = np.nan_to_num(np.asarray(observation.tokens_per_s, float))
     rejected = np.nan_to_num(np.asarray(observation.rejected_per_s, float))
     ready = np.nan_to_num(np.asarray(observation.replicas_ready, float))
     starting = (np.nan_to_num(np.asarray(observation.replicas_starting, float))
                 + np.nan_to_num(np.asarray(observation.replicas_pending, float)))
-    drops = observation.dropped_per_s
-    dropping = math.isfinite(drops) and drops > 0
-    models = _Models.of(dag, settings)
-    index = {n: i for i, n in enumerate(nodes)}
-    sim = settings.simulator
+    m = _Models.of(dag, settings)
+    now = float(observation.time_s)
+    held = {n: (r, until) for n, r, until in mem.held if until > now}
+    present = [k for k, n in enumerate(m.nodes) if n in experts]
+    k_ix = np.array(present, np.int64)
+    ix = m.index[k_ix]
+    dec = [experts[m.nodes[k]] for k in present]
+    replicas = np.array([e.replicas for e in dec], float)
+    cpu = np.array([e.cpu for e in dec], float)
+    share = (np.array([e.gpu_share for e in dec], float) if dag.accelerator != "cpu"
+             else np.zeros(len(dec)))
+    per_call = np.where(calls[ix] > 0, np.maximum(tokens[ix] / np.maximum(calls[ix], 1e-12),
+                                                   1.0), 1.0)
+    inter = np.where(share > 0, 1.0 + settings.simulator.mps_interference * (1.0 - share), 1.0)
+    s_ms = np.zeros(len(dec))
+    where = np.full(len(m.nodes), -1, np.int64)
+    where[k_ix] = np.arange(len(present))
+    for model, members in m.groups:
+        js = where[members]
+        js = js[js >= 0]
+        if js.size:
+            s_ms[js] = model.batch_ms(1.0, per_call[js], cpu=cpu[js], share=share[js],
+                                      parallelism=m.workers[k_ix[js]], interference=inter[js])
+    work = load[ix] * s_ms / 1000.0 / m.workers[k_ix]  # busy workers' worth
+    fit = np.ceil(work / g.shield_bound - 1e-9)
+    coming = (starting[ix] > 0) | (replicas > ready[ix])  # capacity already on its way
+    burst = ((rejected[ix] > 0) & ~coming
+             & (rejected[ix] > g.shield_reject_fraction * (calls[ix] + rejected[ix])))
+    was_held = np.array([m.nodes[k] in held for k in present], bool) if held else False
     out = dict(experts)
-    for node, e in experts.items():
-        i = index.get(node)
-        if i is None or models[i] is None:
-            continue
-        spec = dag.spec(node)
-        workers = max(1, spec.parallelism)
-        need = e.replicas
-        why = ""
-        if load[i] > 0:
-            per_call = max(tokens[i] / calls[i], 1.0) if calls[i] > 0 else 1.0
-            share = e.gpu_share if dag.accelerator != "cpu" else 0.0
-            inter = 1.0 + sim.mps_interference * (1.0 - share) if share > 0 else 1.0
-            s_ms = float(models[i].batch_ms(1.0, per_call, cpu=e.cpu, share=share,
-                                            parallelism=workers, interference=inter))
-            work = load[i] * s_ms / 1000.0 / workers  # busy workers' worth
-            fit = int(math.ceil(work / g.shield_bound - 1e-9))
-            if fit > need:
-                need = fit
-                why = (f"offered utilisation {work / max(e.replicas, 1):.2f} > "
-                       f"{g.shield_bound:g} at {load[i]:.0f} calls/s"
-                       + (" (forecast)" if load[i] > calls[i] + 1e-9 else ""))
-        coming = starting[i] > 0 or e.replicas > ready[i]  # capacity already on its way
-        if (rejected[i] > 0 and not coming
-                and rejected[i] > g.shield_reject_fraction * (calls[i] + rejected[i])):
-            burst = int(ready[i]) + 1
-            if burst > need:
-                need = burst
-                why = (f"{rejected[i]:.0f} 429s/s"
-                       + (" while requests drop" if dropping else ""))
+    for j in np.flatnonzero((fit > replicas) | burst | was_held):
+        node, e = m.nodes[k_ix[j]], dec[j]
+        need, why = e.replicas, ""
+        if fit[j] > need:
+            need = int(fit[j])
+            why = (f"offered utilisation {work[j] / max(e.replicas, 1):.2f} > "
+                   f"{g.shield_bound:g} at {load[ix[j]]:.0f} calls/s"
+                   + (" (forecast)" if load[ix[j]] > calls[ix[j]] + 1e-9 else ""))
+        if burst[j] and int(ready[ix[j]]) + 1 > need:
+            need = int(ready[ix[j]]) + 1
+            why = f"{rejected[ix[j]]:.0f} 429s/s"
         if need > e.replicas:
             held[node] = (need, now + g.shield_hold_s)
         elif node in held and held[node][0] > need:
             need = held[node][0]
             why = f"held since a lift until t={held[node][1]:.0f} s"
-        need = min(need, spec.replicas_max)
+        need = min(need, int(m.rmax[k_ix[j]]))
         if need > e.replicas:
             notes.add("shield", f"{node}: shield lifted replicas {e.replicas} -> {need} "
                                 f"({why})")
