@@ -200,6 +200,8 @@ def test_smoe_serve_runs_controller_and_scaler_in_one_process(live, tmp_path):
                 except grpc.RpcError as e:
                     assert e.code() == grpc.StatusCode.UNAVAILABLE  # no decision yet
                     threading.Event().wait(0.2)
-            assert value == 1  # static: max(1, replicas_min)
     saved = load_decision(tmp_path / "bert-moe.json")
     assert set(saved.experts) == set(dag.experts)
+    # static's max(1, replicas_min), or one more where the production shield saw the live
+    # simulator's 429s (a lift is held for minutes, so the saved decision still has it)
+    assert value == saved.experts["moe1/e0"].replicas and value in (1, 2)
