@@ -17,10 +17,14 @@ from torch import Tensor
 __all__ = ["reward", "gae", "policy_loss", "value_loss", "entropy_loss", "lagrange_update"]
 
 
-def reward(cost: Tensor, overrun: Tensor, lagrange: float) -> Tensor:
-    """Per-step reward ``-cost - lagrange * overrun`` (cost in currency per step, overrun as a
-    fraction of the SLO)."""
-    return -cost - lagrange * overrun
+def reward(cost: Tensor, overrun: Tensor, lagrange: float, lifts: Tensor | None = None,
+           shield_penalty: float = 0.0) -> Tensor:
+    """Per-step reward ``-cost - lagrange * overrun - shield_penalty * lifts`` (cost in
+    currency per step, overrun as a fraction of the SLO, ``lifts`` the share of the
+    pipeline's experts the safety shield lifted that step: the policy pays for every
+    decision the shield had to correct)."""
+    out = -cost - lagrange * overrun
+    return out if lifts is None else out - shield_penalty * lifts
 
 
 def gae(rewards: Tensor, values: Tensor, dones: Tensor, last_value: Tensor, *, gamma: float,

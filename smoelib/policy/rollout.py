@@ -60,7 +60,7 @@ class Rollout:
 
     Shapes: ``inputs`` a :class:`PolicyInput` of batch ``T*K``; ``actions``, ``labels``
     :class:`Actions` of batch ``T*K``; ``log_prob``, ``value``, ``cost``, ``overrun``,
-    ``dones`` ``(T, K)``.
+    ``dones``, ``lifts`` ``(T, K)``.
     """
 
     inputs: PolicyInput
@@ -74,6 +74,8 @@ class Rollout:
     episodes: list[EpisodeStats]
     applied: list[list[Any]] = field(default_factory=list)
     """per environment, the decision the tick applied at every tick"""
+    lifts: Tensor | None = None
+    """``(T, K)``: the share of the experts the safety shield lifted at each tick"""
 
     @property
     def steps(self) -> int:
@@ -128,6 +130,8 @@ def collect(agent: SMoEAgent, *, dag: Any, settings: Any, trace: str, seed: int,
     trends: list[TrendState | None] = [None] * envs
     gpus = settings.cluster.gpus
     steps: list[tuple[PolicyInput, Actions, Tensor, Tensor, list[RewardParts]]] = []
+    lifted: list[list[float]] = []
+    n_experts = max(len(dag.experts), 1)
     labels: list[Actions] = []
     done = False
     while not done:
@@ -140,6 +144,7 @@ def collect(agent: SMoEAgent, *, dag: Any, settings: Any, trace: str, seed: int,
         with torch.no_grad():
             out = agent(batch, generator=generator if mode == "sample" else None)
         parts = []
+        lifted.append([])
         for k, loop in enumerate(loops):
             if mode == "teacher":
                 step = loop.step(teachers[k])
@@ -154,6 +159,7 @@ def collect(agent: SMoEAgent, *, dag: Any, settings: Any, trace: str, seed: int,
                 labels.append(teacher_actions(bounded, rows[k], dag, config=cfg))
             obs[k], done = step.step.observation, step.step.done
             parts.append(step.step.reward)
+            lifted[-1].append(step.tick.fired.count("shield") / n_experts)
         steps.append((batch, out.actions, out.log_prob, out.value, parts))
     attainment = float(dag.slo.attainment)
     n = len(steps)
@@ -166,5 +172,6 @@ def collect(agent: SMoEAgent, *, dag: Any, settings: Any, trace: str, seed: int,
         overrun=torch.tensor([[overrun(p, attainment) for p in s[4]] for s in steps],
                              dtype=torch.float32),
         dones=dones, labels=cat_actions(labels) if labels else None,
+        lifts=torch.tensor(lifted, dtype=torch.float32),
         episodes=[_episode(loop.env) for loop in loops],
         applied=[loop.decisions for loop in loops])

@@ -9,7 +9,8 @@ The loop, one update at a time (``update`` counts both phases):
    maximises the log-probability of the teacher's actions and fits its value head to the
    episodes' returns.
 2. **PPO** (the rest): ``envs`` rollouts of one curriculum scenario on common random numbers;
-   reward ``-(cost / reference cost) - lambda * overrun`` per tick (scaled); GAE advantages,
+   reward ``-(cost / reference cost) - lambda * overrun - shield_penalty * lifts`` per tick
+   (scaled; ``lifts`` the share of experts the production shield lifted); GAE advantages,
    minus the leave-one-out mean of the other rollouts at the same tick (Decima's
    input-dependent baseline); clipped surrogate, value loss, per-expert entropy bonus, KL early
    stop; then one dual-ascent step on ``lambda`` towards "worst 60 s window P95 <= (1 +
@@ -133,6 +134,9 @@ class TrainConfig:
     """stop an update's epochs when the approximate KL exceeds this (0: never)"""
     reward_scale: float = 0.1
     """rewards are multiplied by this (keeps returns and the value loss near 1)"""
+    shield_penalty: float = 1.0
+    """reward per unit of shield lifts (the share of experts lifted in a tick), in
+    reference-cost ticks: training pays for every decision the shield corrects"""
     lagrange_init: float = 10.0
     """initial SLO multiplier (reward per unit of overrun, in reference-cost ticks)"""
     lagrange_lr: float = 2.0
@@ -295,7 +299,8 @@ def _bc_round(agent, opt, cfg: TrainConfig, *, update: int, dags, settings, refs
         ro = collect(agent, dag=dags[pipe], settings=settings, trace=trace, seed=seed,
                      duration_s=cfg.episode_s, envs=1, mode=mode, teacher=cfg.teacher,
                      label=True, guards=cfg.guards)
-        r = cfg.reward_scale * ppo.reward(ro.cost / refs[pipe], ro.overrun, lagrange)
+        r = cfg.reward_scale * ppo.reward(ro.cost / refs[pipe], ro.overrun, lagrange,
+                                          ro.lifts, cfg.shield_penalty)
         _, returns = ppo.gae(r, torch.zeros_like(r), ro.dones, torch.zeros(1),
                              gamma=cfg.gamma, lam=1.0)  # Monte-Carlo returns
         data.setdefault(pipe, []).append((ro, returns.reshape(-1)))
@@ -357,7 +362,8 @@ def _ppo_update(agent, opt, cfg: TrainConfig, *, update: int, dags, sizes, setti
     ro = collect(agent, dag=dags[sc.pipeline], settings=settings, trace=sc.trace,
                  seed=sc.seed, duration_s=sc.duration_s, envs=cfg.envs, mode="sample",
                  generator=gen, guards=cfg.guards)
-    rewards = cfg.reward_scale * ppo.reward(ro.cost / refs[sc.pipeline], ro.overrun, lagrange)
+    rewards = cfg.reward_scale * ppo.reward(ro.cost / refs[sc.pipeline], ro.overrun, lagrange,
+                                            ro.lifts, cfg.shield_penalty)
     adv, returns = ppo.gae(rewards, ro.value, ro.dones, torch.zeros(cfg.envs),
                            gamma=cfg.gamma, lam=cfg.gae_lambda)
     adv = crn_advantages(adv).reshape(-1)
@@ -400,7 +406,8 @@ def _ppo_update(agent, opt, cfg: TrainConfig, *, update: int, dags, sizes, setti
         lagrange, worst - 1.0, lr=cfg.lagrange_lr, target=cfg.slo_target))
     stats = {**{k: float(np.mean(v)) for k, v in acc.items()},
              **_episode_charts(ro.episodes, ro.steps // cfg.envs),
-             "charts/return": float(rewards.sum(0).mean()), "pipeline": Path(sc.pipeline).stem,
+             "charts/return": float(rewards.sum(0).mean()),
+             "charts/shield_lifts": float(ro.lifts.mean()), "pipeline": Path(sc.pipeline).stem,
              "trace": sc.trace, "seed": sc.seed, "duration_s": sc.duration_s}
     return stats, ro.steps, new_lagrange
 

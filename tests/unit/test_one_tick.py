@@ -99,6 +99,8 @@ def training_driver():
                  envs=2, mode="teacher", teacher="test-scripted",
                  generator=torch.Generator().manual_seed(0))
     assert _experts(ro.applied[0]) == _experts(ro.applied[1])
+    assert ro.lifts.shape == ro.cost.shape  # the shield's lifts, per tick and environment
+    assert ((ro.lifts >= 0) & (ro.lifts <= 1)).all()
     return _experts(ro.applied[0]), None
 
 

@@ -68,3 +68,10 @@ def test_reward_entropy_and_lagrange():
     assert lagrange_update(1.0, 0.3, lr=0.5) == pytest.approx(1.15)
     assert lagrange_update(1.0, 0.0, lr=0.5, target=0.1) == pytest.approx(0.95)
     assert lagrange_update(0.01, 0.0, lr=1.0, target=0.5) == 0.0  # projected onto >= 0
+
+
+def test_the_reward_pays_for_the_shields_lifts():
+    cost, over = torch.tensor([1.0, 1.0]), torch.tensor([0.0, 0.5])
+    lifts = torch.tensor([0.0, 0.25])  # a quarter of the experts lifted at the second tick
+    assert reward(cost, over, 2.0).tolist() == [-1.0, -2.0]
+    assert reward(cost, over, 2.0, lifts, 4.0).tolist() == [-1.0, -3.0]
