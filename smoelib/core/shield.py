@@ -7,13 +7,15 @@ Per expert, at the configuration the other rules let through (its CPU, GPU share
 ``max_inflight``; the shield never changes those, so it never rolls a pod):
 
 - the **load** is the larger of the observed call rate and its forecast ``horizon_s`` ahead
-  (the trend of the last two observations, never below the observation);
-- the **offered utilisation** at ``R`` replicas is ``load x s / (R x c)``, ``s`` a call's
-  service time alone (the service model of :mod:`smoelib.core.service` at the observed tokens
-  per call, no batching credit), ``c`` the workers of a pod; the shield lifts ``R`` to the
-  fewest replicas that keep it at most ``bound`` (``guards.shield_bound``, default 0.9).
-  No tail budget and no headroom: a queue at 90 % is stable but slow, so this is strictly
-  looser than ``queueing``'s sizing, a floor under any policy and never a plan;
+  (the trend of the last two observations, at most a doubling; none for an expert that had
+  no calls at the last observation);
+- the **offered utilisation** at ``R`` replicas is ``load x s / (R x c)``: ``c`` the workers
+  of a pod, ``s`` a call's share of a full batch (``max_inflight / c`` calls at the observed
+  tokens per call, the service model of :mod:`smoelib.core.service`), so ``1 / s`` is the
+  most a worker can serve; the shield lifts ``R`` to the fewest replicas that keep it at most
+  ``bound`` (``guards.shield_bound``, default 0.9). No tail budget and no headroom: a queue
+  near its capacity is stable but slow, so this is looser than ``queueing``'s sizing, a floor
+  under any policy and never a plan;
 - after a **burst of refusals** (429s above ``guards.shield_reject_fraction`` of the expert's
   calls over the rate window) it lifts at once to one replica more than the expert has ready,
   unless capacity is already on its way (replicas starting or pending, or a decision above
@@ -96,8 +98,12 @@ def shield(experts: dict[str, ExpertDecision], *, observation: Any, dag: Any, se
     load = calls
     dt = observation.time_s - mem.time_s
     if len(mem.calls_per_s) == len(nodes) and math.isfinite(dt) and dt > 0:
-        slope = (calls - np.asarray(mem.calls_per_s)) / dt
-        load = np.maximum(calls, calls + slope * g.shield_horizon_s)
+        before = np.asarray(mem.calls_per_s)
+        slope = (calls - before) / dt
+        # an expert without calls before has no trend yet (a rate window filling up at the
+        # start reads as a steep one), and a short horizon forecasts at most a doubling
+        ahead = np.minimum(calls + slope * g.shield_horizon_s, 2.0 * calls)
+        load = np.where(before > 0, np.maximum(calls, ahead), calls)
     tokens = np.nan_to_num(np.asarray(observation.tokens_per_s, float))
     rejected = np.nan_to_num(np.asarray(observation.rejected_per_s, float))
     ready = np.nan_to_num(np.asarray(observation.replicas_ready, float))
@@ -112,6 +118,8 @@ def shield(experts: dict[str, ExpertDecision], *, observation: Any, dag: Any, se
     dec = [experts[m.nodes[k]] for k in present]
     replicas = np.array([e.replicas for e in dec], float)
     cpu = np.array([e.cpu for e in dec], float)
+    # a worker at full batches: max_inflight per pod over its workers
+    full = np.maximum(np.array([e.concurrency for e in dec], float) / m.workers[k_ix], 1.0)
     share = (np.array([e.gpu_share for e in dec], float) if dag.accelerator != "cpu"
              else np.zeros(len(dec)))
     per_call = np.where(calls[ix] > 0, np.maximum(tokens[ix] / np.maximum(calls[ix], 1e-12),
@@ -124,8 +132,9 @@ def shield(experts: dict[str, ExpertDecision], *, observation: Any, dag: Any, se
         js = where[members]
         js = js[js >= 0]
         if js.size:
-            s_ms[js] = model.batch_ms(1.0, per_call[js], cpu=cpu[js], share=share[js],
-                                      parallelism=m.workers[k_ix[js]], interference=inter[js])
+            s_ms[js] = model.batch_ms(full[js], full[js] * per_call[js], cpu=cpu[js],
+                                      share=share[js], parallelism=m.workers[k_ix[js]],
+                                      interference=inter[js]) / full[js]
     work = load[ix] * s_ms / 1000.0 / m.workers[k_ix]  # busy workers' worth
     fit = np.ceil(work / g.shield_bound - 1e-9)
     coming = (starting[ix] > 0) | (replicas > ready[ix])  # capacity already on its way

@@ -48,10 +48,13 @@ def observation(calls=(0.0, 0.0), *, t=0.0, rejected=(0.0, 0.0), ready=(1, 1),
                        **arrays)
 
 
-def service_ms(share=0.25) -> float:
+def service_ms(share=0.25, concurrency=4) -> float:
+    """A call's share of a full batch (``max_inflight`` calls on the pod's one worker): what
+    the shield charges a call."""
     model = service_models(DAG, SETTINGS)[list(DAG.nodes).index("m/e0")]
     inter = 1.0 + SETTINGS.simulator.mps_interference * (1.0 - share)
-    return float(model.batch_ms(1.0, 1.0, cpu=1.0, share=share, interference=inter))
+    n = float(concurrency)
+    return float(model.batch_ms(n, n, cpu=1.0, share=share, interference=inter)) / n
 
 
 def reps(result):
@@ -85,10 +88,24 @@ def test_the_shield_reads_the_trend_a_short_horizon_ahead():
     first = guard(decision(1, 1), dag=DAG, settings=SETTINGS, last=decision(1, 1),
                   observation=observation((rate / 2, 0.0), t=0.0))
     assert reps(first) == [1, 1]
-    # doubled in 10 s: 30 s ahead the trend says 0.8 + 3 x 0.4 = 2.0 workers' worth
+    assert service_ms(concurrency=1) > 1.5 * service_ms()  # a full batch amortises the base
+    # +0.2 in 10 s: 30 s ahead the trend says 0.8 + 3 x 0.2 = 1.4 workers' worth
+    mid = guard(decision(1, 1), dag=DAG, settings=SETTINGS, last=decision(1, 1),
+                observation=observation((0.6 * rate / 0.8, 0.0), t=0.0))
     second = guard(decision(1, 1), dag=DAG, settings=SETTINGS, last=decision(1, 1),
-                   observation=observation((rate, 0.0), t=10.0), shield_memory=first.shield)
-    assert reps(second) == [3, 1] and "(forecast)" in second.notes[0]
+                   observation=observation((rate, 0.0), t=10.0), shield_memory=mid.shield)
+    assert reps(second) == [2, 1] and "(forecast)" in second.notes[0]
+    assert "at %.0f calls/s" % (1.4 * rate / 0.8) in second.notes[0]
+    # doubled in 10 s: the trend says 2.0, a short horizon forecasts at most a doubling (1.6)
+    third = guard(decision(1, 1), dag=DAG, settings=SETTINGS, last=decision(1, 1),
+                  observation=observation((rate, 0.0), t=10.0), shield_memory=first.shield)
+    assert reps(third) == [2, 1]
+    # an expert that had no calls has no trend yet (a filling rate window is no ramp)
+    cold = guard(decision(1, 1), dag=DAG, settings=SETTINGS, last=decision(1, 1),
+                 observation=observation((0.0, 0.0), t=0.0))
+    assert reps(guard(decision(1, 1), dag=DAG, settings=SETTINGS, last=decision(1, 1),
+                      observation=observation((rate, 0.0), t=10.0),
+                      shield_memory=cold.shield)) == [1, 1]
 
 
 def test_a_burst_of_429s_adds_a_replica_at_once_unless_capacity_is_on_its_way():
@@ -143,7 +160,7 @@ def test_the_tick_carries_the_shields_memory():
     assert r1.state.shield.time_s == 0.0 and not math.isnan(r1.state.shield.calls_per_s[1])
     r2 = tick(observation((0.8 * 1000.0 / s, 0.0), t=10.0), Fixed(), r1.state, dag=DAG,
               settings=SETTINGS, profile="production", now=10.0)
-    assert r2.decision.experts["m/e0"].replicas == 3  # 0.8 + 3 x 0.4 = 2.0 -> ceil(2.22)
+    assert r2.decision.experts["m/e0"].replicas == 2  # 0.8, forecast at most 1.6: ceil(1.78)
     assert r2.fired == ("shield",)
 
 
