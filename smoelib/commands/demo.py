@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     theirs = demo.baseline(args.baseline)
     print(compare(ours, theirs, policy=demo.policy, baseline=args.baseline,
                   currency=demo.settings.prices.currency,
-                  profiles=(demo.profiles[demo.policy], demo.profiles[args.baseline])))
+                  profiles=(demo.profiles[demo.policy], demo.profiles[args.baseline]),
+                  lifts=(demo.lifts[demo.policy], demo.lifts[args.baseline])))
     if "production" in (demo.profiles[demo.policy], demo.profiles[args.baseline]):
         print(f"under the production guards slow-knob rollouts (GPU share, concurrency, lower "
               f"memory) are rationed to guards.rollout_budget_per_min = "

@@ -88,7 +88,7 @@ class TickReport:
     """What one tick did. ``decision`` is the one in force after it (the last good one when
     the tick failed; in a dry run, the one that would be); ``notes`` are the guards' and the
     vertical planner's; ``decide_ms`` the wall time of the decider's call; ``error`` names the
-    failing port and why."""
+    failing port and why; ``fired`` the guard rule of each of the guards' notes."""
 
     time: float
     status: Status
@@ -97,6 +97,7 @@ class TickReport:
     patches: int = 0
     decide_ms: float = 0.0
     error: str = ""
+    fired: tuple[str, ...] = ()
 
 
 class SMoEController:
@@ -279,7 +280,8 @@ class SMoEController:
         self.failures = self.failures + 1 if failures else 0
         report = TickReport(now, status, decision, notes, feedback.patches if feedback else 0,
                             result.decide_ms,
-                            error="; ".join(f"{p}: {m}" for p, m in failures))
+                            error="; ".join(f"{p}: {m}" for p, m in failures),
+                            fired=result.fired)
         self._report(report, result=result, ports=tuple(p for p, _ in failures))
         if now - self._last_log >= self.log_interval:
             self._last_log = now

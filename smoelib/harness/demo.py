@@ -41,6 +41,8 @@ class DemoRun:
     log: list[str] = field(default_factory=list)
     profiles: dict[str, str] = field(default_factory=dict)
     """policy -> the guard profile its run used"""
+    lifts: dict[str, float] = field(default_factory=dict)
+    """policy -> the safety shield's lifts per expert-tick in its run"""
 
     @classmethod
     def build(cls, *, pipeline: str, config: str | None, trace: str, duration_s: float,
@@ -110,6 +112,8 @@ class DemoRun:
             server.stop(grace_s=0)
         self.reports = reports
         self.keda_errors = poller.errors
+        self.lifts[name] = sum(r.fired.count("shield") for r in reports) / max(
+            len(reports) * len(self.dag.experts), 1)
         return summarise(env)
 
     def _exporter(self, env: SimEnv) -> Any:
@@ -133,9 +137,10 @@ def _snapshot(env: SimEnv) -> dict[str, Any]:
 
 
 def compare(ours: Summary, theirs: Summary, *, policy: str, baseline: str, currency: str,
-            profiles: tuple[str, str] | None = None) -> str:
+            profiles: tuple[str, str] | None = None,
+            lifts: tuple[float, float] | None = None) -> str:
     """A side-by-side table of two runs on the same requests (with the guard profile each ran
-    under, when given)."""
+    under, and the safety shield's lifts per expert-tick, when given)."""
     rows = [("requests", "requests", "{:.0f}"), ("dropped", "dropped", "{:.0f}"),
             ("TTFT P50 ms", "ttft_p50_ms", "{:.1f}"), ("TTFT P95 ms", "ttft_p95_ms", "{:.1f}"),
             ("TTFT P99 ms", "ttft_p99_ms", "{:.1f}"), ("TPOT P50 ms", "tpot_p50_ms", "{:.1f}"),
@@ -153,6 +158,8 @@ def compare(ours: Summary, theirs: Summary, *, policy: str, baseline: str, curre
     for label, key, fmt in rows:
         a, b = getattr(ours, key), getattr(theirs, key)
         lines.append(f"{label:<18} {fmt.format(a):>{width}} {fmt.format(b):>{width}}")
+    if lifts is not None:
+        lines.append(f"{'shield lifts':<18} {lifts[0]:>{width}.3f} {lifts[1]:>{width}.3f}")
     ratio = ours.cost / theirs.cost if theirs.cost else math.nan
     tpot = (f", TPOT {ours.tpot_slo_ms:g} ms" if math.isfinite(ours.tpot_slo_ms) else "")
     lines.append(f"cost of {policy} is {ratio:.2f} x {baseline}; SLO attainment "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,8 @@ def test_demo_runs_to_its_comparison():
     assert out.startswith("smoe demo: gpt2-moe (decoder, 72 experts, SLO TTFT 100 ms, TPOT "
                           "50 ms at 99%)")
     assert "TPOT P95 ms" in out and "goodput" in out
+    lifts = re.search(r"shield lifts +(\d\.\d{3}) +(\d\.\d{3})", out)  # both under production
+    assert lifts and all(0.0 <= float(x) <= 1.0 for x in lifts.groups())
     assert "replicas reach the cluster through the KEDA external scaler over gRPC" in out
     assert "cost of queueing is" in out and "x static" in out
     assert "Traceback" not in proc.stderr
