@@ -37,7 +37,7 @@ from smoelib.pipeline.model import NodeSpec
 from smoelib.pipeline.schema import DTYPES
 
 __all__ = ["ServiceModel", "service_model", "service_models", "memory_floor_mb", "memory_choice",
-           "handler_slowdown", "ACTIVATION_BYTES"]
+           "handler_slowdown", "full_gpu_interference", "ACTIVATION_BYTES"]
 
 ACTIVATION_BYTES = 2
 """Bytes per activation value on the wire (fp16/bf16)."""
@@ -106,6 +106,14 @@ class ServiceModel:
         return (per_call * np.asarray(calls, dtype=float)
                 + per_token * np.asarray(tokens, dtype=float)
                 + self.ffn_ms(tokens, share=share, cores=cores) * interference)
+
+
+def full_gpu_interference(share, mps_interference: float):
+    """The MPS interference factor of an expert at GPU ``share`` when the rest of its GPU
+    (``1 - share``) is busy: the assumption of a sizer that cannot see its neighbours
+    (``1`` off the GPU). Broadcasts."""
+    share = np.asarray(share, dtype=float)
+    return 1.0 + mps_interference * np.where(share > 0, 1.0 - share, 0.0)
 
 
 def handler_slowdown(cpu, parallelism=1):

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from smoelib.core.decisions import ExpertDecision
-from smoelib.core.service import service_models
+from smoelib.core.service import full_gpu_interference, service_models
 
 __all__ = ["ShieldMemory", "shield"]
 
@@ -124,7 +124,7 @@ def shield(experts: dict[str, ExpertDecision], *, observation: Any, dag: Any, se
              else np.zeros(len(dec)))
     per_call = np.where(calls[ix] > 0, np.maximum(tokens[ix] / np.maximum(calls[ix], 1e-12),
                                                    1.0), 1.0)
-    inter = np.where(share > 0, 1.0 + settings.simulator.mps_interference * (1.0 - share), 1.0)
+    inter = full_gpu_interference(share, settings.simulator.mps_interference)
     s_ms = np.zeros(len(dec))
     where = np.full(len(m.nodes), -1, np.int64)
     where[k_ix] = np.arange(len(present))

@@ -13,7 +13,7 @@ import pytest
 from smoelib.core.decisions import ExpertDecision, PipelineDecision
 from smoelib.core.guards import PROFILES, guard
 from smoelib.core.observation import NODE_FIELDS, Observation
-from smoelib.core.service import service_models
+from smoelib.core.service import full_gpu_interference, service_models
 from smoelib.core.tick import TickState, tick
 from smoelib.policy.base import default_guards, get_decider
 from smoelib.settings import load_settings
@@ -52,7 +52,7 @@ def service_ms(share=0.25, concurrency=4) -> float:
     """A call's share of a full batch (``max_inflight`` calls on the pod's one worker): what
     the shield charges a call."""
     model = service_models(DAG, SETTINGS)[list(DAG.nodes).index("m/e0")]
-    inter = 1.0 + SETTINGS.simulator.mps_interference * (1.0 - share)
+    inter = full_gpu_interference(share, SETTINGS.simulator.mps_interference)
     n = float(concurrency)
     return float(model.batch_ms(n, n, cpu=1.0, share=share, interference=inter)) / n
 

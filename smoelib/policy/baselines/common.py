@@ -21,7 +21,12 @@ from typing import Any
 import numpy as np
 
 from smoelib.core.decisions import ExpertDecision, PipelineDecision
-from smoelib.core.service import memory_choice, memory_floor_mb, service_models
+from smoelib.core.service import (
+    full_gpu_interference,
+    memory_choice,
+    memory_floor_mb,
+    service_models,
+)
 from smoelib.settings import Settings
 
 __all__ = ["Experts", "Hindsight", "decide_all", "service_ms",
@@ -112,7 +117,7 @@ def service_ms(ex: Experts, settings: Settings, *, tokens, gpu_share, cpu,
     cpu = np.broadcast_to(np.asarray(cpu, float), share.shape)
     tokens = np.broadcast_to(tokens, share.shape)
     calls = np.broadcast_to(np.asarray(calls, float), share.shape)
-    inter = 1.0 + sim.mps_interference * np.where(share > 0, 1.0 - share, 0.0) \
+    inter = full_gpu_interference(share, sim.mps_interference) \
         if interference else np.ones(share.shape)
     out = np.empty(share.shape)
     for i, model in enumerate(ex.models(settings)):
