@@ -40,7 +40,7 @@ import numpy as np
 from smoelib.core.decisions import ExpertDecision
 from smoelib.core.service import full_gpu_interference, service_models
 
-__all__ = ["ShieldMemory", "shield"]
+__all__ = ["ShieldMemory", "shield", "lifts"]
 
 
 @dataclass(frozen=True)
@@ -167,3 +167,8 @@ def shield(experts: dict[str, ExpertDecision], *, observation: Any, dag: Any, se
                               tuple((n, r, u) for n, (r, u) in sorted(held.items())))
     return out, memory_out
 
+
+def lifts(fired: tuple[str, ...]) -> int:
+    """The experts the shield lifted in a tick, from its guards' ``fired`` rules (one note
+    per lifted expert): the interventions evaluation reports and training pays for."""
+    return fired.count("shield")

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from smoelib.control.controller import SMoEController
 from smoelib.control.report import layer_table
 from smoelib.core.guards import get_profile
+from smoelib.core.shield import lifts as shield_lifts
 from smoelib.harness.embedded import EmbeddedCluster, KedaPoller, SimClock
 from smoelib.pipeline.topology import PipelineDAG, build_dag, slo_text
 from smoelib.policy.base import default_guards, get_decider
@@ -112,7 +113,7 @@ class DemoRun:
             server.stop(grace_s=0)
         self.reports = reports
         self.keda_errors = poller.errors
-        self.lifts[name] = sum(r.fired.count("shield") for r in reports) / max(
+        self.lifts[name] = sum(shield_lifts(r.fired) for r in reports) / max(
             len(reports) * len(self.dag.experts), 1)
         return summarise(env)
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from smoelib.core import work
+from smoelib.core.shield import lifts
 from smoelib.pipeline.topology import build_dag
 from smoelib.policy.base import default_guards, get_decider
 from smoelib.policy.baselines.common import Experts, Hindsight, with_overrides
@@ -171,7 +172,7 @@ def run_episode(spec: RunSpec, *, thread_cap: int | None = None) -> Episode:
     def record(s: LoopStep) -> None:
         decide_ms.append(s.tick.decide_ms)
         replicas.append(s.step.observation.replicas_ready[ex.index].copy())
-        lifted[0] += sum(1 for r in s.tick.fired if r == "shield")
+        lifted[0] += lifts(s.tick.fired)
 
     loop.run(decider, on_step=record)
     # the hottest expert: the most calls served (then tokens) over the episode

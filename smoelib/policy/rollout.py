@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from smoelib.core.guards import guard
+from smoelib.core.shield import lifts
 from smoelib.core.slo import MAX_OVERRUN, overrun
 from smoelib.core.tick import Proposed
 from smoelib.policy.agent import SMoEAgent, actions_to_decision
@@ -159,7 +160,7 @@ def collect(agent: SMoEAgent, *, dag: Any, settings: Any, trace: str, seed: int,
                 labels.append(teacher_actions(bounded, rows[k], dag, config=cfg))
             obs[k], done = step.step.observation, step.step.done
             parts.append(step.step.reward)
-            lifted[-1].append(step.tick.fired.count("shield") / n_experts)
+            lifted[-1].append(lifts(step.tick.fired) / n_experts)
         steps.append((batch, out.actions, out.log_prob, out.value, parts))
     attainment = float(dag.slo.attainment)
     n = len(steps)

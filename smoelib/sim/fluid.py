@@ -17,10 +17,12 @@ call; this engine serves the same trace on the same cluster with the same servic
   (:meth:`~smoelib.core.service.ServiceModel.batch_ms`): a decode batch holds the calls that
   arrived during the last one, or one after an idle spell (``n = x + exp(-x)``, ``x =
   lambda_w T(n)``, only while the other workers are busy too); a prefill call is served with
-  its own tokens. A decode call costs its share of its batch, ``T(n) / n``; the worker's busy
-  fraction is the work offered, and a call waits as in M/G/c (Pollaczek-Khinchine's residual
-  of the work, decode and prefill calls mixed: a rare long prefill is what makes decode calls
-  wait), then ends with its batch. Calls in a pod are ``lambda_pod x L`` on average (Little);
+  its own tokens. A decode call costs its share of its batch, ``T(n) / n``, and the worker's
+  busy fraction ``rho`` is the work offered. A call that finds every worker busy (``rho^c``)
+  waits for the batch in service, length-biased over decode batches (their size varies as
+  ``lambda T / (1 - (lambda b)^2)``, ``b`` one more call's cost) and prefill calls (a rare
+  long prefill is what makes decode calls wait), then rides in the next batch, which holds
+  the calls that arrived meanwhile. Calls in a pod are ``lambda_pod x L`` on average (Little);
   a call is refused (429) when ``K`` are there, with the tail of a negative binomial count of
   that mean (Poisson while workers are free, geometric when all are busy), or, when the node
   cannot serve its load even at full batches, with ``1 - capacity / load``; a refused call
@@ -76,7 +78,7 @@ __all__ = ["FluidEngine"]
 NODE_COLUMNS = 11
 _FIXED_POINT = 12  # damped iterations of the decode pass time per slice, at most
 _TAU_TOL = 1e-3  # until the pass time moves less than this (relative)
-SUB_S = 1.0
+SUB_S = 1.0  # the slice (s) of a tick whose arrivals or decoding requests move
 _VAR_FLOOR = 0.2  # 1 - (lambda b)^2 at least: the batch-size variance at saturation, at most
 # the expected maximum of k standard normal draws (k = 1..8): an MoE stage waits for its
 # slowest pick
@@ -117,12 +119,12 @@ def _nodes(lam, lam_p, tok_p, tok2_p, ready, par, k0, k1, share, cores, interf, 
     Two kinds of call share the workers: a decode call is served in a batch of the decode
     calls that arrived during the last batch, or alone after an idle spell (``n = x +
     exp(-x)``, ``x = lambda_w T(n)``); a prefill call is long and served with its own tokens.
-    The work is what a batch amortises: a decode call costs ``s = T(n) / n``, the worker is
-    busy ``rho = lambda_w s + lambda_p T_p``, and a call waits as in M/G/1
-    (Pollaczek-Khinchine, ``rho^c R / (c (1 - rho))`` with ``R`` the mean residual of the
-    work, ``E[S^2] (1 + cv^2) / (2 E[S])`` over decode and prefill calls: a rare long prefill
-    is what makes decode calls wait), then ends with its batch. Fitted against the
-    request-level engine's per-tick latencies (docs/simulator.md)."""
+    The worker is busy ``rho = lambda_w T(n) / n + lambda_p T_p``. A call that finds every
+    worker busy (``rho^c``) waits half the length-biased duration in service, ``E[S^2] (1 +
+    cv^2) / (2 E[S] c)`` over decode batches (``Var(n) = lambda_w T / (1 - (lambda_w
+    b)^2)``, ``b`` one more call's cost) and prefill calls, then rides in the next batch (the
+    calls that arrived during that one). Checked against the request-level engine's per-tick
+    latencies (docs/simulator.md)."""
     for i in range(lam.size):
         for j in range(out.shape[1]):
             out[i, j] = 0.0
@@ -228,11 +230,19 @@ def _pass_time(stage_lat, st_first, pred_off, preds, sinks, rpc):
 
 
 @njit(cache=True)
+def _wait_var(wait, rho, par, e):
+    """The variance of node ``e``'s wait (s^2): a call waits with chance ``p = rho ^ c`` for an
+    about exponential residual of mean ``wait / p``."""
+    p = rho[e] ** par[e]
+    return wait[e] * wait[e] * (2.0 / p - 1.0) if p > 1e-9 else 0.0
+
+
+@njit(cache=True)
 def _stage_latency(lat, t_ms, wait, rho, par, v, st_off, st_nodes, st_moe, st_k, max_of, cv):
     """Per stage of a decode pass: its node's latency, or at an MoE stage the mean over the
     experts a token picks plus the expected maximum of ``k`` draws of their spread: the
-    spread of their means, the service noise and the wait's own (a call waits with chance
-    ``p = rho ^ c`` for an about exponential residual: variance ``wait^2 (2 / p - 1)``)."""
+    spread of their means, the service noise and the wait's own (:func:`_wait_var`). Also
+    each stage's variance, for the spread of a request's pass times."""
     n = st_off.size - 1
     out = np.empty(n)
     svar = np.empty(n)  # each stage's variance, for the spread of the pass time
@@ -242,8 +252,7 @@ def _stage_latency(lat, t_ms, wait, rho, par, v, st_off, st_nodes, st_moe, st_k,
             e = st_nodes[lo]
             out[s] = lat[e]
             noise = cv * t_ms[e] / 1000.0
-            p = rho[e] ** par[e]
-            svar[s] = noise * noise + (wait[e] * wait[e] * (2.0 / p - 1.0) if p > 1e-9 else 0.0)
+            svar[s] = noise * noise + _wait_var(wait, rho, par, e)
             continue
         k = st_k[s]
         tot = 0.0
@@ -256,9 +265,8 @@ def _stage_latency(lat, t_ms, wait, rho, par, v, st_off, st_nodes, st_moe, st_k,
         for j in range(lo, hi):
             e = st_nodes[j]
             noise = cv * t_ms[e] / 1000.0
-            p = rho[e] ** par[e]
-            wvar = wait[e] * wait[e] * (2.0 / p - 1.0) if p > 1e-9 else 0.0
-            var += v[e] / max(tot, 1e-12) * ((lat[e] - mean) ** 2 + noise * noise + wvar)
+            var += v[e] / max(tot, 1e-12) * ((lat[e] - mean) ** 2 + noise * noise
+                                             + _wait_var(wait, rho, par, e))
         out[s] = mean + max_of[min(k, max_of.size - 1)] * math.sqrt(var)
         svar[s] = var
     return out, svar
@@ -536,7 +544,7 @@ class FluidEngine:
         start = np.maximum(start, t0)
         made = np.minimum(self.left[rs], np.clip(t1 - start, 0.0, None) / tau)
         weight = np.where(self.dropped[rs], 0.0, made) + 1e-9
-        steps = (np.maximum(self.times[rs], 0.0) // router.params.drift_step_s).astype(np.int64)
+        steps = router.drift_step(self.times[rs])
         keys, group = np.unique(np.stack([steps, self.task[rs].astype(np.int64)]), axis=1,
                                 return_inverse=True)
         w = np.bincount(group.ravel(), weights=weight)
@@ -624,11 +632,11 @@ class FluidEngine:
         hist = np.zeros((self.n_nodes, BUCKETS_S.size))
         # an admitted attempt's latency, as the request-level engines time a call from its
         # admission: the wait and the service, not the backoff of refused attempts before it
-        lat_d = out[:, N_WAIT] + out[:, N_T] / 1000.0
-        lat_p = out[:, N_WAIT] + out[:, N_TP] / 1000.0
-        for n_calls, lat, service in ((calls_d, lat_d, out[:, N_T] / 1000.0),
-                                      (calls_p, lat_p, out[:, N_TP] / 1000.0)):
-            wait = np.maximum(lat - service, 0.0)
+        wait = out[:, N_WAIT]
+        lat_d = wait + out[:, N_T] / 1000.0
+        lat_p = wait + out[:, N_TP] / 1000.0
+        for n_calls, service in ((calls_d, out[:, N_T] / 1000.0),
+                                 (calls_p, out[:, N_TP] / 1000.0)):
             x = np.clip((bounds - service[:, None]) / np.maximum(wait[:, None], 1e-9), 0, 700)
             cdf = np.where(bounds >= service[:, None], -np.expm1(-x), 0.0)
             cdf[:, -1] = 1.0

@@ -128,7 +128,7 @@ class RoutingModel:
 
     def _grid_at(self, t_s: float) -> np.ndarray:
         p = self.params
-        step = int(max(t_s, 0.0) // p.drift_step_s)
+        step = int(self.drift_step(t_s))
         rho = np.exp(-p.drift_step_s / p.drift_time_s) if p.drift_time_s > 0 else 1.0
         shift_p = 1 - np.exp(-p.drift_step_s / p.shift_every_s) if p.shift_every_s > 0 else 0
         while len(self._grid) <= step:
@@ -152,9 +152,19 @@ class RoutingModel:
         return mats
 
     # ---- expected shares (for the fast mode) ----------------------------------------------
-    def drift_step(self, t_s: float) -> int:
-        """The index of the drift step whose popularity a pass arriving at ``t_s`` uses."""
-        return int(max(t_s, 0.0) // self.params.drift_step_s)
+    def drift_step(self, t_s):
+        """The index of the drift step whose popularity a pass arriving at ``t_s`` uses
+        (broadcasts: an int64 array for an array of times)."""
+        return (np.maximum(t_s, 0.0) // self.params.drift_step_s).astype(np.int64)
+
+    def _pulled(self, layer: int, p: np.ndarray, prev: np.ndarray | None) -> np.ndarray:
+        """Layer ``layer``'s shares ``p`` pulled towards the previous layer's choice (its
+        shares ``prev``) by the affinity: ``(1 - a) p + a (prev A)``, renormalised."""
+        a = self.params.affinity
+        if a <= 0 or prev is None:
+            return p
+        p = (1 - a) * p + a * (prev @ self._affinity[layer])
+        return p / p.sum()
 
     def decode_inclusion(self, step: int, task: int = 0) -> np.ndarray:
         """Per layer and expert, the chance that one decode token of a request of class
@@ -195,15 +205,9 @@ class RoutingModel:
         affinity with the previous layer's shares, as :meth:`chunk` draws them."""
         pop = self.popularity(t_s, task)
         out = np.zeros_like(pop)
-        a = self.params.affinity
         prev: np.ndarray | None = None
         for layer, e in enumerate(self.sizes):
-            p = pop[layer, :e]
-            if a > 0 and prev is not None:
-                p = (1 - a) * p + a * (prev @ self._affinity[layer])
-                p = p / p.sum()
-            out[layer, :e] = p
-            prev = p
+            prev = out[layer, :e] = self._pulled(layer, pop[layer, :e], prev)
         return out
 
     # ---- per-request draws ---------------------------------------------------------------
@@ -232,17 +236,10 @@ class RoutingModel:
         (experts,)."""
         pop = self.popularity(t_s, task)
         out: list[np.ndarray] = []
-        prev: np.ndarray | None = None
-        a = self.params.affinity
         for layer, (e, k) in enumerate(zip(self.sizes, self.top_k, strict=True)):
-            p = pop[layer, :e]
-            if a > 0 and prev is not None:
-                share = prev / max(prev.sum(), 1)
-                p = (1 - a) * p + a * (share @ self._affinity[layer])
-                p = p / p.sum()
-            c = np.minimum(rng.multinomial(tokens * k, p), tokens)
-            out.append(c)
-            prev = c
+            prev = out[-1] / max(out[-1].sum(), 1) if out else None
+            p = self._pulled(layer, pop[layer, :e], prev)
+            out.append(np.minimum(rng.multinomial(tokens * k, p), tokens))
         return out
 
     def counts(self, lo: int, hi: int, times_s: np.ndarray, tokens: np.ndarray,
