@@ -2,7 +2,9 @@
 the SLO attainment target, on training traces and seeds below 1000 only.
 
 Prints every trial and the best settings as the ``baselines:`` block of config.yaml;
-``--write FILE`` also writes that block to FILE.
+``--write FILE`` also writes that block to FILE (merged into what FILE already holds, so one
+file can collect several baselines' picks). ``--per-pipeline`` tunes each pipeline on its
+own, with the same budget each, and writes its pick under ``baselines.per_pipeline.<name>``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import yaml
 from smoelib.commands.evaluate import split_list
 from smoelib.errors import ConfigError, Problem
 from smoelib.harness.tune import SECTION, tune
+from smoelib.pipeline.topology import build_dag
 
 __all__ = ["add_arguments", "run"]
 
@@ -31,7 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--search-seed", type=int, default=0, help="seed of the draw")
     parser.add_argument("--config", default=None, help="config.yaml (default: built-in)")
     parser.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
-    parser.add_argument("--write", default=None, help="write the best block to this file")
+    parser.add_argument("--write", default=None,
+                        help="merge the best block into this YAML file (created if missing)")
+    parser.add_argument("--per-pipeline", action="store_true",
+                        help="tune each pipeline on its own (same budget each); the picks go "
+                             "under baselines.per_pipeline.<pipeline name>")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -42,27 +49,49 @@ def run(args: argparse.Namespace) -> int:
         seeds = [int(s) for s in split_list(args.seeds, "--seeds")]
     except ValueError as e:
         raise ConfigError([Problem("--seeds", f"must be integers, got {args.seeds!r}")]) from e
-    best, trials = tune(args.policy, pipelines=split_list(args.pipeline, "--pipeline"),
-                        traces=split_list(args.traces, "--traces"), seeds=seeds,
-                        duration_s=args.duration, budget=args.budget,
-                        search_seed=args.search_seed, config=args.config, jobs=args.jobs,
-                        progress=not args.no_progress)
-    for t in sorted(trials, key=lambda t: (not t.feasible, t.cost)):
-        flag = "ok " if t.feasible else "bad"
-        print(f"{flag} cost {t.cost:.4f} attainment {t.attainment:.4f} dropped {t.dropped} "
-              f"runs meeting the target {t.runs_met} "
-              f"{t.values}")
+    pipelines = split_list(args.pipeline, "--pipeline")
+    groups = [[p] for p in pipelines] if args.per_pipeline else [pipelines]
     block: dict = {}
-    for path, value in best.values.items():
-        node = block.setdefault("baselines", {}).setdefault(
-            SECTION.get(args.policy, args.policy), {})
-        *head, leaf = path.split(".")
-        for h in head:
-            node = node.setdefault(h, {})
-        node[leaf] = value
-    text = yaml.safe_dump(block, sort_keys=False)
-    print(f"best ({'feasible' if best.feasible else 'NO feasible configuration'}):\n{text}",
-          end="")
+    for group in groups:
+        best, trials = tune(args.policy, pipelines=group,
+                            traces=split_list(args.traces, "--traces"), seeds=seeds,
+                            duration_s=args.duration, budget=args.budget,
+                            search_seed=args.search_seed, config=args.config, jobs=args.jobs,
+                            progress=not args.no_progress)
+        name = build_dag(group[0]).name
+        if args.per_pipeline:
+            print(f"{name}:")
+        for t in sorted(trials, key=lambda t: (not t.feasible, t.cost)):
+            flag = "ok " if t.feasible else "bad"
+            print(f"{flag} cost {t.cost:.4f} attainment {t.attainment:.4f} dropped {t.dropped} "
+                  f"runs meeting the target {t.runs_met} "
+                  f"{t.values}")
+        print(f"best{' for ' + name if args.per_pipeline else ''} "
+              f"({'feasible' if best.feasible else 'NO feasible configuration'})")
+        where = block.setdefault("baselines", {})
+        if args.per_pipeline:
+            where = where.setdefault("per_pipeline", {}).setdefault(name, {})
+        node = where.setdefault(SECTION.get(args.policy, args.policy), {})
+        for path, value in best.values.items():
+            *head, leaf = path.split(".")
+            inner = node
+            for h in head:
+                inner = inner.setdefault(h, {})
+            inner[leaf] = value
+    print(yaml.safe_dump(block, sort_keys=False), end="")
     if args.write:
-        Path(args.write).write_text(text)
+        target = Path(args.write)
+        have = yaml.safe_load(target.read_text()) if target.exists() else None
+        merged = _merge(have if isinstance(have, dict) else {}, block)
+        target.write_text(yaml.safe_dump(merged, sort_keys=False))
     return 0
+
+
+def _merge(into: dict, new: dict) -> dict:
+    """``into`` with ``new``'s leaves written over it (nested mappings merged)."""
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+    return into

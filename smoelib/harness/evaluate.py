@@ -152,7 +152,9 @@ def run_episode(spec: RunSpec, *, thread_cap: int | None = None) -> Episode:
     """Run one combination's episode through the one tick (:class:`~smoelib.sim.loop.SimLoop`)
     under the spec's guard profile (default: the decider's own)."""
     dag = build_dag(spec.pipeline)
-    settings = with_overrides(load_settings(spec.config), dict(spec.overrides))
+    # the pipeline's own baseline settings first, so that a trial's overrides win over them
+    settings = with_overrides(load_settings(spec.config).for_pipeline(dag.name),
+                              dict(spec.overrides))
     if thread_cap is not None and settings.policy.torch_threads > thread_cap:
         settings = with_overrides(settings, {"policy.torch_threads": thread_cap})
     decider = get_decider(spec.policy, dag=dag, settings=settings)

@@ -83,12 +83,13 @@ def available() -> tuple[str, ...]:
 
 
 def get_decider(name: str, *, dag, settings) -> Decider:
-    """A new decider by registry name.
+    """A new decider by registry name, with the baselines' settings for ``dag``
+    (:meth:`~smoelib.settings.Settings.for_pipeline`).
 
     Raises:
         ConfigError: no decider of that name (the message lists the known ones).
     """
-    return _find(name)(dag=dag, settings=settings)
+    return _find(name)(dag=dag, settings=settings.for_pipeline(dag.name))
 
 
 def _find(name: str) -> Factory:

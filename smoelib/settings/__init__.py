@@ -14,13 +14,14 @@ and the baselines). ``examples/config.yaml`` and ``examples/experiment.yaml`` ar
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from smoelib.errors import ConfigError, Problem
 from smoelib.pipeline.yamlsrc import YamlProblem, load
-from smoelib.settings.base import from_mapping, render_commented, section
+from smoelib.settings.base import apply_overlay, from_mapping, render_commented, section
 from smoelib.settings.experiment import Baselines, Simulator
 from smoelib.settings.operator import (
     Actions,
@@ -58,6 +59,14 @@ class Settings:
     manifests: Manifests = section(Manifests, "generated KEDA ScaledObjects")
     simulator: Simulator = section(Simulator, "simulated cluster (experiments)")
     baselines: Baselines = section(Baselines, "each baseline's tuned settings (experiments)")
+
+    def for_pipeline(self, name: str) -> Settings:
+        """These settings as pipeline ``name`` runs them: its ``baselines.per_pipeline`` entry
+        laid over the baselines, the per-pipeline entries then dropped (so a second call, or
+        an override applied after this one, is not undone)."""
+        overlay = self.baselines.per_pipeline.get(name, {})
+        baselines = apply_overlay(self.baselines, overlay)
+        return replace(self, baselines=replace(baselines, per_pipeline=MappingProxyType({})))
 
 
 OPERATOR: tuple[str, ...] = ("gpu_sharing", "actions", "cluster", "prices", "control", "guards",

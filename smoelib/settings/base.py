@@ -20,13 +20,15 @@ from smoelib.pipeline.yamlsrc import Path_, Source, render_path
 Check = Callable[[Any], str | None]
 
 
-def setting(default: Any, doc: str, *, unit: str | None = None, check: Check | None = None
-            ) -> Any:
+def setting(default: Any, doc: str, *, unit: str | None = None, check: Check | None = None,
+            overlay: Callable[[], type] | None = None) -> Any:
     """A settings field: its default, what it means, its unit, and an optional check.
 
-    ``check`` returns why a value is invalid, or None.
+    ``check`` returns why a value is invalid, or None. ``overlay`` makes the field a mapping
+    from names to partial trees of the class it returns (only the keys given, each validated
+    as that class's field; :func:`apply_overlay` lays one over a full tree).
     """
-    meta = {"doc": doc, "unit": unit, "check": check}
+    meta = {"doc": doc, "unit": unit, "check": check, "overlay": overlay}
     if isinstance(default, list | dict | set) or dataclasses.is_dataclass(default):
         raise TypeError("mutable defaults: use a tuple, a frozen mapping or a section class")
     if isinstance(default, types.MappingProxyType):
@@ -93,6 +95,10 @@ def from_mapping(cls: type, data: Any, *, source: Source, path: Path_ = (),
             values[name] = from_mapping(hint, value, source=source, path=(*path, name),
                                         problems=problems)
             continue
+        if f.metadata.get("overlay") is not None:
+            values[name] = _overlays(f.metadata["overlay"](), value, source=source,
+                                     path=(*path, name), problems=problems)
+            continue
         ok, converted, why = _convert(value, hint)
         if not ok:
             add((*path, name), why)
@@ -104,6 +110,57 @@ def from_mapping(cls: type, data: Any, *, source: Source, path: Path_ = (),
             continue
         values[name] = converted
     return cls(**values)
+
+
+def _overlays(cls: type, data: Any, *, source: Source, path: Path_,
+              problems: list[Problem]) -> Mapping[str, Any]:
+    """A mapping of names to partial ``cls`` trees, each key checked as ``cls`` checks it; the
+    values kept are the converted ones, frozen."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        problems.append(Problem(render_path(path), f"must be a mapping, got "
+                                f"{type(data).__name__}", source.line(path)))
+        return types.MappingProxyType({})
+    out = {}
+    for name, part in data.items():
+        where = (*path, name)
+        if not isinstance(name, str):
+            problems.append(Problem(render_path(where), "names must be strings",
+                                    source.line(where)))
+            continue
+        nested = [f.name for f in dataclasses.fields(cls) if f.metadata.get("overlay")]
+        for key in nested:
+            if isinstance(part, Mapping) and key in part:
+                problems.append(Problem(render_path((*where, key)), f"{key!r} cannot be "
+                                        "nested in an overlay", source.line((*where, key))))
+        if isinstance(part, Mapping):
+            part = {k: v for k, v in part.items() if k not in nested}
+        built = from_mapping(cls, part, source=source, path=where, problems=problems)
+        out[name] = _picked(built, part)
+    return types.MappingProxyType(out)
+
+
+def _picked(built: Any, given: Any) -> Any:
+    """The converted values of ``built`` at the keys ``given`` names, as frozen mappings."""
+    if not isinstance(given, Mapping) or not dataclasses.is_dataclass(built):
+        return built
+    names = {f.name for f in dataclasses.fields(built)}
+    return types.MappingProxyType({k: _picked(getattr(built, k), v) for k, v in given.items()
+                                   if k in names})
+
+
+def apply_overlay(tree: Any, overlay: Mapping[str, Any]) -> Any:
+    """``tree`` with every value ``overlay`` gives replaced (nested mappings go into nested
+    sections; the keys are known to be valid: :func:`from_mapping` checked them)."""
+    changes = {}
+    for key, value in overlay.items():
+        current = getattr(tree, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
+            changes[key] = apply_overlay(current, value)
+        else:
+            changes[key] = value
+    return dataclasses.replace(tree, **changes)
 
 
 def _convert(value: Any, hint: Any) -> tuple[bool, Any, str]:

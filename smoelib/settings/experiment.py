@@ -6,8 +6,10 @@ serve`` never needs them (``examples/experiment.yaml``). Training's own recipe i
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from types import MappingProxyType
+from typing import Any, Literal
 
 from smoelib.settings.base import (
     fraction,
@@ -380,3 +382,7 @@ class Baselines:
     queueing: QueueingBaseline = section(QueueingBaseline, "queueing, oracle, static-peak")
     elasticmoe: ElasticMoeBaseline = section(ElasticMoeBaseline, "elasticmoe")
     faasconf: FaasConfBaseline = section(FaasConfBaseline, "faasconf")
+    per_pipeline: Mapping[str, Any] = setting(
+        MappingProxyType({}), "settings of the baselines above for one pipeline (by its name), "
+        "laid over them when that pipeline runs: what `smoe tune --per-pipeline` writes",
+        overlay=lambda: Baselines)

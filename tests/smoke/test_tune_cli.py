@@ -27,3 +27,21 @@ def test_tune_refuses_evaluation_data(capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "conv-eval" in err and "seed 1000" in err
+
+
+def test_tune_per_pipeline_writes_each_pick_under_its_name_and_merges(tmp_path, capsys):
+    out = tmp_path / "tuned.yaml"
+    out.write_text("baselines:\n  hpa:\n    target: 2.0\n")  # kept: the merge adds, not replaces
+    code = main(["tune", "--policy", "openfaas", "--pipeline",
+                 "examples/pipelines/bert-moe.yml,examples/pipelines/gpt2-moe.yml",
+                 "--traces", "conv-train", "--seeds", "1", "--duration", "10", "--budget", "1",
+                 "--per-pipeline", "--write", str(out), "--no-progress"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "best for bert-moe (" in text and "best for gpt2-moe (" in text
+    block = yaml.safe_load(out.read_text())
+    assert block["baselines"]["hpa"] == {"target": 2.0}
+    assert set(block["baselines"]["per_pipeline"]) == {"bert-moe", "gpt2-moe"}
+    settings = load_settings(block)
+    picked = block["baselines"]["per_pipeline"]["gpt2-moe"]["openfaas"]["target"]
+    assert settings.for_pipeline("gpt2-moe").baselines.openfaas.target == picked

@@ -91,6 +91,30 @@ def test_every_problem_reported_with_file_field_and_line(tmp_path):
     ]
 
 
+def test_a_pipelines_baseline_overlay_is_checked_with_lines_and_laid_over_its_run(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("baselines:\n  hpa:\n    target: 4\n  per_pipeline:\n    gpt2-moe:\n"
+                    "      hpa:\n        target: 2\n        vertical: {gpu_share: 0.5}\n")
+    s = load_settings(path)
+    gpt2 = s.for_pipeline("gpt2-moe").baselines
+    assert gpt2.hpa.target == 2.0 and isinstance(gpt2.hpa.target, float)
+    assert gpt2.hpa.vertical.gpu_share == 0.5
+    assert gpt2.hpa.vertical.cpu == s.baselines.hpa.vertical.cpu
+    assert gpt2.per_pipeline == {}  # applied once: a later override is not undone
+    assert s.for_pipeline("bert-moe").baselines.hpa == s.baselines.hpa  # others keep the base
+    path.write_text("baselines:\n  per_pipeline:\n    gpt2-moe:\n      hpa:\n"
+                    "        targt: 2\n      per_pipeline: {}\n    bert-moe: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert info.value.lines() == [
+        f"{path}:5: baselines.per_pipeline.gpt2-moe.hpa.targt: unknown key 'targt'; expected "
+        "one of metric, target, vertical",
+        f"{path}:6: baselines.per_pipeline.gpt2-moe.per_pipeline: 'per_pipeline' cannot be "
+        "nested in an overlay",
+        f"{path}:7: baselines.per_pipeline.bert-moe: must be a mapping, got int",
+    ]
+
+
 @pytest.mark.parametrize("text, expected", [
     ("", None),
     ("- 1\n", "{f}: must be a mapping, got list"),
