@@ -203,8 +203,11 @@ class Simulator:
         "pods ready at its configuration, no rollout from the pipeline defaults), so that "
         "short episodes measure the policy rather than one reconfiguration the rollout budget "
         "rations")
-    drain_s: float = setting(30.0, "after the last arrival, serve this long to finish requests",
-                             unit="s", check=non_negative)
+    drain_s: float | None = setting(
+        None, "after the last arrival, serve until every request has finished or been dropped, "
+        "at most this long; null: the longest a request of the pipeline can take and still "
+        "meet its SLO (TTFT SLO + decode cap x TPOT SLO), so a request still running then has "
+        "missed it", unit="s", check=lambda v: None if v is None else non_negative(v))
 
 
 @dataclass(frozen=True)

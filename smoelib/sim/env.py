@@ -296,9 +296,19 @@ class SimEnv:
                           inflight / sim.segment_target_inflight)
 
     def _drain(self, t: float) -> None:
-        end = t + self.s.simulator.drain_s
-        while t < end:
-            self.server.run(t, t + self.dt, self.cluster, self.tel)
+        """Serve on after the last control tick until no request is in flight, at most
+        ``simulator.drain_s`` (default: the longest a request can take and meet its SLO, so
+        that an unfinished request, counted as infinitely late, has missed it for certain)."""
+        limit = self.s.simulator.drain_s
+        if limit is None:
+            slo, cap = self.dag.slo, self.dag.decode_cap if self.dag.decodes else 0
+            limit = (slo.ttft_ms + cap * (slo.tpot_ms or 0.0)) / 1000.0
+        end, srv = t + limit, self.server
+        while t < end - 1e-9:
+            n = srv.next_req
+            if n == srv.times.size and not (np.isnan(srv.e2e) & ~srv.dropped).any():
+                break
+            srv.run(t, t + self.dt, self.cluster, self.tel)
             t += self.dt
 
     # ---- observation ---------------------------------------------------------------------

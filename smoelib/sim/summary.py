@@ -3,7 +3,9 @@ attainment, goodput, 60 s window violations, cost and counts.
 
 **A dropped request has infinite latency**: its TTFT (when it never had a first token), its
 TPOT and its end-to-end latency are infinite, it counts in every percentile and as a miss. A
-request still running at the end of the drain is counted the same way (it did not finish).
+request still running at the end of the drain is counted the same way (it did not finish; the
+drain lasts until every request is done or, at most, as long as a request can take and still
+meet its SLO: so an unfinished request has missed it for certain).
 """
 
 from __future__ import annotations
