@@ -1,7 +1,8 @@
 """``smoe tune``: the lowest-cost settings of one baseline whose runs reach the SLO target.
 
 Search: ``budget`` configurations drawn without replacement (seeded) from the policy's grid
-(:data:`SPACES`); every contender gets the same budget, traces, seeds and duration
+(:data:`SPACES`), and the settings in force (the pipeline's own when one pipeline is tuned);
+every contender gets the same budget, traces, seeds and duration
 (docs/results/tuning.md). Only training data: ``conv-train`` or synthetic traces with seeds
 below 1000 (DESIGN.md "Traces"). A configuration is feasible when every run's SLO attainment
 reaches its pipeline's target and no request is dropped; the best is the feasible one with the
@@ -20,6 +21,7 @@ import numpy as np
 from smoelib.errors import ConfigError, Problem
 from smoelib.harness.evaluate import RunSpec, run_all
 from smoelib.pipeline.topology import build_dag
+from smoelib.settings import load_settings
 
 __all__ = ["SPACES", "Trial", "grid", "tune", "best", "check_training"]
 
@@ -101,6 +103,13 @@ def tune(policy: str, *, pipelines: list[str], traces: list[str], seeds: list[in
     check_training(traces, seeds)
     section = "baselines." + SECTION.get(policy, policy) + "."
     configs = grid(policy, budget, seed=search_seed)
+    # the settings in force are tried too (first, so that they win a tie): a pick is then never
+    # worse on the training runs than what the pipeline would have run without the search
+    settings = load_settings(config)
+    if len(pipelines) == 1:
+        settings = settings.for_pipeline(build_dag(pipelines[0]).name)
+    current = {k: _read(settings, section + k) for k in SPACES[policy]}
+    configs = [current] + [c for c in configs if c != current]
     specs = [RunSpec(p, t, policy, s, duration_s, config,
                      tuple((section + k, v) for k, v in values.items()))
              for values in configs for p in pipelines for t in traces for s in seeds]
@@ -118,6 +127,12 @@ def tune(policy: str, *, pipelines: list[str], traces: list[str], seeds: list[in
         trials.append(Trial(values, float(np.mean([r["cost"] for r in runs])), float(worst),
                             int(dropped), bool(worst >= target and dropped == 0), int(met)))
     return best(trials), trials
+
+
+def _read(settings: Any, path: str) -> Any:
+    for name in path.split("."):
+        settings = getattr(settings, name)
+    return settings
 
 
 def best(trials: list[Trial]) -> Trial:
