@@ -2,9 +2,10 @@
 the SLO attainment target, on training traces and seeds below 1000 only.
 
 Prints every trial and the best settings as the ``baselines:`` block of config.yaml;
-``--write FILE`` also writes that block to FILE (merged into what FILE already holds, so one
-file can collect several baselines' picks). ``--per-pipeline`` tunes each pipeline on its
-own, with the same budget each, and writes its pick under ``baselines.per_pipeline.<name>``.
+``--write FILE`` also writes that block to FILE (merged into what FILE already holds, its
+comment lines kept at the top, so one file can collect several baselines' picks).
+``--per-pipeline`` tunes each pipeline on its own, with the same budget each, and writes its
+pick under ``baselines.per_pipeline.<name>``.
 """
 
 from __future__ import annotations
@@ -81,9 +82,11 @@ def run(args: argparse.Namespace) -> int:
     print(yaml.safe_dump(block, sort_keys=False), end="")
     if args.write:
         target = Path(args.write)
-        have = yaml.safe_load(target.read_text()) if target.exists() else None
+        old = target.read_text() if target.exists() else ""
+        have = yaml.safe_load(old) if old else None
         merged = _merge(have if isinstance(have, dict) else {}, block)
-        target.write_text(yaml.safe_dump(merged, sort_keys=False))
+        header = "".join(f"{line}\n" for line in old.splitlines() if line.startswith("#"))
+        target.write_text(header + yaml.safe_dump(merged, sort_keys=False))
     return 0
 
 

@@ -21,14 +21,18 @@ Check = Callable[[Any], str | None]
 
 
 def setting(default: Any, doc: str, *, unit: str | None = None, check: Check | None = None,
-            overlay: Callable[[], type] | None = None) -> Any:
+            overlay: Callable[[], type] | None = None,
+            factory: Callable[[], Any] | None = None) -> Any:
     """A settings field: its default, what it means, its unit, and an optional check.
 
     ``check`` returns why a value is invalid, or None. ``overlay`` makes the field a mapping
     from names to partial trees of the class it returns (only the keys given, each validated
-    as that class's field; :func:`apply_overlay` lays one over a full tree).
+    as that class's field; :func:`apply_overlay` lays one over a full tree). ``factory``, when
+    given, makes the default (``default`` is then ignored): for a default read from a file.
     """
     meta = {"doc": doc, "unit": unit, "check": check, "overlay": overlay}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
     if isinstance(default, list | dict | set) or dataclasses.is_dataclass(default):
         raise TypeError("mutable defaults: use a tuple, a frozen mapping or a section class")
     if isinstance(default, types.MappingProxyType):
@@ -70,8 +74,9 @@ def each(check: Check) -> Check:
 
 
 def from_mapping(cls: type, data: Any, *, source: Source, path: Path_ = (),
-                 problems: list[Problem]) -> Any:
-    """Build ``cls`` from ``data``; append a :class:`Problem` for everything wrong."""
+                 problems: list[Problem], fill: Mapping[str, Any] | None = None) -> Any:
+    """Build ``cls`` from ``data``; append a :class:`Problem` for everything wrong. ``fill``:
+    values for fields ``data`` does not give, in place of their defaults."""
     def add(p: Path_, message: str) -> None:
         problems.append(Problem(render_path(p), message, source.line(p)))
 
@@ -79,7 +84,7 @@ def from_mapping(cls: type, data: Any, *, source: Source, path: Path_ = (),
         data = {}
     if not isinstance(data, Mapping):
         add(path, f"must be a mapping, got {type(data).__name__}")
-        return cls()
+        return cls(**(fill or {}))
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
@@ -96,7 +101,7 @@ def from_mapping(cls: type, data: Any, *, source: Source, path: Path_ = (),
                                         problems=problems)
             continue
         if f.metadata.get("overlay") is not None:
-            values[name] = _overlays(f.metadata["overlay"](), value, source=source,
+            values[name] = overlays(f.metadata["overlay"](), value, source=source,
                                      path=(*path, name), problems=problems)
             continue
         ok, converted, why = _convert(value, hint)
@@ -109,10 +114,10 @@ def from_mapping(cls: type, data: Any, *, source: Source, path: Path_ = (),
             add((*path, name), f"{why}, got {value!r}")
             continue
         values[name] = converted
-    return cls(**values)
+    return cls(**{**(fill or {}), **values})
 
 
-def _overlays(cls: type, data: Any, *, source: Source, path: Path_,
+def overlays(cls: type, data: Any, *, source: Source, path: Path_,
               problems: list[Problem]) -> Mapping[str, Any]:
     """A mapping of names to partial ``cls`` trees, each key checked as ``cls`` checks it; the
     values kept are the converted ones, frozen."""
@@ -136,7 +141,10 @@ def _overlays(cls: type, data: Any, *, source: Source, path: Path_,
                                         "nested in an overlay", source.line((*where, key))))
         if isinstance(part, Mapping):
             part = {k: v for k, v in part.items() if k not in nested}
-        built = from_mapping(cls, part, source=source, path=where, problems=problems)
+        # an overlay holds no overlays: building it must not read their defaults (a default
+        # read from a file of overlays would recurse)
+        built = from_mapping(cls, part, source=source, path=where, problems=problems,
+                             fill={k: types.MappingProxyType({}) for k in nested})
         out[name] = _picked(built, part)
     return types.MappingProxyType(out)
 

@@ -6,14 +6,18 @@ serve`` never needs them (``examples/experiment.yaml``). Training's own recipe i
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
+from pathlib import Path
 from typing import Any, Literal
 
+from smoelib.errors import ConfigError, Problem
+from smoelib.pipeline.yamlsrc import load
 from smoelib.settings.base import (
     fraction,
     non_negative,
+    overlays,
     positive,
     section,
     setting,
@@ -22,7 +26,7 @@ from smoelib.settings.base import (
 __all__ = ["Accelerator", "Accelerators", "HpaStock", "Simulator", "StaticVertical",
            "HpaBaseline", "KpaVertical",
            "OpenFaasVertical", "KpaBaseline", "OpenFaasBaseline", "QueueingBaseline",
-           "ElasticMoeBaseline", "FaasConfBaseline", "Baselines"]
+           "ElasticMoeBaseline", "FaasConfBaseline", "Baselines", "TUNED", "tuned_defaults"]
 
 
 @dataclass(frozen=True)
@@ -386,6 +390,29 @@ class Baselines:
     elasticmoe: ElasticMoeBaseline = section(ElasticMoeBaseline, "elasticmoe")
     faasconf: FaasConfBaseline = section(FaasConfBaseline, "faasconf")
     per_pipeline: Mapping[str, Any] = setting(
-        MappingProxyType({}), "settings of the baselines above for one pipeline (by its name), "
-        "laid over them when that pipeline runs: what `smoe tune --per-pipeline` writes",
-        overlay=lambda: Baselines)
+        None, "settings of the baselines above for one pipeline (by its name), laid over them "
+        "when that pipeline runs: what `smoe tune --per-pipeline` writes; the defaults are the "
+        "example pipelines' picks (smoelib/settings/tuned.yaml, docs/results/tuning.md)",
+        overlay=lambda: Baselines, factory=lambda: tuned_defaults())
+
+
+TUNED = Path(__file__).with_name("tuned.yaml")
+"""The example pipelines' per-pipeline baseline picks, as ``smoe tune --per-pipeline --write``
+writes them (``baselines: per_pipeline: ...``)."""
+
+
+@functools.cache
+def tuned_defaults() -> Mapping[str, Any]:
+    """:data:`TUNED`'s ``baselines.per_pipeline``, checked as a config file's would be."""
+    src = load(TUNED)
+    data = src.data if isinstance(src.data, Mapping) else {}
+    problems = [Problem(k, "only baselines.per_pipeline belongs here", src.line((k,)))
+                for k in data if k != "baselines"]
+    inner = data.get("baselines") or {}
+    problems += [Problem(f"baselines.{k}", "only baselines.per_pipeline belongs here",
+                         src.line(("baselines", k))) for k in inner if k != "per_pipeline"]
+    picks = overlays(Baselines, inner.get("per_pipeline"), source=src,
+                     path=("baselines", "per_pipeline"), problems=problems)
+    if problems:
+        raise ConfigError(problems, source=src.name)
+    return picks

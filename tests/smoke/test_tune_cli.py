@@ -34,7 +34,7 @@ def test_tune_refuses_evaluation_data(capsys):
 
 def test_tune_per_pipeline_writes_each_pick_under_its_name_and_merges(tmp_path, capsys):
     out = tmp_path / "tuned.yaml"
-    out.write_text("baselines:\n  hpa:\n    target: 2.0\n")  # kept: the merge adds, not replaces
+    out.write_text("# picks\nbaselines:\n  hpa:\n    target: 2.0\n")  # the merge adds to it
     code = main(["tune", "--policy", "openfaas", "--pipeline",
                  "examples/pipelines/bert-moe.yml,examples/pipelines/gpt2-moe.yml",
                  "--traces", "conv-train", "--seeds", "1", "--duration", "10", "--budget", "1",
@@ -42,6 +42,7 @@ def test_tune_per_pipeline_writes_each_pick_under_its_name_and_merges(tmp_path, 
     assert code == 0
     text = capsys.readouterr().out
     assert "best for bert-moe (" in text and "best for gpt2-moe (" in text
+    assert out.read_text().startswith("# picks\n")
     block = yaml.safe_load(out.read_text())
     assert block["baselines"]["hpa"] == {"target": 2.0}
     assert set(block["baselines"]["per_pipeline"]) == {"bert-moe", "gpt2-moe"}

@@ -132,3 +132,20 @@ def test_malformed_configs(tmp_path, text, expected):
     with pytest.raises(ConfigError) as info:
         load_settings(path)
     assert info.value.lines() == [expected.replace("{f}", str(path))]
+
+
+def test_the_packaged_per_pipeline_picks_are_checked_and_name_example_pipelines(
+        tmp_path, monkeypatch):
+    from smoelib.pipeline.topology import build_dag
+    from smoelib.settings import experiment
+
+    names = {build_dag(p).name for p in (ROOT / "examples" / "pipelines").glob("*.yml")}
+    assert set(Settings().baselines.per_pipeline) <= names
+    bad = tmp_path / "tuned.yaml"
+    bad.write_text("baselines:\n  hpa: {}\n  per_pipeline:\n    x:\n      hpa: {target: -1}\n")
+    monkeypatch.setattr(experiment, "TUNED", bad)
+    with pytest.raises(ConfigError) as info:
+        experiment.tuned_defaults.__wrapped__()
+    assert info.value.lines() == [
+        f"{bad}:2: baselines.hpa: only baselines.per_pipeline belongs here",
+        f"{bad}:5: baselines.per_pipeline.x.hpa.target: must be > 0, got -1"]
