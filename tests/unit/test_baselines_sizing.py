@@ -67,6 +67,22 @@ def test_sizer_picks_the_cheapest_feasible_configuration(dag):
     assert plan.replicas[0] > 1 and plan.replicas[0] <= 20 and plan.replicas[1] == 1
 
 
+def test_an_infeasible_budget_falls_back_to_the_fastest_share_the_gpus_can_hold(dag):
+    s = with_overrides(Settings(), {"cluster.gpus": 1})
+    sz = QueueingSizer(dag, s, s.baselines.queueing)
+    plan = sz.plan(np.array([5.0, 5.0]), np.array([100.0, 100.0]), np.array([0.0, 0.0]))
+    assert not plan.feasible.any()
+    # one GPU, of which the two segments hold 0.25 each at their one replica: the two loaded
+    # experts get at most a quarter each (a whole GPU each, the fastest, would not fit), and
+    # the candidate refuses at most max_block of its calls
+    assert plan.gpu_share.tolist() == [0.25, 0.25]
+    assert (plan.replicas * plan.gpu_share).sum() <= 0.5 + 1e-9
+    assert (plan.replicas >= 1).all()
+    t, block = sz.tail_ms(np.array([5.0, 5.0]), np.array([100.0, 100.0]))
+    r = plan.replicas - 1
+    assert (block[[0, 1], plan.candidate, r] <= s.baselines.queueing.max_block).all()
+
+
 def test_budget_splits_the_slo_after_segments_and_hops(dag):
     s = Settings()
     sz = QueueingSizer(dag, s, dataclasses.replace(s.baselines.queueing, slo_fraction=0.9))

@@ -163,8 +163,18 @@ class QueueingSizer:
         flat = cost.reshape(len(ex), -1)
         best = flat.argmin(axis=1)
         feasible = np.isfinite(flat[np.arange(len(ex)), best])
-        # infeasible: the fastest candidate at the most replicas the expert may have
-        t_max = np.where(self.r[None, None, :] <= ex.rmax[:, None, None], t, np.inf)
+        # infeasible: the fastest candidate that refuses at most max_block of its calls (the
+        # fewest refusals if none does) at the most replicas the expert may have, among the GPU
+        # shares at which every loaded expert keeps a replica on the GPUs the segments leave
+        # (the fastest of all, a whole GPU each and one call in flight, fits no layer-wide
+        # shortfall: the capacity guard then leaves experts without replicas, and the rest
+        # refuse their calls)
+        loaded = max(1, int(((np.asarray(lam) > 0) | (ex.rmin > 0)).sum()))
+        fits = self.share <= max(self._expert_gpus() / loaded, float(self.share.min()))
+        allowed = (self.r[None, None, :] <= ex.rmax[:, None, None]) & fits[None, :, None]
+        blocked = np.where(allowed, block, np.inf).reshape(len(ex), -1)
+        least = np.maximum(blocked.min(axis=1), self.cfg.max_block)
+        t_max = np.where(allowed & (block <= least[:, None, None]), t, np.inf)
         fallback = t_max.reshape(len(ex), -1).argmin(axis=1)
         best = np.where(feasible, best, fallback)
         cand, r_i = np.unravel_index(best, cost.shape[1:])
@@ -176,10 +186,16 @@ class QueueingSizer:
                                    concurrency=self.conc[cand], candidate=cand,
                                    feasible=feasible), lam)
 
+    def _expert_gpus(self) -> float:
+        """The cluster's GPUs less what the segments hold at their least replicas."""
+        dag = self.ex.dag
+        held = sum(dag.spec(v).replicas_min * dag.spec(v).gpu_share for v in dag.segments)
+        return max(float(self.s.cluster.gpus) - held, 0.0)
+
     def _fit_gpus(self, plan: Plan, lam: np.ndarray) -> Plan:
         """EPLB apportionment of each layer's replicas when the GPUs cannot hold the plan."""
         demand = float((plan.replicas * plan.gpu_share).sum())
-        capacity = float(self.s.cluster.gpus)
+        capacity = self._expert_gpus()
         if self.s.gpu_sharing.mode != "mps-env" or demand <= capacity + 1e-9:
             return plan
         scale = capacity / demand
