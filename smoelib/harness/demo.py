@@ -108,6 +108,8 @@ class DemoRun:
         steps = int(round(self.duration_s / env.dt))
         try:
             reports = controller.run(interval=env.dt, max_steps=steps, verbose=False)
+            while not cluster.done:  # the ticks the controller's last step did not sleep through,
+                cluster.advance(env.dt)  # then the drain (SimEnv.step at the episode's end)
         finally:
             poller.close()
             server.stop(grace_s=0)
