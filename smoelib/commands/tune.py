@@ -69,16 +69,9 @@ def run(args: argparse.Namespace) -> int:
                   f"{t.values}")
         print(f"best{' for ' + name if args.per_pipeline else ''} "
               f"({'feasible' if best.feasible else 'NO feasible configuration'})")
-        where = block.setdefault("baselines", {})
-        if args.per_pipeline:
-            where = where.setdefault("per_pipeline", {}).setdefault(name, {})
-        node = where.setdefault(SECTION.get(args.policy, args.policy), {})
-        for path, value in best.values.items():
-            *head, leaf = path.split(".")
-            inner = node
-            for h in head:
-                inner = inner.setdefault(h, {})
-            inner[leaf] = value
+        pick = {SECTION.get(args.policy, args.policy): _nest(best.values)}
+        _merge(block, {"baselines": {"per_pipeline": {name: pick}} if args.per_pipeline
+                       else pick})
     print(yaml.safe_dump(block, sort_keys=False), end="")
     if args.write:
         target = Path(args.write)
@@ -88,6 +81,18 @@ def run(args: argparse.Namespace) -> int:
         header = "".join(f"{line}\n" for line in old.splitlines() if line.startswith("#"))
         target.write_text(header + yaml.safe_dump(merged, sort_keys=False))
     return 0
+
+
+def _nest(values: dict) -> dict:
+    """Dotted paths (``vertical.cpu``) and their values as nested mappings."""
+    out: dict = {}
+    for path, value in values.items():
+        *head, leaf = path.split(".")
+        node = out
+        for h in head:
+            node = node.setdefault(h, {})
+        node[leaf] = value
+    return out
 
 
 def _merge(into: dict, new: dict) -> dict:

@@ -105,15 +105,16 @@ def tune(policy: str, *, pipelines: list[str], traces: list[str], seeds: list[in
     configs = grid(policy, budget, seed=search_seed)
     # the settings in force are tried too (first, so that they win a tie): a pick is then never
     # worse on the training runs than what the pipeline would have run without the search
+    dags = [build_dag(p) for p in pipelines]
     settings = load_settings(config)
-    if len(pipelines) == 1:
-        settings = settings.for_pipeline(build_dag(pipelines[0]).name)
+    if len(dags) == 1:
+        settings = settings.for_pipeline(dags[0].name)
     current = {k: _read(settings, section + k) for k in SPACES[policy]}
     configs = [current] + [c for c in configs if c != current]
     specs = [RunSpec(p, t, policy, s, duration_s, config,
                      tuple((section + k, v) for k, v in values.items()))
              for values in configs for p in pipelines for t in traces for s in seeds]
-    targets = {build_dag(p).name: build_dag(p).slo.attainment for p in pipelines}
+    targets = {d.name: d.slo.attainment for d in dags}
     results = run_all(specs, jobs=jobs, progress=progress)
     per = len(pipelines) * len(traces) * len(seeds)
     trials = []

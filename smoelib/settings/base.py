@@ -127,6 +127,7 @@ def overlays(cls: type, data: Any, *, source: Source, path: Path_,
         problems.append(Problem(render_path(path), f"must be a mapping, got "
                                 f"{type(data).__name__}", source.line(path)))
         return types.MappingProxyType({})
+    nested = [f.name for f in dataclasses.fields(cls) if f.metadata.get("overlay")]
     out = {}
     for name, part in data.items():
         where = (*path, name)
@@ -134,7 +135,6 @@ def overlays(cls: type, data: Any, *, source: Source, path: Path_,
             problems.append(Problem(render_path(where), "names must be strings",
                                     source.line(where)))
             continue
-        nested = [f.name for f in dataclasses.fields(cls) if f.metadata.get("overlay")]
         for key in nested:
             if isinstance(part, Mapping) and key in part:
                 problems.append(Problem(render_path((*where, key)), f"{key!r} cannot be "

@@ -73,6 +73,10 @@ class QueueingSizer:
         self.mean = bool(dag.decodes)
         self._path(dag)
         self.segment_floor_ms = self._segment_floor(dag, settings)
+        # the GPUs the experts may use: the cluster's less what the segments hold at their
+        # least replicas (fixed per DAG)
+        held = sum(dag.spec(v).replicas_min * dag.spec(v).gpu_share for v in dag.segments)
+        self.expert_gpus = max(float(settings.cluster.gpus) - held, 0.0)
 
     def _path(self, dag) -> None:
         """Segments and MoE layers on the longest stage path (the critical path)."""
@@ -170,7 +174,7 @@ class QueueingSizer:
         # shortfall: the capacity guard then leaves experts without replicas, and the rest
         # refuse their calls)
         loaded = max(1, int(((np.asarray(lam) > 0) | (ex.rmin > 0)).sum()))
-        fits = self.share <= max(self._expert_gpus() / loaded, float(self.share.min()))
+        fits = self.share <= max(self.expert_gpus / loaded, float(self.share.min()))
         allowed = (self.r[None, None, :] <= ex.rmax[:, None, None]) & fits[None, :, None]
         blocked = np.where(allowed, block, np.inf).reshape(len(ex), -1)
         least = np.maximum(blocked.min(axis=1), self.cfg.max_block)
@@ -186,16 +190,10 @@ class QueueingSizer:
                                    concurrency=self.conc[cand], candidate=cand,
                                    feasible=feasible), lam)
 
-    def _expert_gpus(self) -> float:
-        """The cluster's GPUs less what the segments hold at their least replicas."""
-        dag = self.ex.dag
-        held = sum(dag.spec(v).replicas_min * dag.spec(v).gpu_share for v in dag.segments)
-        return max(float(self.s.cluster.gpus) - held, 0.0)
-
     def _fit_gpus(self, plan: Plan, lam: np.ndarray) -> Plan:
         """EPLB apportionment of each layer's replicas when the GPUs cannot hold the plan."""
         demand = float((plan.replicas * plan.gpu_share).sum())
-        capacity = self._expert_gpus()
+        capacity = self.expert_gpus
         if self.s.gpu_sharing.mode != "mps-env" or demand <= capacity + 1e-9:
             return plan
         scale = capacity / demand
