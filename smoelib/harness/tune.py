@@ -55,8 +55,13 @@ SPACES: dict[str, dict[str, list[Any]]] = {
                  "latency_gain": [0.5, 1.0, 2.0], "band_sigmas": [1.0, 2.0, 3.0],
                  "concurrency": _CONC},
 }
+# the hindsight sizers share one model, tuned on the oracle: the model settings queueing tunes,
+# less the forecast's (the oracle reads the true load)
+SPACES["oracle"] = {k: v for k, v in SPACES["queueing"].items()
+                    if k in ("slo_fraction", "tail", "arrival_scv")}
 SPACES["hpa-stock"] = SPACES["hpa"]
-SECTION = {"hpa-stock": "hpa_stock"}  # registry name -> settings.baselines field
+# registry name -> settings.baselines field
+SECTION = {"hpa-stock": "hpa_stock", "oracle": "hindsight"}
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ from smoelib.settings.base import (
 )
 
 __all__ = ["Accelerator", "Accelerators", "HpaStock", "Simulator", "StaticVertical",
-           "HpaBaseline", "KpaVertical",
-           "OpenFaasVertical", "KpaBaseline", "OpenFaasBaseline", "QueueingBaseline",
-           "ElasticMoeBaseline", "FaasConfBaseline", "Baselines", "TUNED", "tuned_defaults"]
+           "HpaBaseline", "KpaVertical", "OpenFaasVertical", "KpaBaseline", "OpenFaasBaseline",
+           "HindsightBaseline", "QueueingBaseline", "ElasticMoeBaseline", "FaasConfBaseline",
+           "Baselines", "TUNED", "tuned_defaults"]
 
 
 @dataclass(frozen=True)
@@ -301,16 +301,13 @@ class OpenFaasBaseline:
 
 
 @dataclass(frozen=True)
-class QueueingBaseline:
-    """``queueing`` (and ``oracle``, ``static-peak``): M/M/c/K sizing per expert on EWMA
-    forecasts, the SLO split across layers by load, EPLB apportionment (docs/baselines.md)."""
+class HindsightBaseline:
+    """``oracle``, ``static-best``, ``static-mean``, ``static-peak``: the queueing sizer's model
+    (M/M/c/K per expert, the SLO split across layers by load), its budget calibration and its
+    slow-knob hysteresis, fed the episode's true load (docs/baselines.md). Tuned on its own
+    (``smoe tune --policy oracle``): a model setting tuned for ``queueing``'s forecasts need not
+    fit the true load."""
 
-    ewma_fast_s: float = setting(15.0, "time constant of the fast load EWMA", unit="s",
-                                 check=positive)
-    ewma_slow_s: float = setting(120.0, "time constant of the slow load EWMA", unit="s",
-                                 check=positive)
-    headroom: float = setting(0.0, "forecast load x (1 + headroom)", unit="fraction",
-                              check=non_negative)
     slo_fraction: float = setting(1.1, "aim the P95 bound at this fraction of the SLO",
                                   unit="fraction of SLO", check=positive)
     tail: float = setting(0.01, "per-call tail probability each expert must meet its layer "
@@ -319,8 +316,6 @@ class QueueingBaseline:
                                  "(Allen-Cunneen burstiness correction)", check=non_negative)
     max_block: float = setting(0.001, "largest accepted 429 probability per call",
                                unit="probability", check=fraction)
-    scale_down_delay_s: float = setting(30.0, "keep the highest replica count of this long",
-                                        unit="s", check=non_negative)
     reconfigure_s: float = setting(300.0, "least time between GPU share or concurrency "
                                    "changes of one expert", unit="s", check=non_negative)
     reconfigure_saving: float = setting(0.15, "change the slow knobs only for this relative "
@@ -336,6 +331,21 @@ class QueueingBaseline:
     feedback_max: float = setting(3.0, "the calibration relaxes the model's budgets by at "
                                   "most this factor",
                                   check=lambda v: None if v >= 1 else "must be >= 1")
+
+
+@dataclass(frozen=True)
+class QueueingBaseline(HindsightBaseline):
+    """``queueing``: the hindsight sizers' model (:class:`HindsightBaseline`, its own values)
+    on EWMA forecasts of the observed load, with forecast headroom and a scale-down delay."""
+
+    ewma_fast_s: float = setting(15.0, "time constant of the fast load EWMA", unit="s",
+                                 check=positive)
+    ewma_slow_s: float = setting(120.0, "time constant of the slow load EWMA", unit="s",
+                                 check=positive)
+    headroom: float = setting(0.0, "forecast load x (1 + headroom)", unit="fraction",
+                              check=non_negative)
+    scale_down_delay_s: float = setting(30.0, "keep the highest replica count of this long",
+                                        unit="s", check=non_negative)
 
 
 @dataclass(frozen=True)
@@ -386,7 +396,9 @@ class Baselines:
     hpa_stock: HpaBaseline = section(HpaBaseline, "hpa-stock: with the stock HPA defaults")
     kpa: KpaBaseline = section(KpaBaseline, "kpa: Knative KPA")
     openfaas: OpenFaasBaseline = section(OpenFaasBaseline, "openfaas: OpenFaaS Pro autoscaler")
-    queueing: QueueingBaseline = section(QueueingBaseline, "queueing, oracle, static-peak")
+    queueing: QueueingBaseline = section(QueueingBaseline, "queueing")
+    hindsight: HindsightBaseline = section(
+        HindsightBaseline, "oracle, static-best, static-mean, static-peak (tuned as oracle)")
     elasticmoe: ElasticMoeBaseline = section(ElasticMoeBaseline, "elasticmoe")
     faasconf: FaasConfBaseline = section(FaasConfBaseline, "faasconf")
     per_pipeline: Mapping[str, Any] = setting(

@@ -147,3 +147,22 @@ def test_queueing_calibration_relaxes_budgets_on_the_window_worst_p95_and_never_
     off.reset(0)
     off._calibrate(0.0, 1.0)  # gain 0: the model alone
     assert off.scale == 1.0
+
+
+def test_the_hindsight_sizers_read_their_own_settings_not_queueings(dag):
+    """static-best's plan follows baselines.hindsight; queueing's tuned model does not move it."""
+    future = Hindsight(dt=5.0, calls=np.full((12, 2), 400.0), tokens=np.full((12, 2), 4e4))
+
+    def plan(overrides):
+        d = get_decider("static-best", dag=dag, settings=with_overrides(Settings(), overrides))
+        d.reset(0)
+        d.see_future(future)
+        return d.plan
+
+    base = plan({})
+    same = plan({"baselines.queueing.slo_fraction": 0.3, "baselines.queueing.tail": 0.001})
+    tight = plan({"baselines.hindsight.slo_fraction": 0.3, "baselines.hindsight.tail": 0.001})
+    for field in ("replicas", "gpu_share", "cpu", "concurrency"):
+        assert np.array_equal(getattr(same, field), getattr(base, field))
+    cost = lambda p: float(np.sum(p.replicas * (p.gpu_share + 0.05 * p.cpu)))  # noqa: E731
+    assert cost(tight) > cost(base)  # a tighter budget buys more capacity

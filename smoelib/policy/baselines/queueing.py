@@ -1,7 +1,8 @@
-"""``queueing`` (EWMA forecasts), ``oracle`` (the true future load), ``static-peak`` (the
-episode's peak load, default vertical configuration), ``static-best`` (one configuration per
-expert for the whole episode, the cheapest the model finds feasible at the episode's peak, with
-hindsight) and ``static-mean`` (the same, sized for the mean load), all sized by
+"""``queueing`` (EWMA forecasts; settings ``baselines.queueing``), ``oracle`` (the true
+future load), ``static-peak`` (the episode's peak load, default vertical configuration),
+``static-best`` (one configuration per expert for the whole episode, the cheapest the model
+finds feasible at the episode's peak, with hindsight) and ``static-mean`` (the same, sized for
+the mean load); the last four read ``baselines.hindsight``. All are sized by
 :class:`~smoelib.policy.baselines.sizing.QueueingSizer`. docs/baselines.md says what each models.
 """
 
@@ -22,12 +23,14 @@ __all__ = ["QueueingDecider", "OracleDecider", "StaticPeakDecider", "StaticBestD
 
 
 class _Sized:
-    """Shared: the sizer, the slow-knob hysteresis, the scale-down delay, the decision."""
+    """Shared: the sizer, the slow-knob hysteresis, the scale-down delay, the decision. The
+    sizer's settings are ``settings.baselines.<section>``."""
 
     simulator_overrides = PASS_THROUGH
+    section = "queueing"
 
     def __init__(self, *, dag, settings):
-        self.s, self.cfg = settings, settings.baselines.queueing
+        self.s, self.cfg = settings, getattr(settings.baselines, self.section)
         self.sizer = QueueingSizer(dag, settings, self.cfg)
         self.ex = self.sizer.ex
         self.dt = settings.control.interval_s
@@ -143,7 +146,11 @@ class QueueingDecider(_Sized):
 
 
 class _Hindsighted(_Sized):
-    """Deciders that read the harness's :class:`Hindsight` (``see_future``)."""
+    """Deciders that read the harness's :class:`Hindsight` (``see_future``); their sizer's
+    settings are ``baselines.hindsight``, tuned on their own (a model tuned for ``queueing``'s
+    forecasts may find no configuration feasible for the true load)."""
+
+    section = "hindsight"
 
     def see_future(self, future: Hindsight) -> None:
         """Receive the episode's true offered load (called by the harness after ``reset``)."""

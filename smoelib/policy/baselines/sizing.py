@@ -45,7 +45,7 @@ class QueueingSizer:
     Args:
         dag: the pipeline.
         settings: the settings tree (actions, prices, simulator model, cluster GPUs).
-        cfg: ``settings.baselines.queueing`` (or a variant with the same fields).
+        cfg: ``settings.baselines.queueing`` or ``settings.baselines.hindsight``.
     """
 
     def __init__(self, dag, settings, cfg):
