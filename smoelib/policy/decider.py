@@ -1,6 +1,7 @@
 """The ``smoe``, ``smoe-mlp`` and ``smoe-independent`` deciders: a trained
 :class:`~smoelib.policy.agent.SMoEAgent` loaded from its checkpoint and run once per control
-tick (features -> greedy actions -> decision), with the greedy path traced once per DAG.
+tick (features -> greedy actions -> decision), the greedy path compiled once per DAG where
+``policy.compile`` asks for it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from smoelib.policy.checkpoint import load_checkpoint
 from smoelib.policy.features import PolicyInput, TrendState, build_features
 from smoelib.policy.pointer import Actions
 
-__all__ = ["SMoEDecider", "bundled_path", "trace_greedy", "PRETRAINED", "BUNDLED"]
+__all__ = ["SMoEDecider", "bundled_path", "compile_greedy", "PRETRAINED", "BUNDLED"]
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def bundled_path(architecture: str, folder: str | Path = "") -> Path:
 
 class _Greedy(nn.Module):
     """The greedy decide path of one DAG as a function of the tick's tensors only (the DAG's
-    schedule, expert slots and padding are fixed), so that it can be traced."""
+    schedule, expert slots and padding are fixed), so that it can be compiled."""
 
     def __init__(self, agent: SMoEAgent, inp: PolicyInput):
         super().__init__()
@@ -55,42 +56,44 @@ class _Greedy(nn.Module):
         return out.actions.order, out.actions.choices
 
 
-def trace_greedy(agent: SMoEAgent, inp: PolicyInput, *, name: str = "pipeline"):
-    """The agent's greedy decide path for ``inp``'s DAG, traced once into a TorchScript graph:
-    the same aten ops in the same order (so the same actions, bit for bit) without Python's
-    per-op overhead, about half the decision time on the example pipelines (BENCHMARKS.md).
-    Every shape is fixed by the DAG, and no branch depends on a tensor's value, so the trace
-    holds for every tick of that DAG. Returns a callable ``(x, replicas, choice_mask, budget)
-    -> (order, choices)``, or None where this torch cannot trace (the decider stays eager)."""
+def compile_greedy(agent: SMoEAgent, inp: PolicyInput, *, name: str = "pipeline"):
+    """The agent's greedy decide path for ``inp``'s DAG through ``torch.compile`` (every shape
+    is fixed by the DAG, so ``dynamic=False``), compiled here by a first call on ``inp``: about
+    half the time of a decision on the eager path once compiled, at a one-off compilation of
+    tens of seconds per DAG (BENCHMARKS.md), so worth it in a long-running controller, not in
+    a short simulation (``policy.compile``). The graph reads the agent's parameters at every
+    call, so it follows later changes to their values. Returns a callable ``(x, replicas,
+    choice_mask, budget) -> (order, choices)``, or None where this machine cannot compile (no
+    C++ compiler, an op the compiler refuses): the decider stays eager, with a warning."""
     start = time.perf_counter()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            # the tracer's notes on shapes read as Python ints (fixed per DAG) and on its own
-            # deprecation in favour of torch.export, whose programs run op by op in Python
+        # the compiler's own modules warn of deprecations inside torch as they load
+        with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(_Greedy(agent, inp), (inp.x, inp.replicas,
-                                                           inp.choice_mask, inp.budget),
-                                     check_trace=False)
-    except (AttributeError, RuntimeError) as err:  # torch.jit gone or an op it cannot record
-        log.warning("%s: deciding without a traced graph (%s)", name, str(err).splitlines()[0])
+            compiled = torch.compile(_Greedy(agent, inp), dynamic=False)
+            compiled(inp.x, inp.replicas, inp.choice_mask, inp.budget)
+    except Exception as err:  # noqa: BLE001 - any compiler failure leaves the eager path
+        log.warning("%s: deciding on the eager path, torch.compile failed (%s)", name,
+                    str(err).splitlines()[0] if str(err) else type(err).__name__)
         return None
-    log.info("%s: traced the decide path in %.1f s", name, time.perf_counter() - start)
-    return traced
+    log.info("%s: compiled the decide path in %.1f s", name, time.perf_counter() - start)
+    return compiled
 
 
 class SMoEDecider:
     """Runs an :class:`SMoEAgent` once per tick: features -> greedy (or seeded) actions ->
     decision. Trend state is carried between ticks and cleared by :meth:`reset`.
 
-    Greedy deciding runs a graph traced at the first tick (:func:`trace_greedy`); it reads
-    the agent's parameters at every call, so it follows later changes to their values."""
+    With ``compile``, greedy deciding runs the graph :func:`compile_greedy` compiles at the
+    first tick; otherwise the eager path."""
 
-    def __init__(self, *, dag: Any, agent: SMoEAgent, gpus: float, sample: bool = False):
+    def __init__(self, *, dag: Any, agent: SMoEAgent, gpus: float, sample: bool = False,
+                 compile: bool = False):
         self.dag, self.agent, self.gpus, self.sample = dag, agent.eval(), gpus, sample
         self.generator = torch.Generator()
         self.trend: TrendState | None = None
         self._greedy: Any = None
-        self._traced = False
+        self._compile = compile and not sample  # sampling stays eager
 
     def reset(self, seed: int) -> None:
         """Clear the load trends; seed the sampler (used only with ``sample=True``)."""
@@ -101,10 +104,10 @@ class SMoEDecider:
         cfg = self.agent.config
         inp, self.trend = build_features(observation, self.dag, config=cfg, gpus=self.gpus,
                                          trend=self.trend)
-        if not self.sample and not self._traced:
-            self._greedy, self._traced = trace_greedy(self.agent, inp, name=self.dag.name), True
+        if self._compile:
+            self._greedy, self._compile = compile_greedy(self.agent, inp, name=self.dag.name), False
         with torch.inference_mode():
-            if self._greedy is not None:  # traced only for greedy deciding
+            if self._greedy is not None:  # compiled only for greedy deciding
                 actions = Actions(*self._greedy(inp.x, inp.replicas, inp.choice_mask,
                                                 inp.budget))
             else:
@@ -132,7 +135,8 @@ def _factory(architecture: str):
                                        f"{architecture!r}")], source=str(path))
         # inference threads are a process setting; the decider is built by the composition root
         torch.set_num_threads(settings.policy.torch_threads)
-        return SMoEDecider(dag=dag, agent=agent, gpus=settings.cluster.gpus)
+        return SMoEDecider(dag=dag, agent=agent, gpus=settings.cluster.gpus,
+                           compile=settings.policy.compile)
     return make
 
 
