@@ -7,6 +7,7 @@ tick (features -> greedy actions -> decision), the greedy path compiled once per
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -56,36 +57,59 @@ class _Greedy(nn.Module):
         return out.actions.order, out.actions.choices
 
 
-def compile_greedy(agent: SMoEAgent, inp: PolicyInput, *, name: str = "pipeline"):
+def compile_greedy(agent: SMoEAgent, inp: PolicyInput, *, name: str = "pipeline",
+                   background: bool = False):
     """The agent's greedy decide path for ``inp``'s DAG through ``torch.compile`` (every shape
-    is fixed by the DAG, so ``dynamic=False``), compiled here by a first call on ``inp``: about
-    half the time of a decision on the eager path once compiled, at a one-off compilation of
-    tens of seconds per DAG (BENCHMARKS.md), so worth it in a long-running controller, not in
-    a short simulation (``policy.compile``). The graph reads the agent's parameters at every
-    call, so it follows later changes to their values. Returns a callable ``(x, replicas,
-    choice_mask, budget) -> (order, choices)``, or None where this machine cannot compile (no
-    C++ compiler, an op the compiler refuses): the decider stays eager, with a warning."""
+    is fixed by the DAG, so ``dynamic=False``), compiled by a first call on ``inp``: about half
+    the time of a decision on the eager path once compiled, at a one-off compilation of a
+    minute or more per DAG on 2 cores (BENCHMARKS.md), so worth it in a long-running
+    controller, not in a short simulation (``policy.compile``). The graph reads the agent's
+    parameters at every call, so it follows later changes to their values.
+
+    Returns a callable ``(x, replicas, choice_mask, budget) -> (order, choices)``, or None where
+    this machine cannot compile (no C++ compiler, an op the compiler refuses; logged as a
+    warning). With ``background``, returns at once a thread that compiles, to be joined; its
+    ``result`` is that callable or None."""
     start = time.perf_counter()
     try:
-        # the compiler's own modules warn of deprecations inside torch as they load
-        with warnings.catch_warnings(), torch.inference_mode():
+        # torch.compile loads the compiler, whose modules warn of deprecations inside torch
+        # (here, in the caller's thread: the warning filters are global)
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             compiled = torch.compile(_Greedy(agent, inp), dynamic=False)
-            compiled(inp.x, inp.replicas, inp.choice_mask, inp.budget)
     except Exception as err:  # noqa: BLE001 - any compiler failure leaves the eager path
-        log.warning("%s: deciding on the eager path, torch.compile failed (%s)", name,
-                    str(err).splitlines()[0] if str(err) else type(err).__name__)
-        return None
-    log.info("%s: compiled the decide path in %.1f s", name, time.perf_counter() - start)
-    return compiled
+        return _failed(name, err)
+
+    def first_call() -> Any:
+        try:
+            with torch.inference_mode():
+                compiled(inp.x, inp.replicas, inp.choice_mask, inp.budget)
+        except Exception as err:  # noqa: BLE001
+            return _failed(name, err)
+        log.info("%s: compiled the decide path in %.1f s", name, time.perf_counter() - start)
+        return compiled
+
+    if not background:
+        return first_call()
+    thread = threading.Thread(target=lambda: setattr(thread, "result", first_call()),
+                              name=f"compile-{name}", daemon=True)
+    thread.result = None
+    thread.start()
+    return thread
+
+
+def _failed(name: str, err: Exception) -> None:
+    log.warning("%s: deciding on the eager path, torch.compile failed (%s)", name,
+                str(err).splitlines()[0] if str(err) else type(err).__name__)
 
 
 class SMoEDecider:
     """Runs an :class:`SMoEAgent` once per tick: features -> greedy (or seeded) actions ->
     decision. Trend state is carried between ticks and cleared by :meth:`reset`.
 
-    With ``compile``, greedy deciding runs the graph :func:`compile_greedy` compiles at the
-    first tick; otherwise the eager path."""
+    With ``compile``, the first greedy tick starts :func:`compile_greedy` in a background
+    thread and the eager path decides until the compiled graph is ready (the same actions, in
+    about half the time); :meth:`wait_compiled` waits for it."""
 
     def __init__(self, *, dag: Any, agent: SMoEAgent, gpus: float, sample: bool = False,
                  compile: bool = False):
@@ -94,18 +118,33 @@ class SMoEDecider:
         self.trend: TrendState | None = None
         self._greedy: Any = None
         self._compile = compile and not sample  # sampling stays eager
+        self._compiling: threading.Thread | None = None
 
     def reset(self, seed: int) -> None:
         """Clear the load trends; seed the sampler (used only with ``sample=True``)."""
         self.generator.manual_seed(seed)
         self.trend = None
 
+    def wait_compiled(self, timeout: float | None = None) -> bool:
+        """Wait for a compilation in progress; True when the compiled graph decides."""
+        if self._compiling is not None:
+            self._compiling.join(timeout)
+            self._adopt()
+        return self._greedy is not None
+
+    def _adopt(self) -> None:
+        if self._compiling is not None and not self._compiling.is_alive():
+            self._greedy, self._compiling = self._compiling.result, None
+
     def decide(self, observation: Any) -> PipelineDecision:
         cfg = self.agent.config
         inp, self.trend = build_features(observation, self.dag, config=cfg, gpus=self.gpus,
                                          trend=self.trend)
         if self._compile:
-            self._greedy, self._compile = compile_greedy(self.agent, inp, name=self.dag.name), False
+            self._compile = False
+            started = compile_greedy(self.agent, inp, name=self.dag.name, background=True)
+            self._compiling = started if isinstance(started, threading.Thread) else None
+        self._adopt()
         with torch.inference_mode():
             if self._greedy is not None:  # compiled only for greedy deciding
                 actions = Actions(*self._greedy(inp.x, inp.replicas, inp.choice_mask,

@@ -234,10 +234,11 @@ class Policy:
     torch_threads: int = setting(2, "CPU threads for policy inference", unit="threads",
                                  check=positive)
     compile: bool = setting(False, "compile the learned policy's decide path with "
-                            "torch.compile at its first tick: about half the time of an eager "
-                            "decision after a one-off compilation of a minute or more per "
-                            "pipeline on 2 cores (BENCHMARKS.md); for a long-running `smoe "
-                            "serve`, not for short simulations")
+                            "torch.compile in the background from its first tick (the eager "
+                            "path decides meanwhile): about half the time of an eager decision "
+                            "after a one-off compilation of a minute or more per pipeline on 2 "
+                            "cores (BENCHMARKS.md); needs a C++ compiler; for a long-running "
+                            "`smoe serve`, not for short simulations")
 
 
 @dataclass(frozen=True)

@@ -213,8 +213,9 @@ def test_compiled_greedy_decider_decides_as_the_eager_agent(dag):
     cfg = PolicyConfig(**TINY)
     agent = SMoEAgent(cfg)
     decider = SMoEDecider(dag=dag, agent=agent, gpus=8.0, compile=True)
-    decisions = [decider.decide(observation(dag, s)) for s in range(4)]
-    assert decider._greedy is not None  # this machine compiles the path
+    decisions = [decider.decide(observation(dag, 0))]  # eager while it compiles
+    assert decider.wait_compiled(timeout=600)  # this machine compiles the path
+    decisions += [decider.decide(observation(dag, s)) for s in range(1, 4)]
     trend = None
     for s, got in enumerate(decisions):
         inp, trend = build_features(observation(dag, s), dag, config=cfg, gpus=8.0, trend=trend)
@@ -228,7 +229,8 @@ def test_compiled_greedy_decider_follows_the_agents_parameters(dag):
     agent, other = SMoEAgent(cfg), SMoEAgent(PolicyConfig(seed=3, **TINY))
     decider = SMoEDecider(dag=dag, agent=agent, gpus=8.0, compile=True)
     _, trend = build_features(observation(dag, 0), dag, config=cfg, gpus=8.0)
-    decider.decide(observation(dag, 0))  # compiled here
+    decider.decide(observation(dag, 0))  # compiled from here
+    assert decider.wait_compiled(timeout=600)
     inp, _ = build_features(observation(dag, 1), dag, config=cfg, gpus=8.0, trend=trend)
     with torch.inference_mode():
         before = actions_to_decision(agent(inp, score=False).actions, inp, dag, config=cfg,
@@ -238,3 +240,20 @@ def test_compiled_greedy_decider_follows_the_agents_parameters(dag):
                                     updated_at=12.0)
     assert before != after  # the two agents disagree on this tick
     assert decider.decide(observation(dag, 1)) == after
+
+
+def test_a_machine_that_cannot_compile_decides_on_the_eager_path(dag, monkeypatch, caplog):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found\nmore detail")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    cfg = PolicyConfig(**TINY)
+    agent = SMoEAgent(cfg)
+    decider = SMoEDecider(dag=dag, agent=agent, gpus=8.0, compile=True)
+    got = decider.decide(observation(dag, 0))
+    assert not decider.wait_compiled(timeout=5)
+    inp, _ = build_features(observation(dag, 0), dag, config=cfg, gpus=8.0)
+    with torch.inference_mode():
+        eager = agent(inp, score=False).actions
+    assert got == actions_to_decision(eager, inp, dag, config=cfg, updated_at=12.0)
+    assert "torch.compile failed (no C++ compiler found)" in caplog.text
