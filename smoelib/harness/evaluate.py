@@ -29,6 +29,7 @@ import numpy as np
 
 from smoelib.core import work
 from smoelib.core.shield import lifts
+from smoelib.errors import PermanentError
 from smoelib.pipeline.topology import build_dag
 from smoelib.policy.base import default_guards, get_decider
 from smoelib.policy.baselines.common import Experts, Hindsight, with_overrides
@@ -243,12 +244,24 @@ def run_all(specs: list[RunSpec], *, jobs: int = 1, progress: bool = True,
             finished(i, run_one(specs[i]))
     else:
         import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures.process import BrokenProcessPool
 
         cap = max(1, (os.cpu_count() or 1) // jobs)
-        work = [(i, specs[i], cap) for i in todo]
-        with mp.get_context("spawn").Pool(jobs) as pool:
-            for i, res in pool.imap_unordered(_indexed, work):
-                finished(i, res)
+        # an executor, not a multiprocessing.Pool: a worker that dies (killed for memory, or a
+        # script without a main guard that every spawned worker re-runs) breaks it with an
+        # error, where a Pool replaces the worker and waits for its task forever
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_indexed, (i, specs[i], cap)) for i in todo]
+            try:
+                for future in as_completed(futures):
+                    finished(*future.result())
+            except BrokenProcessPool:
+                kept = f"; the finished runs are in {journal}" if journal is not None else ""
+                raise PermanentError(
+                    "a run's worker process ended abruptly (killed for memory, or a script "
+                    "that runs evaluations without `if __name__ == \"__main__\":`, which "
+                    f"each spawned worker re-runs){kept}") from None
     bar.close()
     return [r for r in out if r is not None]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,22 @@ def test_a_journal_resumes_and_a_changed_config_runs_again(tmp_path):
     config.write_text("simulator: {rate_scale: 2.0}\n")
     (fresh,) = run_all([spec], progress=False, journal=journal)
     assert fresh["run"]["cost"] > 0 and len(journal.read_text().splitlines()) == 3
+
+
+def test_a_worker_that_dies_ends_the_evaluation_with_an_error_not_a_hang(tmp_path):
+    """A script without a main guard: every spawned worker re-runs it and dies at start."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "from smoelib.errors import SmoeError\n"
+        "from smoelib.harness.evaluate import RunSpec, run_all\n"
+        "spec = RunSpec('examples/pipelines/bert-moe-cpu.yml', 'poisson', 'static', 1, 5.0)\n"
+        "try:\n"
+        "    run_all([spec, spec], jobs=2, progress=False)\n"
+        "except SmoeError as e:\n"
+        "    print('refused:', e)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert "refused: a run's worker process ended abruptly" in done.stdout, done.stderr[-2000:]
