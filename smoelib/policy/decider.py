@@ -60,9 +60,9 @@ class _Greedy(nn.Module):
 def compile_greedy(agent: SMoEAgent, inp: PolicyInput, *, name: str = "pipeline",
                    background: bool = False):
     """The agent's greedy decide path for ``inp``'s DAG through ``torch.compile`` (every shape
-    is fixed by the DAG, so ``dynamic=False``), compiled by a first call on ``inp``: about half
-    the time of a decision on the eager path once compiled, at a one-off compilation of a
-    minute or more per DAG on 2 cores (BENCHMARKS.md), so worth it in a long-running
+    is fixed by the DAG, so ``dynamic=False``), compiled by a first call on ``inp``: 0.64x
+    (bert-moe) to 0.84x (deepseek-v3) of the eager decision's time once compiled, at a one-off
+    compilation of up to minutes per DAG on 2 cores (BENCHMARKS.md), so worth it in a long-running
     controller, not in a short simulation (``policy.compile``). The graph reads the agent's
     parameters at every call, so it follows later changes to their values.
 
@@ -108,8 +108,8 @@ class SMoEDecider:
     decision. Trend state is carried between ticks and cleared by :meth:`reset`.
 
     With ``compile``, the first greedy tick starts :func:`compile_greedy` in a background
-    thread and the eager path decides until the compiled graph is ready (the same actions, in
-    about half the time); :meth:`wait_compiled` waits for it."""
+    thread and the eager path decides until the compiled graph is ready (the same actions up to
+    floating-point near-ties, in less time); :meth:`wait_compiled` waits for it."""
 
     def __init__(self, *, dag: Any, agent: SMoEAgent, gpus: float, sample: bool = False,
                  compile: bool = False):
