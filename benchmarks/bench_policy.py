@@ -101,7 +101,7 @@ def measure(name: str, config: PolicyConfig, repeat: int, gpus: float) -> None:
 
     inp, _ = build_features(observations[0], dag, config=config, gpus=gpus)
     start = time.perf_counter()
-    compiled = compile_greedy(agent, inp, name=name)
+    compiled = compile_greedy(agent, inp, name=name).result()
     if compiled is None:
         print("  torch.compile failed on this machine (see the warning): eager only")
         return

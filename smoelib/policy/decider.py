@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 import warnings
+from concurrent.futures import Future, wait
 from pathlib import Path
 from typing import Any
 
@@ -57,20 +58,18 @@ class _Greedy(nn.Module):
         return out.actions.order, out.actions.choices
 
 
-def compile_greedy(agent: SMoEAgent, inp: PolicyInput, *, name: str = "pipeline",
-                   background: bool = False):
+def compile_greedy(agent: SMoEAgent, inp: PolicyInput, *, name: str = "pipeline") -> Future:
     """The agent's greedy decide path for ``inp``'s DAG through ``torch.compile`` (every shape
-    is fixed by the DAG, so ``dynamic=False``), compiled by a first call on ``inp``: 0.64x
-    (bert-moe) to 0.84x (deepseek-v3) of the eager decision's time once compiled, at a one-off
-    compilation of up to minutes per DAG on 2 cores (BENCHMARKS.md), so worth it in a long-running
-    controller, not in a short simulation (``policy.compile``). The graph reads the agent's
-    parameters at every call, so it follows later changes to their values.
+    is fixed by the DAG, so ``dynamic=False``), compiled by a first call on ``inp`` in a
+    background thread: a faster decision than the eager path's once compiled, after a one-off
+    compilation of up to minutes per DAG (BENCHMARKS.md has both), so worth it in a
+    long-running controller, not in a short simulation (``policy.compile``). The graph reads
+    the agent's parameters at every call, so it follows later changes to their values.
 
-    Returns a callable ``(x, replicas, choice_mask, budget) -> (order, choices)``, or None where
-    this machine cannot compile (no C++ compiler, an op the compiler refuses; logged as a
-    warning). With ``background``, returns at once a thread that compiles, to be joined; its
-    ``result`` is that callable or None."""
-    start = time.perf_counter()
+    Returns at once a future of a callable ``(x, replicas, choice_mask, budget) -> (order,
+    choices)``, or of None where this machine cannot compile (no C++ compiler, an op the
+    compiler refuses; logged as a warning)."""
+    start, done = time.perf_counter(), Future()
     try:
         # torch.compile loads the compiler, whose modules warn of deprecations inside torch
         # (here, in the caller's thread: the warning filters are global)
@@ -78,24 +77,21 @@ def compile_greedy(agent: SMoEAgent, inp: PolicyInput, *, name: str = "pipeline"
             warnings.simplefilter("ignore")
             compiled = torch.compile(_Greedy(agent, inp), dynamic=False)
     except Exception as err:  # noqa: BLE001 - any compiler failure leaves the eager path
-        return _failed(name, err)
+        done.set_result(_failed(name, err))
+        return done
 
-    def first_call() -> Any:
+    def first_call() -> None:
         try:
             with torch.inference_mode():
                 compiled(inp.x, inp.replicas, inp.choice_mask, inp.budget)
         except Exception as err:  # noqa: BLE001
-            return _failed(name, err)
+            done.set_result(_failed(name, err))
+            return
         log.info("%s: compiled the decide path in %.1f s", name, time.perf_counter() - start)
-        return compiled
+        done.set_result(compiled)
 
-    if not background:
-        return first_call()
-    thread = threading.Thread(target=lambda: setattr(thread, "result", first_call()),
-                              name=f"compile-{name}", daemon=True)
-    thread.result = None
-    thread.start()
-    return thread
+    threading.Thread(target=first_call, name=f"compile-{name}", daemon=True).start()
+    return done
 
 
 def _failed(name: str, err: Exception) -> None:
@@ -107,18 +103,17 @@ class SMoEDecider:
     """Runs an :class:`SMoEAgent` once per tick: features -> greedy (or seeded) actions ->
     decision. Trend state is carried between ticks and cleared by :meth:`reset`.
 
-    With ``compile``, the first greedy tick starts :func:`compile_greedy` in a background
-    thread and the eager path decides until the compiled graph is ready (the same actions up to
-    floating-point near-ties, in less time); :meth:`wait_compiled` waits for it."""
+    With ``compile``, the first greedy tick starts :func:`compile_greedy` and the eager path
+    decides until the compiled graph is ready (the same actions up to floating-point
+    near-ties, in less time); :meth:`wait_compiled` waits for it."""
 
     def __init__(self, *, dag: Any, agent: SMoEAgent, gpus: float, sample: bool = False,
                  compile: bool = False):
         self.dag, self.agent, self.gpus, self.sample = dag, agent.eval(), gpus, sample
         self.generator = torch.Generator()
         self.trend: TrendState | None = None
-        self._greedy: Any = None
         self._compile = compile and not sample  # sampling stays eager
-        self._compiling: threading.Thread | None = None
+        self._compiled: Future | None = None  # from the first tick on, with compile
 
     def reset(self, seed: int) -> None:
         """Clear the load trends; seed the sampler (used only with ``sample=True``)."""
@@ -127,28 +122,25 @@ class SMoEDecider:
 
     def wait_compiled(self, timeout: float | None = None) -> bool:
         """Wait for a compilation in progress; True when the compiled graph decides."""
-        if self._compiling is not None:
-            self._compiling.join(timeout)
-            self._adopt()
-        return self._greedy is not None
+        if self._compiled is not None:
+            wait([self._compiled], timeout)
+        return self._greedy() is not None
 
-    def _adopt(self) -> None:
-        if self._compiling is not None and not self._compiling.is_alive():
-            self._greedy, self._compiling = self._compiling.result, None
+    def _greedy(self) -> Any:
+        """The compiled graph once it is ready, else None."""
+        c = self._compiled
+        return c.result() if c is not None and c.done() else None
 
     def decide(self, observation: Any) -> PipelineDecision:
         cfg = self.agent.config
         inp, self.trend = build_features(observation, self.dag, config=cfg, gpus=self.gpus,
                                          trend=self.trend)
-        if self._compile:
-            self._compile = False
-            started = compile_greedy(self.agent, inp, name=self.dag.name, background=True)
-            self._compiling = started if isinstance(started, threading.Thread) else None
-        self._adopt()
+        if self._compile and self._compiled is None:
+            self._compiled = compile_greedy(self.agent, inp, name=self.dag.name)
+        greedy = self._greedy()  # compiled only for greedy deciding
         with torch.inference_mode():
-            if self._greedy is not None:  # compiled only for greedy deciding
-                actions = Actions(*self._greedy(inp.x, inp.replicas, inp.choice_mask,
-                                                inp.budget))
+            if greedy is not None:
+                actions = Actions(*greedy(inp.x, inp.replicas, inp.choice_mask, inp.budget))
             else:
                 actions = self.agent(inp, generator=self.generator if self.sample else None,
                                      score=False).actions

@@ -235,10 +235,10 @@ class Policy:
                                  check=positive)
     compile: bool = setting(False, "compile the learned policy's decide path with "
                             "torch.compile in the background from its first tick (the eager "
-                            "path decides meanwhile): 0.64-0.84x the time of an eager decision "
-                            "after a one-off compilation of up to minutes per pipeline on 2 "
-                            "cores (BENCHMARKS.md); needs a C++ compiler; for a long-running "
-                            "`smoe serve`, not for short simulations")
+                            "path decides meanwhile): faster decisions after a one-off "
+                            "compilation of up to minutes per pipeline (BENCHMARKS.md); needs a "
+                            "C++ compiler; for a long-running `smoe serve`, not for short "
+                            "simulations")
 
 
 @dataclass(frozen=True)
