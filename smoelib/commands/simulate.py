@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -25,10 +26,10 @@ from smoelib.commands.plotting import pyplot
 from smoelib.core import work
 from smoelib.core.guards import get_profile
 from smoelib.errors import ConfigError, Problem
+from smoelib.harness.evaluate import episode_cost, start_episode
 from smoelib.pipeline.topology import build_dag
 from smoelib.policy.base import default_guards, get_decider
 from smoelib.settings import load_settings
-from smoelib.sim.env import SimEnv
 from smoelib.sim.loop import SimLoop
 from smoelib.sim.summary import Summary, summarise, window_series
 
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.speed <= 0:
         raise ConfigError([Problem("--speed", "must be > 0")])
     dag = build_dag(args.pipeline)
-    settings = load_settings(args.config)
+    settings = load_settings(args.config).for_pipeline(dag.name)  # as smoe evaluate runs it
     profile = get_profile(args.guards or default_guards(args.policy))
     decider = get_decider(args.policy, dag=dag, settings=settings)
     started = time.monotonic()
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                     rate_scale=args.rate_scale, exporter_port=args.exporter_port,
                     speed=args.speed, progress=not args.no_progress)
     wall = time.monotonic() - started
-    summary = summarise(loop.env)
+    summary = dataclasses.replace(summarise(loop.env), cost=episode_cost(loop, decider))
     tr = loop.env.trace
     generated = tr.generated if tr.generated is not None else np.zeros_like(tr.tokens)
     expected = float(work.expected_calls(dag, tr.tokens, generated).sum())
@@ -97,17 +98,16 @@ def simulate(dag, settings, *, decider, profile, trace: str, duration_s: float, 
     finished loop (its env and the decisions applied at every tick)."""
     from tqdm import tqdm
 
-    env = SimEnv(dag, settings, trace=trace, duration_s=duration_s, time_scale=time_scale,
-                 rate_scale=rate_scale)
-    loop = SimLoop(env, settings=settings, profile=profile)
+    loop = start_episode(dag, settings, decider, profile=profile, trace=trace,
+                         duration_s=duration_s, seed=seed, time_scale=time_scale,
+                         rate_scale=rate_scale)
+    env = loop.env
     collector = None
     if exporter_port is not None:
         from smoelib.sim.exporter import SimCollector, serve, snapshot
         collector = SimCollector(dag)
         serve(collector, exporter_port)
     started = time.monotonic()
-    loop.reset(seed)
-    decider.reset(seed)
     ticks = int(-(-duration_s // env.dt))
     with tqdm(total=ticks, unit="tick", disable=not progress, leave=False) as bar:
         def after(_step) -> None:

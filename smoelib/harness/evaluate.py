@@ -38,7 +38,8 @@ from smoelib.sim.env import SimEnv
 from smoelib.sim.loop import LoopStep, SimLoop
 from smoelib.sim.summary import summarise, window_series
 
-__all__ = ["RunSpec", "run_one", "run_all", "hindsight", "segment_cost", "RUN_KEYS",
+__all__ = ["RunSpec", "run_one", "run_all", "hindsight", "segment_cost", "start_episode",
+           "episode_cost", "RUN_KEYS",
            "write_json", "table_markdown", "checks"]
 
 RUN_KEYS = ("pipeline", "trace", "policy", "guards", "seed", "duration_s", "requests", "dropped",
@@ -135,6 +136,31 @@ def segment_cost(env: SimEnv) -> float:
     return float((overlap * env.cluster.price_per_s())[seg].sum())
 
 
+def start_episode(dag, settings, decider, *, profile: str, trace: str, duration_s: float,
+                  seed: int, time_scale: float = 1.0, rate_scale: float | None = None) -> SimLoop:
+    """A decider's episode, reset and ready to run, as every command runs one: the env under
+    the decider's ``simulator_overrides`` (the settings its model needs), the loop under
+    ``profile``, both reset to ``seed``, and the true offered load handed to a decider that
+    reads ahead (``see_future``)."""
+    sim_settings = with_overrides(settings, getattr(decider, "simulator_overrides", {}))
+    env = SimEnv(dag, sim_settings, trace=trace, duration_s=duration_s, time_scale=time_scale,
+                 rate_scale=rate_scale)
+    loop = SimLoop(env, settings=settings, profile=profile)
+    loop.reset(seed)
+    decider.reset(seed)
+    if hasattr(decider, "see_future"):  # only the hindsight policies read ahead
+        decider.see_future(hindsight(env, Experts(dag)))
+    return loop
+
+
+def episode_cost(loop: SimLoop, decider) -> float:
+    """The episode's cost as reported: the simulator's bill, or the decider's own account of
+    it where it has one (``floor``: its experts' busy time plus the segments' bill)."""
+    if hasattr(decider, "episode_cost"):
+        return float(decider.episode_cost(segment_cost=segment_cost(loop.env)))
+    return float(summarise(loop.env).cost)
+
+
 @dataclass
 class Episode:
     """One run's episode, finished: the loop (its env, its applied decisions), the decider,
@@ -159,15 +185,9 @@ def run_episode(spec: RunSpec, *, thread_cap: int | None = None) -> Episode:
     if thread_cap is not None and settings.policy.torch_threads > thread_cap:
         settings = with_overrides(settings, {"policy.torch_threads": thread_cap})
     decider = get_decider(spec.policy, dag=dag, settings=settings)
-    profile = spec.guards or default_guards(spec.policy)
-    sim_settings = with_overrides(settings, getattr(decider, "simulator_overrides", {}))
-    env = SimEnv(dag, sim_settings, trace=spec.trace, duration_s=spec.duration_s)
-    loop = SimLoop(env, settings=settings, profile=profile)
-    loop.reset(spec.seed)
-    decider.reset(spec.seed)
-    ex = Experts(dag)
-    if hasattr(decider, "see_future"):  # only the hindsight policies read ahead
-        decider.see_future(hindsight(env, ex))
+    loop = start_episode(dag, settings, decider, profile=spec.guards or default_guards(spec.policy),
+                         trace=spec.trace, duration_s=spec.duration_s, seed=spec.seed)
+    env, ex = loop.env, Experts(dag)
     decide_ms: list[float] = []
     replicas: list[np.ndarray] = []
     lifted = [0]
@@ -192,9 +212,7 @@ def run_one(spec: RunSpec, *, thread_cap: int | None = None) -> dict[str, Any]:
     ep = run_episode(spec, thread_cap=thread_cap)
     env, decider, dag, decide_ms = ep.loop.env, ep.decider, ep.loop.env.dag, ep.decide_ms
     s = summarise(env)
-    cost = s.cost
-    if hasattr(decider, "episode_cost"):
-        cost = decider.episode_cost(segment_cost=segment_cost(env))
+    cost = episode_cost(ep.loop, decider)
     win = window_series(env)
     att = win["attainment"][win["requests"] > 0]
     row = {**s.as_dict(), "worst_window_attainment": float(att.min()) if att.size else 1.0,

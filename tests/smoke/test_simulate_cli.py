@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from smoelib.cli import main
 
 
@@ -50,3 +52,24 @@ def test_the_bundled_policy_replaces_no_more_pods_than_the_rollout_budget(capsys
     assert replaced <= 40
     out, unbudgeted = pods("--guards", "physical")
     assert "(guards physical)" in out and unbudgeted > replaced
+
+
+def test_simulate_runs_every_policy_as_evaluate_does(capsys):
+    """The hindsight policies read the true load ahead, floor reports its own account of the
+    cost and elasticmoe runs the simulator under its own overrides: smoe simulate sets each run
+    up as smoe evaluate does, so both print the same cost for the same run."""
+    import re
+
+    from smoelib.harness.evaluate import RunSpec, run_one
+
+    for policy in ("oracle", "static-best", "static-mean", "static-peak", "floor",
+                   "elasticmoe"):
+        code = main(["simulate", "--pipeline", "examples/pipelines/bert-moe.yml", "--trace",
+                     "conv-eval", "--policy", policy, "--duration", "20", "--seed", "2",
+                     "--no-progress"])
+        out = capsys.readouterr().out
+        assert code == 0, policy
+        cost = float(re.search(r"^cost ([0-9.]+) ", out, re.M).group(1))
+        row = run_one(RunSpec("examples/pipelines/bert-moe.yml", "conv-eval", policy, 2,
+                              20.0))["run"]
+        assert math.isclose(cost, row["cost"], abs_tol=1e-4), policy
