@@ -43,9 +43,9 @@ __all__ = ["RunSpec", "run_one", "run_all", "hindsight", "segment_cost", "start_
            "write_json", "table_markdown", "checks"]
 
 RUN_KEYS = ("pipeline", "trace", "policy", "guards", "seed", "duration_s", "requests", "dropped",
-            "cost", "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p95_ms",
-            "tpot_p99_ms", "ttft_slo_ms", "tpot_slo_ms", "attainment_target", "slo_attainment",
-            "worst_window_attainment", "goodput",
+            "cost", "warm_cost", "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "tpot_p50_ms",
+            "tpot_p95_ms", "tpot_p99_ms", "ttft_slo_ms", "tpot_slo_ms", "attainment_target",
+            "slo_attainment", "worst_window_attainment", "goodput",
             "slo_ratio", "window_violation_rate", "decide_ms_p50", "rejected", "rollouts",
             "pods_replaced", "cold_starts", "calls", "intervention_rate")
 
@@ -218,6 +218,9 @@ def run_one(spec: RunSpec, *, thread_cap: int | None = None) -> dict[str, Any]:
     row = {**s.as_dict(), "worst_window_attainment": float(att.min()) if att.size else 1.0,
            "pipeline": dag.name, "trace": spec.trace, "policy": spec.policy,
            "seed": spec.seed, "duration_s": spec.duration_s, "cost": cost,
+           # floor's rows: one warm replica of every offered expert at its cheapest (NaN else)
+           "warm_cost": (decider.warm_cost(segment_cost=segment_cost(env))
+                         if hasattr(decider, "warm_cost") else math.nan),
            "decide_ms_p50": float(np.median(decide_ms)) if decide_ms else 0.0,
            "guards": ep.profile,
            # the shield's lifts per expert-tick (0 where the profile has no shield)
@@ -379,9 +382,12 @@ def checks(results: list[dict[str, Any]]) -> list[str]:
     (the peak), ``queueing`` cheaper than ``hpa`` with no more window violations and drops,
     ``smoe`` cheaper than both with no more of either; then the room an ideal policy has,
     ``1 - oracle / queueing`` and ``1 - oracle / static-best``. Each line says PASS, FAIL or
-    ROOM with the numbers; checks whose policies did not run are skipped."""
+    ROOM with the numbers; checks whose policies did not run are skipped. A failed
+    ``static-best`` ratio says when ``floor``'s warm floor (one replica of every offered expert
+    at its cheapest, plus the segments) already lies within the ratio of ``static-best``: then
+    no policy that serves every call from a warm replica could pass it."""
     out = []
-    keys = ("cost", "window_violation_rate", "dropped", "worst_window_attainment",
+    keys = ("cost", "warm_cost", "window_violation_rate", "dropped", "worst_window_attainment",
             "attainment_target")
     for (pipe, trace), rs in _scenarios([r["run"] for r in results]).items():
         mean = {p: {k: float(np.mean([r.get(k, np.nan) for r in rs if r["policy"] == p]))
@@ -402,8 +408,13 @@ def checks(results: list[dict[str, Any]]) -> list[str]:
                 "diurnal", "diurnal-day", "weekly", "bursty") else None
             o, b = mean["oracle"]["cost"], mean["static-best"]["cost"]
             if need is not None:
-                out.append(f"{'PASS' if b >= need * o else 'FAIL'} {tag}: static-best {b:.3f} "
-                           f">= {need} x oracle {o:.3f} ({b / o:.2f}x)")
+                line = (f"{'PASS' if b >= need * o else 'FAIL'} {tag}: static-best {b:.3f} "
+                        f">= {need} x oracle {o:.3f} ({b / o:.2f}x)")
+                warm = mean.get("floor", {}).get("warm_cost", math.nan)
+                if b < need * o and math.isfinite(warm) and b < need * warm:
+                    line += (f"; unreachable by any policy that serves every call warm: "
+                             f"static-best is {b / warm:.2f}x the warm floor {warm:.3f}")
+                out.append(line)
         if "static-mean" in mean:
             m = mean["static-mean"]
             ok = m["worst_window_attainment"] < m["attainment_target"]

@@ -11,7 +11,7 @@ import pytest
 
 from smoelib.policy.base import get_decider
 from smoelib.policy.baselines.common import Experts, Hindsight, with_overrides
-from smoelib.policy.baselines.floor import floor_cost
+from smoelib.policy.baselines.floor import floor_cost, warm_cost
 from smoelib.policy.baselines.mmck import mmck
 from smoelib.policy.baselines.sizing import QueueingSizer
 from smoelib.settings import Settings
@@ -107,6 +107,10 @@ def test_floor_on_a_hand_made_load(dag):
             price_h = cpu * 0.031611 + 2.0 * 0.004237 + share * 0.56
             best = min(best, busy_s * price_h / 3600.0)
     assert floor_cost(ex, s, future) == pytest.approx(best, rel=1e-9)
+    # the warm floor: one replica of the offered expert through the tick, at the cheapest pod
+    # (0.5 cores, 2048 MiB, a 0.1 share); the expert offered nothing costs nothing
+    cheapest_h = 0.5 * 0.031611 + 2.0 * 0.004237 + 0.1 * 0.56
+    assert warm_cost(ex, s, future) == pytest.approx(5.0 * cheapest_h / 3600.0, rel=1e-9)
 
 
 def test_elasticmoe_scales_by_whole_gpus_and_apportions_slots(dag):

@@ -93,6 +93,17 @@ def test_table_and_checks_say_pass_or_fail():
     assert any(x.startswith("PASS p/conv-eval: static-best 2.200 >= 1.3 x oracle") for x in lines)
     assert any(x.startswith("PASS p/conv-eval: static-mean's worst") for x in lines)
     assert "ROOM p/conv-eval: 1 - oracle / static-best = 0.273" in lines
+    # a failed ratio says when floor's warm floor leaves no policy the room to pass it
+    warm = run("floor", 0.5)
+    warm["run"]["warm_cost"] = 1.7
+    lines = checks([r for r in results if r["run"]["policy"] != "floor"]
+                   + [warm, run("static-best", 1.8)])
+    fail = [x for x in lines if x.startswith("FAIL p/conv-eval: static-best 1.800")]
+    assert fail and fail[0].endswith("static-best is 1.06x the warm floor 1.700")
+    warm["run"]["warm_cost"] = 1.0  # room enough: the failure is the oracle's
+    lines = checks([r for r in results if r["run"]["policy"] != "floor"]
+                   + [warm, run("static-best", 1.8)])
+    assert "warm floor" not in " ".join(lines)
 
 
 def test_a_journal_resumes_and_a_changed_config_runs_again(tmp_path):

@@ -24,7 +24,7 @@ from smoelib.policy.baselines.common import (
     service_ms,
 )
 
-__all__ = ["FloorDecider", "floor_cost", "cheapest_work"]
+__all__ = ["FloorDecider", "floor_cost", "warm_cost", "cheapest_work"]
 
 
 def cheapest_work(ex: Experts, settings) -> dict[str, np.ndarray]:
@@ -64,6 +64,17 @@ def floor_cost(ex: Experts, settings, future: Hindsight) -> float:
     return float(cost.min(axis=2).sum())
 
 
+def warm_cost(ex: Experts, settings, future: Hindsight) -> float:
+    """The experts' warm floor over the episode: one replica of every expert through each tick
+    it is offered calls, at its cheapest configuration. What a policy pays at least if every
+    call finds a warm replica (a decoder's experts are offered calls every tick, so at low
+    load this, not the busy time, bounds what any scaling can save)."""
+    w = cheapest_work(ex, settings)
+    price_s = price_per_hour(settings, cpu=w["cpu"][None, :], memory_mb=w["memory_mb"][:, None],
+                             gpu_share=w["share"][None, :]).min(axis=1) / 3600.0  # (E,)
+    return float(((future.calls > 0) * price_s[None, :]).sum() * future.dt)
+
+
 @register("floor", guards="physical")
 class FloorDecider:
     """The reference lower bound (see the module docstring)."""
@@ -86,6 +97,12 @@ class FloorDecider:
         if self.future is None:
             raise RuntimeError("floor needs the harness's hindsight (see_future)")
         return floor_cost(self.ex, self.s, self.future) + segment_cost
+
+    def warm_cost(self, *, segment_cost: float) -> float:
+        """The experts' warm floor (:func:`warm_cost`) plus ``segment_cost``."""
+        if self.future is None:
+            raise RuntimeError("floor needs the harness's hindsight (see_future)")
+        return warm_cost(self.ex, self.s, self.future) + segment_cost
 
     def decide(self, obs):
         ex, a = self.ex, self.s.actions
