@@ -37,11 +37,10 @@ from contextlib import contextmanager
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["ExpertMetrics", "PipelineMetrics", "SERIES", "LATENCY_BUCKETS_S"]
+from smoelib.core.buckets import CALL_BUCKETS_S, PASS_BUCKETS_S
 
-LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
-                     0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
-"""Histogram buckets (seconds): fine below the 80-120 ms SLOs, coarse up to cold starts."""
+__all__ = ["ExpertMetrics", "PipelineMetrics", "SERIES", "CALL_BUCKETS_S", "PASS_BUCKETS_S"]
+
 
 SERIES = {
     "calls": "smoe_expert_calls_total",
@@ -85,7 +84,7 @@ class ExpertMetrics:
         self._rejected = Counter("smoe_expert_rejected", "calls answered 429 (max_inflight)",
                                  labels, registry=registry)
         self._latency = Histogram("smoe_expert_latency_seconds", "expert call latency",
-                                  labels, buckets=LATENCY_BUCKETS_S, registry=registry)
+                                  labels, buckets=CALL_BUCKETS_S, registry=registry)
 
     @contextmanager
     def call(self, expert: str, *, tokens: int) -> Iterator[None]:
@@ -125,12 +124,12 @@ class PipelineMetrics:
         self._requests = Counter("smoe_pipeline_requests", "requests served or dropped", one,
                                  registry=registry).labels(pipeline)
         self._latency = Histogram("smoe_pipeline_latency_seconds", "end-to-end request latency",
-                                  one, buckets=LATENCY_BUCKETS_S,
+                                  one, buckets=PASS_BUCKETS_S,
                                   registry=registry).labels(pipeline)
         self._ttft = Histogram("smoe_pipeline_ttft_seconds", "time to first token", one,
-                               buckets=LATENCY_BUCKETS_S, registry=registry).labels(pipeline)
+                               buckets=PASS_BUCKETS_S, registry=registry).labels(pipeline)
         self._tpot = Histogram("smoe_pipeline_tpot_seconds", "mean time per output token after "
-                               "the first, per request", one, buckets=LATENCY_BUCKETS_S,
+                               "the first, per request", one, buckets=PASS_BUCKETS_S,
                                registry=registry).labels(pipeline)
         self._met = Counter("smoe_pipeline_slo_met", "requests within the TTFT and TPOT SLOs",
                             one, registry=registry).labels(pipeline)

@@ -24,7 +24,7 @@ from smoelib.core.service import handler_slowdown
 from smoelib.sim import kernel as k
 from smoelib.sim.cluster import Cluster
 from smoelib.sim.engine import Engine
-from smoelib.sim.telemetry import BUCKETS_S, Telemetry
+from smoelib.sim.telemetry import CALL_BOUNDS_S, Telemetry
 
 __all__ = ["CompiledEngine", "model_columns"]
 
@@ -313,7 +313,7 @@ class CompiledEngine(Engine):
         cand = self._candidates(t0, cluster)
         n_nodes = self.node_inflight.size
         acc = np.zeros((n_nodes, k.COUNTERS))
-        lat_hist = np.zeros((n_nodes, BUCKETS_S.size))
+        lat_hist = np.zeros((n_nodes, CALL_BOUNDS_S.size))
         while True:
             status = k.serve(
                 float(t1), st, self.ht, self.hs, self.hc, self.call_v, self.cadm, self.cfree,
@@ -323,7 +323,7 @@ class CompiledEngine(Engine):
                 self.chk_ptr, self.chk_e, self.chk_n, self.n_layers, self.s_preds,
                 self.s_calls, self.s_ready, self.s_done, self.s_meta, self.sfree, self.pi, pf,
                 *cand, *self.model_arrays, self.ubuf, self.nbuf, *self._logs, acc, lat_hist,
-                BUCKETS_S, self.node_inflight, self._max_batch, self._par, float(self.rpc_s),
+                CALL_BOUNDS_S, self.node_inflight, self._max_batch, self._par, float(self.rpc_s),
                 float(self.retry_s), float(self.retry_cap_s), int(self.max_retries),
                 int(self.emit_max))
             if status == k.OK:

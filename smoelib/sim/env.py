@@ -34,7 +34,12 @@ from smoelib.sim.autoscaling import (
 from smoelib.sim.cluster import Cluster
 from smoelib.sim.engine import Engine
 from smoelib.sim.routing import RoutingModel, RoutingParams
-from smoelib.sim.telemetry import Telemetry, histogram_quantile
+from smoelib.sim.telemetry import (
+    CALL_BOUNDS_S,
+    PASS_BOUNDS_S,
+    Telemetry,
+    histogram_quantile,
+)
 from smoelib.sim.traces import TASKS, Trace, load_trace
 
 __all__ = ["SimEnv", "StepResult", "RewardParts"]
@@ -229,7 +234,8 @@ class SimEnv:
         b = self.tel.bins.get(self.tick - 1)
         if b is None or not b["slo_total"][0]:
             return RewardParts(cost=cost, slo_ratio=float("nan"), violations=0, requests=0)
-        q = lambda h: float(histogram_quantile(0.95, h, inf=True)) * 1000.0  # noqa: E731
+        q = lambda h: float(  # noqa: E731
+            histogram_quantile(0.95, h, PASS_BOUNDS_S, inf=True)) * 1000.0
         slo = self.dag.slo
         ratio = q(b["tpot_hist"]) / slo.tpot_ms if slo.tpot_ms is not None else 0.0
         ratio = max(ratio, q(b["ttft_hist"]) / slo.ttft_ms) if b["ttft_hist"].sum() else ratio
@@ -317,14 +323,15 @@ class SimEnv:
         w = self.tel.window(self.tick - 1, win_ticks)
         span = min(win_ticks, max(self.tick, 1)) * self.dt
         counts = self.cluster.counts(t, self.n)
-        q = lambda p, h: histogram_quantile(p, h) * 1000.0  # noqa: E731
+        q = lambda p, h, b=PASS_BOUNDS_S: histogram_quantile(p, h, b) * 1000.0  # noqa: E731
         cfg = self.template
         return Observation(
             time_s=t, nodes=tuple(self.dag.nodes), calls_per_s=w["calls"] / span,
             tokens_per_s=w["tokens"] / span,
             inflight=self.server.inflight_at(t, self.n, self.cluster),
-            rejected_per_s=w["rejected"] / span, latency_p50_ms=q(0.5, w["lat_hist"]),
-            latency_p95_ms=q(0.95, w["lat_hist"]),
+            rejected_per_s=w["rejected"] / span,
+            latency_p50_ms=q(0.5, w["lat_hist"], CALL_BOUNDS_S),
+            latency_p95_ms=q(0.95, w["lat_hist"], CALL_BOUNDS_S),
             replicas_ready=counts["ready"].astype(float),
             replicas_desired=self.spec_replicas.astype(float),
             replicas_starting=counts["starting"].astype(float),

@@ -22,7 +22,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
-from smoelib.sim.telemetry import BUCKETS_S
+from smoelib.sim.telemetry import CALL_BOUNDS_S, PASS_BOUNDS_S
 
 __all__ = ["SimCollector", "snapshot", "serve"]
 
@@ -38,10 +38,10 @@ def snapshot(env) -> dict[str, Any]:
             "cpu": env.size[:, 0].copy(), "memory_mb": env.size[:, 1].copy()}
 
 
-def _buckets(hist: np.ndarray) -> list[tuple[str, float]]:
+def _buckets(hist: np.ndarray, bounds: np.ndarray = PASS_BOUNDS_S) -> list[tuple[str, float]]:
     cum = np.cumsum(hist)
     return [("+Inf" if np.isinf(b) else repr(float(b)), float(c)) for b, c in zip(
-        BUCKETS_S, cum, strict=True)]
+        bounds, cum, strict=True)]
 
 
 class SimCollector:
@@ -76,7 +76,8 @@ class SimCollector:
             for k, fam in fams.items():
                 fam.add_metric([p, node], float(tot[k][i]))
             inflight.add_metric([p, node], float(snap["inflight"][i]))
-            lat.add_metric([p, node], _buckets(tot["lat_hist"][i]), float(tot["lat_sum"][i]))
+            lat.add_metric([p, node], _buckets(tot["lat_hist"][i], CALL_BOUNDS_S),
+                           float(tot["lat_sum"][i]))
         yield from (*fams.values(), inflight, lat)
         req = CounterMetricFamily("smoe_pipeline_requests", "requests", labels=["pipeline"])
         req.add_metric([p], float(tot["slo_total"][0]))  # ended: served or dropped (as the

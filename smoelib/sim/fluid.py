@@ -66,7 +66,7 @@ from smoelib.sim.cluster import Cluster
 from smoelib.sim.compiled import model_columns
 from smoelib.sim.engine import Engine, StagePlan
 from smoelib.sim.kernel import ffn_ms
-from smoelib.sim.telemetry import BUCKETS_S, Telemetry
+from smoelib.sim.telemetry import CALL_BOUNDS_S, Telemetry
 
 __all__ = ["FluidEngine"]
 
@@ -629,8 +629,8 @@ class FluidEngine:
         busy = out[:, N_RHO] * ready * par * dt
         rejected = (lam_d + lam_p) * dt * out[:, N_REJ]
         # call latencies: the service, then an exponential wait of the mean wait
-        bounds = BUCKETS_S[None, :]
-        hist = np.zeros((self.n_nodes, BUCKETS_S.size))
+        bounds = CALL_BOUNDS_S[None, :]
+        hist = np.zeros((self.n_nodes, CALL_BOUNDS_S.size))
         # an admitted attempt's latency, as the request-level engines time a call from its
         # admission: the wait and the service, not the backoff of refused attempts before it
         wait = out[:, N_WAIT]

@@ -5,30 +5,37 @@ tick of the refusal, call latencies by the tick of completion. Per pipeline: req
 arrival; TTFT by the tick of the first token; TPOT, end-to-end latency and whether the SLO
 was met by the tick the request ends or is dropped (a dropped request's TTFT and TPOT are
 infinite: the +Inf bucket). Quantiles follow ``histogram_quantile``: linear interpolation
-inside the bucket.
+inside the bucket. The bounds are the metrics contract's (:mod:`smoelib.core.buckets`): coarse
+per call, fine per pass.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["BUCKETS_S", "Telemetry", "histogram_quantile"]
+from smoelib.core.buckets import CALL_BUCKETS_S, PASS_BUCKETS_S
 
-BUCKETS_S = np.array([0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
-                      0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, np.inf])
-_NB = BUCKETS_S.size
+__all__ = ["CALL_BOUNDS_S", "PASS_BOUNDS_S", "Telemetry", "histogram_quantile"]
+
+CALL_BOUNDS_S = np.array(CALL_BUCKETS_S + (np.inf,))
+"""A call latency histogram's bucket bounds, the +Inf bucket last."""
+PASS_BOUNDS_S = np.array(PASS_BUCKETS_S + (np.inf,))
+"""A pass (TTFT, TPOT, end-to-end) histogram's bucket bounds, the +Inf bucket last."""
+_NB, _NP = CALL_BOUNDS_S.size, PASS_BOUNDS_S.size
 
 
-def histogram_quantile(q: float, counts: np.ndarray, *, inf: bool = False) -> np.ndarray:
-    """Quantile ``q`` of histograms ``counts[..., bucket]`` (non-cumulative) in seconds;
-    NaN where a histogram is empty. The +Inf bucket answers the highest finite bound (what
-    Prometheus answers), or infinity with ``inf`` (a dropped request's latency)."""
+def histogram_quantile(q: float, counts: np.ndarray, bounds: np.ndarray, *,
+                       inf: bool = False) -> np.ndarray:
+    """Quantile ``q`` of histograms ``counts[..., bucket]`` (non-cumulative) over the bucket
+    ``bounds`` (:data:`CALL_BOUNDS_S` or :data:`PASS_BOUNDS_S`) in seconds; NaN where a
+    histogram is empty. The +Inf bucket answers the highest finite bound (what Prometheus
+    answers), or infinity with ``inf`` (a dropped request's latency)."""
     cum = np.cumsum(counts, axis=-1)
     total = cum[..., -1]
     rank = q * total
-    idx = np.minimum((cum < rank[..., None]).sum(-1), _NB - 1)
-    upper = BUCKETS_S[idx]
-    lower = np.where(idx > 0, BUCKETS_S[np.maximum(idx - 1, 0)], 0.0)
+    idx = np.minimum((cum < rank[..., None]).sum(-1), bounds.size - 1)
+    upper = bounds[idx]
+    lower = np.where(idx > 0, bounds[np.maximum(idx - 1, 0)], 0.0)
     below = np.where(idx > 0, np.take_along_axis(cum, np.maximum(idx - 1, 0)[..., None],
                                                  -1)[..., 0], 0.0)
     inside = np.take_along_axis(counts, idx[..., None], -1)[..., 0]
@@ -56,7 +63,7 @@ class Telemetry:
         for k in self.PIPELINE:
             self.totals[k] = np.zeros(1)
         for k in self.HISTOGRAMS:
-            self.totals[k] = np.zeros(_NB)
+            self.totals[k] = np.zeros(_NP)
 
     def _bin(self, k: int) -> dict[str, np.ndarray]:
         b = self.bins.get(k)
@@ -67,7 +74,7 @@ class Telemetry:
             for name in self.PIPELINE:
                 b[name] = np.zeros(1)
             for name in self.HISTOGRAMS:
-                b[name] = np.zeros(_NB)
+                b[name] = np.zeros(_NP)
             self.bins[k] = b
         return b
 
@@ -100,9 +107,9 @@ class Telemetry:
 
     def add_pass_latency(self, t_s: np.ndarray, name: str, lat_s: np.ndarray) -> None:
         """A pipeline latency histogram (``ttft_hist``) per event at ``t_s``."""
-        bucket = np.searchsorted(BUCKETS_S, lat_s, side="left")
+        bucket = np.searchsorted(PASS_BOUNDS_S, lat_s, side="left")
         for k, m in self._ticks(t_s):
-            self._bin(k)[name] += np.bincount(bucket[m], minlength=_NB)
+            self._bin(k)[name] += np.bincount(bucket[m], minlength=_NP)
 
     def add_request_ends(self, t_s: np.ndarray, *, ttft: np.ndarray, tpot: np.ndarray,
                          e2e: np.ndarray, met: np.ndarray) -> None:
@@ -113,8 +120,9 @@ class Telemetry:
         drop = ~np.isfinite(e2e)
         for k, m in self._ticks(t_s, mask=True):
             b = self._bin(k)
-            b["tpot_hist"] += np.bincount(np.searchsorted(BUCKETS_S, tpot[m]), minlength=_NB)
-            b["e2e_hist"] += np.bincount(np.searchsorted(BUCKETS_S, e2e[m]), minlength=_NB)
+            b["tpot_hist"] += np.bincount(np.searchsorted(PASS_BOUNDS_S, tpot[m]),
+                                          minlength=_NP)
+            b["e2e_hist"] += np.bincount(np.searchsorted(PASS_BOUNDS_S, e2e[m]), minlength=_NP)
             b["e2e_sum"] += e2e[m & ~drop].sum()
             b["slo_met"] += met[m].sum()
             b["slo_total"] += m.sum()
@@ -125,7 +133,7 @@ class Telemetry:
     def add_latencies(self, done_s: np.ndarray, nodes: np.ndarray, lat_s: np.ndarray) -> None:
         if not done_s.size:
             return
-        bucket = np.searchsorted(BUCKETS_S, lat_s, side="left")
+        bucket = np.searchsorted(CALL_BOUNDS_S, lat_s, side="left")
         for k, m in self._ticks(done_s):
             b = self._bin(k)
             flat = nodes[m] * _NB + bucket[m]
