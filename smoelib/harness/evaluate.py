@@ -418,9 +418,14 @@ def checks(results: list[dict[str, Any]]) -> list[str]:
         if "static-mean" in mean:
             m = mean["static-mean"]
             ok = m["worst_window_attainment"] < m["attainment_target"]
-            out.append(f"{'PASS' if ok else 'FAIL'} {tag}: static-mean's worst 60 s window "
-                       f"attainment {m['worst_window_attainment']:.4f} < target "
-                       f"{m['attainment_target']:g}")
+            line = (f"{'PASS' if ok else 'FAIL'} {tag}: static-mean's worst 60 s window "
+                    f"attainment {m['worst_window_attainment']:.4f} < target "
+                    f"{m['attainment_target']:g}")
+            best = mean.get("static-best", {}).get("cost", math.nan)
+            if not ok and math.isfinite(best) and m["cost"] >= 0.97 * best:
+                line += (f"; sized for the mean it costs {m['cost'] / best:.2f}x static-best "
+                         f"(sized for the peak): the mean load needs the peak's configuration")
+            out.append(line)
         for name, rival in (("queueing", "hpa"), ("smoe", "queueing"), ("smoe", "hpa")):
             if name in mean and rival in mean:
                 out.append(_beats(tag, name, mean[name], rival, mean[rival]))

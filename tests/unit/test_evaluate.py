@@ -104,6 +104,10 @@ def test_table_and_checks_say_pass_or_fail():
     lines = checks([r for r in results if r["run"]["policy"] != "floor"]
                    + [warm, run("static-best", 1.8)])
     assert "warm floor" not in " ".join(lines)
+    # static-mean that holds at the peak because it bought the peak's configuration says so
+    lines = checks(results + [run("static-best", 2.2), run("static-mean", 2.2, worst=1.0)])
+    fail = [x for x in lines if x.startswith("FAIL p/conv-eval: static-mean's worst")]
+    assert fail and "costs 1.00x static-best" in fail[0]
 
 
 def test_a_journal_resumes_and_a_changed_config_runs_again(tmp_path):
