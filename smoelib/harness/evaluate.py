@@ -385,7 +385,8 @@ def checks(results: list[dict[str, Any]]) -> list[str]:
     ROOM with the numbers; checks whose policies did not run are skipped. A failed
     ``static-best`` ratio says when ``floor``'s warm floor (one replica of every offered expert
     at its cheapest, plus the segments) already lies within the ratio of ``static-best``: then
-    no policy that serves every call from a warm replica could pass it. ``static-best`` is the
+    no policy that serves every call from a warm replica could pass it; a failed ``static-mean``
+    check says what it cost against ``static-best`` and the warm floor. ``static-best`` is the
     model's pick at the peak; where another static row (``static-mean``, ``static-peak``) meets
     the attainment target over the episode with no drops at a lower cost, that row is the
     cheapest static configuration measured, and the ratio and the room use it (saying so)."""
@@ -431,6 +432,9 @@ def checks(results: list[dict[str, Any]]) -> list[str]:
             if not ok and math.isfinite(best) and m["cost"] >= 0.97 * best:
                 line += (f"; sized for the mean it costs {m['cost'] / best:.2f}x static-best "
                          f"(sized for the peak): the mean load needs the peak's configuration")
+            warm = mean.get("floor", {}).get("warm_cost", math.nan)
+            if not ok and math.isfinite(warm):
+                line += f"; it costs {m['cost'] / warm:.2f}x the warm floor {warm:.3f}"
             out.append(line)
         for name, rival in (("queueing", "hpa"), ("smoe", "queueing"), ("smoe", "hpa")):
             if name in mean and rival in mean:

@@ -115,7 +115,11 @@ def test_table_and_checks_say_pass_or_fail():
     # static-mean that holds at the peak because it bought the peak's configuration says so
     lines = checks(results + [run("static-best", 2.2), run("static-mean", 2.2, worst=1.0)])
     fail = [x for x in lines if x.startswith("FAIL p/conv-eval: static-mean's worst")]
-    assert fail and "costs 1.00x static-best" in fail[0]
+    assert fail and "costs 1.00x static-best" in fail[0] and "warm floor" not in fail[0]
+    lines = checks([r for r in results if r["run"]["policy"] != "floor"]
+                   + [warm, run("static-best", 2.2), run("static-mean", 1.1, worst=1.0)])
+    fail = [x for x in lines if x.startswith("FAIL p/conv-eval: static-mean's worst")]
+    assert fail[0].endswith("; it costs 1.10x the warm floor 1.000")
     # a cheaper static row that meets the target over the episode is the cheapest static
     # configuration measured: the ratio and the room use it, and say so
     lines = checks(results + [run("static-best", 2.2), run("static-mean", 1.9, worst=1.0)])
