@@ -13,10 +13,10 @@ import numpy as np
 
 from smoelib.core.accounting import price_per_hour
 from smoelib.core.decisions import ExpertDecision, PipelineDecision
-from smoelib.pipeline.topology import PipelineDAG
+from smoelib.pipeline.topology import PipelineDAG, slo_text
 from smoelib.settings import Settings
 
-__all__ = ["format_tick", "layer_table", "changes", "cost_per_hour"]
+__all__ = ["format_tick", "layer_table", "request_line", "changes", "cost_per_hour"]
 
 MAX_NAMED = 4
 """Experts named per line; the rest are counted."""
@@ -74,7 +74,7 @@ def format_tick(report: Any, dag: PipelineDAG, settings: Settings,
 def layer_table(observation: Any, decision: PipelineDecision, dag: PipelineDAG,
                 settings: Settings) -> str:
     """Per MoE layer: tokens/s, calls/s, replicas, hottest expert's P95 against the layer's
-    share of the SLO, cost rate; then the pipeline's end-to-end P95 against its SLO."""
+    share of the SLO, cost rate; then :func:`request_line`."""
     index = {n: i for i, n in enumerate(observation.nodes)}
     budget = dag.slo_ms / max(1, len(dag.stages))
     rows = [f"{'layer':<10} {'tokens/s':>9} {'calls/s':>8} {'replicas':>8} "
@@ -89,11 +89,21 @@ def layer_table(observation: Any, decision: PipelineDecision, dag: PipelineDAG,
         rows.append(f"{stage:<10} {observation.tokens_per_s[idx].sum():9.0f} "
                     f"{observation.calls_per_s[idx].sum():8.1f} {reps:8d} {_ms(worst):>7} "
                     f"{budget:7.1f} {cost:7.2f}")
-    p95 = (f"P95 {observation.p95_ms:.1f} ms" if math.isfinite(observation.p95_ms)
-           else "no request completed in the window")
-    rows.append(f"end to end: {p95} against an SLO of {dag.slo_ms:g} ms at "
-                f"{observation.request_rate:.1f} req/s")
+    rows.append(request_line(observation, dag))
     return "\n".join(rows)
+
+
+def request_line(observation: Any, dag: PipelineDAG) -> str:
+    """The window's requests against the pipeline's SLOs: P95 TTFT (and TPOT when it decodes)
+    over each SLO, the end-to-end P95, the request rate."""
+    if not math.isfinite(float(observation.p95_ms)):
+        return (f"requests: none completed in the window ({slo_text(dag.slo)}) at "
+                f"{observation.request_rate:.1f} req/s")
+    parts = [f"P95 TTFT {_ms(float(observation.ttft_p95_ms))} of {dag.slo.ttft_ms:g} ms"]
+    if dag.slo.tpot_ms is not None:
+        parts.append(f"P95 TPOT {_ms(float(observation.tpot_p95_ms))} of {dag.slo.tpot_ms:g} ms")
+    parts.append(f"end to end {observation.p95_ms:.1f} ms")
+    return f"requests: {', '.join(parts)} at {observation.request_rate:.1f} req/s"
 
 
 def _ms(value: float) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from smoelib.control.report import layer_table
+from smoelib.control.report import layer_table, request_line
 from smoelib.core.decisions import ExpertDecision, PipelineDecision
 from smoelib.core.observation import NODE_FIELDS, Observation
 from smoelib.settings import load_settings
@@ -16,20 +16,29 @@ DECISION = PipelineDecision(pipeline="p", updated_at=0.0, experts={
     for e in DAG.experts})
 
 
-def observation(p95_ms: float, expert_p95: float) -> Observation:
-    n = len(DAG.nodes)
+def observation(p95_ms: float, expert_p95: float, dag=DAG, **per_pass) -> Observation:
+    n = len(dag.nodes)
     arrays = {f: np.zeros(n) for f in NODE_FIELDS}
     arrays["latency_p95_ms"] = np.full(n, expert_p95)
-    return Observation(time_s=0.0, nodes=DAG.nodes, request_rate=2.0, p95_ms=p95_ms,
-                       p99_ms=p95_ms, **arrays)
+    return Observation(time_s=0.0, nodes=dag.nodes, request_rate=2.0, p95_ms=p95_ms,
+                       p99_ms=p95_ms, **arrays, **per_pass)
 
 
 def test_latencies_are_printed_when_measured():
-    text = layer_table(observation(40.0, 3.25), DECISION, DAG, load_settings(None))
+    text = layer_table(observation(40.0, 3.25, ttft_p95_ms=40.0), DECISION, DAG,
+                       load_settings(None))
     layer = text.splitlines()[1].split()
     assert layer[0] == "m" and layer[3] == "2" and layer[4] == "3.2"
-    assert text.splitlines()[-1] == ("end to end: P95 40.0 ms against an SLO of 50 ms at "
+    assert text.splitlines()[-1] == ("requests: P95 TTFT 40.0 of 50 ms, end to end 40.0 ms at "
                                      "2.0 req/s")
+
+
+def test_a_decoder_reads_each_pass_against_its_own_slo_not_the_request_against_tpot():
+    dag = build_dag("examples/pipelines/gpt2-moe.yml")
+    line = request_line(observation(13765.2, 1.0, dag, ttft_p95_ms=82.7, tpot_p95_ms=34.1),
+                        dag)
+    assert line == ("requests: P95 TTFT 82.7 of 100 ms, P95 TPOT 34.1 of 50 ms, end to end "
+                    "13765.2 ms at 2.0 req/s")
 
 
 def test_no_completed_call_reads_as_a_dash_not_nan():
@@ -37,4 +46,5 @@ def test_no_completed_call_reads_as_a_dash_not_nan():
                        load_settings(None))
     assert "nan" not in text
     assert text.splitlines()[1].split()[4] == "-"
-    assert text.splitlines()[-1].startswith("end to end: no request completed in the window")
+    assert text.splitlines()[-1] == ("requests: none completed in the window (SLO TTFT 50 ms at "
+                                     "99%) at 2.0 req/s")
