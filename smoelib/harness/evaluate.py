@@ -398,6 +398,10 @@ def checks(results: list[dict[str, Any]]) -> list[str]:
                     for k in keys}
                 for p in dict.fromkeys(r["policy"] for r in rs)}
         tag = f"{pipe}/{trace}"
+        warm = mean.get("floor", {}).get("warm_cost", math.nan)
+        rivals = {"queueing": (mean["queueing"]["cost"], "")} if "queueing" in mean else {}
+        if "static-best" in mean:
+            rivals["static-best"] = _cheapest_static(mean)
         if "floor" in mean and len(mean) > 1:
             other = min((v["cost"], p) for p, v in mean.items() if p != "floor")
             ok = mean["floor"]["cost"] < other[0]
@@ -410,11 +414,10 @@ def checks(results: list[dict[str, Any]]) -> list[str]:
         if "oracle" in mean and "static-best" in mean:
             need = 1.3 if trace.startswith("conv") else 1.5 if trace.split(":")[0] in (
                 "diurnal", "diurnal-day", "weekly", "bursty") else None
-            o, (b, instead) = mean["oracle"]["cost"], _cheapest_static(mean)
+            o, (b, instead) = mean["oracle"]["cost"], rivals["static-best"]
             if need is not None:
                 line = (f"{'PASS' if b >= need * o else 'FAIL'} {tag}: static-best {b:.3f}"
                         f"{instead} >= {need} x oracle {o:.3f} ({b / o:.2f}x)")
-                warm = mean.get("floor", {}).get("warm_cost", math.nan)
                 if b < need * o and math.isfinite(warm) and b < need * warm:
                     line += ("; unreachable by any policy that serves every call warm: "
                              if o >= warm else "; ")
@@ -432,19 +435,15 @@ def checks(results: list[dict[str, Any]]) -> list[str]:
             if not ok and math.isfinite(best) and m["cost"] >= 0.97 * best:
                 line += (f"; sized for the mean it costs {m['cost'] / best:.2f}x static-best "
                          f"(sized for the peak): the mean load needs the peak's configuration")
-            warm = mean.get("floor", {}).get("warm_cost", math.nan)
             if not ok and math.isfinite(warm):
                 line += f"; it costs {m['cost'] / warm:.2f}x the warm floor {warm:.3f}"
             out.append(line)
         for name, rival in (("queueing", "hpa"), ("smoe", "queueing"), ("smoe", "hpa")):
             if name in mean and rival in mean:
                 out.append(_beats(tag, name, mean[name], rival, mean[rival]))
-        for rival in ("queueing", "static-best"):
-            if "oracle" in mean and rival in mean:
-                cost, instead = ((mean[rival]["cost"], "") if rival == "queueing"
-                                 else _cheapest_static(mean))
-                room = 1.0 - mean["oracle"]["cost"] / cost
-                out.append(f"ROOM {tag}: 1 - oracle / {rival} = {room:.3f}{instead}")
+        for rival, (cost, instead) in rivals.items() if "oracle" in mean else ():
+            room = 1.0 - mean["oracle"]["cost"] / cost
+            out.append(f"ROOM {tag}: 1 - oracle / {rival} = {room:.3f}{instead}")
     return out
 
 
