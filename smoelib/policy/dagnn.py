@@ -21,7 +21,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smoelib.policy.heads import reset_linears
-from smoelib.policy.schedule import ONE_DST, ONE_PRED, SOURCES, DagSchedule, LevelPlan
+from smoelib.policy.schedule import (
+    ONE_DST,
+    ONE_PRED,
+    ONE_SRC,
+    SOURCES,
+    DagSchedule,
+    LevelPlan,
+)
 
 __all__ = ["DAGNNSweep", "DAGNN", "NodeMLPEncoder"]
 
@@ -65,7 +72,9 @@ class DAGNNSweep(nn.Module):
             if plan.kind == SOURCES:
                 h.index_copy_(1, plan.nodes, gru_update(gi, b_hh, None))
                 continue
-            if plan.kind == ONE_PRED:
+            if plan.kind == ONE_SRC:  # (B, 1, C): one message, broadcast over the level
+                msg = h.index_select(1, plan.src[:1])
+            elif plan.kind == ONE_PRED:
                 msg = h.index_select(1, plan.src)  # (B, n_d, C): softmax over one edge is 1
             else:
                 hs = h.index_select(1, plan.src)  # (B, e_d, C): predecessor states
@@ -76,7 +85,8 @@ class DAGNNSweep(nn.Module):
                     alpha = scatter_softmax(score, plan.dst_local, n_d)  # (B, e_d)
                     msg = hs.new_zeros(b, n_d, c).index_add_(
                         1, plan.dst_local, alpha.unsqueeze(-1) * hs)  # (B, n_d, C)
-            gh = torch.addmm(b_hh, msg.reshape(b * n_d, c), w_hh).view(b, n_d, 3 * c)
+            m_d = msg.shape[1]  # n_d, or 1 for ONE_SRC (gru_update broadcasts it)
+            gh = torch.addmm(b_hh, msg.reshape(b * m_d, c), w_hh).view(b, m_d, 3 * c)
             h.index_copy_(1, plan.nodes, gru_update(gi, gh, msg))
         return h
 

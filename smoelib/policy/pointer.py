@@ -88,8 +88,22 @@ def plackett_luce(scores: Tensor, block: Tensor, valid: Tensor, left: Tensor
 
 
 def _first(mask: Tensor) -> Tensor:
-    """Only the first True of each row (the smallest allowed value: choices are sorted)."""
-    return mask & (mask.cumsum(-1) == 1)
+    """Only the first True of each row (the smallest allowed value: choices are sorted).
+    ``argmax`` returns the first maximal index; a row without a True stays all False."""
+    first = mask.to(torch.uint8).argmax(-1, keepdim=True)  # (*, 1)
+    return mask & (torch.arange(mask.shape[-1], device=mask.device) == first)
+
+
+def _take(x: Tensor, block: Tensor) -> Tensor:
+    """``x``'s expert slots ``block`` along dim 2 (a gather through one ``index_select`` on
+    the flattened slots, much cheaper on CPU than ``gather`` with an expanded index).
+
+    Shapes: ``x`` ``(B, L, E, *rest)``, ``block`` ``(B, L, K)`` -> ``(B, L, K, *rest)``.
+    """
+    b, n_layers, e = x.shape[:3]
+    base = torch.arange(b * n_layers, device=block.device).view(b, n_layers, 1) * e
+    flat = x.reshape(b * n_layers * e, *x.shape[3:])
+    return flat.index_select(0, (block + base).reshape(-1)).view(*block.shape, *x.shape[3:])
 
 
 class PointerDecoder(nn.Module):
@@ -146,7 +160,7 @@ class PointerDecoder(nn.Module):
         """Sample with ``generator``, act greedily without one, or score given ``actions``;
         ``score=False`` skips log-probabilities and entropies (the decide path)."""
         b, n_layers, e, h = expert_emb.shape
-        n_heads, width = len(self.head_names), choice_mask.shape[-1]
+        n_heads = len(self.head_names)
         bk = math.ceil(e / self.config.decode_steps) if self.pointer else e
         n_valid = valid.sum(-1)  # (L,)
         graph_l = graph_ctx.unsqueeze(1).expand(b, n_layers, h)  # (B, L, H)
@@ -154,10 +168,8 @@ class PointerDecoder(nn.Module):
         state = torch.tanh(self.init_state(fixed_ctx))  # (B, L, H)
         # scaled dot-product attention: the 1/sqrt(H) folded into the keys once
         keys = self.key(expert_emb) / math.sqrt(h) if self.pointer else None  # (B, L, E, H)
-        # per expert, before the loop: replica targets of every choice, and the bounds masks
-        # stacked with their smallest allowed choice (the capacity masks' fallback)
+        # per expert, before the loop: replica targets of every choice
         targets = (replicas.unsqueeze(-1) + self.deltas).clamp_min(0)  # (B, L, E, C)
-        masks = torch.stack([choice_mask, _first(choice_mask)], 3)  # (B, L, E, 2, heads, C)
         expert_part = self.heads.expert_part(expert_emb)  # (B, L, E, H)
         available = valid.expand(b, n_layers, e).clone()  # (B, L, E)
         scale = budget.clamp_min(1e-6)
@@ -192,15 +204,11 @@ class PointerDecoder(nn.Module):
             # (B, L): GPUs each expert of this block may take (capacity: "even" or "spare")
             allowance = remaining / n_blk if self.even else remaining
             ctx = torch.cat([state, fixed_ctx, rem_frac, (allowance / scale).unsqueeze(-1)], -1)
-            logits = self.heads(expert_part.gather(2, block.unsqueeze(-1).expand(
-                b, n_layers, bk, h)), ctx)  # (B, L, K, heads, C)
-            static = masks.gather(2, block.view(b, n_layers, bk, 1, 1, 1).expand(
-                b, n_layers, bk, 2, n_heads, width))  # (B, L, K, 2, heads, C)
-            tgt = targets.gather(2, block.unsqueeze(-1).expand(b, n_layers, bk, width))
-            given = None if actions is None else actions.choices.gather(
-                2, block.unsqueeze(-1).expand(b, n_layers, bk, n_heads))  # (B, L, K, heads)
-            picks, lp, ent, used = self._heads(logits, static, tgt, allowance, given,
-                                               generator, score)
+            logits = self.heads(_take(expert_part, block), ctx)  # (B, L, K, heads, C)
+            allowed = _take(choice_mask, block)  # (B, L, K, heads, C): the bounds
+            given = None if actions is None else _take(actions.choices, block)  # (B, L, K, heads)
+            picks, lp, ent, used = self._heads(logits, allowed, _take(targets, block),
+                                               allowance, given, generator, score)
             if score:
                 log_prob = log_prob + torch.where(pv, lp, 0.0).sum((1, 2))
                 entropy = entropy + torch.where(pv, ent, 0.0).sum((1, 2))
@@ -210,8 +218,8 @@ class PointerDecoder(nn.Module):
             chosen_all.scatter_(2, slot.unsqueeze(-1).expand(b, n_layers, bk, n_heads), picks)
             orders.append(block)
             if self.pointer:
-                mean_eb = (expert_emb.gather(2, block.unsqueeze(-1).expand(b, n_layers, bk, h))
-                           * pv.unsqueeze(-1)).sum(2) / n_blk.unsqueeze(-1)  # (B, L, H)
+                mean_eb = (_take(expert_emb, block) * pv.unsqueeze(-1)).sum(2) \
+                    / n_blk.unsqueeze(-1)  # (B, L, H)
                 inp = torch.cat([mean_eb, (remaining / scale).unsqueeze(-1),
                                  (consumed / scale).unsqueeze(-1)], -1)  # (B, L, H+2)
                 state = self.gru(inp.reshape(b * n_layers, h + 2),
@@ -219,7 +227,7 @@ class PointerDecoder(nn.Module):
         acts = Actions(order=torch.cat(orders, -1), choices=chosen_all[:, :, :e])
         return DecodeOutput(actions=acts, log_prob=log_prob, entropy=entropy)
 
-    def _heads(self, logits: Tensor, masks: Tensor, targets: Tensor, allowance: Tensor,
+    def _heads(self, logits: Tensor, allowed: Tensor, targets: Tensor, allowance: Tensor,
                given: Tensor | None, generator: torch.Generator | None, score: bool
                ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor]:
         """Every head of one block. The replicas head is sampled first when the budget
@@ -227,13 +235,13 @@ class PointerDecoder(nn.Module):
         mask keeps the bounds' smallest choice even when it does not fit (GPU use grows with
         the choice, so nothing smaller would): a row is never empty.
 
-        Shapes: ``logits`` ``(B, L, K, heads, C)``; ``masks`` ``(B, L, K, 2, heads, C)`` (the
-        bounds, their smallest choice); ``targets`` ``(B, L, K, C)`` replicas per choice;
+        Shapes: ``logits`` ``(B, L, K, heads, C)``; ``allowed`` ``(B, L, K, heads, C)`` (the
+        bounds masks); ``targets`` ``(B, L, K, C)`` replicas per choice;
         ``allowance`` ``(B, L)`` -> choices ``(B, L, K, heads)``, log-probabilities,
         entropies and the GPUs each expert takes, each ``(B, L, K)``.
         """
         clip = self.config.tanh_clip
-        allowed, smallest = masks.unbind(3)  # (B, L, K, heads, C) each
+        smallest = _first(allowed)  # (B, L, K, heads, C): the bounds' smallest choice
         first = None
         if self.budgeted:
             cap = allowance.unsqueeze(-1).unsqueeze(-1) + 1e-6  # (B, L, 1, 1)

@@ -6,8 +6,11 @@ predecessors in earlier levels, so one batched step updates the whole level. Thi
 encoder can take a cheaper path where the level's shape allows it:
 
 - ``SOURCES``: level 0, no incoming edges (the GRU hidden state is zero);
-- ``ONE_PRED``: every node has exactly one predecessor (experts fed by one attention segment),
-  so attention over predecessors is the identity and the message is the predecessor's state;
+- ``ONE_PRED``: every node has exactly one predecessor, so attention over predecessors is the
+  identity and the message is the predecessor's state;
+- ``ONE_SRC``: ``ONE_PRED`` with the same predecessor for every node (the experts of an MoE
+  layer fed by one attention segment), so the message and its hidden gates are computed once
+  and broadcast over the level;
 - ``ONE_DST``: one node with many predecessors (the segment after an MoE layer), so the
   per-destination softmax is a plain softmax;
 - ``GENERAL``: anything else (scatter softmax over destinations).
@@ -21,10 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["LevelPlan", "DagSchedule", "build_schedule", "SOURCES", "ONE_PRED", "ONE_DST",
-           "GENERAL"]
+__all__ = ["LevelPlan", "DagSchedule", "build_schedule", "SOURCES", "ONE_PRED", "ONE_SRC",
+           "ONE_DST", "GENERAL"]
 
-SOURCES, ONE_PRED, ONE_DST, GENERAL = 0, 1, 2, 3
+SOURCES, ONE_PRED, ONE_DST, GENERAL, ONE_SRC = 0, 1, 2, 3, 4
 
 
 class LevelPlan(NamedTuple):
@@ -32,7 +35,8 @@ class LevelPlan(NamedTuple):
 
     Shapes:
         nodes: ``(n_d,)`` node indices of the level;
-        src: ``(e_d,)`` predecessor of each incoming edge (for ONE_PRED aligned with ``nodes``);
+        src: ``(e_d,)`` predecessor of each incoming edge (for ONE_PRED and ONE_SRC aligned
+            with ``nodes``);
         dst: ``(e_d,)`` global index of each edge's destination;
         dst_local: ``(e_d,)`` position of each edge's destination inside ``nodes``.
     """
@@ -113,7 +117,7 @@ def _plans(src: np.ndarray, dst: np.ndarray, n: int) -> tuple[LevelPlan, ...]:
         if d == 0:
             kind = SOURCES
         elif e_src.size == nodes.size:  # one edge per node (every node has >= 1 predecessor)
-            kind = ONE_PRED
+            kind = ONE_SRC if nodes.size > 1 and (e_src == e_src[0]).all() else ONE_PRED
             by_node = np.argsort(local, kind="stable")
             e_src, e_dst, local = e_src[by_node], e_dst[by_node], local[by_node]
         elif nodes.size == 1:
