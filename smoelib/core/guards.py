@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -157,7 +158,7 @@ def guard(proposed: PipelineDecision, *, dag: PipelineDAG, settings: Settings,
             if node not in experts and node in last.experts:
                 experts[node] = last.experts[node]
                 notes.add("bounds", f"{node}: no proposal; kept the last decision")
-    experts = {n: _clamp(n, e, dag, settings, notes) for n, e in experts.items()}
+    experts = _clamp_all(experts, dag, settings, notes)
     base = dict(last.experts) if last is not None else (
         observed_decision(observation, dag) if observation is not None else {})
     if rules.step_limits and base:
@@ -214,6 +215,12 @@ def _pods(observation: Any, dag: PipelineDAG, base: Mapping[str, ExpertDecision]
             else base[n].replicas for n in base}
 
 
+_KNOB_VALUES = attrgetter(*KNOB_NAMES)
+_NUMBERS = frozenset((int, float))
+_BOUNDED = attrgetter("replicas", "cpu", "memory_mb", "gpu_share", "concurrency")
+"""the knobs :func:`_clamp_all` bounds, in the order its fast path reads them"""
+
+
 def _refusal(proposed: PipelineDecision, dag: PipelineDAG) -> str | None:
     if proposed.pipeline != dag.name:
         return f"refused: decision for pipeline {proposed.pipeline!r}, not {dag.name!r}"
@@ -221,39 +228,53 @@ def _refusal(proposed: PipelineDecision, dag: PipelineDAG) -> str | None:
     for node, e in proposed.experts.items():
         if node not in known:
             return f"refused: {node!r} is not an expert of {dag.name!r}"
-        for knob in KNOB_NAMES:
-            value = getattr(e, knob)
+        values = _KNOB_VALUES(e)
+        if _NUMBERS.issuperset(map(type, values)) and math.isfinite(sum(values)):
+            continue  # the common case, checked at once (a sum that overflows looks below)
+        for knob, value in zip(KNOB_NAMES, values, strict=True):
             if not isinstance(value, int | float) or not math.isfinite(value):
                 return f"refused: {node}.{knob} is {value!r}"
     return None
 
 
-def _clamp(node: str, e: ExpertDecision, dag: PipelineDAG, settings: Settings,
-           notes: _Notes) -> ExpertDecision:
-    spec = dag.spec(node)
+def _clamp_all(experts: Mapping[str, ExpertDecision], dag: PipelineDAG, settings: Settings,
+               notes: _Notes) -> dict[str, ExpertDecision]:
+    """Every expert's knobs within its replica bounds and the action space's range, and its
+    memory at least the runtime plus its weights."""
     a = settings.actions
-    ranges = {"replicas": (spec.replicas_min, spec.replicas_max),
-              "cpu": (min(a.cpu), max(a.cpu)),
-              "memory_mb": (min(a.memory_mb), max(a.memory_mb)),
-              "gpu_share": ((0.0, 0.0) if settings.gpu_sharing.mode == "none"
-                            or dag.accelerator == "cpu" else (0.0, 1.0)),
-              "concurrency": (min(a.concurrency), max(a.concurrency))}
-    changed = {}
-    for knob, (lo, hi) in ranges.items():
-        value = getattr(e, knob)
-        bounded = min(max(value, lo), hi)
-        if bounded != value:
+    shared = (("cpu", min(a.cpu), max(a.cpu)),
+              ("memory_mb", min(a.memory_mb), max(a.memory_mb)),
+              ("gpu_share", *((0.0, 0.0) if settings.gpu_sharing.mode == "none"
+                              or dag.accelerator == "cpu" else (0.0, 1.0))),
+              ("concurrency", min(a.concurrency), max(a.concurrency)))
+    runtime = settings.cluster.runtime_memory_mb
+    (_, c_lo, c_hi), (_, m_lo, m_hi), (_, g_lo, g_hi), (_, k_lo, k_hi) = shared
+    out = {}
+    for node, e in experts.items():
+        spec = dag.spec(node)
+        floor = memory_floor_mb(spec, runtime_memory_mb=runtime)
+        r, c, m, g, k = _BOUNDED(e)
+        if (spec.replicas_min <= r <= spec.replicas_max and c_lo <= c <= c_hi
+                and max(m_lo, floor) <= m <= m_hi and g_lo <= g <= g_hi and k_lo <= k <= k_hi):
+            out[node] = e  # the common case: nothing to change
+            continue
+        changed = {}
+        for knob, lo, hi in (("replicas", spec.replicas_min, spec.replicas_max), *shared):
+            value = getattr(e, knob)
+            if lo <= value <= hi:
+                continue
+            bounded = min(max(value, lo), hi)
             changed[knob] = type(value)(bounded)
             notes.add("bounds", f"{node}: {knob} {value:g} outside [{lo:g}, {hi:g}] -> "
                                 f"{bounded:g}")
-    floor = memory_floor_mb(spec, runtime_memory_mb=settings.cluster.runtime_memory_mb)
-    memory = changed.get("memory_mb", e.memory_mb)
-    if memory < floor:
-        lifted = memory_choice(floor, a.memory_mb)
-        changed["memory_mb"] = lifted
-        notes.add("bounds", f"{node}: memory_mb {memory:g} below runtime + weights "
-                            f"({floor:g} MiB; a replica would be OOM-killed) -> {lifted:g}")
-    return replace(e, **changed) if changed else e
+        memory = changed.get("memory_mb", e.memory_mb)
+        if memory < floor:
+            lifted = memory_choice(floor, a.memory_mb)
+            changed["memory_mb"] = lifted
+            notes.add("bounds", f"{node}: memory_mb {memory:g} below runtime + weights "
+                                f"({floor:g} MiB; a replica would be OOM-killed) -> {lifted:g}")
+        out[node] = replace(e, **changed) if changed else e
+    return out
 
 
 def _limit_steps(experts: dict[str, ExpertDecision], base: Mapping[str, ExpertDecision],

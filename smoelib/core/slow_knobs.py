@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -103,18 +104,21 @@ def hold_slow_knobs(experts: Mapping[str, ExpertDecision],
         ``(rule, note)`` per held change (rule ``hysteresis`` or ``budget``).
     """
     candidates = dict(memory.candidates)
+    pending = {node for node, _ in candidates}  # experts with a candidate value remembered
+    names = rules.knobs + rules.decreases
+    values = attrgetter(*names) if names else (lambda _: ())
     used = sum(p for _, p in memory.window(now))
     budget = rules.budget_per_min
     out: dict[str, ExpertDecision] = {}
     notes: list[tuple[str, str]] = []
     for node, want in experts.items():
         have = reference.get(node)
-        if have is None:
-            out[node] = want
+        if have is None or (node not in pending and values(want) == values(have)):
+            out[node] = want  # no reference, or no slow knob changes and nothing to forget
             continue
         held: dict[str, Any] = {}
         ready: list[str] = []
-        for knob in rules.knobs + rules.decreases:
+        for knob in names:
             new, old = getattr(want, knob), getattr(have, knob)
             key = (node, knob)
             if new == old or (knob in rules.decreases and new > old):

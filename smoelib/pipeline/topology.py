@@ -121,7 +121,11 @@ class PipelineDAG:
         if not self.has_metadata:
             raise PipelineError([Problem("", "built with attach_metadata=False: no node specs")],
                                 source=self.source)
-        return self.graph.nodes[node]["spec"]
+        return self._specs[node]
+
+    @cached_property
+    def _specs(self) -> dict[str, NodeSpec]:
+        return {n: data["spec"] for n, data in self.graph.nodes(data=True)}
 
     def function_name(self, node: str) -> str | None:
         """The OpenFaaS function (Deployment) serving ``node``; None for a join."""
