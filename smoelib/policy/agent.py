@@ -110,11 +110,14 @@ def actions_to_decision(actions: Actions, inp: PolicyInput, dag: Any, *, config:
                      d.static["replicas_min"][d.expert_pos], d.static["replicas_max"][d.expert_pos])
     share = values.get("gpu_share", np.full(target.shape, config.fixed_gpu_share))
     nodes = dag.nodes
-    experts = {}
-    for li, lj in zip(*np.nonzero(d.expert_valid.numpy()), strict=True):
-        experts[nodes[d.expert_pos[li, lj]]] = ExpertDecision(
-            replicas=int(round(target[li, lj])), cpu=float(values["cpu"][li, lj]),
-            memory_mb=int(values["memory_mb"][li, lj]), gpu_share=float(share[li, lj]),
-            concurrency=int(values["concurrency"][li, lj]))
+    at = np.nonzero(d.expert_valid.numpy())  # every expert's slot, as one index
+    columns = (np.rint(target[at]).astype(np.int64).tolist(),  # int(round()): half to even
+               values["cpu"][at].astype(float).tolist(),
+               values["memory_mb"][at].astype(np.int64).tolist(),
+               share[at].astype(float).tolist(),
+               values["concurrency"][at].astype(np.int64).tolist())
+    experts = {nodes[i]: ExpertDecision(replicas=r, cpu=c, memory_mb=m, gpu_share=g,
+                                        concurrency=k)
+               for i, r, c, m, g, k in zip(d.expert_pos[at].tolist(), *columns, strict=True)}
     return PipelineDecision(pipeline=dag.name, updated_at=updated_at,
                             experts=MappingProxyType(experts))
