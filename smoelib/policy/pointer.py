@@ -94,16 +94,15 @@ def _first(mask: Tensor) -> Tensor:
     return mask & (torch.arange(mask.shape[-1], device=mask.device) == first)
 
 
-def _take(x: Tensor, block: Tensor) -> Tensor:
-    """``x``'s expert slots ``block`` along dim 2 (a gather through one ``index_select`` on
-    the flattened slots, much cheaper on CPU than ``gather`` with an expanded index).
+def _take(x: Tensor, slots: Tensor, shape: torch.Size) -> Tensor:
+    """``x``'s expert slots along dim 2: one ``index_select`` on the flattened slots (much
+    cheaper on CPU than ``gather`` with an expanded index). ``slots`` is a block's flat index
+    (``block + layer offset``, built once per decoding step), ``shape`` the block's.
 
-    Shapes: ``x`` ``(B, L, E, *rest)``, ``block`` ``(B, L, K)`` -> ``(B, L, K, *rest)``.
+    Shapes: ``x`` ``(B, L, E, *rest)``, ``slots`` ``(B * L * K,)`` -> ``(*shape, *rest)``.
     """
-    b, n_layers, e = x.shape[:3]
-    base = torch.arange(b * n_layers, device=block.device).view(b, n_layers, 1) * e
-    flat = x.reshape(b * n_layers * e, *x.shape[3:])
-    return flat.index_select(0, (block + base).reshape(-1)).view(*block.shape, *x.shape[3:])
+    rest = x.shape[3:]
+    return x.reshape(-1, *rest).index_select(0, slots).view(*shape, *rest)
 
 
 class PointerDecoder(nn.Module):
@@ -180,6 +179,7 @@ class PointerDecoder(nn.Module):
         in_order = (torch.arange(steps * bk).unsqueeze(0) < n_valid.unsqueeze(1)).expand(
             b, n_layers, steps * bk)  # (B, L, steps*K): is position p of the order an expert
         n_block = in_order.unflatten(-1, (steps, bk)).sum(-1).clamp_min(1)  # (B, L, steps)
+        offset = torch.arange(b * n_layers).view(b, n_layers, 1) * e  # a layer's first slot
         for t in range(steps):
             pv = in_order[..., t * bk:(t + 1) * bk]  # (B, L, K)
             rem_frac = (remaining / scale).unsqueeze(-1)  # (B, L, 1)
@@ -204,10 +204,11 @@ class PointerDecoder(nn.Module):
             # (B, L): GPUs each expert of this block may take (capacity: "even" or "spare")
             allowance = remaining / n_blk if self.even else remaining
             ctx = torch.cat([state, fixed_ctx, rem_frac, (allowance / scale).unsqueeze(-1)], -1)
-            logits = self.heads(_take(expert_part, block), ctx)  # (B, L, K, heads, C)
-            allowed = _take(choice_mask, block)  # (B, L, K, heads, C): the bounds
-            given = None if actions is None else _take(actions.choices, block)  # (B, L, K, heads)
-            picks, lp, ent, used = self._heads(logits, allowed, _take(targets, block),
+            slots, shape = (block + offset).reshape(-1), block.shape
+            logits = self.heads(_take(expert_part, slots, shape), ctx)  # (B, L, K, heads, C)
+            allowed = _take(choice_mask, slots, shape)  # (B, L, K, heads, C): the bounds
+            given = None if actions is None else _take(actions.choices, slots, shape)
+            picks, lp, ent, used = self._heads(logits, allowed, _take(targets, slots, shape),
                                                allowance, given, generator, score)
             if score:
                 log_prob = log_prob + torch.where(pv, lp, 0.0).sum((1, 2))
@@ -218,7 +219,7 @@ class PointerDecoder(nn.Module):
             chosen_all.scatter_(2, slot.unsqueeze(-1).expand(b, n_layers, bk, n_heads), picks)
             orders.append(block)
             if self.pointer:
-                mean_eb = (_take(expert_emb, block) * pv.unsqueeze(-1)).sum(2) \
+                mean_eb = (_take(expert_emb, slots, shape) * pv.unsqueeze(-1)).sum(2) \
                     / n_blk.unsqueeze(-1)  # (B, L, H)
                 inp = torch.cat([mean_eb, (remaining / scale).unsqueeze(-1),
                                  (consumed / scale).unsqueeze(-1)], -1)  # (B, L, H+2)
