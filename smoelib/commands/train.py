@@ -46,8 +46,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--updates", type=int, default=d.updates, help="PPO updates")
     parser.add_argument("--learning-rate", type=float, default=d.learning_rate,
                         help="Adam step size for PPO")
+    parser.add_argument("--scenarios", type=int, default=d.scenarios,
+                        help="scenarios per PPO update (one pipeline; each its own trace, "
+                             "seed and rate)")
     parser.add_argument("--envs", type=int, default=d.envs,
-                        help="rollouts per update (common random numbers)")
+                        help="rollouts per scenario (common random numbers)")
+    parser.add_argument("--rate-scales", default=f"{d.rate_scales[0]:g}:{d.rate_scales[1]:g}",
+                        help="LO:HI: each training episode's request rate is the config's "
+                             "times a factor log-uniform on it")
+    parser.add_argument("--engine", default=d.engine,
+                        help="simulator engine of the training episodes (fluid: the fast "
+                             "mode; validation runs the config's own)")
     parser.add_argument("--episode", type=float, default=d.episode_s,
                         help="episode length, simulated seconds")
     parser.add_argument("--episode-start", type=float, default=d.episode_start_s,
@@ -80,6 +89,12 @@ def _config(args: argparse.Namespace):
     except ValueError:
         problems.append(Problem("--seeds", f"expected LO:HI integers, got {args.seeds!r}"))
         lo, hi = 0, 1000
+    try:
+        rlo, rhi = (float(x) for x in args.rate_scales.split(":"))
+    except ValueError:
+        problems.append(Problem("--rate-scales", f"expected LO:HI numbers, got "
+                                                 f"{args.rate_scales!r}"))
+        rlo, rhi = 1.0, 1.0
     if args.threads < 1:
         problems.append(Problem("--threads", "must be >= 1"))
     if args.time_limit is not None and args.time_limit <= 0:
@@ -91,7 +106,8 @@ def _config(args: argparse.Namespace):
         traces=tuple(split_list(args.traces, "--traces")), seeds=(lo, hi), seed=args.seed,
         config=args.config, architecture=args.architecture, capacity=args.capacity,
         bc_rounds=args.bc_rounds,
-        bc_episodes=args.bc_episodes, updates=args.updates, envs=args.envs,
+        bc_episodes=args.bc_episodes, updates=args.updates, scenarios=args.scenarios,
+        envs=args.envs, rate_scales=(rlo, rhi), engine=args.engine,
         learning_rate=args.learning_rate,
         episode_s=args.episode, episode_start_s=min(args.episode_start, args.episode),
         validate_every=args.validate_every, validation_s=args.validation_episode,
@@ -127,8 +143,10 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, out=out, resume=args.resume, progress=not args.no_progress,
                    time_limit_s=None if args.time_limit is None else args.time_limit * 60.0)
     state = "finished" if result.finished else "stopped by --time-limit (resume with --resume)"
+    ticks = result.history[-1]["env_steps"] if result.history else 0
     print(f"{state} at update {result.update}/{cfg.total_updates}: {result.checkpoint}"
-          + (f", best {result.best}" if result.best else ""))
+          + (f", best {result.best}" if result.best else "")
+          + (f"; {ticks:,} control ticks of experience" if ticks else ""))
     _plot(out)
     if args.export and result.finished:
         source = result.best or result.checkpoint

@@ -19,7 +19,8 @@ import numpy as np
 
 from smoelib.errors import Problem
 
-__all__ = ["TRAIN_TRACES", "EVAL_SEED_START", "Scenario", "split_problems", "scenario",
+__all__ = ["TRAIN_TRACES", "EVAL_SEED_START", "Scenario", "split_problems", "scenarios",
+           "log_uniform",
            "validation_scenarios"]
 
 TRAIN_TRACES: tuple[str, ...] = ("conv-train", "poisson", "bursty", "diurnal", "spike")
@@ -30,12 +31,14 @@ EVAL_SEED_START = 1000
 
 @dataclass(frozen=True)
 class Scenario:
-    """One episode's input: every rollout of an update shares it (common random numbers)."""
+    """One episode's input: its rollouts share it (common random numbers). ``rate_scale``
+    multiplies the config's request rate (``simulator.rate_scale``)."""
 
     pipeline: str
     trace: str
     seed: int
     duration_s: float
+    rate_scale: float = 1.0
 
 
 def split_problems(traces: tuple[str, ...] | list[str], seeds: tuple[int, int]) -> list[Problem]:
@@ -52,15 +55,22 @@ def split_problems(traces: tuple[str, ...] | list[str], seeds: tuple[int, int]) 
     return p
 
 
+def log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    """A draw log-uniform on ``[lo, hi]`` (``lo`` itself when they are equal): rate factors."""
+    lo, hi = bounds
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi)))) if hi > lo else float(lo)
+
+
 def _episode_s(update: int, *, start_s: float, end_s: float, ramp: int, tick_s: float) -> float:
     frac = 1.0 if ramp <= 0 else min(1.0, update / ramp)
     return max(tick_s, math.floor((start_s + frac * (end_s - start_s)) / tick_s) * tick_s)
 
 
-def scenario(update: int, *, pipelines: list[str], sizes: list[int], traces: tuple[str, ...],
-             seeds: tuple[int, int], seed: int, start_s: float, end_s: float, ramp: int,
-             tick_s: float) -> Scenario:
-    """The scenario of PPO update ``update``.
+def scenarios(update: int, *, pipelines: list[str], sizes: list[int], traces: tuple[str, ...],
+              seeds: tuple[int, int], seed: int, start_s: float, end_s: float, ramp: int,
+              tick_s: float, count: int = 1, rate_scales: tuple[float, float] = (1.0, 1.0)
+              ) -> list[Scenario]:
+    """The ``count`` scenarios of PPO update ``update``: one pipeline, one episode length.
 
     Args:
         pipelines, sizes: pipeline paths and their expert counts.
@@ -70,16 +80,19 @@ def scenario(update: int, *, pipelines: list[str], sizes: list[int], traces: tup
             over ``ramp`` updates (s, s, updates); pipelines enter smallest first over the
             same ramp.
         tick_s: the control interval (episodes are whole ticks).
+        count: scenarios drawn (each its own trace, seed and rate).
+        rate_scales: ``(lo, hi)``: each scenario's rate factor is log-uniform on it.
     """
     rng = np.random.default_rng([seed, update, 0x5C])
     by_size = [p for _, p in sorted(zip(sizes, pipelines, strict=True))]
     frac = 1.0 if ramp <= 0 else min(1.0, (update + 1) / ramp)
     open_ = by_size[:max(1, math.ceil(frac * len(by_size)))]
-    return Scenario(pipeline=open_[int(rng.integers(len(open_)))],
-                    trace=traces[int(rng.integers(len(traces)))],
-                    seed=int(rng.integers(*seeds)),
-                    duration_s=_episode_s(update, start_s=start_s, end_s=end_s, ramp=ramp,
-                                          tick_s=tick_s))
+    pipeline = open_[int(rng.integers(len(open_)))]
+    duration = _episode_s(update, start_s=start_s, end_s=end_s, ramp=ramp, tick_s=tick_s)
+    return [Scenario(pipeline=pipeline, trace=traces[int(rng.integers(len(traces)))],
+                     seed=int(rng.integers(*seeds)), duration_s=duration,
+                     rate_scale=log_uniform(rng, rate_scales))
+            for _ in range(count)]
 
 
 def validation_scenarios(pipelines: list[str], *, traces: tuple[str, ...], seed: int,

@@ -1,12 +1,13 @@
-"""Rollouts on the simulator: ``K`` environments on one scenario, stepped in lock-step.
+"""Rollouts on the simulator: ``K`` environments of one pipeline, stepped in lock-step.
 
-Every environment of a rollout is reset with the same seed, so all ``K`` see the same
-arrivals and routing (common random numbers, Decima): their returns differ only by the
-policy's own choices, which is what the per-tick baseline across them removes
-(:func:`smoelib.policy.train.crn_advantages`). The agent decides for all ``K`` in one batched
-forward pass; each row's decision then goes through the one tick (:mod:`smoelib.core.tick`,
-under the run's guard profile, ``production`` by default) and the simulated actuator, as in
-``smoe evaluate`` and in the controller (:class:`~smoelib.sim.loop.SimLoop`).
+Each environment has its own settings (engine, request rate), trace and seed
+(:class:`EnvRun`). Environments given the same run see the same arrivals and routing (common
+random numbers, Decima): their returns differ only by the policy's own choices, which is what
+the per-tick baseline across them removes (:func:`smoelib.policy.train.crn_advantages`). The
+agent decides for all ``K`` in one batched forward pass; each row's decision then goes through
+the one tick (:mod:`smoelib.core.tick`, under the run's guard profile, ``production`` by
+default) and the simulated actuator, as in ``smoe evaluate`` and in the controller
+(:class:`~smoelib.sim.loop.SimLoop`).
 
 Who acts: ``"sample"`` (the agent, sampling with the given generator: PPO), ``"greedy"`` (the
 agent's greedy actions: DAgger and validation) or ``"teacher"`` (a registered decider: the first
@@ -36,9 +37,19 @@ from smoelib.sim.env import RewardParts, SimEnv
 from smoelib.sim.loop import SimLoop
 from smoelib.sim.summary import summarise, window_series
 
-__all__ = ["Rollout", "EpisodeStats", "collect", "cat_actions"]
+__all__ = ["Rollout", "EpisodeStats", "EnvRun", "collect", "cat_actions"]
 
 Mode = Literal["sample", "greedy", "teacher"]
+
+
+@dataclass(frozen=True)
+class EnvRun:
+    """One environment of a rollout: the settings it runs (``simulator.engine``,
+    ``simulator.rate_scale``, ...), its trace and its seed."""
+
+    settings: Any
+    trace: str
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -103,16 +114,16 @@ def _episode(env: SimEnv) -> EpisodeStats:
                         violation_rate=s.window_violation_rate, dropped=s.dropped)
 
 
-def collect(agent: SMoEAgent, *, dag: Any, settings: Any, trace: str, seed: int,
-            duration_s: float, envs: int, mode: Mode, generator: torch.Generator | None = None,
-            teacher: str | None = None, label: bool = False,
-            guards: str = "production") -> Rollout:
-    """Run ``envs`` environments of one scenario to the end of the episode.
+def collect(agent: SMoEAgent, *, dag: Any, runs: list[EnvRun], duration_s: float, mode: Mode,
+            generator: torch.Generator | None = None, teacher: str | None = None,
+            label: bool = False, guards: str = "production") -> Rollout:
+    """Run one environment per entry of ``runs`` to the end of the episode.
 
     Args:
         agent: the policy (its log-probabilities and values are recorded in every mode).
-        dag, settings, trace, seed, duration_s: the scenario; every env is reset with ``seed``.
-        envs: ``K``.
+        dag: the pipeline every environment serves.
+        runs: ``K`` environments (repeat a run for common random numbers).
+        duration_s: the episode length (simulated s).
         mode: who acts (module docstring).
         generator: the sampling generator (``mode="sample"``).
         teacher: registry name of the teacher (``mode="teacher"`` or ``label=True``).
@@ -120,16 +131,16 @@ def collect(agent: SMoEAgent, *, dag: Any, settings: Any, trace: str, seed: int,
         guards: the guard profile every tick runs under.
     """
     cfg = agent.config
-    loops = [SimLoop(SimEnv(dag, settings, trace=trace, duration_s=duration_s),
-                     settings=settings, profile=guards) for _ in range(envs)]
-    obs = [loop.reset(seed) for loop in loops]
+    envs = len(runs)
+    loops = [SimLoop(SimEnv(dag, r.settings, trace=r.trace, duration_s=duration_s),
+                     settings=r.settings, profile=guards) for r in runs]
+    obs = [loop.reset(r.seed) for loop, r in zip(loops, runs, strict=True)]
     teachers = []
     if mode == "teacher" or label:
-        teachers = [get_decider(teacher, dag=dag, settings=settings) for _ in range(envs)]
-        for t in teachers:
-            t.reset(seed)
+        teachers = [get_decider(teacher, dag=dag, settings=r.settings) for r in runs]
+        for t, r in zip(teachers, runs, strict=True):
+            t.reset(r.seed)
     trends: list[TrendState | None] = [None] * envs
-    gpus = settings.cluster.gpus
     steps: list[tuple[PolicyInput, Actions, Tensor, Tensor, list[RewardParts]]] = []
     lifted: list[list[float]] = []
     n_experts = max(len(dag.experts), 1)
@@ -138,7 +149,8 @@ def collect(agent: SMoEAgent, *, dag: Any, settings: Any, trace: str, seed: int,
     while not done:
         rows = []
         for k in range(envs):
-            inp, trends[k] = build_features(obs[k], dag, config=cfg, gpus=gpus,
+            inp, trends[k] = build_features(obs[k], dag, config=cfg,
+                                            gpus=runs[k].settings.cluster.gpus,
                                             trend=trends[k])
             rows.append(inp)
         batch = collate(rows)
@@ -156,7 +168,8 @@ def collect(agent: SMoEAgent, *, dag: Any, settings: Any, trace: str, seed: int,
                                                updated_at=float(obs[k].time_s), row=k)
                 step = loop.step(Proposed(proposal))
             if label and taught is not None:
-                bounded = guard(taught, dag=dag, settings=settings, profile="physical").decision
+                bounded = guard(taught, dag=dag, settings=runs[k].settings,
+                                profile="physical").decision
                 labels.append(teacher_actions(bounded, rows[k], dag, config=cfg))
             obs[k], done = step.step.observation, step.step.done
             parts.append(step.step.reward)

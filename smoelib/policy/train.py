@@ -8,18 +8,20 @@ The loop, one update at a time (``update`` counts both phases):
    agent itself (greedy), always labelled by the teacher on the states visited; the agent
    maximises the log-probability of the teacher's actions and fits its value head to the
    episodes' returns.
-2. **PPO** (the rest): ``envs`` rollouts of one curriculum scenario on common random numbers;
+2. **PPO** (the rest): ``scenarios`` curriculum scenarios of one pipeline (each its own
+   trace, seed and request rate), each run by ``envs`` rollouts on common random numbers, in
+   the fast mode (``engine``, the fluid engine by default) and decided in one batched pass;
    reward ``-(cost / reference cost) - lambda * overrun - shield_penalty * lifts`` per tick
    (scaled; ``lifts`` the share of experts the production shield lifted); GAE advantages,
-   minus the leave-one-out mean of the other rollouts at the same tick (Decima's
+   minus the leave-one-out mean of the scenario's other rollouts at the same tick (Decima's
    input-dependent baseline); clipped surrogate, value loss, per-expert entropy bonus, KL early
    stop; then one dual-ascent step on ``lambda`` towards "worst 60 s window P95 <= (1 +
    slo_target) x SLO".
 
 Every random draw is a function of ``(seed, update)``: a stopped run resumed from its checkpoint
 continues exactly as an uninterrupted one, and one seed gives one checkpoint. Validation on fixed
-training-split scenarios (seed below 1000) keeps ``best.pt``: the cheapest policy that is no worse
-than the teacher on SLO violations there.
+training-split scenarios (seed below 1000), request-level (the config's own engine), keeps
+``best.pt``: the cheapest policy that is no worse than the teacher on SLO violations there.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import numpy as np
 import torch
@@ -39,27 +41,34 @@ from smoelib.core.guards import PROFILES
 from smoelib.errors import ConfigError, Problem
 from smoelib.policy import ppo
 from smoelib.policy.agent import SMoEAgent
+from smoelib.policy.baselines.common import with_overrides
 from smoelib.policy.checkpoint import load_checkpoint, save_checkpoint
 from smoelib.policy.config import PolicyConfig, choice_problems
 from smoelib.policy.curriculum import (
     TRAIN_TRACES,
-    scenario,
+    Scenario,
+    log_uniform,
+    scenarios,
     split_problems,
     validation_scenarios,
 )
 from smoelib.policy.features import PolicyInput
 from smoelib.policy.imitation import bc_loss
 from smoelib.policy.pointer import Actions
-from smoelib.policy.rollout import EpisodeStats, Rollout, collect
+from smoelib.policy.rollout import EnvRun, EpisodeStats, Rollout, collect
+from smoelib.settings.experiment import Simulator
 from smoelib.sim.targets import reference_cost
 
 __all__ = ["TrainConfig", "TrainResult", "train", "crn_advantages", "reference_cost",
            "LOG_KEYS"]
 
+ENGINES: tuple[str, ...] = get_args(get_type_hints(Simulator)["engine"])
+"""the simulator engines a training run may pick (``simulator.engine``)"""
 _PIPELINES = ("examples/pipelines/bert-moe.yml", "examples/pipelines/gpt2-moe.yml",
               "examples/pipelines/bert2bert-moe.yml")
 LOG_KEYS = (
-    "update", "phase", "env_steps", "wall_s", "pipeline", "trace", "seed", "duration_s",
+    "update", "phase", "env_steps", "wall_s", "pipeline", "trace", "seed", "rate_scale",
+    "duration_s",
     "charts/episode_cost", "charts/cost_per_tick", "charts/slo_ratio", "charts/worst_window",
     "charts/violation_rate", "charts/dropped", "charts/return", "charts/lagrange",
     "losses/bc", "losses/bc_kept", "losses/policy", "losses/value", "losses/entropy",
@@ -102,15 +111,25 @@ class TrainConfig:
     """samples per behaviour-cloning minibatch (ticks)"""
     bc_learning_rate: float = 1e-3
     """Adam step size while cloning"""
-    updates: int = 60
-    """PPO updates after cloning (a resumed run may extend or cut it)"""
+    updates: int = 340
+    """PPO updates after cloning (a resumed run may extend or cut it); the default collects
+    about 310,000 control ticks"""
+    scenarios: int = 4
+    """scenarios per update (one pipeline; each its own trace, seed and request rate)"""
     envs: int = 4
-    """rollouts per update, all on the same scenario and seed (common random numbers)"""
+    """rollouts per scenario, on its seed (common random numbers): an update steps
+    ``scenarios x envs`` environments"""
+    rate_scales: tuple[float, float] = (0.3, 3.0)
+    """each training scenario's request rate is the config's times a factor drawn log-uniformly
+    from ``[lo, hi]`` (cloning episodes too; validation runs at the config's rate)"""
+    engine: str = "fluid"
+    """the simulator engine of the cloning and PPO episodes (fluid: the fast training mode;
+    compiled or reference: request-level). Validation runs the config's own engine"""
     episode_start_s: float = 120.0
     """curriculum: first episode length (simulated s)"""
     episode_s: float = 300.0
     """curriculum: final episode length (simulated s), also the cloning episodes'"""
-    curriculum_updates: int = 30
+    curriculum_updates: int = 60
     """PPO updates over which episodes lengthen and pipelines open"""
     update_epochs: int = 4
     """PPO epochs per update"""
@@ -145,7 +164,7 @@ class TrainConfig:
     """the multiplier is capped here"""
     slo_target: float = -0.1
     """the constraint: worst 60 s window P95 / SLO - 1 <= slo_target (negative: a margin)"""
-    validate_every: int = 10
+    validate_every: int = 20
     """PPO updates between validations (and after cloning; 0: never)"""
     validation_s: float = 300.0
     """validation episode length (simulated s)"""
@@ -170,8 +189,8 @@ class TrainConfig:
                                        f"{', '.join(PROFILES)}"))
         if not self.pipelines:
             p.append(Problem("pipelines", "needs at least one pipeline"))
-        for name in ("hidden", "bc_episodes", "bc_epochs", "bc_batch", "envs", "update_epochs",
-                     "minibatches", "checkpoint_every"):
+        for name in ("hidden", "bc_episodes", "bc_epochs", "bc_batch", "scenarios", "envs",
+                     "update_epochs", "minibatches", "checkpoint_every"):
             if getattr(self, name) < 1:
                 p.append(Problem(name, "must be >= 1"))
         for name in ("bc_rounds", "updates", "curriculum_updates", "validate_every"):
@@ -184,6 +203,12 @@ class TrainConfig:
         for name in ("gamma", "gae_lambda"):
             if not 0 <= getattr(self, name) <= 1:
                 p.append(Problem(name, "must be within [0, 1]"))
+        lo, hi = self.rate_scales
+        if not 0 < lo <= hi:
+            p.append(Problem("rate_scales", f"needs 0 < lo <= hi, got ({lo}, {hi})"))
+        if self.engine not in ENGINES:
+            p.append(Problem("engine", f"unknown engine {self.engine!r}; known: "
+                                       f"{', '.join(ENGINES)}"))
         if self.envs < 2 and self.updates > 0:
             p.append(Problem("envs", "PPO needs >= 2 rollouts for the common-random-numbers "
                                      "baseline"))
@@ -217,13 +242,25 @@ class TrainResult:
 
 
 # ---- small pieces ---------------------------------------------------------------------------
-def crn_advantages(adv: torch.Tensor) -> torch.Tensor:
-    """Subtract, per tick, the mean advantage of the *other* rollouts (leave-one-out, so the
-    baseline never depends on the rollout's own actions): what all rollouts share through the
-    common arrivals cancels. Shapes: ``(T, K)`` -> ``(T, K)``, ``K >= 2``."""
-    k = adv.shape[1]
-    others = (adv.sum(1, keepdim=True) - adv) / (k - 1)
-    return adv - others
+def crn_advantages(adv: torch.Tensor, group: int | None = None) -> torch.Tensor:
+    """Subtract, per tick, the mean advantage of the *other* rollouts of the same scenario
+    (leave-one-out, so the baseline never depends on the rollout's own actions): what a
+    scenario's rollouts share through the common arrivals cancels. Shapes: ``(T, G * K)`` ->
+    the same, columns scenario-major in groups of ``group = K >= 2`` (default: one group)."""
+    t, n = adv.shape
+    k = n if group is None else group
+    a = adv.reshape(t, n // k, k)
+    others = (a.sum(-1, keepdim=True) - a) / (k - 1)
+    return (a - others).reshape(t, n)
+
+
+def run_settings(settings: Any, cfg: TrainConfig, rate_scale: float) -> Any:
+    """The settings a training episode runs: the run's engine, the config's rate times
+    ``rate_scale``."""
+    return with_overrides(settings, {
+        "simulator.engine": cfg.engine,
+        "simulator.rate_scale": settings.simulator.rate_scale * rate_scale})
+
 
 
 def _rows(inp: PolicyInput, actions: Actions, idx: torch.Tensor
@@ -294,11 +331,11 @@ def _bc_round(agent, opt, cfg: TrainConfig, *, update: int, dags, settings, refs
         pipe = pipes[i % len(pipes)]
         trace = cfg.traces[int(rng.integers(len(cfg.traces)))]
         seed = int(rng.integers(*cfg.seeds))
+        run = EnvRun(run_settings(settings, cfg, log_uniform(rng, cfg.rate_scales)), trace, seed)
         mode = "teacher" if update == 0 or i % 2 == 0 else "greedy"
         agent.eval()
-        ro = collect(agent, dag=dags[pipe], settings=settings, trace=trace, seed=seed,
-                     duration_s=cfg.episode_s, envs=1, mode=mode, teacher=cfg.teacher,
-                     label=True, guards=cfg.guards)
+        ro = collect(agent, dag=dags[pipe], runs=[run], duration_s=cfg.episode_s, mode=mode,
+                     teacher=cfg.teacher, label=True, guards=cfg.guards)
         r = cfg.reward_scale * ppo.reward(ro.cost / refs[pipe], ro.overrun, lagrange,
                                           ro.lifts, cfg.shield_penalty)
         _, returns = ppo.gae(r, torch.zeros_like(r), ro.dones, torch.zeros(1),
@@ -352,21 +389,25 @@ def _cat_inputs(items: list[PolicyInput]) -> PolicyInput:
 
 def _ppo_update(agent, opt, cfg: TrainConfig, *, update: int, dags, sizes, settings, refs,
                 lagrange: float) -> tuple[dict[str, Any], int, float]:
-    """One PPO update on one curriculum scenario; returns stats, env steps, the new lambda."""
-    sc = scenario(update - cfg.bc_rounds, pipelines=list(dags), sizes=sizes,
-                  traces=cfg.traces, seeds=cfg.seeds, seed=cfg.seed,
-                  start_s=cfg.episode_start_s, end_s=cfg.episode_s,
-                  ramp=cfg.curriculum_updates, tick_s=settings.control.interval_s)
+    """One PPO update on ``cfg.scenarios`` curriculum scenarios of one pipeline, ``cfg.envs``
+    rollouts each; returns stats, env steps, the new lambda."""
+    drawn = scenarios(update - cfg.bc_rounds, pipelines=list(dags), sizes=sizes,
+                      traces=cfg.traces, seeds=cfg.seeds, seed=cfg.seed,
+                      start_s=cfg.episode_start_s, end_s=cfg.episode_s,
+                      ramp=cfg.curriculum_updates, tick_s=settings.control.interval_s,
+                      count=cfg.scenarios, rate_scales=cfg.rate_scales)
+    sc = drawn[0]
+    runs = [EnvRun(run_settings(settings, cfg, d.rate_scale), d.trace, d.seed)
+            for d in drawn for _ in range(cfg.envs)]
     gen = _generator(cfg.seed, update)
     agent.eval()
-    ro = collect(agent, dag=dags[sc.pipeline], settings=settings, trace=sc.trace,
-                 seed=sc.seed, duration_s=sc.duration_s, envs=cfg.envs, mode="sample",
-                 generator=gen, guards=cfg.guards)
+    ro = collect(agent, dag=dags[sc.pipeline], runs=runs, duration_s=sc.duration_s,
+                 mode="sample", generator=gen, guards=cfg.guards)
     rewards = cfg.reward_scale * ppo.reward(ro.cost / refs[sc.pipeline], ro.overrun, lagrange,
                                             ro.lifts, cfg.shield_penalty)
-    adv, returns = ppo.gae(rewards, ro.value, ro.dones, torch.zeros(cfg.envs),
+    adv, returns = ppo.gae(rewards, ro.value, ro.dones, torch.zeros(len(runs)),
                            gamma=cfg.gamma, lam=cfg.gae_lambda)
-    adv = crn_advantages(adv).reshape(-1)
+    adv = crn_advantages(adv, group=cfg.envs).reshape(-1)
     returns, old_lp, old_v = returns.reshape(-1), ro.log_prob.reshape(-1), ro.value.reshape(-1)
     n_experts = len(dags[sc.pipeline].experts)
     for g in opt.param_groups:
@@ -405,21 +446,29 @@ def _ppo_update(agent, opt, cfg: TrainConfig, *, update: int, dags, sizes, setti
     new_lagrange = min(cfg.lagrange_max, ppo.lagrange_update(
         lagrange, worst - 1.0, lr=cfg.lagrange_lr, target=cfg.slo_target))
     stats = {**{k: float(np.mean(v)) for k, v in acc.items()},
-             **_episode_charts(ro.episodes, ro.steps // cfg.envs),
+             **_episode_charts(ro.episodes, ro.steps // len(runs)),
              "charts/return": float(rewards.sum(0).mean()),
              "charts/shield_lifts": float(ro.lifts.mean()), "pipeline": Path(sc.pipeline).stem,
-             "trace": sc.trace, "seed": sc.seed, "duration_s": sc.duration_s}
+             **_joined(drawn), "duration_s": sc.duration_s}
     return stats, ro.steps, new_lagrange
 
 
+def _joined(drawn: list[Scenario]) -> dict[str, str]:
+    """The log's trace, seed and rate columns of an update's scenarios, ``+``-separated."""
+    return {"trace": "+".join(d.trace for d in drawn),
+            "seed": "+".join(str(d.seed) for d in drawn),
+            "rate_scale": "+".join(f"{d.rate_scale:.3g}" for d in drawn)}
+
+
 def _validate(agent, cfg: TrainConfig, *, dags, settings, mode: str) -> list[EpisodeStats]:
+    """The validation episodes, request-level: the config's own engine and rate."""
     agent.eval()
     out = []
     for sc in validation_scenarios(list(dags), traces=cfg.traces, seed=cfg.validation_seed,
                                    duration_s=cfg.validation_s):
-        out += collect(agent, dag=dags[sc.pipeline], settings=settings, trace=sc.trace,
-                       seed=sc.seed, duration_s=sc.duration_s, envs=1, mode=mode,
-                       teacher=cfg.teacher, guards=cfg.guards).episodes
+        out += collect(agent, dag=dags[sc.pipeline], runs=[EnvRun(settings, sc.trace, sc.seed)],
+                       duration_s=sc.duration_s, mode=mode, teacher=cfg.teacher,
+                       guards=cfg.guards).episodes
     return out
 
 

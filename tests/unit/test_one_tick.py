@@ -26,7 +26,7 @@ from smoelib.policy.agent import SMoEAgent
 from smoelib.policy.base import register
 from smoelib.policy.baselines.common import with_overrides
 from smoelib.policy.config import PolicyConfig
-from smoelib.policy.rollout import collect
+from smoelib.policy.rollout import EnvRun, collect
 from smoelib.scaler.server import create_server
 from smoelib.scaler.store import DecisionStore
 from smoelib.settings import Settings
@@ -95,8 +95,8 @@ def simulate_driver():
 
 def training_driver():
     agent = SMoEAgent(PolicyConfig.from_settings(SETTINGS))
-    ro = collect(agent, dag=DAG, settings=SETTINGS, trace=TRACE, seed=SEED, duration_s=DURATION,
-                 envs=2, mode="teacher", teacher="test-scripted",
+    ro = collect(agent, dag=DAG, runs=[EnvRun(SETTINGS, TRACE, SEED)] * 2, duration_s=DURATION,
+                 mode="teacher", teacher="test-scripted",
                  generator=torch.Generator().manual_seed(0))
     assert _experts(ro.applied[0]) == _experts(ro.applied[1])
     assert ro.lifts.shape == ro.cost.shape  # the shield's lifts, per tick and environment

@@ -14,7 +14,7 @@ from smoelib.core.observation import NODE_FIELDS, Observation
 from smoelib.errors import ConfigError
 from smoelib.policy.agent import SMoEAgent, actions_to_decision
 from smoelib.policy.config import PolicyConfig
-from smoelib.policy.curriculum import scenario
+from smoelib.policy.curriculum import scenarios
 from smoelib.policy.features import build_features, collate
 from smoelib.policy.imitation import bc_loss, teacher_actions
 from smoelib.policy.train import TrainConfig, crn_advantages, train
@@ -66,6 +66,28 @@ def test_evaluation_data_is_refused(kw, needle):
     assert needle in str(e.value)
 
 
+@pytest.mark.parametrize("kw, needle", [
+    ({"engine": "warp"}, "engine: unknown engine 'warp'"),
+    ({"rate_scales": (2.0, 1.0)}, "rate_scales: needs 0 < lo <= hi"),
+    ({"rate_scales": (0.0, 1.0)}, "rate_scales"), ({"scenarios": 0}, "scenarios: must be >= 1")])
+def test_bad_training_settings_are_named(kw, needle):
+    with pytest.raises(ConfigError, match=needle):
+        TrainConfig(**kw)
+
+
+def test_the_default_budget_is_the_issue_s():
+    """Point 6 of the policy issue: at least 16 environments per update and 300,000 control
+    ticks of experience (the curriculum's episode lengths summed), in the fast mode."""
+    cfg = TrainConfig()
+    assert cfg.scenarios * cfg.envs >= 16 and cfg.engine == "fluid"
+    from smoelib.policy.curriculum import _episode_s
+
+    ticks = sum(cfg.scenarios * cfg.envs * _episode_s(
+        u, start_s=cfg.episode_start_s, end_s=cfg.episode_s, ramp=cfg.curriculum_updates,
+        tick_s=5.0) / 5.0 for u in range(cfg.updates))
+    assert ticks >= 300_000
+
+
 def test_the_capacity_mode_reaches_the_network_and_is_checked():
     from smoelib.settings import load_settings
 
@@ -82,6 +104,9 @@ def test_crn_advantages_subtract_the_other_rollouts_mean():
     assert torch.allclose(crn_advantages(adv), want)
     shared = torch.tensor([[5.0, 5.0], [-2.0, -2.0]])  # what every rollout shares cancels
     assert torch.equal(crn_advantages(shared), torch.zeros(2, 2))
+    # two scenarios side by side (columns scenario-major): each its own baseline
+    both = torch.cat([adv, adv + 100.0], dim=1)
+    assert torch.allclose(crn_advantages(both, group=3), torch.cat([want, want], dim=1))
 
 
 @pytest.mark.parametrize("architecture", ["smoe", "smoe-independent"])
@@ -127,13 +152,22 @@ def test_bc_loss_decreases_on_a_fixed_batch(dag):
 def test_curriculum_is_a_function_of_seed_and_update():
     kw = dict(pipelines=["big", "small"], sizes=[144, 6], traces=("poisson", "spike"),
               seeds=(0, 1000), seed=3, start_s=60.0, end_s=300.0, ramp=10, tick_s=5.0)
-    assert scenario(4, **kw) == scenario(4, **kw)
-    first = [scenario(u, **kw) for u in range(4)]
+    one = lambda u: scenarios(u, **kw)[0]  # noqa: E731
+    assert scenarios(4, **kw) == scenarios(4, **kw)
+    first = [one(u) for u in range(4)]
     assert all(s.pipeline == "small" for s in first)  # smallest pipeline first
     assert [s.duration_s for s in first] == sorted(s.duration_s for s in first)
-    assert first[0].duration_s == 60.0 and scenario(50, **kw).duration_s == 300.0
-    assert {scenario(u, **kw).pipeline for u in range(10, 40)} == {"big", "small"}
-    assert all(0 <= scenario(u, **kw).seed < 1000 for u in range(40))
+    assert first[0].duration_s == 60.0 and one(50).duration_s == 300.0
+    assert {one(u).pipeline for u in range(10, 40)} == {"big", "small"}
+    assert all(0 <= one(u).seed < 1000 for u in range(40))
+    assert {one(u).rate_scale for u in range(40)} == {1.0}
+    # several scenarios of an update: one pipeline and length, their own seeds and rates
+    many = [scenarios(u, **kw, count=4, rate_scales=(0.3, 3.0)) for u in range(10, 40)]
+    assert all(len({(s.pipeline, s.duration_s) for s in m}) == 1 for m in many)
+    assert all(len({s.seed for s in m}) > 1 for m in many)
+    rates = np.array([s.rate_scale for m in many for s in m])
+    assert rates.min() >= 0.3 and rates.max() <= 3.0
+    assert (rates < 1).mean() == pytest.approx(0.5, abs=0.2)  # log-uniform: median 0.95
 
 
 # ---- whole runs ----------------------------------------------------------------------------
