@@ -16,7 +16,8 @@ The loop, one update at a time (``update`` counts both phases):
    minus the leave-one-out mean of the scenario's other rollouts at the same tick (Decima's
    input-dependent baseline); clipped surrogate, value loss, per-expert entropy bonus, KL early
    stop; then one dual-ascent step on ``lambda`` towards "worst 60 s window P95 <= (1 +
-   slo_target) x SLO".
+   slo_target) x SLO". With ``reference`` (the default) the teacher also runs each scenario,
+   and the overrun priced and the constraint are what the agent adds beyond the teacher's.
 
 Every random draw is a function of ``(seed, update)``: a stopped run resumed from its checkpoint
 continues exactly as an uninterrupted one, and one seed gives one checkpoint. Validation on fixed
@@ -71,6 +72,7 @@ LOG_KEYS = (
     "duration_s",
     "charts/episode_cost", "charts/cost_per_tick", "charts/slo_ratio", "charts/worst_window",
     "charts/violation_rate", "charts/dropped", "charts/return", "charts/lagrange",
+    "charts/excess", "charts/teacher_worst_window", "charts/shield_lifts",
     "losses/bc", "losses/bc_kept", "losses/policy", "losses/value", "losses/entropy",
     "losses/approx_kl", "losses/clip_fraction", "val/cost_ratio", "val/worst_window",
     "val/violation_rate", "val/feasible")
@@ -164,6 +166,11 @@ class TrainConfig:
     """the multiplier is capped here"""
     slo_target: float = -0.1
     """the constraint: worst 60 s window P95 / SLO - 1 <= slo_target (negative: a margin)"""
+    reference: bool = True
+    """each PPO scenario also runs the teacher on its seed, and the SLO penalty and the
+    constraint count only what the agent overruns beyond it, tick by tick and in the worst
+    window: never less safe than the teacher, and no multiplier driven to its cap by scenarios
+    (3x rates) where the teacher itself misses"""
     validate_every: int = 20
     """PPO updates between validations (and after cloning; 0: never)"""
     validation_s: float = 300.0
@@ -403,7 +410,9 @@ def _ppo_update(agent, opt, cfg: TrainConfig, *, update: int, dags, sizes, setti
     agent.eval()
     ro = collect(agent, dag=dags[sc.pipeline], runs=runs, duration_s=sc.duration_s,
                  mode="sample", generator=gen, guards=cfg.guards)
-    rewards = cfg.reward_scale * ppo.reward(ro.cost / refs[sc.pipeline], ro.overrun, lagrange,
+    over, excess, ref_worst = _constraint(agent, cfg, ro, runs, dag=dags[sc.pipeline],
+                                          duration_s=sc.duration_s)
+    rewards = cfg.reward_scale * ppo.reward(ro.cost / refs[sc.pipeline], over, lagrange,
                                             ro.lifts, cfg.shield_penalty)
     adv, returns = ppo.gae(rewards, ro.value, ro.dones, torch.zeros(len(runs)),
                            gamma=cfg.gamma, lam=cfg.gae_lambda)
@@ -442,15 +451,32 @@ def _ppo_update(agent, opt, cfg: TrainConfig, *, update: int, dags, sizes, setti
                 break
         if stop:
             break
-    worst = float(np.mean([e.worst_window for e in ro.episodes]))
-    new_lagrange = min(cfg.lagrange_max, ppo.lagrange_update(
-        lagrange, worst - 1.0, lr=cfg.lagrange_lr, target=cfg.slo_target))
+    new_lagrange = min(cfg.lagrange_max, ppo.lagrange_update(lagrange, excess,
+                                                             lr=cfg.lagrange_lr))
     stats = {**{k: float(np.mean(v)) for k, v in acc.items()},
              **_episode_charts(ro.episodes, ro.steps // len(runs)),
              "charts/return": float(rewards.sum(0).mean()),
-             "charts/shield_lifts": float(ro.lifts.mean()), "pipeline": Path(sc.pipeline).stem,
+             "charts/shield_lifts": float(ro.lifts.mean()), "charts/excess": excess,
+             "charts/teacher_worst_window": ref_worst, "pipeline": Path(sc.pipeline).stem,
              **_joined(drawn), "duration_s": sc.duration_s}
     return stats, ro.steps, new_lagrange
+
+
+def _constraint(agent, cfg: TrainConfig, ro: Rollout, runs: list[EnvRun], *, dag,
+                duration_s: float) -> tuple[torch.Tensor, float, float]:
+    """The SLO overrun the reward prices, per tick and rollout ``(T, K)``; the constraint's
+    excess for the multiplier (the rollouts' mean worst window over its bound: ``1 +
+    slo_target`` or, with ``cfg.reference``, the teacher's worst window on the same scenario
+    where that is higher); the teacher's mean worst window (NaN without a reference)."""
+    bound = 1.0 + cfg.slo_target
+    worst = np.array([e.worst_window for e in ro.episodes])
+    if not cfg.reference:
+        return ro.overrun, float(np.mean(worst - bound)), math.nan
+    ref = collect(agent, dag=dag, runs=runs[::cfg.envs], duration_s=duration_s, mode="teacher",
+                  teacher=cfg.teacher, guards=cfg.guards)
+    ref_worst = np.repeat([e.worst_window for e in ref.episodes], cfg.envs)
+    over = (ro.overrun - ref.overrun.repeat_interleave(cfg.envs, dim=1)).clamp(min=0.0)
+    return over, float(np.mean(worst - np.maximum(bound, ref_worst))), float(np.mean(ref_worst))
 
 
 def _joined(drawn: list[Scenario]) -> dict[str, str]:
