@@ -177,6 +177,11 @@ class TrainConfig:
     """validation episode length (simulated s)"""
     validation_seed: int = 999
     """validation episodes' seed (training split: below 1000)"""
+    validation_tolerance: float = 0.02
+    """a validated policy is feasible when, in every scenario, its worst window is within this
+    much (a fraction of the SLO) of the teacher's or of the SLO, whichever is higher, and its
+    violated windows and drops are no more than the teacher's: a 60 s window's P95 moves by
+    about 1 % of the SLO between policies that decide the same"""
     checkpoint_every: int = 5
     """updates between checkpoints (and at the end of cloning, of the run and on a stop)"""
 
@@ -207,6 +212,8 @@ class TrainConfig:
                      "bc_learning_rate", "reward_scale", "clip_range", "max_grad_norm"):
             if not getattr(self, name) > 0:
                 p.append(Problem(name, "must be > 0"))
+        if self.validation_tolerance < 0:
+            p.append(Problem("validation_tolerance", "must be >= 0"))
         for name in ("gamma", "gae_lambda"):
             if not 0 <= getattr(self, name) <= 1:
                 p.append(Problem(name, "must be within [0, 1]"))
@@ -498,11 +505,13 @@ def _validate(agent, cfg: TrainConfig, *, dags, settings, mode: str) -> list[Epi
     return out
 
 
-def _score(mine: list[EpisodeStats], ref: list[dict[str, float]]) -> dict[str, float]:
+def _score(mine: list[EpisodeStats], ref: list[dict[str, float]], *,
+           tolerance: float) -> dict[str, float]:
     """Cost relative to the teacher; feasible: in every scenario no worse than the teacher on
-    window violations and drops, and the worst window within the SLO (or the teacher's)."""
+    window violations and drops, and the worst window within ``tolerance`` of the SLO or the
+    teacher's, whichever is higher."""
     feasible = all(m.violation_rate <= r["violation_rate"] + 1e-9 and m.dropped <= r["dropped"]
-                   and m.worst_window <= max(1.0, r["worst_window"])
+                   and m.worst_window <= max(1.0, r["worst_window"]) + tolerance
                    for m, r in zip(mine, ref, strict=True))
     return {"val/cost_ratio": sum(m.cost for m in mine) / max(sum(r["cost"] for r in ref), 1e-12),
             "val/worst_window": max(m.worst_window for m in mine),
@@ -581,7 +590,7 @@ def train(cfg: TrainConfig, *, out: str | Path, resume: bool = False, progress: 
                 state["teacher_val"] = [dataclasses.asdict(e) for e in _validate(
                     agent, cfg, dags=dags, settings=settings, mode="teacher")]
             score = _score(_validate(agent, cfg, dags=dags, settings=settings, mode="greedy"),
-                           state["teacher_val"])
+                           state["teacher_val"], tolerance=cfg.validation_tolerance)
             stats.update(score)
             if score["val/feasible"] and score["val/cost_ratio"] < state["best_ratio"]:
                 state["best_ratio"] = score["val/cost_ratio"]

@@ -109,6 +109,27 @@ def test_crn_advantages_subtract_the_other_rollouts_mean():
     assert torch.allclose(crn_advantages(both, group=3), torch.cat([want, want], dim=1))
 
 
+def test_validation_feasibility_allows_the_tolerance_and_nothing_more():
+    from smoelib.policy.rollout import EpisodeStats
+    from smoelib.policy.train import _score
+
+    teacher = [dict(cost=1.0, slo_ratio=1.2, worst_window=1.34, violation_rate=0.2, dropped=0),
+               dict(cost=2.0, slo_ratio=0.6, worst_window=0.60, violation_rate=0.0, dropped=0)]
+
+    def mine(worst0, worst1=0.7, viol=0.2, dropped=0):
+        return [EpisodeStats(0.9, 1.2, worst0, viol, dropped), EpisodeStats(1.5, 0.6, worst1,
+                                                                            0.0, 0)]
+
+    ok = _score(mine(1.352), teacher, tolerance=0.02)
+    assert ok["val/feasible"] == 1.0 and ok["val/cost_ratio"] == pytest.approx(2.4 / 3.0)
+    assert _score(mine(1.352), teacher, tolerance=0.0)["val/feasible"] == 0.0
+    assert _score(mine(1.37), teacher, tolerance=0.02)["val/feasible"] == 0.0
+    assert _score(mine(1.3, worst1=1.01), teacher, tolerance=0.02)["val/feasible"] == 1.0
+    assert _score(mine(1.3, worst1=1.03), teacher, tolerance=0.02)["val/feasible"] == 0.0
+    assert _score(mine(1.3, viol=0.4), teacher, tolerance=0.02)["val/feasible"] == 0.0
+    assert _score(mine(1.3, dropped=1), teacher, tolerance=0.02)["val/feasible"] == 0.0
+
+
 @pytest.mark.parametrize("architecture", ["smoe", "smoe-independent"])
 def test_teacher_labels_reproduce_the_teacher_decision(dag, architecture):
     cfg = PolicyConfig(hidden=8, decode_steps=2, architecture=architecture)
