@@ -40,7 +40,7 @@ from smoelib.sim.summary import summarise, window_series
 
 __all__ = ["RunSpec", "run_one", "run_all", "hindsight", "segment_cost", "start_episode",
            "episode_cost", "RUN_KEYS",
-           "write_json", "table_markdown", "checks"]
+           "write_json", "table_markdown", "checks", "paired_ratio"]
 
 RUN_KEYS = ("pipeline", "trace", "policy", "guards", "seed", "duration_s", "requests", "dropped",
             "cost", "warm_cost", "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "tpot_p50_ms",
@@ -380,7 +380,9 @@ def checks(results: list[dict[str, Any]]) -> list[str]:
     ``queueing``, ``static-best`` at least 1.3x ``oracle`` on conv-eval and 1.5x on the diurnal
     and bursty families, ``static-mean`` below the attainment target in its worst 60 s window
     (the peak), ``queueing`` cheaper than ``hpa`` with no more window violations and drops,
-    ``smoe`` cheaper than both with no more of either; then the room an ideal policy has,
+    ``smoe`` against ``queueing``, ``hpa`` and ``shield-only`` on paired seeds (the 95 %
+    interval of the cost ratio below 1, attainment within 0.2 points, no more violations or
+    drops: :func:`paired_ratio`); then the room an ideal policy has,
     ``1 - oracle / queueing`` and ``1 - oracle / static-best``. Each line says PASS, FAIL or
     ROOM with the numbers; checks whose policies did not run are skipped. A failed
     ``static-best`` ratio says when ``floor``'s warm floor (one replica of every offered expert
@@ -438,13 +440,60 @@ def checks(results: list[dict[str, Any]]) -> list[str]:
             if not ok and math.isfinite(warm):
                 line += f"; it costs {m['cost'] / warm:.2f}x the warm floor {warm:.3f}"
             out.append(line)
-        for name, rival in (("queueing", "hpa"), ("smoe", "queueing"), ("smoe", "hpa")):
-            if name in mean and rival in mean:
-                out.append(_beats(tag, name, mean[name], rival, mean[rival]))
+        if "queueing" in mean and "hpa" in mean:
+            out.append(_beats(tag, "queueing", mean["queueing"], "hpa", mean["hpa"]))
+        for rival in ("queueing", "hpa", "shield-only") if "smoe" in mean else ():
+            if rival in mean:
+                out.append(_paired(tag, rs, "smoe", rival, mean))
         for rival, (cost, instead) in rivals.items() if "oracle" in mean else ():
             room = 1.0 - mean["oracle"]["cost"] / cost
             out.append(f"ROOM {tag}: 1 - oracle / {rival} = {room:.3f}{instead}")
     return out
+
+
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+"""Student's t, two-sided 95 %, for 1-30 degrees of freedom (1.96 beyond)."""
+ATTAINMENT_SLACK = 0.002
+"""the learned policy's SLO attainment may be this much below a rival's (0.2 points)"""
+
+
+def paired_ratio(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """The geometric mean of ``a[i] / b[i]`` over paired runs (the same seed: common random
+    numbers) and its 95 % confidence interval (Student's t on the log ratios); the interval is
+    NaN with fewer than two pairs."""
+    logs = np.log(np.asarray(a, float) / np.asarray(b, float))
+    g = float(np.exp(logs.mean()))
+    if logs.size < 2:
+        return g, math.nan, math.nan
+    t = _T975[logs.size - 2] if logs.size - 1 <= len(_T975) else 1.96
+    half = t * float(logs.std(ddof=1)) / math.sqrt(logs.size)
+    return g, float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half))
+
+
+def _paired(tag: str, rows: list[dict[str, Any]], name: str, rival: str,
+            mean: dict[str, dict[str, float]]) -> str:
+    """``name`` against ``rival`` on the seeds both ran: PASS when the paired cost ratio's
+    95 % interval lies below 1 (with one seed, the ratio itself), its SLO attainment is at
+    least the rival's minus :data:`ATTAINMENT_SLACK`, and its window violations and drops are
+    no more than the rival's (means over seeds)."""
+    mine, theirs = _by(rows, name), _by(rows, rival)
+    seeds = sorted(set(mine) & set(theirs))
+    g, lo, hi = paired_ratio([mine[s]["cost"] for s in seeds],
+                             [theirs[s]["cost"] for s in seeds])
+    a, b = mean[name], mean[rival]
+    cheaper = hi < 1.0 if len(seeds) > 1 else g < 1.0
+    ok = (cheaper and a["slo_attainment"] >= b["slo_attainment"] - ATTAINMENT_SLACK
+          and a["window_violation_rate"] <= b["window_violation_rate"] + 1e-12
+          and a["dropped"] <= b["dropped"])
+    interval = (f"95 % CI {lo:.3f}-{hi:.3f} over {len(seeds)} seeds" if len(seeds) > 1
+                else "1 seed, no interval")
+    return (f"{'PASS' if ok else 'FAIL'} {tag}: {name} / {rival} paired cost {g:.3f} "
+            f"({interval}; {a['cost']:.3f} vs {b['cost']:.3f}); attainment "
+            f"{a['slo_attainment']:.4f} vs {b['slo_attainment']:.4f}; violations "
+            f"{a['window_violation_rate']:.3f} vs {b['window_violation_rate']:.3f}; dropped "
+            f"{a['dropped']:.1f} vs {b['dropped']:.1f}")
 
 
 def _cheapest_static(mean: dict[str, dict[str, float]]) -> tuple[float, str]:

@@ -10,7 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smoelib.harness.evaluate import RUN_KEYS, RunSpec, checks, hindsight, run_one, table_markdown
+from smoelib.harness.evaluate import (
+    RUN_KEYS,
+    RunSpec,
+    checks,
+    hindsight,
+    paired_ratio,
+    run_one,
+    table_markdown,
+)
 from smoelib.policy.baselines.common import Experts, with_overrides
 from smoelib.settings import Settings
 from smoelib.sim.env import SimEnv
@@ -40,6 +48,31 @@ def test_reading_the_future_changes_nothing_and_matches_what_was_served():
     # every request calls each expert it routed tokens to: total calls match the telemetry
     assert future.calls.shape == (6, 72)
     assert np.all(future.tokens >= future.calls)
+
+
+def test_paired_ratio_and_its_interval():
+    g, lo, hi = paired_ratio([0.9, 0.8, 1.0], [1.0, 1.0, 1.0])
+    logs = np.log([0.9, 0.8, 1.0])
+    assert g == pytest.approx(np.exp(logs.mean()))
+    half = 4.303 * logs.std(ddof=1) / np.sqrt(3)  # Student's t, 2 degrees of freedom
+    assert (lo, hi) == pytest.approx((np.exp(logs.mean() - half), np.exp(logs.mean() + half)))
+    assert paired_ratio([0.9] * 4, [1.0] * 4) == pytest.approx((0.9, 0.9, 0.9))
+    assert np.isnan(paired_ratio([0.9], [1.0])[1])
+
+
+def test_paired_checks_need_the_interval_below_one():
+    def run(policy, seed, cost):
+        return {"run": {"pipeline": "p", "trace": "bursty", "policy": policy, "seed": seed,
+                        "cost": cost, "slo_attainment": 0.99, "dropped": 0,
+                        "window_violation_rate": 0.0}}
+    base = [run(r, s, 1.0) for r in ("queueing", "shield-only") for s in (1, 2, 3)]
+    sure = base + [run("smoe", s, c) for s, c in ((1, 0.90), (2, 0.92), (3, 0.91))]
+    lines = [x for x in checks(sure) if "smoe /" in x]
+    assert [x[:4] for x in lines] == ["PASS", "PASS"] and "shield-only" in lines[1]
+    assert "95 % CI" in lines[0] and "over 3 seeds" in lines[0]
+    # cheaper on average, but one seed costs more: the interval reaches above 1
+    loose = base + [run("smoe", s, c) for s, c in ((1, 0.70), (2, 1.05), (3, 0.90))]
+    assert all(x.startswith("FAIL") for x in checks(loose) if "smoe /" in x)
 
 
 def test_same_requests_for_every_policy_and_design_keys():
@@ -85,9 +118,13 @@ def test_table_and_checks_say_pass_or_fail():
     assert lines[3] == "ROOM p/conv-eval: 1 - oracle / queueing = -0.067"
     lines = checks(results + [run("smoe", 1.5)])
     assert [x[:4] for x in lines[3:6]] == ["FAIL", "PASS", "ROOM"]
-    assert "smoe cost 1.500 vs queueing 1.500" in lines[3] and "vs hpa 2.000" in lines[4]
+    assert lines[3].startswith("FAIL p/conv-eval: smoe / queueing paired cost 1.000 (1 seed")
+    assert "(1 seed, no interval; 1.500 vs 2.000)" in lines[4]
     lines = checks(results + [run("smoe", 1.0, viol=0.1)])  # cheaper, but violates more
     assert [x[:4] for x in lines[3:5]] == ["FAIL", "FAIL"]
+    low = run("smoe", 1.0)
+    low["run"]["slo_attainment"] = 0.992  # 0.3 points below the rivals' 0.995
+    assert [x[:4] for x in checks(results + [low])[3:5]] == ["FAIL", "FAIL"]
     # the yardstick: static-best at least 1.3x oracle on conv; static-mean misses at the peak
     mean_sized = run("static-mean", 1.2, worst=0.9)
     mean_sized["run"]["slo_attainment"] = 0.95
