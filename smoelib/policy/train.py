@@ -60,7 +60,8 @@ from smoelib.policy.rollout import EnvRun, EpisodeStats, Rollout, collect
 from smoelib.settings.experiment import Simulator
 from smoelib.sim.targets import reference_cost
 
-__all__ = ["TrainConfig", "TrainResult", "train", "crn_advantages", "reference_cost",
+__all__ = ["TrainConfig", "TrainResult", "train", "crn_advantages", "excess_over",
+           "reference_cost",
            "LOG_KEYS"]
 
 ENGINES: tuple[str, ...] = get_args(get_type_hints(Simulator)["engine"])
@@ -171,6 +172,10 @@ class TrainConfig:
     constraint count only what the agent overruns beyond it, tick by tick and in the worst
     window: never less safe than the teacher, and no multiplier driven to its cap by scenarios
     (3x rates) where the teacher itself misses"""
+    excess_allowance: float = 0.02
+    """with ``reference``: the multiplier rises while the rollouts' mean worst-window excess
+    over the teacher's (only the part above it: easy scenarios' slack does not offset a
+    hard one's excess) is above this fraction of the SLO, and falls below it"""
     validate_every: int = 20
     """PPO updates between validations (and after cloning; 0: never)"""
     validation_s: float = 300.0
@@ -212,6 +217,8 @@ class TrainConfig:
                      "bc_learning_rate", "reward_scale", "clip_range", "max_grad_norm"):
             if not getattr(self, name) > 0:
                 p.append(Problem(name, "must be > 0"))
+        if self.excess_allowance < 0:
+            p.append(Problem("excess_allowance", "must be >= 0"))
         if self.validation_tolerance < 0:
             p.append(Problem("validation_tolerance", "must be >= 0"))
         for name in ("gamma", "gae_lambda"):
@@ -472,9 +479,10 @@ def _ppo_update(agent, opt, cfg: TrainConfig, *, update: int, dags, sizes, setti
 def _constraint(agent, cfg: TrainConfig, ro: Rollout, runs: list[EnvRun], *, dag,
                 duration_s: float) -> tuple[torch.Tensor, float, float]:
     """The SLO overrun the reward prices, per tick and rollout ``(T, K)``; the constraint's
-    excess for the multiplier (the rollouts' mean worst window over its bound: ``1 +
-    slo_target`` or, with ``cfg.reference``, the teacher's worst window on the same scenario
-    where that is higher); the teacher's mean worst window (NaN without a reference)."""
+    value for the multiplier (without ``cfg.reference``, the rollouts' mean worst window over
+    ``1 + slo_target``; with it, the mean of what each rollout's worst window exceeds that or
+    the teacher's worst window on the same scenario, whichever is higher, less
+    ``excess_allowance``); the teacher's mean worst window (NaN without a reference)."""
     bound = 1.0 + cfg.slo_target
     worst = np.array([e.worst_window for e in ro.episodes])
     if not cfg.reference:
@@ -483,7 +491,16 @@ def _constraint(agent, cfg: TrainConfig, ro: Rollout, runs: list[EnvRun], *, dag
                   teacher=cfg.teacher, guards=cfg.guards)
     ref_worst = np.repeat([e.worst_window for e in ref.episodes], cfg.envs)
     over = (ro.overrun - ref.overrun.repeat_interleave(cfg.envs, dim=1)).clamp(min=0.0)
-    return over, float(np.mean(worst - np.maximum(bound, ref_worst))), float(np.mean(ref_worst))
+    return (over, excess_over(worst, ref_worst, bound=bound, allowance=cfg.excess_allowance),
+            float(np.mean(ref_worst)))
+
+
+def excess_over(worst: np.ndarray, ref_worst: np.ndarray, *, bound: float,
+                allowance: float) -> float:
+    """The multiplier's constraint value with a reference: the mean of what each rollout's
+    worst window exceeds ``max(bound, its scenario's teacher)``, less ``allowance`` (a
+    rollout below its bound adds nothing: its slack does not buy another's excess)."""
+    return float(np.mean(np.maximum(0.0, worst - np.maximum(bound, ref_worst)))) - allowance
 
 
 def _joined(drawn: list[Scenario]) -> dict[str, str]:

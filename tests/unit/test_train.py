@@ -17,7 +17,7 @@ from smoelib.policy.config import PolicyConfig
 from smoelib.policy.curriculum import scenarios
 from smoelib.policy.features import build_features, collate
 from smoelib.policy.imitation import bc_loss, teacher_actions
-from smoelib.policy.train import TrainConfig, crn_advantages, train
+from smoelib.policy.train import TrainConfig, crn_advantages, excess_over, train
 from smoelib.topology import build_dag
 
 SMALL = {"name": "p", "slo_ms": 50, "stages": [{"id": "a"}, {"id": "m", "experts": 3},
@@ -128,6 +128,17 @@ def test_validation_feasibility_allows_the_tolerance_and_nothing_more():
     assert _score(mine(1.3, worst1=1.03), teacher, tolerance=0.02)["val/feasible"] == 0.0
     assert _score(mine(1.3, viol=0.4), teacher, tolerance=0.02)["val/feasible"] == 0.0
     assert _score(mine(1.3, dropped=1), teacher, tolerance=0.02)["val/feasible"] == 0.0
+
+
+def test_the_constraint_counts_only_the_excess_over_the_teacher():
+    worst = np.array([0.53, 0.53, 1.70, 1.20])
+    teacher = np.array([0.53, 0.53, 1.60, 0.95])
+    # easy scenarios add nothing; 1.70 - 1.60 and 1.20 - 0.95 count
+    assert excess_over(worst, teacher, bound=0.9, allowance=0.0) == pytest.approx(0.35 / 4)
+    assert excess_over(worst, teacher, bound=0.9, allowance=0.02) == pytest.approx(0.35 / 4
+                                                                                 - 0.02)
+    # as safe as the teacher everywhere: the multiplier falls by the allowance
+    assert excess_over(teacher, teacher, bound=0.9, allowance=0.02) == pytest.approx(-0.02)
 
 
 @pytest.mark.parametrize("architecture", ["smoe", "smoe-independent"])
