@@ -61,8 +61,7 @@ from smoelib.settings.experiment import Simulator
 from smoelib.sim.targets import reference_cost
 
 __all__ = ["TrainConfig", "TrainResult", "train", "crn_advantages", "excess_over",
-           "reference_cost",
-           "LOG_KEYS"]
+           "reference_cost", "run_settings", "ENGINES", "LOG_KEYS"]
 
 ENGINES: tuple[str, ...] = get_args(get_type_hints(Simulator)["engine"])
 """the simulator engines a training run may pick (``simulator.engine``)"""
@@ -281,7 +280,6 @@ def run_settings(settings: Any, cfg: TrainConfig, rate_scale: float) -> Any:
     return with_overrides(settings, {
         "simulator.engine": cfg.engine,
         "simulator.rate_scale": settings.simulator.rate_scale * rate_scale})
-
 
 
 def _rows(inp: PolicyInput, actions: Actions, idx: torch.Tensor
