@@ -61,7 +61,8 @@ lint: install
 demo: install
 	$(PYTHON) -m smoelib.cli demo
 
-# Reproduces the bundled policy (resumable: `make train TRAIN_ARGS=--resume`); see docs/training.md.
+# The training recipe (resumable: `make train TRAIN_ARGS=--resume`); the bundled policy is this
+# run cut after 80 PPO updates, `make train TRAIN_ARGS="--updates 80"` (docs/training.md).
 train: install
 	$(PYTHON) -m smoelib.cli train --out runs/smoe --seed 1 --export smoelib/policy/pretrained/default.pt $(TRAIN_ARGS)
 
