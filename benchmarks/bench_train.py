@@ -28,11 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
+    d = TrainConfig()  # the recipe's own values, as make train runs them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=3)
-    parser.add_argument("--scenarios", type=int, default=4)
-    parser.add_argument("--envs", type=int, default=4)
-    parser.add_argument("--engine", default="fluid")
+    parser.add_argument("--scenarios", type=int, default=d.scenarios)
+    parser.add_argument("--envs", type=int, default=d.envs)
+    parser.add_argument("--engine", default=d.engine)
     parser.add_argument("--episode", type=float, default=300.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pipelines", default="bert-moe,bert2bert-moe")
