@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", default=d.engine,
                         help="simulator engine of the training episodes (fluid: the fast "
                              "mode; validation runs the config's own)")
+    parser.add_argument("--ratio", default=d.ratio,
+                        help="PPO's probability ratio: joint (one a tick) or expert (one per "
+                             "expert, clipped on its own)")
     parser.add_argument("--episode", type=float, default=d.episode_s,
                         help="episode length, simulated seconds")
     parser.add_argument("--episode-start", type=float, default=d.episode_start_s,
@@ -107,7 +110,7 @@ def _config(args: argparse.Namespace):
         config=args.config, architecture=args.architecture, capacity=args.capacity,
         bc_rounds=args.bc_rounds,
         bc_episodes=args.bc_episodes, updates=args.updates, scenarios=args.scenarios,
-        envs=args.envs, rate_scales=(rlo, rhi), engine=args.engine,
+        envs=args.envs, rate_scales=(rlo, rhi), engine=args.engine, ratio=args.ratio,
         learning_rate=args.learning_rate,
         episode_s=args.episode, episode_start_s=min(args.episode_start, args.episode),
         validate_every=args.validate_every, validation_s=args.validation_episode,

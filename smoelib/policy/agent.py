@@ -31,12 +31,14 @@ from smoelib.policy.pointer import Actions, PointerDecoder
 __all__ = ["AgentOutput", "SMoEAgent", "actions_to_decision"]
 
 class AgentOutput(NamedTuple):
-    """Shapes: ``log_prob``, ``entropy``, ``value`` ``(B,)``."""
+    """Shapes: ``log_prob``, ``entropy``, ``value`` ``(B,)``; ``slot_log_prob`` ``(B, L, E)``
+    per expert slot (:class:`~smoelib.policy.pointer.DecodeOutput`)."""
 
     actions: Actions
     log_prob: Tensor
     entropy: Tensor
     value: Tensor
+    slot_log_prob: Tensor | None = None
 
 
 class SMoEAgent(nn.Module):
@@ -88,7 +90,7 @@ class SMoEAgent(nn.Module):
                            choice_mask=inp.choice_mask, budget=inp.budget, actions=actions,
                            generator=generator, score=score)
         return AgentOutput(out.actions, out.log_prob, out.entropy,
-                           self._value(layers, graph))
+                           self._value(layers, graph), out.slot_log_prob)
 
     def value(self, inp: PolicyInput) -> Tensor:
         """The state value ``(B,)``: readout over sinks plus the mean layer summary."""

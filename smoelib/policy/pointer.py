@@ -56,23 +56,26 @@ class Actions(NamedTuple):
 
 class DecodeOutput(NamedTuple):
     """Shapes: ``log_prob`` and ``entropy`` ``(B,)`` (summed over layers, experts and heads;
-    zeros when decoded with ``score=False``)."""
+    zeros when decoded with ``score=False``); ``slot_log_prob`` ``(B, L, E)`` the same
+    log-probability per expert slot (its knob choices and the pointer's pick of it; 0 on
+    padding; ``log_prob`` is its sum), None with ``score=False``."""
 
     actions: Actions
     log_prob: Tensor
     entropy: Tensor
+    slot_log_prob: Tensor | None = None
 
 
 def plackett_luce(scores: Tensor, block: Tensor, valid: Tensor, left: Tensor
                   ) -> tuple[Tensor, Tensor]:
-    """Log-probability of picking ``block`` in order without replacement (Plackett-Luce: the
-    law of Gumbel top-k), and the entropy of the first pick.
+    """Log-probability of each pick of ``block`` in order without replacement (Plackett-Luce:
+    the law of Gumbel top-k; 0 where not ``valid``), and the entropy of the first pick.
 
     ``left`` marks the experts still available after the block: the denominator of the j-th
     pick is the mass of those plus the block's picks j..K (a suffix sum, no cancellation).
 
     Shapes: ``scores`` ``(B, L, E)`` clipped and masked; ``block`` ``(B, L, K)``; ``valid``
-    ``(B, L, K)``; ``left`` ``(B, L, E)`` -> two ``(B, L)`` tensors.
+    ``(B, L, K)``; ``left`` ``(B, L, E)`` -> ``(B, L, K)`` and ``(B, L)``.
     """
     shifted = scores - scores.amax(-1, keepdim=True)  # (B, L, E): <= 0
     w = shifted.exp()  # (B, L, E): masked entries are exactly 0
@@ -81,7 +84,7 @@ def plackett_luce(scores: Tensor, block: Tensor, valid: Tensor, left: Tensor
     picked = w.gather(-1, block)  # (B, L, K)
     suffix = picked.flip(-1).cumsum(-1).flip(-1)  # (B, L, K): sum of picks j..K
     lp = shifted.gather(-1, block) - (rest + suffix).clamp_min(1e-30).log()  # (B, L, K)
-    logp = torch.where(valid, lp, 0.0).sum(-1)  # (B, L)
+    logp = torch.where(valid, lp, 0.0)  # (B, L, K)
     p = w / total.unsqueeze(-1)  # (B, L, E)
     entropy = (total.log() - (p * shifted).sum(-1)) * valid.any(-1)  # (B, L)
     return logp, entropy
@@ -174,6 +177,7 @@ class PointerDecoder(nn.Module):
         scale = budget.clamp_min(1e-6)
         remaining = budget
         chosen_all = torch.zeros(b, n_layers, e + 1, n_heads, dtype=torch.long)
+        slot_lp = expert_emb.new_zeros(b, n_layers, e + 1) if score else None  # + a spare
         orders, log_prob, entropy = [], expert_emb.new_zeros(b), expert_emb.new_zeros(b)
         steps = math.ceil(e / bk)
         in_order = (torch.arange(steps * bk).unsqueeze(0) < n_valid.unsqueeze(1)).expand(
@@ -195,11 +199,13 @@ class PointerDecoder(nn.Module):
                     block = (scores + gumbel(scores.shape, generator)).topk(bk, -1).indices
                 # 0 is False here; a bool scalar does not trace (torch.jit)
                 available = available.scatter(2, block, 0)
-                if score:
-                    lp, ent = plackett_luce(scores, block, pv, available)  # (B, L) each
-                    log_prob, entropy = log_prob + lp.sum(-1), entropy + ent.sum(-1)
             else:
                 block = torch.arange(e).expand(b, n_layers, e)  # (B, L, E): one block
+            slot = torch.where(pv, block, e)  # (B, L, K): padding goes to a spare column
+            if self.pointer and score:
+                lp, ent = plackett_luce(scores, block, pv, available)  # (B, L, K), (B, L)
+                log_prob, entropy = log_prob + lp.sum(-1).sum(-1), entropy + ent.sum(-1)
+                slot_lp = slot_lp.scatter_add(2, slot, lp)
             n_blk = n_block[..., t]  # (B, L)
             # (B, L): GPUs each expert of this block may take (capacity: "even" or "spare")
             allowance = remaining / n_blk if self.even else remaining
@@ -211,11 +217,12 @@ class PointerDecoder(nn.Module):
             picks, lp, ent, used = self._heads(logits, allowed, _take(targets, slots, shape),
                                                allowance, given, generator, score)
             if score:
-                log_prob = log_prob + torch.where(pv, lp, 0.0).sum((1, 2))
+                lp = torch.where(pv, lp, 0.0)  # (B, L, K)
+                log_prob = log_prob + lp.sum((1, 2))
                 entropy = entropy + torch.where(pv, ent, 0.0).sum((1, 2))
+                slot_lp = slot_lp.scatter_add(2, slot, lp)
             consumed = (used * pv).sum(-1)  # (B, L) GPUs
             remaining = remaining - consumed
-            slot = torch.where(pv, block, e)  # (B, L, K): padding goes to a spare column
             chosen_all.scatter_(2, slot.unsqueeze(-1).expand(b, n_layers, bk, n_heads), picks)
             orders.append(block)
             if self.pointer:
@@ -226,7 +233,8 @@ class PointerDecoder(nn.Module):
                 state = self.gru(inp.reshape(b * n_layers, h + 2),
                                  state.reshape(b * n_layers, h)).view(b, n_layers, h)
         acts = Actions(order=torch.cat(orders, -1), choices=chosen_all[:, :, :e])
-        return DecodeOutput(actions=acts, log_prob=log_prob, entropy=entropy)
+        return DecodeOutput(actions=acts, log_prob=log_prob, entropy=entropy,
+                            slot_log_prob=None if slot_lp is None else slot_lp[..., :e])
 
     def _heads(self, logits: Tensor, allowed: Tensor, targets: Tensor, allowance: Tensor,
                given: Tensor | None, generator: torch.Generator | None, score: bool

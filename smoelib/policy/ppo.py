@@ -50,22 +50,37 @@ def gae(rewards: Tensor, values: Tensor, dones: Tensor, last_value: Tensor, *, g
 
 
 def policy_loss(log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, *,
-                clip: float) -> tuple[Tensor, dict[str, Tensor]]:
+                clip: float, mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """The clipped surrogate, negated for minimisation:
     ``-mean(min(ratio * A, clip(ratio, 1 - clip, 1 + clip) * A))``.
 
-    Returns the loss and diagnostics (``losses/approx_kl`` the ``(r - 1) - log r`` estimator,
-    ``losses/clip_fraction``).
+    ``log_prob`` is either the joint log-probability of each sample ``(B,)`` (one ratio a
+    sample) or factored ``(B, *F)``: one ratio per factor of the action (an expert's choices),
+    each clipped on its own against the sample's advantage, averaged over the factors ``mask``
+    ``(*F)`` marks (the multi-agent form of PPO, every factor an agent sharing the reward).
+
+    Returns the loss and diagnostics: ``losses/approx_kl`` the ``(r - 1) - log r`` estimator
+    per ratio (per factor when factored), ``losses/joint_kl`` its sum over a sample's factors
+    (the joint policy's KL; equal to the former when joint), ``losses/clip_fraction``.
     """
     log_ratio = log_prob - old_log_prob
     ratio = log_ratio.exp()
-    unclipped = ratio * advantages
-    clipped = ratio.clamp(1.0 - clip, 1.0 + clip) * advantages
-    loss = -torch.minimum(unclipped, clipped).mean()
-    with torch.no_grad():
-        stats = {"losses/approx_kl": ((ratio - 1.0) - log_ratio).mean(),
-                 "losses/clip_fraction": ((ratio - 1.0).abs() > clip).float().mean()}
-    return loss, stats
+    adv = advantages.reshape(advantages.shape + (1,) * (log_prob.dim() - 1))
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(1.0 - clip, 1.0 + clip) * adv)
+    kl = ((ratio - 1.0) - log_ratio).detach()
+    clipped = ((ratio - 1.0).abs() > clip).detach().to(log_prob.dtype)
+    if mask is None:
+        mean = torch.mean
+    else:
+        w = mask.to(log_prob.dtype)
+        n = w.sum().clamp_min(1.0) * log_prob.shape[0]
+        kl = kl * w
+
+        def mean(x: Tensor) -> Tensor:
+            return (x * w).sum() / n
+    stats = {"losses/approx_kl": mean(kl), "losses/clip_fraction": mean(clipped),
+             "losses/joint_kl": kl.reshape(log_prob.shape[0], -1).sum(-1).mean()}
+    return -mean(surrogate), stats
 
 
 def value_loss(values: Tensor, returns: Tensor, *, old_values: Tensor | None = None,

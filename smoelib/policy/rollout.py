@@ -88,6 +88,8 @@ class Rollout:
     """per environment, the decision the tick applied at every tick"""
     lifts: Tensor | None = None
     """``(T, K)``: the share of the experts the safety shield lifted at each tick"""
+    slot_log_prob: Tensor | None = None
+    """``(T, K, L, E)``: ``log_prob`` per expert slot (factored PPO ratios)"""
 
     @property
     def steps(self) -> int:
@@ -141,7 +143,7 @@ def collect(agent: SMoEAgent, *, dag: Any, runs: list[EnvRun], duration_s: float
         for t, r in zip(teachers, runs, strict=True):
             t.reset(r.seed)
     trends: list[TrendState | None] = [None] * envs
-    steps: list[tuple[PolicyInput, Actions, Tensor, Tensor, list[RewardParts]]] = []
+    steps: list[tuple[PolicyInput, Actions, Tensor, Tensor, list[RewardParts], Tensor]] = []
     lifted: list[list[float]] = []
     n_experts = max(len(dag.experts), 1)
     labels: list[Actions] = []
@@ -174,7 +176,7 @@ def collect(agent: SMoEAgent, *, dag: Any, runs: list[EnvRun], duration_s: float
             obs[k], done = step.step.observation, step.step.done
             parts.append(step.step.reward)
             lifted[-1].append(lifts(step.tick.fired) / n_experts)
-        steps.append((batch, out.actions, out.log_prob, out.value, parts))
+        steps.append((batch, out.actions, out.log_prob, out.value, parts, out.slot_log_prob))
     attainment = float(dag.slo.attainment)
     n = len(steps)
     dones = torch.zeros(n, envs)
@@ -188,4 +190,5 @@ def collect(agent: SMoEAgent, *, dag: Any, runs: list[EnvRun], duration_s: float
         dones=dones, labels=cat_actions(labels) if labels else None,
         lifts=torch.tensor(lifted, dtype=torch.float32),
         episodes=[_episode(loop.env) for loop in loops],
-        applied=[loop.decisions for loop in loops])
+        applied=[loop.decisions for loop in loops],
+        slot_log_prob=torch.stack([s[5] for s in steps]))

@@ -61,10 +61,12 @@ from smoelib.settings.experiment import Simulator
 from smoelib.sim.targets import reference_cost
 
 __all__ = ["TrainConfig", "TrainResult", "train", "crn_advantages", "excess_over",
-           "reference_cost", "run_settings", "ENGINES", "LOG_KEYS"]
+           "reference_cost", "run_settings", "ENGINES", "RATIOS", "LOG_KEYS"]
 
 ENGINES: tuple[str, ...] = get_args(get_type_hints(Simulator)["engine"])
 """the simulator engines a training run may pick (``simulator.engine``)"""
+RATIOS: tuple[str, ...] = ("joint", "expert")
+"""PPO's probability ratios (``TrainConfig.ratio``)"""
 _PIPELINES = ("examples/pipelines/bert-moe.yml", "examples/pipelines/gpt2-moe.yml",
               "examples/pipelines/bert2bert-moe.yml")
 LOG_KEYS = (
@@ -74,8 +76,8 @@ LOG_KEYS = (
     "charts/violation_rate", "charts/dropped", "charts/return", "charts/lagrange",
     "charts/excess", "charts/teacher_worst_window", "charts/shield_lifts",
     "losses/bc", "losses/bc_kept", "losses/policy", "losses/value", "losses/entropy",
-    "losses/approx_kl", "losses/clip_fraction", "val/cost_ratio", "val/worst_window",
-    "val/violation_rate", "val/feasible")
+    "losses/approx_kl", "losses/joint_kl", "losses/clip_fraction", "val/cost_ratio",
+    "val/worst_window", "val/violation_rate", "val/feasible")
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,10 @@ class TrainConfig:
     """GAE(lambda) trace decay"""
     clip_range: float = 0.2
     """PPO ratio clip epsilon"""
+    ratio: str = "joint"
+    """PPO's probability ratio: ``joint`` (one per tick: the product over every expert's
+    choices) or ``expert`` (one per expert slot, each clipped on its own against the tick's
+    advantage; ``target_kl`` then bounds the KL per expert)"""
     value_coef: float = 0.5
     """weight of the value loss"""
     max_grad_norm: float = 0.5
@@ -226,6 +232,9 @@ class TrainConfig:
         lo, hi = self.rate_scales
         if not 0 < lo <= hi:
             p.append(Problem("rate_scales", f"needs 0 < lo <= hi, got ({lo}, {hi})"))
+        if self.ratio not in RATIOS:
+            p.append(Problem("ratio", f"unknown ratio {self.ratio!r}; known: "
+                                      f"{', '.join(RATIOS)}"))
         if self.engine not in ENGINES:
             p.append(Problem("engine", f"unknown engine {self.engine!r}; known: "
                                        f"{', '.join(ENGINES)}"))
@@ -429,7 +438,11 @@ def _ppo_update(agent, opt, cfg: TrainConfig, *, update: int, dags, sizes, setti
     adv, returns = ppo.gae(rewards, ro.value, ro.dones, torch.zeros(len(runs)),
                            gamma=cfg.gamma, lam=cfg.gae_lambda)
     adv = crn_advantages(adv, group=cfg.envs).reshape(-1)
-    returns, old_lp, old_v = returns.reshape(-1), ro.log_prob.reshape(-1), ro.value.reshape(-1)
+    returns, old_v = returns.reshape(-1), ro.value.reshape(-1)
+    factored = cfg.ratio == "expert"
+    old_lp = (ro.slot_log_prob.flatten(0, 1) if factored  # (T*K, L, E)
+              else ro.log_prob.reshape(-1))
+    mask = ro.inputs.expert_valid if factored else None
     n_experts = len(dags[sc.pipeline].experts)
     for g in opt.param_groups:
         g["lr"] = cfg.learning_rate
@@ -446,7 +459,8 @@ def _ppo_update(agent, opt, cfg: TrainConfig, *, update: int, dags, sizes, setti
             out = agent(sub, actions=acts)
             a = adv[idx]
             a = (a - a.mean()) / (a.std() + 1e-8)
-            pl, st = ppo.policy_loss(out.log_prob, old_lp[idx], a, clip=cfg.clip_range)
+            pl, st = ppo.policy_loss(out.slot_log_prob if factored else out.log_prob,
+                                     old_lp[idx], a, clip=cfg.clip_range, mask=mask)
             vl = ppo.value_loss(out.value, returns[idx], old_values=old_v[idx],
                                 clip=cfg.clip_range)
             ent = ppo.entropy_loss(out.entropy / n_experts)
@@ -563,9 +577,10 @@ def train(cfg: TrainConfig, *, out: str | Path, resume: bool = False, progress: 
         ck = load_checkpoint(ckpt_path, expect=pcfg)
         stored = ck.training.get("train_config") or {}
         # the number of PPO updates may change (a run extended or cut): nothing before the
-        # last update depends on it
+        # last update depends on it; a field added since the checkpoint has its default
+        defaults = TrainConfig().to_dict()
         diff = sorted(k for k, v in cfg.to_dict().items()
-                      if stored.get(k) != v and k != "updates")
+                      if stored.get(k, defaults[k]) != v and k != "updates")
         if diff or not stored:
             raise ConfigError([Problem("--resume", f"the checkpoint was trained with other "
                                        f"settings: {', '.join(diff) or 'none stored'}")],

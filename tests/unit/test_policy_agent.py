@@ -82,6 +82,11 @@ def test_agent_shapes_and_rescoring(dag, arch, sharing):
     assert torch.isfinite(out.log_prob).all() and (out.entropy > 0).all()
     again = agent(inp, actions=out.actions)  # teacher-forced: the same log-probabilities
     assert torch.allclose(again.log_prob, out.log_prob, atol=1e-5)
+    # per expert slot: the same log-probability split by expert, nothing on padding
+    assert again.slot_log_prob.shape == (2, 2, 3)
+    assert torch.allclose(again.slot_log_prob.sum((1, 2)), again.log_prob, atol=1e-5)
+    assert (again.slot_log_prob[:, ~inp.expert_valid] == 0).all()
+    assert (again.slot_log_prob[:, inp.expert_valid] < 0).all()
     again.log_prob.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in agent.parameters() if p.grad is not None)
     order = out.actions.order[:, 0, :3].sort(-1).values  # layer m: a permutation of 0..2

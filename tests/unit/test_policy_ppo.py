@@ -75,3 +75,31 @@ def test_the_reward_pays_for_the_shields_lifts():
     lifts = torch.tensor([0.0, 0.25])  # a quarter of the experts lifted at the second tick
     assert reward(cost, over, 2.0).tolist() == [-1.0, -2.0]
     assert reward(cost, over, 2.0, lifts, 4.0).tolist() == [-1.0, -3.0]
+
+
+def test_factored_policy_loss_clips_each_factor_and_skips_padding():
+    # two samples, three factors each; the last factor is padding (mask False)
+    ratios = torch.tensor([[1.5, 1.1, 9.0], [0.5, 1.0, 9.0]])
+    new = ratios.log().requires_grad_()
+    adv = torch.tensor([2.0, -1.0])
+    mask = torch.tensor([True, True, False])
+    loss, stats = policy_loss(new, torch.zeros(2, 3), adv, clip=0.2, mask=mask)
+    # sample 1: min(1.5*2, 1.2*2) = 2.4, min(1.1*2, 1.1*2) = 2.2; sample 2: -0.8, -1.0
+    assert loss.item() == pytest.approx(-(2.4 + 2.2 - 0.8 - 1.0) / 4)
+    assert stats["losses/clip_fraction"].item() == pytest.approx(2 / 4)
+    kl = [[(r - 1) - math.log(r) for r in row] for row in ([1.5, 1.1], [0.5, 1.0])]
+    assert stats["losses/approx_kl"].item() == pytest.approx(sum(map(sum, kl)) / 4, rel=1e-5)
+    assert stats["losses/joint_kl"].item() == pytest.approx(sum(map(sum, kl)) / 2, rel=1e-5)
+    loss.backward()
+    assert new.grad[0, 0].item() == 0.0  # clipped on its own, whatever the other factor did
+    assert new.grad[0, 1].item() == pytest.approx(-1.1 * 2 / 4)
+    assert (new.grad[:, 2] == 0).all()  # padding never moves the policy
+
+
+def test_a_joint_ratio_is_one_factor():
+    new, adv = torch.log(torch.tensor([1.5, 0.5])), torch.tensor([2.0, -1.0])
+    joint, js = policy_loss(new, torch.zeros(2), adv, clip=0.2)
+    one, fs = policy_loss(new.unsqueeze(-1), torch.zeros(2, 1), adv, clip=0.2,
+                          mask=torch.tensor([True]))
+    assert joint.item() == pytest.approx(one.item())
+    assert js["losses/joint_kl"].item() == pytest.approx(fs["losses/approx_kl"].item())

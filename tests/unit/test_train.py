@@ -244,6 +244,19 @@ def test_same_seed_same_checkpoint_and_resume_continues_identically(small_yml, t
     assert not same(tensors(a.checkpoint)[0], tensors(other.checkpoint)[0])
 
 
+def test_per_expert_ratios_train_another_policy(small_yml, tmp_path):
+    joint = train(tiny(small_yml), out=tmp_path / "j", progress=False)
+    expert = train(tiny(small_yml, ratio="expert"), out=tmp_path / "e", progress=False)
+    assert expert.finished and expert.update == joint.update
+    ppo = [h for h in expert.history if h["phase"] == "ppo"]
+    for h in ppo:  # one ratio per expert: the joint KL is the sum of the experts' KLs
+        assert np.isfinite(h["losses/policy"]) and h["losses/joint_kl"] >= h["losses/approx_kl"]
+    # cloning is the same; PPO's first step already differs
+    assert not same(tensors(joint.checkpoint)[0], tensors(expert.checkpoint)[0])
+    with pytest.raises(ConfigError, match="ratio: unknown ratio 'agent'"):
+        tiny(small_yml, ratio="agent")
+
+
 def test_resume_refuses_other_settings(small_yml, tmp_path):
     train(tiny(small_yml, updates=0), out=tmp_path, progress=False)
     with pytest.raises(ConfigError, match="bc_episodes"):
