@@ -66,10 +66,12 @@ demo: install
 train: install
 	$(PYTHON) -m smoelib.cli train --out runs/smoe --seed 1 --export smoelib/policy/pretrained/default.pt $(TRAIN_ARGS)
 
-# The two ablations with the same budget and seed (docs/training.md): no DAGNN, no pointer.
+# The three ablations with the same budget and seed (docs/training.md): no DAGNN, no pointer,
+# no shield (trained and run under the unshielded guard profile).
 train-ablations: install
 	$(PYTHON) -m smoelib.cli train --out runs/smoe-mlp --architecture smoe-mlp --seed 1 --export smoelib/policy/pretrained/smoe-mlp.pt $(TRAIN_ARGS)
 	$(PYTHON) -m smoelib.cli train --out runs/smoe-independent --architecture smoe-independent --seed 1 --export smoelib/policy/pretrained/smoe-independent.pt $(TRAIN_ARGS)
+	$(PYTHON) -m smoelib.cli train --out runs/smoe-unshielded --guards unshielded --seed 1 --export smoelib/policy/pretrained/smoe-unshielded.pt $(TRAIN_ARGS)
 
 # The three learned policies trained at 10x load, which examples/loaded.yaml loads through
 # policy.pretrained (docs/results/loaded.md); same recipe, budget and seed, with the decoder's

@@ -1,7 +1,11 @@
-"""The ``smoe``, ``smoe-mlp`` and ``smoe-independent`` deciders: a trained
-:class:`~smoelib.policy.agent.SMoEAgent` loaded from its checkpoint and run once per control
-tick (features -> greedy actions -> decision), the greedy path compiled once per DAG where
-``policy.compile`` asks for it.
+"""The ``smoe``, ``smoe-mlp``, ``smoe-independent`` and ``smoe-unshielded`` deciders: a
+trained :class:`~smoelib.policy.agent.SMoEAgent` loaded from its checkpoint and run once per
+control tick (features -> greedy actions -> decision), the greedy path compiled once per DAG
+where ``policy.compile`` asks for it.
+
+``smoe-unshielded`` is the ``smoe`` architecture trained and run under the ``unshielded``
+guard profile (every guard but the safety shield): the ablation that shows what the shield
+adds.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from smoelib.policy.checkpoint import load_checkpoint
 from smoelib.policy.features import PolicyInput, TrendState, build_features
 from smoelib.policy.pointer import Actions
 
-__all__ = ["SMoEDecider", "bundled_path", "compile_greedy", "PRETRAINED", "BUNDLED"]
+__all__ = ["SMoEDecider", "bundled_path", "compile_greedy", "PRETRAINED", "BUNDLED", "LEARNED"]
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +38,18 @@ BUNDLED = PRETRAINED / "default.pt"
 """the bundled ``smoe`` policy; the ablations ship as ``pretrained/<name>.pt``"""
 
 
-def bundled_path(architecture: str, folder: str | Path = "") -> Path:
+LEARNED: dict[str, tuple[str, str]] = {
+    "smoe": ("smoe", "production"), "smoe-mlp": ("smoe-mlp", "production"),
+    "smoe-independent": ("smoe-independent", "production"),
+    "smoe-unshielded": ("smoe", "unshielded")}
+"""registry name -> (architecture, guard profile it trains and runs under)"""
+
+
+def bundled_path(name: str, folder: str | Path = "") -> Path:
     """The checkpoint a registry name loads when ``policy.checkpoint`` is empty: its file in
     ``folder`` (``policy.pretrained``), or in the bundled folder when that is empty."""
     return (Path(folder) if folder else PRETRAINED) / (
-        BUNDLED.name if architecture == "smoe" else f"{architecture}.pt")
+        BUNDLED.name if name == "smoe" else f"{name}.pt")
 
 
 class _Greedy(nn.Module):
@@ -148,16 +159,16 @@ class SMoEDecider:
                                    updated_at=float(observation.time_s))
 
 
-def _factory(architecture: str):
+def _factory(name: str, architecture: str):
     def make(*, dag: Any, settings: Any) -> SMoEDecider:
         folder = settings.policy.pretrained
         path = (Path(settings.policy.checkpoint) if settings.policy.checkpoint
-                else bundled_path(architecture, folder))
+                else bundled_path(name, folder))
         if not path.exists() and not settings.policy.checkpoint:
             where = (f"policy.pretrained has no {path.name}" if folder
-                     else "no bundled default is installed")
+                     else f"no bundled {path.name} is installed")
             raise ConfigError([Problem("policy.pretrained" if folder else "policy.checkpoint",
-                                       f"{architecture!r} needs a trained checkpoint and "
+                                       f"{name!r} needs a trained checkpoint and "
                                        f"{where}")], source=folder or None)
         agent = load_checkpoint(path).agent
         if agent.config.architecture != architecture:
@@ -171,5 +182,5 @@ def _factory(architecture: str):
     return make
 
 
-for _name in ("smoe", "smoe-mlp", "smoe-independent"):
-    register(_name)(_factory(_name))
+for _name, (_arch, _guards) in LEARNED.items():
+    register(_name, guards=_guards)(_factory(_name, _arch))

@@ -228,9 +228,10 @@ class Policy:
     checkpoint: str = setting("", "policy checkpoint; empty: the registry name's checkpoint "
                               "in policy.pretrained")
     pretrained: str = setting(
-        "", "folder of the learned policies' checkpoints, default.pt (smoe), smoe-mlp.pt and "
-        "smoe-independent.pt, as `smoe train --export` writes them; empty: the bundled ones "
-        "(smoelib/policy/pretrained/). Relative paths are read from the working directory")
+        "", "folder of the learned policies' checkpoints, default.pt (smoe), smoe-mlp.pt, "
+        "smoe-independent.pt and smoe-unshielded.pt, as `smoe train --export` writes them; "
+        "empty: the bundled ones (smoelib/policy/pretrained/). Relative paths are read from "
+        "the working directory")
     torch_threads: int = setting(2, "CPU threads for policy inference", unit="threads",
                                  check=positive)
     compile: bool = setting(False, "compile the learned policy's decide path with "

@@ -135,10 +135,13 @@ def _settings(checkpoint="", pretrained=""):
 
 
 def test_the_registry_builds_a_decider_from_a_checkpoint(tmp_path):
-    from smoelib.policy.base import available, get_decider
+    from smoelib.policy.base import available, default_guards, get_decider
     from smoelib.topology import build_dag
 
-    assert {"smoe", "smoe-mlp", "smoe-independent"} <= set(available())
+    assert {"smoe", "smoe-mlp", "smoe-independent", "smoe-unshielded"} <= set(available())
+    # the shield's ablation: the smoe architecture without the shield, by name
+    assert default_guards("smoe") == "production"
+    assert default_guards("smoe-unshielded") == "unshielded"
     path, _ = saved(tmp_path)
     dag = build_dag({"name": "p", "slo_ms": 50, "stages": [{"id": "a"}, {"id": "m",
                                                                         "experts": 3}]})
@@ -156,8 +159,10 @@ def test_the_registry_reads_each_architecture_from_the_pretrained_folder(tmp_pat
 
     dag = build_dag({"name": "p", "slo_ms": 50, "stages": [{"id": "a"}, {"id": "m",
                                                                         "experts": 3}]})
-    for name, file in (("smoe", "default.pt"), ("smoe-mlp", "smoe-mlp.pt")):
-        cfg = PolicyConfig(hidden=8, decode_steps=2, seed=3, architecture=name)
+    for name, arch, file in (("smoe", "smoe", "default.pt"),
+                             ("smoe-mlp", "smoe-mlp", "smoe-mlp.pt"),
+                             ("smoe-unshielded", "smoe", "smoe-unshielded.pt")):
+        cfg = PolicyConfig(hidden=8, decode_steps=2, seed=3, architecture=arch)
         save_checkpoint(tmp_path / file, SMoEAgent(cfg))
         decider = get_decider(name, dag=dag, settings=_settings(pretrained=str(tmp_path)))
         assert decider.agent.config == cfg
