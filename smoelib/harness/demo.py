@@ -168,4 +168,7 @@ def compare(ours: Summary, theirs: Summary, *, policy: str, baseline: str, curre
     lines.append(f"cost of {policy} is {ratio:.2f} x {baseline}; SLO attainment "
                  f"{ours.slo_attainment:.4f} vs {theirs.slo_attainment:.4f} against a target of "
                  f"{ours.attainment_target:g} (TTFT {ours.ttft_slo_ms:g} ms{tpot})")
+    lines.append(f"60 s windows whose attainment fell below {ours.attainment_target:g}: "
+                 f"{ours.window_violation_rate:.0%} for {policy}, "
+                 f"{theirs.window_violation_rate:.0%} for {baseline}")
     return "\n".join(lines)

@@ -26,6 +26,8 @@ def test_demo_runs_to_its_comparison():
     assert lifts and all(0.0 <= float(x) <= 1.0 for x in lifts.groups())
     assert "replicas reach the cluster through the KEDA external scaler over gRPC" in out
     assert "cost of queueing is" in out and "x static" in out
+    assert re.search(r"60 s windows whose attainment fell below 0\.99: \d+% for queueing, "
+                     r"\d+% for static", out)
     # every request finishes in the drain: no percentile is infinite for want of an ending
     p99 = re.search(r"TPOT P99 ms +(\S+) +(\S+)", out)
     assert p99 and "inf" not in p99.groups(), p99
