@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--capacity", default=d.capacity,
                         help="capacity masks of the decoder: even (the default) or spare "
                              "(layer budgets follow the current use; for loaded clusters)")
+    parser.add_argument("--replica-base", default=d.replica_base,
+                        help="what the replica changes are relative to: current (the default) "
+                             "or queueing (a residual policy over the queueing plan)")
     parser.add_argument("--pipelines", default=",".join(d.pipelines),
                         help="comma-separated pipeline.yml paths")
     parser.add_argument("--traces", default=",".join(d.traces),
@@ -108,6 +111,7 @@ def _config(args: argparse.Namespace):
         pipelines=tuple(split_list(args.pipelines, "--pipelines")),
         traces=tuple(split_list(args.traces, "--traces")), seeds=(lo, hi), seed=args.seed,
         config=args.config, architecture=args.architecture, capacity=args.capacity,
+        replica_base=args.replica_base,
         bc_rounds=args.bc_rounds,
         bc_episodes=args.bc_episodes, updates=args.updates, scenarios=args.scenarios,
         envs=args.envs, rate_scales=(rlo, rhi), engine=args.engine, ratio=args.ratio,

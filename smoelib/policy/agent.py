@@ -21,9 +21,9 @@ from smoelib.core.decisions import ExpertDecision, PipelineDecision
 from smoelib.policy.config import PolicyConfig
 from smoelib.policy.dagnn import DAGNN, NodeMLPEncoder
 from smoelib.policy.features import (
-    FEATURE_NAMES,
     PolicyInput,
     dag_tensors,
+    feature_names,
 )
 from smoelib.policy.heads import reset_linears
 from smoelib.policy.pointer import Actions, PointerDecoder
@@ -56,7 +56,7 @@ class SMoEAgent(nn.Module):
     def __init__(self, config: PolicyConfig):
         super().__init__()
         self.config = config
-        f, h = len(FEATURE_NAMES), config.hidden
+        f, h = len(feature_names(config)), config.hidden
         self.encoder: nn.Module = (NodeMLPEncoder(f, h) if config.architecture == "smoe-mlp"
                                    else DAGNN(f, h, config.dagnn_layers, config.bidirectional))
         self.decoder = PointerDecoder(config, pointer=config.architecture != "smoe-independent")

@@ -19,18 +19,22 @@ from typing import Any, Literal
 from smoelib.core.accounting import gpu_per_pod
 from smoelib.errors import ConfigError, Problem
 
-__all__ = ["PolicyConfig", "ARCHITECTURES", "Architecture", "CAPACITY_MODES",
+__all__ = ["PolicyConfig", "ARCHITECTURES", "Architecture", "CAPACITY_MODES", "REPLICA_BASES",
            "choice_problems"]
 
 Architecture = Literal["smoe", "smoe-mlp", "smoe-independent"]
 ARCHITECTURES: tuple[str, ...] = ("smoe", "smoe-mlp", "smoe-independent")
 _SHARING = ("mps-env", "mps-device-plugin", "none")
 CAPACITY_MODES: tuple[str, ...] = ("even", "spare")
+REPLICA_BASES: tuple[str, ...] = ("current", "queueing")
+"""what the replica head's change is relative to: the expert's current desired replicas, or
+the replicas a model-based plan (the registered decider of that name) sizes this tick"""
 _LIMITS = {"hidden": 1024, "dagnn_layers": 8, "decode_steps": 256, "slots_per_gpu": 64,
            "max_replica_step": 256, "choices": 64}
 """The largest sizes a config may ask for: far above every shipped policy (hidden 32), far below
 what would exhaust the machine (a hidden of 200,000 asks for hundreds of GB)."""
-_CHOICES = {"architecture": ARCHITECTURES, "capacity": CAPACITY_MODES, "gpu_sharing": _SHARING}
+_CHOICES = {"architecture": ARCHITECTURES, "capacity": CAPACITY_MODES, "gpu_sharing": _SHARING,
+            "replica_base": REPLICA_BASES}
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,10 @@ class PolicyConfig:
     """OpenFaaS max_inflight choices (calls)"""
     max_replica_step: int = 8
     """the replica head picks a change in [-max_replica_step, +max_replica_step] (replicas)"""
+    replica_base: str = "current"
+    """what that change is relative to: ``current`` (the expert's desired replicas) or
+    ``queueing`` (a residual policy: the replicas the ``queueing`` baseline sizes for this
+    tick's observation; the network also sees that plan)"""
     trend_short: float = 0.5
     """EWMA weight of the newest tick in the short load trend (per tick)"""
     trend_long: float = 0.05
@@ -91,7 +99,7 @@ class PolicyConfig:
         """Every invalid field, at once."""
         p: list[Problem] = []
         p += choice_problems(architecture=self.architecture, capacity=self.capacity,
-                             gpu_sharing=self.gpu_sharing)
+                             gpu_sharing=self.gpu_sharing, replica_base=self.replica_base)
         for name in ("hidden", "dagnn_layers", "decode_steps", "slots_per_gpu",
                      "max_replica_step"):
             value = getattr(self, name)
@@ -200,7 +208,8 @@ class PolicyConfig:
 
 def choice_problems(**values: str) -> list[Problem]:
     """A problem for each named field whose value is not one of its choices (``architecture``,
-    ``capacity``, ``gpu_sharing``); shared by ``PolicyConfig`` and ``TrainConfig``."""
+    ``capacity``, ``gpu_sharing``, ``replica_base``); shared by ``PolicyConfig`` and
+    ``TrainConfig``."""
     return [Problem(name, f"one of {', '.join(_CHOICES[name])}")
             for name, value in values.items() if value not in _CHOICES[name]]
 

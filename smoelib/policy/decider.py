@@ -27,6 +27,7 @@ from smoelib.policy.agent import SMoEAgent, actions_to_decision
 from smoelib.policy.base import register
 from smoelib.policy.checkpoint import load_checkpoint
 from smoelib.policy.features import PolicyInput, TrendState, build_features
+from smoelib.policy.plan import ReplicaPlanner, planner_for
 from smoelib.policy.pointer import Actions
 
 __all__ = ["SMoEDecider", "bundled_path", "compile_greedy", "PRETRAINED", "BUNDLED", "LEARNED"]
@@ -119,8 +120,9 @@ class SMoEDecider:
     near-ties, in less time); :meth:`wait_compiled` waits for it."""
 
     def __init__(self, *, dag: Any, agent: SMoEAgent, gpus: float, sample: bool = False,
-                 compile: bool = False):
+                 compile: bool = False, planner: ReplicaPlanner | None = None):
         self.dag, self.agent, self.gpus, self.sample = dag, agent.eval(), gpus, sample
+        self.planner = planner  # a residual policy's plan (PolicyConfig.replica_base)
         self.generator = torch.Generator()
         self.trend: TrendState | None = None
         self._compile = compile and not sample  # sampling stays eager
@@ -130,6 +132,8 @@ class SMoEDecider:
         """Clear the load trends; seed the sampler (used only with ``sample=True``)."""
         self.generator.manual_seed(seed)
         self.trend = None
+        if self.planner is not None:
+            self.planner.reset(seed)
 
     def wait_compiled(self, timeout: float | None = None) -> bool:
         """Wait for a compilation in progress; True when the compiled graph decides."""
@@ -144,8 +148,9 @@ class SMoEDecider:
 
     def decide(self, observation: Any) -> PipelineDecision:
         cfg = self.agent.config
+        plan = None if self.planner is None else self.planner.replicas(observation)
         inp, self.trend = build_features(observation, self.dag, config=cfg, gpus=self.gpus,
-                                         trend=self.trend)
+                                         trend=self.trend, plan=plan)
         if self._compile and self._compiled is None:
             self._compiled = compile_greedy(self.agent, inp, name=self.dag.name)
         greedy = self._greedy()  # compiled only for greedy deciding
@@ -178,7 +183,8 @@ def _factory(name: str, architecture: str):
         # inference threads are a process setting; the decider is built by the composition root
         torch.set_num_threads(settings.policy.torch_threads)
         return SMoEDecider(dag=dag, agent=agent, gpus=settings.cluster.gpus,
-                           compile=settings.policy.compile)
+                           compile=settings.policy.compile,
+                           planner=planner_for(agent.config, dag=dag, settings=settings))
     return make
 
 

@@ -23,8 +23,9 @@ from smoelib.core.slo import slo_pressure
 from smoelib.policy.config import PolicyConfig
 from smoelib.policy.schedule import DagSchedule, build_schedule
 
-__all__ = ["FEATURE_NAMES", "FEATURE_VERSION", "feature_signature", "PolicyInput", "TrendState",
-           "DagTensors", "dag_tensors", "build_features", "collate"]
+__all__ = ["FEATURE_NAMES", "PLAN_FEATURES", "FEATURE_VERSION", "feature_names",
+           "feature_signature", "PolicyInput", "TrendState", "DagTensors", "dag_tensors",
+           "build_features", "collate"]
 
 FEATURE_VERSION = 1
 FEATURE_NAMES = (
@@ -36,12 +37,20 @@ FEATURE_NAMES = (
     "depth_fraction", "routing_fraction", "log_weights_mb", "log_service_ms",
     "pipeline_p95_vs_slo", "pipeline_p99_vs_slo", "log_request_rate", "gpu_pressure",
 )
+PLAN_FEATURES = ("log_plan_replicas", "plan_vs_replicas")
+"""appended for a residual policy (``PolicyConfig.replica_base`` a plan): the plan's replicas
+and their log ratio to the desired ones (0 on other nodes)"""
 _TOKENS_FOR_SLO_SHARE = 256  # tokens per call assumed when splitting the SLO along the path
+
+
+def feature_names(config: PolicyConfig) -> tuple[str, ...]:
+    """The node features a network of ``config`` reads, in column order."""
+    return FEATURE_NAMES + (PLAN_FEATURES if config.replica_base != "current" else ())
 
 
 def feature_signature(config: PolicyConfig) -> str:
     """A short hash of the feature layout and the action layout a network was built for."""
-    parts = [str(FEATURE_VERSION), *FEATURE_NAMES,
+    parts = [str(FEATURE_VERSION), *feature_names(config),
              *(f"{h}:{len(config.choices(h))}" for h in config.heads)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
@@ -153,7 +162,8 @@ def _log_ratio(num: np.ndarray, den: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def build_features(obs: Any, dag: Any, *, config: PolicyConfig, gpus: float,
-                   trend: TrendState | None = None) -> tuple[PolicyInput, TrendState]:
+                   trend: TrendState | None = None, plan: np.ndarray | None = None
+                   ) -> tuple[PolicyInput, TrendState]:
     """One tick's :class:`PolicyInput` (batch of 1) and the next trend state.
 
     Args:
@@ -162,6 +172,12 @@ def build_features(obs: Any, dag: Any, *, config: PolicyConfig, gpus: float,
         config: the policy's config (the choices, for normalisation and masks).
         gpus: GPUs in the cluster (``settings.cluster.gpus``).
         trend: the previous tick's trend state; None starts the trends at the current load.
+        plan: with ``config.replica_base`` a plan, its replicas per node (``dag.nodes`` order;
+            NaN where it has none: the desired replicas). The replica head's changes are
+            relative to it (within the node's bounds).
+
+    Raises:
+        ValueError: a residual config without a plan.
     """
     d = dag_tensors(dag)
     s = d.static
@@ -205,10 +221,18 @@ def build_features(obs: Any, dag: Any, *, config: PolicyConfig, gpus: float,
             np.log1p(conc) / np.log1p(config.concurrency_choices[-1]), s["depth"], s["routing"],
             np.log1p(s["weights_mb"]) / 10.0, np.log1p(service) / 5.0,
             *(np.full(len(tokens), g) for g in glob)]
+    base = desired
+    if config.replica_base != "current":
+        if plan is None:
+            raise ValueError(f"a policy relative to the {config.replica_base!r} plan needs it")
+        planned = np.asarray(plan, float)
+        base = np.clip(np.where(is_exp & np.isfinite(planned), planned, desired),
+                       s["replicas_min"], s["replicas_max"])
+        cols += [np.log1p(base), np.clip(np.log1p(base) - np.log1p(desired), -5.0, 5.0)]
     x = torch.as_tensor(np.stack(cols, -1), dtype=torch.float32).unsqueeze(0)  # (1, N, F)
     slots = d.expert_pos  # (L, E) node index per expert slot
-    mask = _choice_mask(config, desired[slots], s["replicas_min"][slots], s["replicas_max"][slots],
-                   s["weights_mb"][slots], s["parallelism"][slots])
+    mask = _choice_mask(config, base[slots], s["replicas_min"][slots], s["replicas_max"][slots],
+                        s["weights_mb"][slots], s["parallelism"][slots])
     n_experts = max(int(d.layer_sizes.sum()), 1)
     if config.capacity == "spare":  # each layer keeps its use, plus its share of what is free
         use = np.bincount(d.layer_of[is_exp], weights=(desired * gshare)[is_exp],
@@ -218,7 +242,7 @@ def build_features(obs: Any, dag: Any, *, config: PolicyConfig, gpus: float,
         budget = expert_budget * d.layer_sizes / n_experts  # (L,)
     inp = PolicyInput(x=x, schedule=d.schedule, expert_index=d.expert_index,
                       expert_valid=d.expert_valid,
-                      replicas=torch.as_tensor(desired[slots], dtype=torch.float32).unsqueeze(0),
+                      replicas=torch.as_tensor(base[slots], dtype=torch.float32).unsqueeze(0),
                       choice_mask=torch.as_tensor(mask).unsqueeze(0),
                       budget=torch.as_tensor(budget, dtype=torch.float32).unsqueeze(0))
     return inp, nxt

@@ -4,7 +4,8 @@ The warm start of training (docs/training.md): the ``queueing`` baseline decides
 is turned into the action indices the agent would have had to pick, and the agent maximises their
 log-probability (DAgger rounds later label the states the agent itself visits).
 
-Labels: the replica change is the teacher's target minus the current desired replicas, clipped to
+Labels: the replica change is the teacher's target minus the replica base of the input (the
+current desired replicas, or a residual policy's plan), clipped to
 ``[-max_replica_step, max_replica_step]``; every other knob is the nearest choice. The pointer
 needs an order, which a teacher does not have: experts are decoded biggest GPU use first (a
 stable, learnable order that lets the budget state see the large demands early).
@@ -35,7 +36,7 @@ def teacher_actions(decision: Any, inp: PolicyInput, dag: Any, *, config: Policy
     d = dag_tensors(dag)
     n_layers, e = d.expert_pos.shape
     valid = d.expert_valid.numpy()
-    current = inp.replicas[0].numpy()  # (L, E)
+    current = inp.replicas[0].numpy()  # (L, E): the replica base
     heads = config.heads
     choices = np.zeros((n_layers, e, len(heads)), dtype=np.int64)
     use = np.zeros((n_layers, e))

@@ -32,6 +32,7 @@ from smoelib.policy.agent import SMoEAgent, actions_to_decision
 from smoelib.policy.base import get_decider
 from smoelib.policy.features import PolicyInput, TrendState, build_features, collate
 from smoelib.policy.imitation import teacher_actions
+from smoelib.policy.plan import planner_for
 from smoelib.policy.pointer import Actions
 from smoelib.sim.env import RewardParts, SimEnv
 from smoelib.sim.loop import SimLoop
@@ -142,6 +143,10 @@ def collect(agent: SMoEAgent, *, dag: Any, runs: list[EnvRun], duration_s: float
         teachers = [get_decider(teacher, dag=dag, settings=r.settings) for r in runs]
         for t, r in zip(teachers, runs, strict=True):
             t.reset(r.seed)
+    planners = [planner_for(cfg, dag=dag, settings=r.settings) for r in runs]
+    for p, r in zip(planners, runs, strict=True):
+        if p is not None:
+            p.reset(r.seed)
     trends: list[TrendState | None] = [None] * envs
     steps: list[tuple[PolicyInput, Actions, Tensor, Tensor, list[RewardParts], Tensor]] = []
     lifted: list[list[float]] = []
@@ -151,9 +156,10 @@ def collect(agent: SMoEAgent, *, dag: Any, runs: list[EnvRun], duration_s: float
     while not done:
         rows = []
         for k in range(envs):
+            plan = None if planners[k] is None else planners[k].replicas(obs[k])
             inp, trends[k] = build_features(obs[k], dag, config=cfg,
                                             gpus=runs[k].settings.cluster.gpus,
-                                            trend=trends[k])
+                                            trend=trends[k], plan=plan)
             rows.append(inp)
         batch = collate(rows)
         with torch.no_grad():

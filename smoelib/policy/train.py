@@ -98,6 +98,9 @@ class TrainConfig:
     """network width (PolicyConfig.hidden)"""
     capacity: str = PolicyConfig.capacity
     """how the decoder's capacity masks share GPUs: even or spare (PolicyConfig.capacity)"""
+    replica_base: str = PolicyConfig.replica_base
+    """what the replica head's changes are relative to: current or queueing (a residual
+    policy over the queueing plan; PolicyConfig.replica_base)"""
     seed: int = 1
     """seed of the parameters, the scenarios and the sampling"""
     teacher: str = "queueing"
@@ -205,7 +208,8 @@ class TrainConfig:
         p = split_problems(self.traces, self.seeds)
         if not 0 <= self.validation_seed < 1000:
             p.append(Problem("validation_seed", "must be below 1000 (training split)"))
-        p += choice_problems(architecture=self.architecture, capacity=self.capacity)
+        p += choice_problems(architecture=self.architecture, capacity=self.capacity,
+                             replica_base=self.replica_base)
         if self.guards not in PROFILES:
             p.append(Problem("guards", f"unknown guard profile {self.guards!r}; known: "
                                        f"{', '.join(PROFILES)}"))
@@ -252,7 +256,7 @@ class TrainConfig:
         """The network's config: the settings' action space plus this run's choices."""
         return PolicyConfig.from_settings(
             settings, architecture=self.architecture, hidden=self.hidden, seed=self.seed,
-            capacity=self.capacity)
+            capacity=self.capacity, replica_base=self.replica_base)
 
     @property
     def total_updates(self) -> int:

@@ -4,6 +4,8 @@ one)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -158,6 +160,32 @@ def test_teacher_labels_reproduce_the_teacher_decision(dag, architecture):
         assert sorted(order) == list(range(len(experts)))
 
 
+def test_a_residual_policy_s_changes_are_relative_to_the_plan(dag):
+    cfg = PolicyConfig(hidden=8, decode_steps=2, replica_base="queueing")
+    obs = observation(dag, replicas=2.0)
+    with pytest.raises(ValueError, match="'queueing' plan needs it"):
+        build_features(obs, dag, config=cfg, gpus=64.0)
+    n = len(dag.nodes)
+    plan = np.array([np.nan if node not in dag.experts else 3.0 + (i % 2)
+                     for i, node in enumerate(dag.nodes)])
+    inp, _ = build_features(obs, dag, config=cfg, gpus=64.0, plan=plan)
+    plain, _ = build_features(obs, dag, config=PolicyConfig(hidden=8, decode_steps=2),
+                              gpus=64.0)
+    assert inp.x.shape[-1] == plain.x.shape[-1] + 2  # the network sees the plan
+    slots = [dag.nodes.index(e) for e in dag.moe_layers["m"]]
+    assert inp.replicas[0, 0, :3].tolist() == [plan[i] for i in slots]
+    # the planner's own decision is the zero change for every expert
+    want = PipelineDecision(pipeline=dag.name, updated_at=10.0, experts={
+        e: ExpertDecision(replicas=int(plan[dag.nodes.index(e)]), cpu=1.0, memory_mb=2048,
+                          gpu_share=0.25, concurrency=4) for e in dag.experts})
+    acts = teacher_actions(want, inp, dag, config=cfg)
+    zero = cfg.choices("replicas").index(0.0)
+    assert (acts.choices[0, ..., 0][inp.expert_valid] == zero).all()
+    got = actions_to_decision(acts, inp, dag, config=cfg, updated_at=10.0)
+    assert dict(got.experts) == dict(want.experts)
+    assert n == len(plan)
+
+
 def test_bc_loss_decreases_on_a_fixed_batch(dag):
     cfg = PolicyConfig(hidden=16, decode_steps=2)
     agent = SMoEAgent(cfg)
@@ -255,6 +283,28 @@ def test_per_expert_ratios_train_another_policy(small_yml, tmp_path):
     assert not same(tensors(joint.checkpoint)[0], tensors(expert.checkpoint)[0])
     with pytest.raises(ConfigError, match="ratio: unknown ratio 'agent'"):
         tiny(small_yml, ratio="agent")
+
+
+def test_a_residual_policy_trains_and_decides_over_the_queueing_plan(small_yml, tmp_path):
+    from smoelib.policy.base import get_decider
+    from smoelib.policy.checkpoint import load_checkpoint
+    from smoelib.settings import load_settings
+    from smoelib.sim.env import SimEnv
+
+    run = train(tiny(small_yml, replica_base="queueing"), out=tmp_path, progress=False)
+    assert run.finished
+    agent = load_checkpoint(run.checkpoint).agent
+    assert agent.config.replica_base == "queueing"
+    dag = build_dag(SMALL)
+    settings = load_settings(None)
+    settings = dataclasses.replace(settings, policy=dataclasses.replace(
+        settings.policy, checkpoint=str(run.checkpoint)))
+    decider = get_decider("smoe", dag=dag, settings=settings)
+    assert decider.planner is not None and decider.planner.name == "queueing"
+    env = SimEnv(dag, settings, trace="poisson", duration_s=20.0)
+    decider.reset(1)
+    d = decider.decide(env.reset(seed=1))
+    assert set(d.experts) == set(dag.experts)
 
 
 def test_resume_refuses_other_settings(small_yml, tmp_path):
