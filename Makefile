@@ -67,7 +67,8 @@ train: install
 	$(PYTHON) -m smoelib.cli train --out runs/smoe --seed 1 --export smoelib/policy/pretrained/default.pt $(TRAIN_ARGS)
 
 # The three ablations with the same budget and seed (docs/training.md): no DAGNN, no pointer,
-# no shield (trained and run under the unshielded guard profile).
+# no shield (trained and run under the unshielded guard profile). The bundled ones are these
+# runs cut after 80 PPO updates, like default.pt: make train-ablations TRAIN_ARGS="--updates 80".
 train-ablations: install
 	$(PYTHON) -m smoelib.cli train --out runs/smoe-mlp --architecture smoe-mlp --seed 1 --export smoelib/policy/pretrained/smoe-mlp.pt $(TRAIN_ARGS)
 	$(PYTHON) -m smoelib.cli train --out runs/smoe-independent --architecture smoe-independent --seed 1 --export smoelib/policy/pretrained/smoe-independent.pt $(TRAIN_ARGS)
