@@ -40,6 +40,17 @@ class ExpertDecision:
     gpu_share: float
     concurrency: int
 
+    def with_knobs(self, replicas: int | None = None, cpu: float | None = None,
+                   memory_mb: int | None = None, gpu_share: float | None = None,
+                   concurrency: int | None = None) -> ExpertDecision:
+        """A copy with the given knobs changed (what ``dataclasses.replace`` does, in a third of
+        its time: the guards make one per adjusted expert, 15,000 a tick at deepseek-v3 size)."""
+        return ExpertDecision(self.replicas if replicas is None else replicas,
+                              self.cpu if cpu is None else cpu,
+                              self.memory_mb if memory_mb is None else memory_mb,
+                              self.gpu_share if gpu_share is None else gpu_share,
+                              self.concurrency if concurrency is None else concurrency)
+
 
 @dataclass(frozen=True, slots=True)
 class PipelineDecision:

@@ -273,7 +273,7 @@ def _clamp_all(experts: Mapping[str, ExpertDecision], dag: PipelineDAG, settings
             changed["memory_mb"] = lifted
             notes.add("bounds", f"{node}: memory_mb {memory:g} below runtime + weights "
                                 f"({floor:g} MiB; a replica would be OOM-killed) -> {lifted:g}")
-        out[node] = replace(e, **changed) if changed else e
+        out[node] = e.with_knobs(**changed) if changed else e
     return out
 
 
@@ -290,7 +290,7 @@ def _limit_steps(experts: dict[str, ExpertDecision], base: Mapping[str, ExpertDe
         if target != e.replicas:
             notes.add("step", f"{node}: replicas {before.replicas} -> {e.replicas} limited to "
                               f"{target} (max step +{up}/-{down} per tick)")
-        out[node] = replace(e, replicas=target) if target != e.replicas else e
+        out[node] = e.with_knobs(replicas=target) if target != e.replicas else e
     return out
 
 
@@ -302,7 +302,7 @@ def _hold_scale_down(experts: dict[str, ExpertDecision], base: Mapping[str, Expe
         before = base.get(node)
         if before is not None and e.replicas < before.replicas:
             held.append(node)
-            e = replace(e, replicas=before.replicas)
+            e = e.with_knobs(replicas=before.replicas)
         out[node] = e
     if held:
         notes.add("pressure", f"scale-down held for {len(held)} experts: {why} show SLO "
@@ -326,7 +326,7 @@ def _keep_busy(experts: dict[str, ExpertDecision], busy: Collection[str], notes:
     if kept:
         notes.add("busy", f"kept one replica of {len(kept)} busy experts proposed at zero: "
                      + ", ".join(sorted(kept)[:5]) + (" ..." if len(kept) > 5 else ""))
-    return {n: replace(e, replicas=1) if n in kept else e for n, e in experts.items()}
+    return {n: e.with_knobs(replicas=1) if n in kept else e for n, e in experts.items()}
 
 
 def _fit_gpus(experts: dict[str, ExpertDecision], base: Mapping[str, ExpertDecision], *,
@@ -361,5 +361,5 @@ def _fit_gpus(experts: dict[str, ExpertDecision], base: Mapping[str, ExpertDecis
         taken += 1
     notes.add("capacity", f"GPU capacity {capacity:g}: asked {asked:.2f} GPUs, took back "
                           f"{taken} replicas from the largest increases")
-    return {n: replace(experts[n], replicas=int(replicas[i])) if replicas[i] !=
+    return {n: experts[n].with_knobs(replicas=int(replicas[i])) if replicas[i] !=
             experts[n].replicas else experts[n] for i, n in enumerate(nodes)}

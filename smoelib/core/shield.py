@@ -32,7 +32,7 @@ evaluation reports.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -162,7 +162,7 @@ def shield(experts: dict[str, ExpertDecision], *, observation: Any, dag: Any, se
         if need > e.replicas:
             notes.add("shield", f"{node}: shield lifted replicas {e.replicas} -> {need} "
                                 f"({why})")
-            out[node] = replace(e, replicas=need)
+            out[node] = e.with_knobs(replicas=need)
     memory_out = ShieldMemory(now, tuple(float(x) for x in calls),
                               tuple((n, r, u) for n, (r, u) in sorted(held.items())))
     return out, memory_out

@@ -106,43 +106,48 @@ def hold_slow_knobs(experts: Mapping[str, ExpertDecision],
     candidates = dict(memory.candidates)
     pending = {node for node, _ in candidates}  # experts with a candidate value remembered
     names = rules.knobs + rules.decreases
-    values = attrgetter(*names) if names else (lambda _: ())
+    values = attrgetter(*names) if len(names) > 1 else lambda e: tuple(
+        getattr(e, n) for n in names)  # always a tuple of the knobs' values
+    decreases = frozenset(rules.decreases)
+    threshold, ticks_needed = rules.threshold, rules.hysteresis_ticks
     used = sum(p for _, p in memory.window(now))
     budget = rules.budget_per_min
     out: dict[str, ExpertDecision] = {}
     notes: list[tuple[str, str]] = []
     for node, want in experts.items():
         have = reference.get(node)
-        if have is None or (node not in pending and values(want) == values(have)):
-            out[node] = want  # no reference, or no slow knob changes and nothing to forget
+        if have is None:
+            out[node] = want
+            continue
+        new_values, old_values = values(want), values(have)
+        if node not in pending and new_values == old_values:
+            out[node] = want  # no slow knob changes and nothing to forget
             continue
         held: dict[str, Any] = {}
         ready: list[str] = []
-        for knob in names:
-            new, old = getattr(want, knob), getattr(have, knob)
+        for knob, new, old in zip(names, new_values, old_values, strict=True):
             key = (node, knob)
-            if new == old or (knob in rules.decreases and new > old):
+            if new == old or (new > old and knob in decreases):
                 candidates.pop(key, None)
                 continue
-            if abs(new - old) <= rules.threshold * abs(old):
+            if abs(new - old) <= threshold * abs(old):
                 candidates.pop(key, None)
                 held[knob] = old
                 notes.append(("hysteresis", f"{node}: {knob} {old:g} -> {new:g} is within the "
-                             f"{rules.threshold:.0%} threshold; held"))
+                             f"{threshold:.0%} threshold; held"))
                 continue
             value, ticks = candidates.get(key, (None, 0))
             ticks = ticks + 1 if value == new else 1
             candidates[key] = (new, ticks)
-            if ticks < rules.hysteresis_ticks:
+            if ticks < ticks_needed:
                 held[knob] = old
                 notes.append(("hysteresis", f"{node}: {knob} {old:g} -> {new:g} seen {ticks}/"
-                                            f"{rules.hysteresis_ticks} ticks; held"))
+                                            f"{ticks_needed} ticks; held"))
             else:
                 ready.append(knob)
         if ready:
             need = max(0, int(pods.get(node, 0)))
-            fits = used + need <= budget or (used == 0 and budget > 0)
-            if fits:
+            if used + need <= budget or (used == 0 and budget > 0):
                 used += need
                 for knob in ready:  # allowed: the next reference holds the new value
                     candidates.pop((node, knob), None)
@@ -152,5 +157,5 @@ def hold_slow_knobs(experts: Mapping[str, ExpertDecision],
                 notes.append(("budget", f"{node}: rollout of {need} pod(s) for "
                                         f"{', '.join(ready)} waits for the budget ({used}/"
                                         f"{budget} pods this minute)"))
-        out[node] = replace(want, **held) if held else want
+        out[node] = want.with_knobs(**held) if held else want
     return out, SlowKnobMemory(MappingProxyType(candidates), memory.window(now)), notes

@@ -8,7 +8,6 @@ A fixed reference (and the simulator's first policy, before the baselines exist)
 
 from __future__ import annotations
 
-from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -59,7 +58,7 @@ class ShieldOnly(StaticDecider):
         for node, e in self.experts.items():
             spec = dag.spec(node)
             floor = memory_floor_mb(spec, runtime_memory_mb=settings.cluster.runtime_memory_mb)
-            cheap[node] = replace(
-                e, cpu=min(a.cpu), memory_mb=memory_choice(floor, a.memory_mb),
+            cheap[node] = e.with_knobs(
+                cpu=min(a.cpu), memory_mb=memory_choice(floor, a.memory_mb),
                 gpu_share=min(shares) if e.gpu_share > 0 and shares else e.gpu_share)
         self.experts = MappingProxyType(cheap)

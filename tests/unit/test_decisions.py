@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -121,3 +122,12 @@ knobs = st.fixed_dictionaries({
 def test_json_text_round_trips(experts, updated_at):
     d = parse_decision({"pipeline": "p", "updated_at": updated_at, "experts": experts})
     assert parse_decision(json.loads(decision_to_json(d))) == d
+
+
+@given(st.sets(st.sampled_from(sorted(KNOBS))), st.integers(0, 3))
+def test_with_knobs_is_replace(names, value):
+    """``with_knobs`` changes exactly the knobs it is given, zeros included, as
+    ``dataclasses.replace`` does."""
+    e = ExpertDecision(**KNOBS)
+    changes = {n: value for n in names}
+    assert e.with_knobs(**changes) == dataclasses.replace(e, **changes)
