@@ -22,16 +22,20 @@ it, including its retries) never sees a held change. These rules belong to the c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
-from types import MappingProxyType
 from typing import Any
 
+import numpy as np
+
 from smoelib.core.decisions import ExpertDecision
-from smoelib.core.knobs import RESOURCE_KNOBS, SLOW_KNOBS
+from smoelib.core.knobs import KNOB_NAMES, RESOURCE_KNOBS, SLOW_KNOBS
 
 __all__ = ["SlowKnobRules", "SlowKnobMemory", "hold_slow_knobs", "WINDOW_S"]
+
+_KNOBS = attrgetter(*KNOB_NAMES)
+_KNOB_INDEX = {k: i for i, k in enumerate(KNOB_NAMES)}
 
 WINDOW_S = 60.0
 """The rollout budget's window, seconds."""
@@ -66,13 +70,26 @@ class SlowKnobRules:
 
 @dataclass(frozen=True, slots=True)
 class SlowKnobMemory:
-    """What the rules remember between ticks: candidate values with the ticks they have been
-    proposed in a row (``(node, knob) -> (value, ticks)``), and the rollouts of the last minute
-    as the actuator reported them (``(seconds, pods replaced)``)."""
+    """What the rules remember between ticks: per expert (``nodes``) and knob (``knobs``) the
+    candidate value proposed and the ticks it has been proposed in a row (``values`` and
+    ``ticks``, arrays of ``(len(nodes), len(knobs))``; 0 ticks: no candidate), and the
+    rollouts of the last minute as the actuator reported them (``(seconds, pods replaced)``).
+    Columns, not a dict: at deepseek-v3 size every expert has a candidate."""
 
-    candidates: Mapping[tuple[str, str], tuple[float, int]] = field(
-        default_factory=lambda: MappingProxyType({}))
+    nodes: tuple[str, ...] = ()
+    knobs: tuple[str, ...] = ()
+    values: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), compare=False,
+                               repr=False)
+    ticks: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64),
+                              compare=False, repr=False)
     rollouts: tuple[tuple[float, int], ...] = ()
+
+    @property
+    def candidates(self) -> dict[tuple[str, str], tuple[float, int]]:
+        """``(node, knob) -> (value, ticks)`` of every remembered candidate."""
+        rows, cols = np.nonzero(self.ticks > 0)
+        return {(self.nodes[i], self.knobs[j]): (float(self.values[i, j]), int(self.ticks[i, j]))
+                for i, j in zip(rows.tolist(), cols.tolist(), strict=True)}
 
     def record(self, rollouts: Any, *, now: float) -> SlowKnobMemory:
         """Add what the actuator rolled at ``now``: ``(function, pods replaced)`` pairs."""
@@ -82,6 +99,33 @@ class SlowKnobMemory:
     def window(self, now: float) -> tuple[tuple[float, int], ...]:
         """The rollouts still inside the budget's window at ``now``."""
         return tuple(r for r in self.rollouts if now - r[0] < WINDOW_S)
+
+    def aligned(self, nodes: Sequence[str], knobs: tuple[str, ...]
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates' values (NaN: none) and ticks as rows ``nodes`` and columns
+        ``knobs`` (copies)."""
+        values = np.full((len(nodes), len(knobs)), np.nan)
+        ticks = np.zeros((len(nodes), len(knobs)), np.int64)
+        if not self.nodes:
+            return values, ticks
+        if self.knobs == knobs and self.nodes == tuple(nodes):
+            return self.values.copy(), self.ticks.copy()  # the common case: the same experts
+        row = {n: i for i, n in enumerate(self.nodes)}
+        mine = [row.get(n, -1) for n in nodes]
+        at = np.array([i for i in mine if i >= 0], np.int64)
+        to = np.array([k for k, i in enumerate(mine) if i >= 0], np.int64)
+        for j, knob in enumerate(knobs):
+            if knob in self.knobs and at.size:
+                values[to, j] = self.values[at, self.knobs.index(knob)]
+                ticks[to, j] = self.ticks[at, self.knobs.index(knob)]
+        return values, ticks
+
+    def others(self, nodes: Sequence[str]) -> SlowKnobMemory:
+        """The rows of experts not in ``nodes`` that hold a candidate."""
+        skip = set(nodes)
+        keep = [i for i, n in enumerate(self.nodes) if n not in skip and self.ticks[i].any()]
+        return SlowKnobMemory(tuple(self.nodes[i] for i in keep), self.knobs,
+                              self.values[keep], self.ticks[keep]) if keep else SlowKnobMemory()
 
 
 def hold_slow_knobs(experts: Mapping[str, ExpertDecision],
@@ -93,7 +137,8 @@ def hold_slow_knobs(experts: Mapping[str, ExpertDecision],
     Args:
         experts: the proposal (node id -> knobs), already within bounds.
         reference: what the cluster was last told (the last decision, or the observed
-            configuration before the first one); experts without a reference pass unchanged.
+            configuration before the first one); experts without a reference pass unchanged
+            and keep what the memory holds of them.
         memory: from the last tick.
         rules: see :class:`SlowKnobRules`.
         pods: per expert, the pods a rollout would replace now (its Deployment's replicas).
@@ -101,61 +146,77 @@ def hold_slow_knobs(experts: Mapping[str, ExpertDecision],
 
     Returns:
         the experts with held knobs set back to the reference, the new memory and a
-        ``(rule, note)`` per held change (rule ``hysteresis`` or ``budget``).
+        ``(rule, note)`` per held change (rule ``hysteresis`` or ``budget``), expert by expert
+        in ``experts``' order.
     """
-    candidates = dict(memory.candidates)
-    pending = {node for node, _ in candidates}  # experts with a candidate value remembered
     names = rules.knobs + rules.decreases
-    values = attrgetter(*names) if len(names) > 1 else lambda e: tuple(
-        getattr(e, n) for n in names)  # always a tuple of the knobs' values
-    decreases = frozenset(rules.decreases)
-    threshold, ticks_needed = rules.threshold, rules.hysteresis_ticks
-    used = sum(p for _, p in memory.window(now))
+    window = memory.window(now)
+    out = dict(experts)
+    order = [n for n in experts if n in reference]
+    if not names or not order:
+        return out, replace(memory, rollouts=window), []
+    read = attrgetter(*names) if len(names) > 1 else (lambda e: (getattr(e, names[0]),))
+    have_rows = [read(reference[n]) for n in order]  # the values as given (ints stay ints)
+    want = np.array([read(experts[n]) for n in order], float).reshape(len(order), len(names))
+    have = np.array(have_rows, float).reshape(len(order), len(names))
+    value, seen = memory.aligned(order, names)
+    moved = want != have
+    if rules.decreases:  # slow only when they go down
+        moved &= ~((want > have) & np.isin(names, rules.decreases))
+    small = moved & (np.abs(want - have) <= rules.threshold * np.abs(have))
+    big = moved & ~small
+    seen = np.where(big, np.where(value == want, seen + 1, 1), 0)
+    waiting = big & (seen < rules.hysteresis_ticks)
+    ready = big & ~waiting
+    used = sum(p for _, p in window)
     budget = rules.budget_per_min
-    out: dict[str, ExpertDecision] = {}
+    late: dict[int, tuple[int, int]] = {}  # row -> (pods it needs, pods used before it)
+    for i in np.flatnonzero(ready.any(1)).tolist():  # the budget goes expert by expert
+        need = max(0, int(pods.get(order[i], 0)))
+        if used + need <= budget or (used == 0 and budget > 0):
+            used += need
+            seen[i, ready[i]] = 0  # allowed: the next reference holds the new value
+        else:
+            late[i] = (need, used)
+    held = small | waiting
+    noted = held.any(1).tolist()  # rows with a hysteresis note
+    if late:
+        held[list(late)] |= ready[list(late)]
     notes: list[tuple[str, str]] = []
-    for node, want in experts.items():
-        have = reference.get(node)
-        if have is None:
-            out[node] = want
-            continue
-        new_values, old_values = values(want), values(have)
-        if node not in pending and new_values == old_values:
-            out[node] = want  # no slow knob changes and nothing to forget
-            continue
-        held: dict[str, Any] = {}
-        ready: list[str] = []
-        for knob, new, old in zip(names, new_values, old_values, strict=True):
-            key = (node, knob)
-            if new == old or (new > old and knob in decreases):
-                candidates.pop(key, None)
-                continue
-            if abs(new - old) <= threshold * abs(old):
-                candidates.pop(key, None)
-                held[knob] = old
-                notes.append(("hysteresis", f"{node}: {knob} {old:g} -> {new:g} is within the "
-                             f"{threshold:.0%} threshold; held"))
-                continue
-            value, ticks = candidates.get(key, (None, 0))
-            ticks = ticks + 1 if value == new else 1
-            candidates[key] = (new, ticks)
-            if ticks < ticks_needed:
-                held[knob] = old
-                notes.append(("hysteresis", f"{node}: {knob} {old:g} -> {new:g} seen {ticks}/"
-                                            f"{ticks_needed} ticks; held"))
-            else:
-                ready.append(knob)
-        if ready:
-            need = max(0, int(pods.get(node, 0)))
-            if used + need <= budget or (used == 0 and budget > 0):
-                used += need
-                for knob in ready:  # allowed: the next reference holds the new value
-                    candidates.pop((node, knob), None)
-            else:
-                for knob in ready:
-                    held[knob] = getattr(have, knob)
-                notes.append(("budget", f"{node}: rollout of {need} pod(s) for "
-                                        f"{', '.join(ready)} waits for the budget ({used}/"
-                                        f"{budget} pods this minute)"))
-        out[node] = want.with_knobs(**held) if held else want
-    return out, SlowKnobMemory(MappingProxyType(candidates), memory.window(now)), notes
+    small_l, seen_l, ready_l = small.tolist(), seen.tolist(), ready.tolist()
+    ticks, threshold = rules.hysteresis_ticks, f"{rules.threshold:.0%}"
+    for i in sorted(set(np.flatnonzero(noted).tolist()) | set(late)):
+        node = order[i]
+        if noted[i]:
+            e = experts[node]
+            for j, knob in enumerate(names):
+                if small_l[i][j]:
+                    notes.append(("hysteresis", f"{node}: {knob} {have_rows[i][j]:g} -> "
+                                                f"{getattr(e, knob):g} is within the "
+                                                f"{threshold} threshold; held"))
+                elif seen_l[i][j] and not ready_l[i][j]:
+                    notes.append(("hysteresis", f"{node}: {knob} {have_rows[i][j]:g} -> "
+                                                f"{getattr(e, knob):g} seen {seen_l[i][j]}/"
+                                                f"{ticks} ticks; held"))
+        if i in late:
+            need, before = late[i]
+            waits = ", ".join(k for k, r in zip(names, ready_l[i], strict=True) if r)
+            notes.append(("budget", f"{node}: rollout of {need} pod(s) for {waits} waits for "
+                                    f"the budget ({before}/{budget} pods this minute)"))
+    rows = np.flatnonzero(held.any(1)).tolist()
+    if rows:  # the held knobs back to the reference, column by column
+        columns = [list(c) for c in zip(*(_KNOBS(experts[order[i]]) for i in rows),
+                                        strict=True)]
+        for j, knob in enumerate(names):
+            col, at = columns[_KNOB_INDEX[knob]], np.flatnonzero(held[rows, j]).tolist()
+            for r in at:
+                col[r] = have_rows[rows[r]][j]
+        out.update(zip((order[i] for i in rows), map(ExpertDecision, *columns), strict=True))
+    rest = memory.others(order)  # the experts this tick did not look at keep their rows
+    if rest.nodes:
+        kept, later = rest.aligned(rest.nodes, names)
+        return out, SlowKnobMemory(tuple(order) + rest.nodes, names,
+                                   np.concatenate([np.where(seen > 0, want, np.nan), kept]),
+                                   np.concatenate([seen, later]), window), notes
+    return out, SlowKnobMemory(tuple(order), names, np.where(seen > 0, want, np.nan), seen,
+                               window), notes
