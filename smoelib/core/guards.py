@@ -29,8 +29,10 @@ bad proposals: the caller logs the notes and keeps going.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
@@ -224,17 +226,35 @@ _BOUNDED = attrgetter("replicas", "cpu", "memory_mb", "gpu_share", "concurrency"
 def _refusal(proposed: PipelineDecision, dag: PipelineDAG) -> str | None:
     if proposed.pipeline != dag.name:
         return f"refused: decision for pipeline {proposed.pipeline!r}, not {dag.name!r}"
-    known = set(dag.experts)
-    for node, e in proposed.experts.items():
+    experts = proposed.experts
+    if experts.keys() <= _expert_set(dag):  # the common case, checked at once
+        rows = list(map(_KNOB_VALUES, experts.values()))
+        if _NUMBERS.issuperset(map(type, chain.from_iterable(rows))):
+            with np.errstate(over="ignore"):
+                try:
+                    if np.isfinite(np.array(rows, float)).all():
+                        return None
+                except OverflowError:  # an int too large for a float: named below
+                    pass
+    known = _expert_set(dag)
+    for node, e in experts.items():
         if node not in known:
             return f"refused: {node!r} is not an expert of {dag.name!r}"
-        values = _KNOB_VALUES(e)
-        if _NUMBERS.issuperset(map(type, values)) and math.isfinite(sum(values)):
-            continue  # the common case, checked at once (a sum that overflows looks below)
-        for knob, value in zip(KNOB_NAMES, values, strict=True):
+        for knob, value in zip(KNOB_NAMES, _KNOB_VALUES(e), strict=True):
             if not isinstance(value, int | float) or not math.isfinite(value):
                 return f"refused: {node}.{knob} is {value!r}"
     return None
+
+
+def _expert_set(dag: PipelineDAG) -> frozenset[str]:
+    got = _EXPERT_SETS.get(dag)
+    if got is None:
+        got = _EXPERT_SETS[dag] = frozenset(dag.experts)
+    return got
+
+
+_EXPERT_SETS: weakref.WeakKeyDictionary[PipelineDAG, frozenset[str]] = (
+    weakref.WeakKeyDictionary())
 
 
 def _clamp_all(experts: Mapping[str, ExpertDecision], dag: PipelineDAG, settings: Settings,
@@ -249,15 +269,22 @@ def _clamp_all(experts: Mapping[str, ExpertDecision], dag: PipelineDAG, settings
               ("concurrency", min(a.concurrency), max(a.concurrency)))
     runtime = settings.cluster.runtime_memory_mb
     (_, c_lo, c_hi), (_, m_lo, m_hi), (_, g_lo, g_hi), (_, k_lo, k_hi) = shared
-    out = {}
-    for node, e in experts.items():
-        spec = dag.spec(node)
+    nodes = list(experts)
+    limits = _limits(dag, runtime)
+    at = (limits.every if len(nodes) == len(limits.every) and tuple(nodes) == dag.experts
+          else np.array([limits.row[n] for n in nodes], np.int64))
+    values = np.array(list(map(_BOUNDED, experts.values())), float).reshape(len(nodes), 5)
+    lo = np.column_stack([limits.replicas_min[at], np.full(len(nodes), c_lo),
+                          np.maximum(m_lo, limits.memory_floor[at]),
+                          np.full(len(nodes), g_lo), np.full(len(nodes), k_lo)])
+    hi = np.column_stack([limits.replicas_max[at], np.full(len(nodes), c_hi),
+                          np.full(len(nodes), m_hi), np.full(len(nodes), g_hi),
+                          np.full(len(nodes), k_hi)])
+    out = dict(experts)  # the common case, checked at once: nothing to change
+    for i in np.flatnonzero(~((lo <= values) & (values <= hi)).all(1)).tolist():
+        node = nodes[i]
+        e, spec = experts[node], dag.spec(node)
         floor = memory_floor_mb(spec, runtime_memory_mb=runtime)
-        r, c, m, g, k = _BOUNDED(e)
-        if (spec.replicas_min <= r <= spec.replicas_max and c_lo <= c <= c_hi
-                and max(m_lo, floor) <= m <= m_hi and g_lo <= g <= g_hi and k_lo <= k <= k_hi):
-            out[node] = e  # the common case: nothing to change
-            continue
         changed = {}
         for knob, lo, hi in (("replicas", spec.replicas_min, spec.replicas_max), *shared):
             value = getattr(e, knob)
@@ -277,20 +304,51 @@ def _clamp_all(experts: Mapping[str, ExpertDecision], dag: PipelineDAG, settings
     return out
 
 
+@dataclass(frozen=True)
+class _Limits:
+    """Per expert of a DAG (``dag.experts`` order), what bounds its knobs: its replica bounds
+    and its memory floor at one runtime size; ``row`` finds an expert's row."""
+
+    row: Mapping[str, int]
+    every: np.ndarray
+    replicas_min: np.ndarray
+    replicas_max: np.ndarray
+    memory_floor: np.ndarray
+
+
+_LIMITS: weakref.WeakKeyDictionary[PipelineDAG, dict[float, _Limits]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _limits(dag: PipelineDAG, runtime_memory_mb: float) -> _Limits:
+    """The DAG's :class:`_Limits`, built once per DAG and runtime size."""
+    per_dag = _LIMITS.setdefault(dag, {})
+    got = per_dag.get(runtime_memory_mb)
+    if got is None:
+        specs = [dag.spec(n) for n in dag.experts]
+        got = per_dag[runtime_memory_mb] = _Limits(
+            {n: i for i, n in enumerate(dag.experts)}, np.arange(len(specs)),
+            np.array([s.replicas_min for s in specs], float),
+            np.array([s.replicas_max for s in specs], float),
+            np.array([memory_floor_mb(s, runtime_memory_mb=runtime_memory_mb) for s in specs]))
+    return got
+
+
 def _limit_steps(experts: dict[str, ExpertDecision], base: Mapping[str, ExpertDecision],
                  settings: Settings, notes: _Notes) -> dict[str, ExpertDecision]:
     up, down = settings.guards.max_step_up, settings.guards.max_step_down
-    out = {}
-    for node, e in experts.items():
-        before = base.get(node)
-        if before is None:
-            out[node] = e
-            continue
-        target = min(max(e.replicas, before.replicas - down), before.replicas + up)
-        if target != e.replicas:
-            notes.add("step", f"{node}: replicas {before.replicas} -> {e.replicas} limited to "
-                              f"{target} (max step +{up}/-{down} per tick)")
-        out[node] = e.with_knobs(replicas=target) if target != e.replicas else e
+    nodes = list(experts)
+    want = np.array([e.replicas for e in experts.values()], float)
+    before = np.array([b.replicas if (b := base.get(n)) is not None else np.nan for n in nodes],
+                      float)
+    out = dict(experts)  # the common case, checked at once: within the steps
+    for i in np.flatnonzero((want > before + up) | (want < before - down)).tolist():
+        node = nodes[i]
+        e, was = experts[node], base[node].replicas
+        target = min(max(e.replicas, was - down), was + up)
+        notes.add("step", f"{node}: replicas {was} -> {e.replicas} limited to {target} (max "
+                          f"step +{up}/-{down} per tick)")
+        out[node] = e.with_knobs(replicas=target)
     return out
 
 
