@@ -177,8 +177,7 @@ def guard(proposed: PipelineDecision, *, dag: PipelineDAG, settings: Settings,
         experts, memory, held = hold_slow_knobs(
             experts, base, memory, rules=SlowKnobRules.from_settings(settings),
             pods=_pods(observation, dag, base), now=now)
-        for rule, text in held:
-            notes.add(rule, text)
+        notes.items += held
     if rules.shield and observation is not None:
         experts, shield_memory = shield(experts, observation=observation, dag=dag,
                                         settings=settings, memory=shield_memory, notes=notes)
@@ -373,9 +372,8 @@ def busy_experts(observation: Any, dag: PipelineDAG) -> frozenset[str]:
     traffic = (np.nan_to_num(np.asarray(observation.calls_per_s, float))
                + np.nan_to_num(np.asarray(observation.inflight, float))
                + np.nan_to_num(np.asarray(observation.rejected_per_s, float)))
-    experts = set(dag.experts)
-    return frozenset(n for n, t in zip(observation.nodes, traffic, strict=True)
-                     if t > 0 and n in experts)
+    nodes = observation.nodes
+    return frozenset(nodes[i] for i in np.flatnonzero(traffic > 0).tolist()) & _expert_set(dag)
 
 
 def _keep_busy(experts: dict[str, ExpertDecision], busy: Collection[str], notes: _Notes

@@ -185,6 +185,7 @@ def hold_slow_knobs(experts: Mapping[str, ExpertDecision],
     notes: list[tuple[str, str]] = []
     small_l, seen_l, ready_l = small.tolist(), seen.tolist(), ready.tolist()
     ticks, threshold = rules.hysteresis_ticks, f"{rules.threshold:.0%}"
+    joined: dict[tuple[bool, ...], str] = {}  # the knobs a rollout waits for, by pattern
     for i in sorted(set(np.flatnonzero(noted).tolist()) | set(late)):
         node = order[i]
         if noted[i]:
@@ -200,7 +201,11 @@ def hold_slow_knobs(experts: Mapping[str, ExpertDecision],
                                                 f"{ticks} ticks; held"))
         if i in late:
             need, before = late[i]
-            waits = ", ".join(k for k, r in zip(names, ready_l[i], strict=True) if r)
+            pattern = tuple(ready_l[i])
+            waits = joined.get(pattern)
+            if waits is None:
+                waits = joined[pattern] = ", ".join(
+                    k for k, r in zip(names, pattern, strict=True) if r)
             notes.append(("budget", f"{node}: rollout of {need} pod(s) for {waits} waits for "
                                     f"the budget ({before}/{budget} pods this minute)"))
     rows = np.flatnonzero(held.any(1)).tolist()
