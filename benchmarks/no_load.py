@@ -17,20 +17,17 @@ import time
 
 from smoelib.pipeline.topology import build_dag
 from smoelib.settings import load_settings
+from smoelib.sim import pipelines
 from smoelib.sim.env import SimEnv
-from smoelib.sim.summary import summarise
 
 
 def no_load(path: str, *, config: str | None = None, duration_s: float = 120.0,
             fraction: float = 0.01, seed: int = 1):
+    """``(dag, summary)`` of the pipeline file at no load (:func:`smoelib.sim.pipelines.no_load`,
+    which also sets the random pipelines' SLOs)."""
     dag = build_dag(path)
-    env = SimEnv(dag, load_settings(config), trace="conv-train", duration_s=duration_s,
-                 rate_scale=dag.rate_scale * fraction)
-    env.reset(seed)
-    done = False
-    while not done:
-        done = env.step(None).done
-    return dag, summarise(env)
+    return dag, pipelines.no_load(dag, settings=load_settings(config), duration_s=duration_s,
+                                  fraction=fraction, seed=seed)
 
 
 def busy_at_peak(path: str, *, config: str | None = None, duration_s: float = 2400.0,

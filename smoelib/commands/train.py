@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or queueing (a residual policy over the queueing plan)")
     parser.add_argument("--pipelines", default=",".join(d.pipelines),
                         help="comma-separated pipeline.yml paths")
+    parser.add_argument("--random-pipelines", type=int, default=d.random_pipelines,
+                        metavar="N", help="also train on N random pipelines (seeds 0 to N-1)")
     parser.add_argument("--traces", default=",".join(d.traces),
                         help="comma-separated training traces (conv-train, synthetic)")
     parser.add_argument("--seeds", default=f"{d.seeds[0]}:{d.seeds[1]}",
@@ -109,6 +111,7 @@ def _config(args: argparse.Namespace):
         raise ConfigError(problems)
     values = dict(
         pipelines=tuple(split_list(args.pipelines, "--pipelines")),
+        random_pipelines=args.random_pipelines,
         traces=tuple(split_list(args.traces, "--traces")), seeds=(lo, hi), seed=args.seed,
         config=args.config, architecture=args.architecture, capacity=args.capacity,
         replica_base=args.replica_base,

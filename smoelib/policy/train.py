@@ -86,6 +86,9 @@ class TrainConfig:
 
     pipelines: tuple[str, ...] = _PIPELINES
     """pipeline.yml paths trained on (the curriculum opens them smallest first)"""
+    random_pipelines: int = 0
+    """random pipelines trained on besides ``pipelines``: those of seeds 0 to N-1
+    (:mod:`smoelib.sim.pipelines`; seeds from 1000 on are left for evaluation)"""
     traces: tuple[str, ...] = TRAIN_TRACES
     """training traces only: conv-train and the synthetic ones (DESIGN.md, "Traces")"""
     seeds: tuple[int, int] = (0, 1000)
@@ -215,6 +218,9 @@ class TrainConfig:
                                        f"{', '.join(PROFILES)}"))
         if not self.pipelines:
             p.append(Problem("pipelines", "needs at least one pipeline"))
+        if not 0 <= self.random_pipelines <= 1000:
+            p.append(Problem("random_pipelines", "must be 0-1000 (seeds from 1000 on are "
+                                                 "evaluation's)"))
         for name in ("hidden", "bc_episodes", "bc_epochs", "bc_batch", "scenarios", "envs",
                      "update_epochs", "minibatches", "checkpoint_every"):
             if getattr(self, name) < 1:
@@ -565,10 +571,14 @@ def train(cfg: TrainConfig, *, out: str | Path, resume: bool = False, progress: 
 
     from smoelib.pipeline.topology import build_dag
     from smoelib.settings import load_settings
+    from smoelib.sim.pipelines import random_pipeline
 
     out = Path(out)
     settings = load_settings(cfg.config)
     dags = {p: build_dag(p) for p in cfg.pipelines}
+    for seed in range(cfg.random_pipelines):
+        drawn = random_pipeline(seed, settings=settings)
+        dags[drawn.name] = drawn
     sizes = [len(d.experts) for d in dags.values()]
     refs = {p: reference_cost(d, settings) for p, d in dags.items()}
     pcfg = cfg.policy_config(settings)

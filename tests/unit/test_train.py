@@ -71,7 +71,8 @@ def test_evaluation_data_is_refused(kw, needle):
 @pytest.mark.parametrize("kw, needle", [
     ({"engine": "warp"}, "engine: unknown engine 'warp'"),
     ({"rate_scales": (2.0, 1.0)}, "rate_scales: needs 0 < lo <= hi"),
-    ({"rate_scales": (0.0, 1.0)}, "rate_scales"), ({"scenarios": 0}, "scenarios: must be >= 1")])
+    ({"rate_scales": (0.0, 1.0)}, "rate_scales"), ({"scenarios": 0}, "scenarios: must be >= 1"),
+    ({"random_pipelines": 1001}, "random_pipelines: must be 0-1000")])
 def test_bad_training_settings_are_named(kw, needle):
     with pytest.raises(ConfigError, match=needle):
         TrainConfig(**kw)
@@ -305,6 +306,13 @@ def test_a_residual_policy_trains_and_decides_over_the_queueing_plan(small_yml, 
     decider.reset(1)
     d = decider.decide(env.reset(seed=1))
     assert set(d.experts) == set(dag.experts)
+
+
+def test_random_pipelines_join_the_training_pipelines(small_yml, tmp_path):
+    run = train(tiny(small_yml, random_pipelines=2, updates=3), out=tmp_path, progress=False)
+    assert run.finished
+    trained = {h["pipeline"] for h in run.history if h["phase"] == "ppo"}
+    assert trained & {"random-0", "random-1"}, trained
 
 
 def test_resume_refuses_other_settings(small_yml, tmp_path):
