@@ -19,13 +19,14 @@ from smoelib.commands.plotting import pyplot
 from smoelib.core.guards import get_profile
 from smoelib.errors import ConfigError, Problem
 from smoelib.harness.evaluate import RunSpec, run_all, table_markdown, write_json
-from smoelib.pipeline.topology import build_dag
 
 __all__ = ["add_arguments", "run", "split_list"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pipelines", required=True, help="comma-separated pipeline.yml paths")
+    parser.add_argument("--pipelines", required=True,
+                        help="comma-separated pipeline.yml paths, or random:SEED for a random "
+                             "pipeline (seeds from 1000 on: never trained on)")
     parser.add_argument("--traces", required=True,
                         help="comma-separated built-in trace names or CSV paths")
     parser.add_argument("--policies", required=True,
@@ -86,12 +87,12 @@ def run(args: argparse.Namespace) -> int:
         problems.append(Problem("--seeds", f"must be integers, got {args.seeds!r}"))
     if problems:
         raise ConfigError(problems)
-    from smoelib.pipeline.topology import build_dag
     from smoelib.settings import load_settings
+    from smoelib.sim.pipelines import load_pipeline
 
     pipelines = split_list(args.pipelines, "--pipelines")
-    dags = [build_dag(p) for p in pipelines]  # fail before any work on bad input
     settings = load_settings(args.config)
+    dags = [load_pipeline(p, settings=settings) for p in pipelines]  # bad input: before any work
     traces = split_list(args.traces, "--traces")
     policies = _policies(args.policies, dag=dags[0], settings=settings)
     if args.guards is not None:
@@ -160,8 +161,7 @@ def _plots(results, out: Path) -> None:
             for r in rs:
                 ax.plot(r["series"][xs], r["series"][ys], label=r["run"]["policy"], lw=0.8)
             if ys == "attainment" and rs:
-                ax.axhline(build_dag(rs[0]["spec"]["pipeline"]).slo.attainment, color="red",
-                           linestyle="--")
+                ax.axhline(rs[0]["run"]["attainment_target"], color="red", linestyle="--")
             hot = f" ({rs[0]['series']['hot_expert']})" if rs and ys != "attainment" else ""
             ax.set_title(f"{key[0]} / {key[1]}{hot}")
             ax.set_xlabel("simulated time (s)")

@@ -30,12 +30,12 @@ import numpy as np
 from smoelib.core import work
 from smoelib.core.shield import lifts
 from smoelib.errors import PermanentError
-from smoelib.pipeline.topology import build_dag
 from smoelib.policy.base import default_guards, get_decider
 from smoelib.policy.baselines.common import Experts, Hindsight, with_overrides
 from smoelib.settings import load_settings
 from smoelib.sim.env import SimEnv
 from smoelib.sim.loop import LoopStep, SimLoop
+from smoelib.sim.pipelines import load_pipeline
 from smoelib.sim.summary import summarise, window_series
 
 __all__ = ["RunSpec", "run_one", "run_all", "hindsight", "segment_cost", "start_episode",
@@ -178,10 +178,10 @@ class Episode:
 def run_episode(spec: RunSpec, *, thread_cap: int | None = None) -> Episode:
     """Run one combination's episode through the one tick (:class:`~smoelib.sim.loop.SimLoop`)
     under the spec's guard profile (default: the decider's own)."""
-    dag = build_dag(spec.pipeline)
+    base = load_settings(spec.config)
+    dag = load_pipeline(spec.pipeline, settings=base)
     # the pipeline's own baseline settings first, so that a trial's overrides win over them
-    settings = with_overrides(load_settings(spec.config).for_pipeline(dag.name),
-                              dict(spec.overrides))
+    settings = with_overrides(base.for_pipeline(dag.name), dict(spec.overrides))
     if thread_cap is not None and settings.policy.torch_threads > thread_cap:
         settings = with_overrides(settings, {"policy.torch_threads": thread_cap})
     decider = get_decider(spec.policy, dag=dag, settings=settings)

@@ -19,12 +19,17 @@ from typing import Any
 
 import numpy as np
 
+from smoelib.errors import ConfigError, Problem
 from smoelib.pipeline.topology import PipelineDAG, build_dag
 from smoelib.settings import Settings, load_settings
 from smoelib.sim.env import SimEnv
 from smoelib.sim.summary import Summary, summarise
 
-__all__ = ["random_pipeline", "random_pipeline_spec", "no_load"]
+__all__ = ["random_pipeline", "random_pipeline_spec", "no_load", "load_pipeline", "RANDOM"]
+
+RANDOM = "random:"
+"""the prefix that names a random pipeline where a pipeline file is expected: ``random:SEED``
+(training draws seeds 0 to N-1; seeds from 1000 on are left for evaluation)"""
 
 _UNSET_SLO_MS = 1e6  # while the no-load run measures what the SLO is set against
 
@@ -119,3 +124,19 @@ def random_pipeline(seed: int, *, settings: Settings | None = None) -> PipelineD
 def _slo_ms(p50_ms: float, p99_ms: float, rng: np.random.Generator) -> float:
     """An SLO the median takes a drawn 0.35-0.55 of, and the P99 at most 0.9 of (ms, to 0.1)."""
     return round(max(p50_ms / rng.uniform(0.35, 0.55), p99_ms / 0.9), 1)
+
+
+def load_pipeline(ref: str, *, settings: Settings | None = None) -> PipelineDAG:
+    """The pipeline ``ref`` names: ``random:SEED`` (:func:`random_pipeline`) or a pipeline
+    file.
+
+    Raises:
+        ConfigError: a bad file, or a seed that is not a non-negative integer.
+    """
+    if not ref.startswith(RANDOM):
+        return build_dag(ref)
+    seed = ref[len(RANDOM):]
+    if not seed.isdigit():
+        raise ConfigError([Problem("--pipelines", f"{ref!r}: expected random:SEED with SEED a "
+                                                  "non-negative integer")])
+    return random_pipeline(int(seed), settings=settings)
