@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 
 from smoelib.core.decisions import ExpertDecision
-from smoelib.core.knobs import KNOB_NAMES, RESOURCE_KNOBS, SLOW_KNOBS
+from smoelib.core.knobs import KNOB_NAMES, KNOBS, RESOURCE_KNOBS, SLOW_KNOBS
 
 __all__ = ["SlowKnobRules", "SlowKnobMemory", "hold_slow_knobs", "WINDOW_S"]
 
-_KNOBS = attrgetter(*KNOB_NAMES)
 _KNOB_INDEX = {k: i for i, k in enumerate(KNOB_NAMES)}
+_KIND = {k.name: k.kind for k in KNOBS}
 
 WINDOW_S = 60.0
 """The rollout budget's window, seconds."""
@@ -156,9 +156,8 @@ def hold_slow_knobs(experts: Mapping[str, ExpertDecision],
     if not names or not order:
         return out, replace(memory, rollouts=window), []
     read = attrgetter(*names) if len(names) > 1 else (lambda e: (getattr(e, names[0]),))
-    have_rows = [read(reference[n]) for n in order]  # the values as given (ints stay ints)
     want = np.array([read(experts[n]) for n in order], float).reshape(len(order), len(names))
-    have = np.array(have_rows, float).reshape(len(order), len(names))
+    have = np.array([read(reference[n]) for n in order], float).reshape(len(order), len(names))
     value, seen = memory.aligned(order, names)
     moved = want != have
     if rules.decreases:  # slow only when they go down
@@ -183,39 +182,42 @@ def hold_slow_knobs(experts: Mapping[str, ExpertDecision],
     if late:
         held[list(late)] |= ready[list(late)]
     notes: list[tuple[str, str]] = []
-    small_l, seen_l, ready_l = small.tolist(), seen.tolist(), ready.tolist()
+    k = len(names)  # flat lists, indexed row * k + knob: no list per expert
+    small_f, seen_f, ready_f = small.ravel().tolist(), seen.ravel().tolist(), ready.ravel().tolist()
+    have_f, kinds = have.ravel().tolist(), [_KIND[n] for n in names]
     ticks, threshold = rules.hysteresis_ticks, f"{rules.threshold:.0%}"
-    joined: dict[tuple[bool, ...], str] = {}  # the knobs a rollout waits for, by pattern
+    patterns = (ready.astype(np.int64) << np.arange(k)).sum(1).tolist()  # which knobs wait
+    joined: dict[int, str] = {}
     for i in sorted(set(np.flatnonzero(noted).tolist()) | set(late)):
         node = order[i]
         if noted[i]:
             e = experts[node]
             for j, knob in enumerate(names):
-                if small_l[i][j]:
-                    notes.append(("hysteresis", f"{node}: {knob} {have_rows[i][j]:g} -> "
+                at = i * k + j
+                if small_f[at]:
+                    notes.append(("hysteresis", f"{node}: {knob} {have_f[at]:g} -> "
                                                 f"{getattr(e, knob):g} is within the "
                                                 f"{threshold} threshold; held"))
-                elif seen_l[i][j] and not ready_l[i][j]:
-                    notes.append(("hysteresis", f"{node}: {knob} {have_rows[i][j]:g} -> "
-                                                f"{getattr(e, knob):g} seen {seen_l[i][j]}/"
+                elif seen_f[at] and not ready_f[at]:
+                    notes.append(("hysteresis", f"{node}: {knob} {have_f[at]:g} -> "
+                                                f"{getattr(e, knob):g} seen {seen_f[at]}/"
                                                 f"{ticks} ticks; held"))
         if i in late:
             need, before = late[i]
-            pattern = tuple(ready_l[i])
-            waits = joined.get(pattern)
+            waits = joined.get(patterns[i])
             if waits is None:
-                waits = joined[pattern] = ", ".join(
-                    k for k, r in zip(names, pattern, strict=True) if r)
+                waits = joined[patterns[i]] = ", ".join(
+                    knob for j, knob in enumerate(names) if patterns[i] >> j & 1)
             notes.append(("budget", f"{node}: rollout of {need} pod(s) for {waits} waits for "
                                     f"the budget ({before}/{budget} pods this minute)"))
     rows = np.flatnonzero(held.any(1)).tolist()
     if rows:  # the held knobs back to the reference, column by column
-        columns = [list(c) for c in zip(*(_KNOBS(experts[order[i]]) for i in rows),
-                                        strict=True)]
+        proposed = [experts[order[i]] for i in rows]
+        columns = [list(map(attrgetter(knob), proposed)) for knob in KNOB_NAMES]
         for j, knob in enumerate(names):
-            col, at = columns[_KNOB_INDEX[knob]], np.flatnonzero(held[rows, j]).tolist()
-            for r in at:
-                col[r] = have_rows[rows[r]][j]
+            col, kind = columns[_KNOB_INDEX[knob]], kinds[j]
+            for r in np.flatnonzero(held[rows, j]).tolist():
+                col[r] = kind(have_f[rows[r] * k + j])
         out.update(zip((order[i] for i in rows), map(ExpertDecision, *columns), strict=True))
     rest = memory.others(order)  # the experts this tick did not look at keep their rows
     if rest.nodes:
