@@ -8,12 +8,10 @@ then one tick per repeat, the decision applied as the loop applies it, so the gu
 state they see in a run. The eager path and, unless ``--no-compile``, the ``torch.compile``d
 one (``policy.compile``; its one-off compilation waited for and reported) decide the same
 observations, interleaved, so their ratio is fair on a busy machine. Targets (the policy
-issue): bert-moe at most 2 ms median, deepseek-v3 scale at most 40 ms. What is built before
-the ticks is frozen out of the garbage collector's passes, as `smoe serve` does (``--no-settle``:
-not).
+issue): bert-moe at most 2 ms median, deepseek-v3 scale at most 40 ms.
 
 Run: ``python3 benchmarks/bench_decide.py [--repeats N] [--pipelines bert-moe,deepseek-v3]
-[--no-compile] [--no-settle]``.
+[--no-compile]``.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ from pathlib import Path
 
 import torch
 
-from smoelib.commands.serve import settle_heap
 from smoelib.core.tick import TickState, tick
 from smoelib.policy.base import get_decider
 from smoelib.policy.baselines.common import with_overrides
@@ -43,7 +40,7 @@ CASES = {"bert-moe": (ROOT / "examples/pipelines/bert-moe.yml", None, 2.0),
                          ROOT / "examples/deepseek-cluster.yaml", 40.0)}
 
 
-def measure(name: str, repeats: int, compile_too: bool, keep_heap: bool = False) -> None:
+def measure(name: str, repeats: int, compile_too: bool) -> None:
     path, config, target = CASES[name]
     dag = build_dag(path)
     settings = load_settings(str(config) if config else None)
@@ -57,8 +54,6 @@ def measure(name: str, repeats: int, compile_too: bool, keep_heap: bool = False)
     states = {k: TickState() for k in deciders}
     for d in deciders.values():
         d.reset(1)
-    if not keep_heap:
-        settle_heap()  # as `smoe serve` does once its controllers are built
     note = ""
     if compile_too:
         start = time.perf_counter()
@@ -99,15 +94,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--pipelines", default="bert-moe,deepseek-v3")
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--no-settle", action="store_true",
-                        help="leave the built objects in the garbage collector's passes")
     args = parser.parse_args()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"one tick's decision: torch {torch.__version__}, python "
           f"{platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, load "
           f"average {load:.2f}; {args.repeats} repeats")
     for name in args.pipelines.split(","):
-        measure(name, args.repeats, not args.no_compile, args.no_settle)
+        measure(name, args.repeats, not args.no_compile)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ gracefully: readiness goes NOT_SERVING, streams end, in-flight RPCs finish, exit
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import sys
 import threading
@@ -35,8 +34,7 @@ if TYPE_CHECKING:
     from smoelib.scaler.store import DecisionStore
     from smoelib.scaler.tls import TlsMaterial
 
-__all__ = ["add_arguments", "run", "ServePlan", "plan_from_args", "serve", "Component",
-           "settle_heap"]
+__all__ = ["add_arguments", "run", "ServePlan", "plan_from_args", "serve", "Component"]
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +106,7 @@ def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM. Bad input: one line per problem on stderr, exit 2."""
     try:
         plan = plan_from_args(args)
-        components = () if args.scaler_only else _controllers(plan, args)
-        settle_heap()  # the command's process: its DAGs and policies are built
-        return serve(plan, components=components)
+        return serve(plan, components=() if args.scaler_only else _controllers(plan, args))
     except (ConfigError, PipelineError) as e:
         for line in e.lines():
             print(f"error: {line}", file=sys.stderr)
@@ -147,16 +143,6 @@ def plan_from_args(args: argparse.Namespace) -> ServePlan:
     return ServePlan(tuple(zip(dags, paths, strict=True)), host=args.host, grpc_port=grpc_port,
                      metrics_port=metrics_port, staleness_s=scaler.staleness_s, tls=tls,
                      clock_skew_s=scaler.clock_skew_s, reflection=args.reflection)
-
-
-def settle_heap() -> None:
-    """Leave what is built before the loops start (the DAGs, the policies, the settings) out of
-    every later garbage collection (``gc.freeze``). A deepseek-v3 scale pipeline is about
-    320,000 tracked objects, which the collector's full passes otherwise walk during the ticks:
-    the tick took 0.6x the time with them frozen (BENCHMARKS.md). A process-wide setting, so
-    only a command's entry point calls it."""
-    gc.collect()  # garbage first, or it would be kept for good
-    gc.freeze()
 
 
 def serve(plan: ServePlan, *, clock: Callable[[], float] = time.time,

@@ -4,12 +4,10 @@ bad input answered with one line on stderr and exit status 2."""
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import threading
 import time
 import urllib.request
-import weakref
 from pathlib import Path
 
 import grpc
@@ -67,26 +65,8 @@ def test_smoe_serve_on_bert_moe_then_sigterm(tmp_path):
 def run_serve(argv: list[str], capsys, *, scaler_only: bool = True) -> tuple[int, list[str]]:
     parser = argparse.ArgumentParser()
     serve.add_arguments(parser)
-    try:
-        code = serve.run(parser.parse_args(["--scaler-only", *argv] if scaler_only else argv))
-    finally:
-        gc.unfreeze()  # `smoe serve` freezes its process's heap; this is pytest's
+    code = serve.run(parser.parse_args(["--scaler-only", *argv] if scaler_only else argv))
     return code, capsys.readouterr().err.strip().splitlines()
-
-
-def test_settle_heap_collects_the_garbage_then_freezes_what_is_left():
-    class Cycle:
-        pass
-
-    garbage = Cycle()
-    garbage.me = garbage
-    gone = weakref.ref(garbage)
-    del garbage
-    serve.settle_heap()
-    try:
-        assert gone() is None and gc.get_freeze_count() > 0
-    finally:
-        gc.unfreeze()
 
 
 def test_missing_pipeline_file(capsys, tmp_path):
