@@ -9,12 +9,13 @@ share each, the defaults within half the cluster's GPUs) or on CPU; an expert sh
 weights follow from it. Its SLOs are set as the examples set theirs
 (tests/unit/test_examples_slo.py): the static defaults at no load (:func:`no_load`) take a
 drawn 0.35-0.55 of each SLO at the median, and at most 0.9 of it at the P99. Its
-``rate_scale`` is drawn log-uniformly from 0.3-1.5 (training scales it again).
+``rate_scale`` makes one replica of its busiest expert a drawn 20-60 % busy on average at the
+static defaults (measured in the same no-load run), within 0.5-2x conv's rate; training scales
+the rate again.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,11 @@ def no_load(dag: PipelineDAG, *, settings: Settings | None = None, duration_s: f
             fraction: float = 0.01, seed: int = 1) -> Summary:
     """The static defaults' latencies at no load: the request-level simulator at ``fraction``
     of the pipeline's default rate on conv-train, replicas at their defaults."""
+    return summarise(_no_load_env(dag, settings, duration_s, fraction, seed))
+
+
+def _no_load_env(dag: PipelineDAG, settings: Settings | None, duration_s: float,
+                 fraction: float, seed: int) -> SimEnv:
     settings = settings if settings is not None else load_settings(None)
     env = SimEnv(dag, settings, trace="conv-train", duration_s=duration_s,
                  rate_scale=dag.rate_scale * fraction)
@@ -45,8 +51,16 @@ def no_load(dag: PipelineDAG, *, settings: Settings | None = None, duration_s: f
     done = False
     while not done:
         done = env.step(None).done
-    return summarise(env)
+    return env
 
+
+def _hottest_busy(env: SimEnv, fraction: float) -> float:
+    """How busy one worker of the busiest expert would be at the full rate: its busy time in
+    the run, over its workers and the run's length, divided by the run's share of the rate."""
+    w = env.tel.window(env.tick - 1, env.tick)
+    experts = np.asarray(env.is_expert, bool)
+    busy = w["busy_s"][experts] / (env.server.par[experts] * env.tick * env.dt)
+    return float(busy.max()) / fraction
 
 def random_pipeline_spec(seed: int, *, settings: Settings | None = None) -> dict[str, Any]:
     """The ``pipeline.yml`` mapping of random pipeline ``seed``, its SLOs not yet set (a
@@ -88,7 +102,7 @@ def random_pipeline_spec(seed: int, *, settings: Settings | None = None) -> dict
         "max_seq_tokens": 1024 if decoder else 512,
         **({"decode_cap": int(rng.choice([128, 256, 512]))} if decoder else {}),
         "accelerator": "cpu" if cpu else "h100",
-        "rate_scale": round(float(math.exp(rng.uniform(math.log(0.3), math.log(1.5)))), 3),
+        "rate_scale": 1.0,  # set against the busiest expert (random_pipeline)
         "defaults": {
             "expert": {"cpu": 1.0, "memory_mb": memory, "gpu_share": share, "concurrency": 4,
                        "parallelism": 1, "replicas": {"min": 0, "max": 8},
@@ -110,10 +124,17 @@ def random_pipeline(seed: int, *, settings: Settings | None = None) -> PipelineD
     spec = random_pipeline_spec(seed, settings=settings)
     rng = np.random.default_rng([seed, 0x510])
     # 5 % of the rate for 120 s: a few dozen requests, still far from any queueing
-    s = no_load(build_dag(spec), settings=settings, fraction=0.05, seed=seed)
+    env = _no_load_env(build_dag(spec), settings, 120.0, 0.05, seed)
+    s = summarise(env)
     if s.completed < 3 or s.dropped:
         raise ValueError(f"random pipeline {seed}: the no-load run completed {s.completed} "
                          f"requests and dropped {s.dropped}")
+    # the rate at which one replica of the busiest expert is a drawn 20-60 % busy on average
+    # (the examples: 40-70 % at conv-train's peak minute), within 0.5-2x conv's rate: a fast
+    # GPU expert would need thousands of requests a second, which the segments would not serve
+    busy = _hottest_busy(env, 0.05)
+    want = spec["rate_scale"] * rng.uniform(0.2, 0.6) / busy if busy > 0 else 2.0
+    spec["rate_scale"] = round(min(max(want, 0.5), 2.0), 3)
     slo = dict(spec["slo"])
     slo["ttft_ms"] = _slo_ms(s.ttft_p50_ms, s.ttft_p99_ms, rng)
     if "tpot_ms" in slo:
