@@ -158,6 +158,6 @@ def load_pipeline(ref: str, *, settings: Settings | None = None) -> PipelineDAG:
         return build_dag(ref)
     seed = ref[len(RANDOM):]
     if not seed.isdigit():
-        raise ConfigError([Problem("--pipelines", f"{ref!r}: expected random:SEED with SEED a "
-                                                  "non-negative integer")])
+        raise ConfigError([Problem("", "expected random:SEED with SEED a non-negative "
+                                       "integer")], source=ref)
     return random_pipeline(int(seed), settings=settings)
