@@ -17,6 +17,7 @@ the acceptance checks (:func:`table_markdown`); the CLI draws the plots.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -35,7 +36,7 @@ from smoelib.policy.baselines.common import Experts, Hindsight, with_overrides
 from smoelib.settings import load_settings
 from smoelib.sim.env import SimEnv
 from smoelib.sim.loop import LoopStep, SimLoop
-from smoelib.sim.pipelines import load_pipeline
+from smoelib.sim.pipelines import RANDOM, load_pipeline
 from smoelib.sim.summary import summarise, window_series
 
 __all__ = ["RunSpec", "run_one", "run_all", "hindsight", "segment_cost", "start_episode",
@@ -175,11 +176,19 @@ class Episode:
     interventions: int = 0  # expert-ticks the shield lifted
 
 
+@functools.lru_cache(maxsize=16)
+def _random_pipeline(ref: str, config: str | None) -> Any:
+    """A random pipeline, drawn once per process and config: its draw runs a no-load episode,
+    which every run of it would otherwise repeat."""
+    return load_pipeline(ref, settings=load_settings(config))
+
+
 def run_episode(spec: RunSpec, *, thread_cap: int | None = None) -> Episode:
     """Run one combination's episode through the one tick (:class:`~smoelib.sim.loop.SimLoop`)
     under the spec's guard profile (default: the decider's own)."""
     base = load_settings(spec.config)
-    dag = load_pipeline(spec.pipeline, settings=base)
+    dag = (_random_pipeline(spec.pipeline, spec.config) if spec.pipeline.startswith(RANDOM)
+           else load_pipeline(spec.pipeline, settings=base))
     # the pipeline's own baseline settings first, so that a trial's overrides win over them
     settings = with_overrides(base.for_pipeline(dag.name), dict(spec.overrides))
     if thread_cap is not None and settings.policy.torch_threads > thread_cap:

@@ -119,16 +119,21 @@ def random_pipeline_spec(seed: int, *, settings: Settings | None = None) -> dict
 
 def random_pipeline(seed: int, *, settings: Settings | None = None) -> PipelineDAG:
     """Random pipeline ``seed`` with its SLOs set against its no-load latencies (module
-    docstring). Costs one short request-level run."""
+    docstring). Costs one short request-level run.
+
+    Raises:
+        ConfigError: the draw's static defaults drop requests at no load.
+    """
     settings = settings if settings is not None else load_settings(None)
     spec = random_pipeline_spec(seed, settings=settings)
     rng = np.random.default_rng([seed, 0x510])
     # 5 % of the rate for 120 s: a few dozen requests, still far from any queueing
     env = _no_load_env(build_dag(spec), settings, 120.0, 0.05, seed)
     s = summarise(env)
-    if s.completed < 3 or s.dropped:
-        raise ValueError(f"random pipeline {seed}: the no-load run completed {s.completed} "
-                         f"requests and dropped {s.dropped}")
+    if s.completed < 3 or s.dropped:  # a draw the defaults cannot serve: say so, no traceback
+        raise ConfigError([Problem("", f"the static defaults' no-load run completed "
+                                       f"{s.completed} requests and dropped {s.dropped}; "
+                                       "pick another seed")], source=f"{RANDOM}{seed}")
     # the rate at which one replica of the busiest expert is a drawn 20-60 % busy on average
     # (the examples: 40-70 % at conv-train's peak minute), within 0.5-2x conv's rate: a fast
     # GPU expert would need thousands of requests a second, which the segments would not serve
