@@ -22,6 +22,7 @@ from smoelib.topology import build_dag
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [("bert-moe", ROOT / "examples/pipelines/bert-moe.yml", None),
+         ("bert-moe-cpu", ROOT / "examples/pipelines/bert-moe-cpu.yml", None),
          ("gpt2-moe", ROOT / "examples/pipelines/gpt2-moe.yml", None),
          ("mixtral-moe", ROOT / "examples/pipelines/mixtral-moe.yml", None),
          ("deepseek-v3", ROOT / "examples/pipelines/deepseek-v3.yml",

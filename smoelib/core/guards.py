@@ -13,9 +13,10 @@ that may be applied, rule by rule, under a named :class:`GuardProfile`:
    calls in flight or 429s): scaling it to zero would stall every request that needs it;
 6. ``hysteresis`` and ``budget``: slow knobs (they roll pods) change only after persisting, by
    more than a threshold, within the rollout budget (:mod:`smoelib.core.slow_knobs`);
-7. ``shield``: replicas lifted (never another knob) so that no expert is offered more work
-   than ``guards.shield_bound`` at its load and its forecast, and one replica added at once
-   to an expert refusing a burst of calls (:mod:`smoelib.core.shield`);
+7. ``shield``: replicas lifted so that no expert is offered more work than
+   ``guards.shield_bound`` at its load and its forecast, one replica added at once to an
+   expert refusing a burst of calls, and CPU lifted in place where one call alone is too slow
+   for the SLO; never a knob that rolls pods (:mod:`smoelib.core.shield`);
 8. ``capacity``: the cluster's GPUs, taking replicas back from the largest increases first.
 
 Rules 3-6 start from the last decision (before the first one: the observed configuration).

@@ -1,10 +1,19 @@
-"""The safety shield: a guard rule that lifts replicas, and only replicas, so that no expert is
-offered more work than a stability bound at its observed load and a short-horizon forecast
-of it. Pure: no I/O, no clock (shielded RL, Alshiekh et al., AAAI 2018: the policy proposes,
+"""The safety shield: a guard rule that lifts replicas so that no expert is offered more work
+than a stability bound at its observed load and a short-horizon forecast of it, and lifts CPU
+in place where a call alone would be too slow for the SLO. It never changes a knob that rolls
+pods. Pure: no I/O, no clock (shielded RL, Alshiekh et al., AAAI 2018: the policy proposes,
 the shield corrects the proposals that would leave the safe set).
 
-Per expert, at the configuration the other rules let through (its CPU, GPU share and
-``max_inflight``; the shield never changes those, so it never rolls a pod):
+Per expert, at the configuration the other rules let through (its GPU share and
+``max_inflight``, which the shield never changes; its CPU unless the first rule lifts it):
+
+- the **service floor** (only where CPU resizes in place: ``cluster.in_place_resize`` and a
+  vertical backend that applies CPU): one call alone, at the observed tokens per call, must
+  take at most ``guards.shield_service_fraction`` of its layer's share of one pass's SLO (the
+  pass SLO over the MoE layers on the longest path). Where it takes longer, CPU is lifted to
+  the least of ``actions.cpu`` at which it fits (the fastest when none does; never a CPU that
+  does not shorten the call). More replicas never shorten a call: without this rule a policy
+  that starves a CPU expert of cores misses the SLO at any utilisation;
 
 - the **load** is the larger of the observed call rate and its forecast ``horizon_s`` ahead
   (the trend of the last two observations, at most a doubling; none for an expert that had
@@ -22,11 +31,11 @@ Per expert, at the configuration the other rules let through (its CPU, GPU share
   what is ready): the window's rate lags, and a lift per tick on a stale rate would run
   away.
 
-A lift is held ``guards.shield_hold_s`` (a stabilisation window, as the HPA's scale-down
+A replica lift is held ``guards.shield_hold_s`` (a stabilisation window, as the HPA's scale-down
 window): a policy that proposes less on the next tick keeps the replicas the shield started
-until then. Every lift, held ones included, is a note naming the expert, the replicas and the
-reason; each note is one intervention (an expert-tick), which training penalises and
-evaluation reports.
+until then. Every lift, held ones included, is one note naming the expert, what it lifted (CPU,
+replicas or both) and why; each note is one intervention (an expert-tick), which training
+penalises and evaluation reports.
 """
 
 from __future__ import annotations
@@ -73,6 +82,15 @@ class _Models:
         for k, i in enumerate(self.index):
             groups.setdefault(models[i], []).append(k)
         self.groups = [(m, np.array(ks, np.int64)) for m, ks in groups.items()]
+        experts = frozenset(dag.experts)
+        layers, _ = dag.critical_path(lambda n: 1.0 if n in experts else 0.0)
+        # one call's share of a pass's SLO: the pass over the MoE layers it crosses
+        self.call_budget_ms = (settings.guards.shield_service_fraction * dag.slo_ms
+                               / max(layers, 1.0))
+        self.cpus = np.array(sorted(settings.actions.cpu), float)
+        self.lifts_cpu = bool(settings.guards.shield_service_fraction > 0
+                              and settings.cluster.in_place_resize
+                              and settings.vertical.backend != "none" and self.cpus.size)
 
     @classmethod
     def of(cls, dag: Any, settings: Any) -> _Models:
@@ -88,9 +106,9 @@ class _Models:
 def shield(experts: dict[str, ExpertDecision], *, observation: Any, dag: Any, settings: Any,
            memory: ShieldMemory | None, notes: Any) -> tuple[dict[str, ExpertDecision],
                                                           ShieldMemory]:
-    """Lift ``experts``' replicas where the observation says they are unsafe (module
-    docstring); returns the decisions and the memory for the next tick. ``notes.add("shield",
-    text)`` records each lift."""
+    """Lift ``experts``' replicas (and CPU, in place) where the observation says they are
+    unsafe (module docstring); returns the decisions and the memory for the next tick.
+    ``notes.add("shield", text)`` records each lift."""
     g = settings.guards
     nodes = observation.nodes
     calls = np.nan_to_num(np.asarray(observation.calls_per_s, float))
@@ -125,9 +143,10 @@ def shield(experts: dict[str, ExpertDecision], *, observation: Any, dag: Any, se
     per_call = np.where(calls[ix] > 0, np.maximum(tokens[ix] / np.maximum(calls[ix], 1e-12),
                                                    1.0), 1.0)
     inter = full_gpu_interference(share, settings.simulator.mps_interference)
-    s_ms = np.zeros(len(dec))
     where = np.full(len(m.nodes), -1, np.int64)
     where[k_ix] = np.arange(len(present))
+    cpu_why = _lift_cpu(m, where, cpu, per_call, share, inter, k_ix) if m.lifts_cpu else {}
+    s_ms = np.zeros(len(dec))
     for model, members in m.groups:
         js = where[members]
         js = js[js >= 0]
@@ -142,7 +161,9 @@ def shield(experts: dict[str, ExpertDecision], *, observation: Any, dag: Any, se
              & (rejected[ix] > g.shield_reject_fraction * (calls[ix] + rejected[ix])))
     was_held = np.array([m.nodes[k] in held for k in present], bool) if held else False
     out = dict(experts)
-    for j in np.flatnonzero((fit > replicas) | burst | was_held):
+    lifted = np.zeros(len(dec), bool)
+    lifted[list(cpu_why)] = True
+    for j in np.flatnonzero((fit > replicas) | burst | was_held | lifted):
         node, e = m.nodes[k_ix[j]], dec[j]
         need, why = e.replicas, ""
         if fit[j] > need:
@@ -159,13 +180,51 @@ def shield(experts: dict[str, ExpertDecision], *, observation: Any, dag: Any, se
             need = held[node][0]
             why = f"held since a lift until t={held[node][1]:.0f} s"
         need = min(need, int(m.rmax[k_ix[j]]))
+        what = [cpu_why[j]] if j in cpu_why else []
         if need > e.replicas:
-            notes.add("shield", f"{node}: shield lifted replicas {e.replicas} -> {need} "
-                                f"({why})")
-            out[node] = e.with_knobs(replicas=need)
+            what.append(f"replicas {e.replicas} -> {need} ({why})")
+        if what:
+            notes.add("shield", f"{node}: shield lifted {' and '.join(what)}")
+            out[node] = e.with_knobs(replicas=max(need, e.replicas), cpu=float(cpu[j]))
     memory_out = ShieldMemory(now, tuple(float(x) for x in calls),
                               tuple((n, r, u) for n, (r, u) in sorted(held.items())))
     return out, memory_out
+
+
+def _lift_cpu(m: _Models, where: np.ndarray, cpu: np.ndarray, per_call: np.ndarray,
+              share: np.ndarray, inter: np.ndarray, k_ix: np.ndarray) -> dict[int, str]:
+    """The service floor (module docstring): lifts ``cpu`` in place where one call alone
+    takes longer than its budget; returns, per lifted position, the note's text."""
+    budget = m.call_budget_ms
+    out: dict[int, str] = {}
+    for model, members in m.groups:
+        js = where[members]
+        js = js[js >= 0]
+        if not js.size:
+            continue
+        one = model.batch_ms(1.0, per_call[js], cpu=cpu[js], share=share[js],
+                             parallelism=m.workers[k_ix[js]], interference=inter[js])
+        slow = one > budget
+        if not slow.any():
+            continue
+        js, one = js[slow], one[slow]
+        at = model.batch_ms(1.0, per_call[js, None], cpu=m.cpus[None, :],
+                            share=share[js, None], parallelism=m.workers[k_ix[js], None],
+                            interference=inter[js, None])  # (slow experts, CPU choices)
+        for j, now_ms, row in zip(js, one, at, strict=True):
+            higher = m.cpus > cpu[j] + 1e-9
+            fits = higher & (row <= budget)
+            if fits.any():
+                choice = int(np.argmax(fits))
+            elif higher.any() and row[higher].min() < now_ms * (1.0 - 1e-6):
+                choice = int(np.argmax(higher & (row <= row[higher].min() * (1.0 + 1e-9))))
+            else:
+                continue  # no CPU shortens the call
+            out[int(j)] = (f"cpu {cpu[j]:g} -> {m.cpus[choice]:g} (one call of "
+                           f"{per_call[j]:.0f} tokens takes {now_ms:.1f} ms > {budget:.1f} ms, "
+                           f"its share of the SLO)")
+            cpu[j] = m.cpus[choice]
+    return out
 
 
 def lifts(fired: tuple[str, ...]) -> int:

@@ -143,6 +143,11 @@ class Guards:
     shield_reject_fraction: float = setting(
         0.02, "the shield adds a replica at once to an expert refusing (429) more than this "
         "share of its calls", unit="fraction", check=non_negative)
+    shield_service_fraction: float = setting(
+        0.5, "where CPU resizes in place, the shield lifts an expert's CPU so that one call "
+        "alone takes at most this fraction of its layer's share of one pass's SLO (the pass "
+        "SLO over the MoE layers on the longest path); 0: never", unit="fraction",
+        check=non_negative)
     shield_hold_s: float = setting(
         120.0, "a shield lift stays at least this long (a stabilisation window)", unit="s",
         check=non_negative)

@@ -1,6 +1,7 @@
-"""The safety shield: it lifts replicas, never another knob, to a stability bound at the
-observed load and its trend, adds a replica at once after a burst of 429s (unless capacity is
-already coming), holds its lifts, and runs only under the profiles that name it."""
+"""The safety shield: it lifts replicas to a stability bound at the observed load and its
+trend, adds a replica at once after a burst of 429s (unless capacity is already coming), holds
+its lifts, lifts CPU in place where one call alone is too slow for the SLO (never a knob that
+rolls pods), and runs only under the profiles that name it."""
 
 from __future__ import annotations
 
@@ -33,18 +34,19 @@ def decision(*replicas, share=0.25, concurrency=4):
 
 
 def observation(calls=(0.0, 0.0), *, t=0.0, rejected=(0.0, 0.0), ready=(1, 1),
-                starting=(0, 0)):
-    n = len(DAG.nodes)
+                starting=(0, 0), dag=DAG, per_call=1.0, cpu=1.0, share=0.25):
+    n = len(dag.nodes)
     arrays = {f: np.zeros(n) for f in NODE_FIELDS}
-    at = {v: i for i, v in enumerate(DAG.nodes)}
+    at = {v: i for i, v in enumerate(dag.nodes)}
     for i in range(2):
         j = at[f"m/e{i}"]
-        arrays["calls_per_s"][j], arrays["tokens_per_s"][j] = calls[i], calls[i]
+        arrays["calls_per_s"][j] = calls[i]
+        arrays["tokens_per_s"][j] = calls[i] * per_call
         arrays["rejected_per_s"][j] = rejected[i]
         arrays["replicas_ready"][j], arrays["replicas_starting"][j] = ready[i], starting[i]
-        arrays["cpu"][j], arrays["memory_mb"][j] = 1.0, 2048
-        arrays["gpu_share"][j], arrays["concurrency"][j] = 0.25, 4
-    return Observation(time_s=t, nodes=DAG.nodes, request_rate=1.0, p95_ms=10.0, p99_ms=10.0,
+        arrays["cpu"][j], arrays["memory_mb"][j] = cpu, 2048
+        arrays["gpu_share"][j], arrays["concurrency"][j] = share, 4
+    return Observation(time_s=t, nodes=dag.nodes, request_rate=1.0, p95_ms=10.0, p99_ms=10.0,
                        **arrays)
 
 
@@ -171,3 +173,82 @@ def test_the_bound_is_a_setting(bound):
     out = guard(decision(1, 1), dag=DAG, settings=settings, last=decision(1, 1),
                 observation=observation((1.8 * 1000.0 / s, 0.0)))
     assert reps(out)[0] == math.ceil(1.8 / bound - 1e-9)
+
+
+# two CPU experts in one MoE layer between two segments: one call's budget is half the SLO
+CPU_DAG = build_dag({"name": "p", "slo_ms": 100, "accelerator": "cpu", "stages": [
+    {"id": "a"}, {"id": "m", "experts": 2, "replicas": {"min": 0, "max": 10},
+                  "profile": {"base_ms": 0.0, "per_token_ms": 0.1}}, {"id": "b"}]})
+
+
+def cpu_decision(cpu, replicas=(1, 1)):
+    experts = {f"m/e{i}": ExpertDecision(r, c, 2048, 0.0, 4)
+               for i, (r, c) in enumerate(zip(replicas, cpu, strict=True))}
+    return PipelineDecision("p", 0.0, MappingProxyType(experts))
+
+
+def one_call_ms(settings, tokens, cpu):
+    model = service_models(CPU_DAG, settings)[list(CPU_DAG.nodes).index("m/e0")]
+    return float(model.batch_ms(1.0, tokens, cpu=cpu, share=0.0))
+
+
+@pytest.mark.parametrize("tokens, lifted", [(300, 1.0), (700, 2.0), (3000, 4.0), (100, 0.5)])
+def test_the_service_floor_lifts_cpu_in_place_to_the_least_choice_that_fits(tokens, lifted):
+    settings = load_settings(None)
+    assert settings.guards.shield_service_fraction == 0.5
+    budget = 0.5 * CPU_DAG.slo_ms  # one MoE layer on the path
+    times = {c: one_call_ms(settings, tokens, c) for c in settings.actions.cpu}
+    # the expected choice is the least that fits, or the fastest when none does
+    fits = [c for c in sorted(times) if times[c] <= budget]
+    assert lifted == (fits[0] if fits else max(times))
+    proposed = cpu_decision((0.5, 4.0))
+    out = guard(proposed, dag=CPU_DAG, settings=settings, last=proposed,
+                observation=observation((1.0, 1.0), dag=CPU_DAG, per_call=tokens, cpu=0.5,
+                                        share=0.0))
+    e0, e1 = out.decision.experts["m/e0"], out.decision.experts["m/e1"]
+    assert e0.cpu == lifted and e1.cpu == 4.0  # never lowered
+    assert (e0.gpu_share, e0.concurrency, e0.memory_mb) == (0.0, 4, 2048)
+    if lifted > 0.5:
+        assert out.fired.count("shield") == 1
+        assert (f"m/e0: shield lifted cpu 0.5 -> {lifted:g} (one call of {tokens} tokens takes "
+                f"{times[0.5]:.1f} ms > {budget:.1f} ms") in out.notes[0]
+    else:
+        assert "shield" not in out.fired
+
+
+def test_cpu_and_replicas_lifted_together_are_one_intervention_sized_at_the_new_cpu():
+    settings = load_settings(None)
+    at_half, at_one = one_call_ms(settings, 300, 0.5), one_call_ms(settings, 300, 1.0)
+    rate = 2.5 * 1000.0 / at_one  # 2.5 workers' worth at one core, twice that at half a core
+    proposed = cpu_decision((0.5, 0.5))
+    out = guard(proposed, dag=CPU_DAG, settings=settings, last=proposed,
+                observation=observation((rate, 0.0), dag=CPU_DAG, per_call=300, cpu=0.5,
+                                        share=0.0))
+    e0 = out.decision.experts["m/e0"]
+    assert (e0.cpu, e0.replicas) == (1.0, 3)  # ceil(2.5 / 0.9), not ceil(5 / 0.9)
+    assert at_half > 1.9 * at_one
+    assert out.fired.count("shield") == 1 and len(out.notes) == 1
+    assert "shield lifted cpu 0.5 -> 1 (" in out.notes[0] and " and replicas 1 -> 3 (" \
+        in out.notes[0]
+
+
+@pytest.mark.parametrize("config", [{"cluster": {"in_place_resize": False}},
+                                    {"vertical": {"backend": "none"}},
+                                    {"guards": {"shield_service_fraction": 0.0}}])
+def test_no_cpu_lift_where_cpu_would_roll_pods_or_not_apply_or_the_rule_is_off(config):
+    settings = load_settings(config)
+    proposed = cpu_decision((0.5, 0.5))
+    out = guard(proposed, dag=CPU_DAG, settings=settings, last=proposed,
+                observation=observation((1.0, 1.0), dag=CPU_DAG, per_call=3000, cpu=0.5,
+                                        share=0.0))
+    assert [e.cpu for e in out.decision.experts.values()] == [0.5, 0.5]
+    assert "shield" not in out.fired
+
+
+def test_no_cpu_lift_where_more_cores_do_not_shorten_the_call():
+    # a GPU expert at one core per worker: the handler has its core, the FFN is on the GPU
+    settings = load_settings({"guards": {"shield_service_fraction": 1e-6}})
+    out = guard(decision(1, 1), dag=DAG, settings=settings, last=decision(1, 1),
+                observation=observation((1.0, 1.0)))
+    assert [e.cpu for e in out.decision.experts.values()] == [1.0, 1.0]
+    assert "shield" not in out.fired
