@@ -392,8 +392,9 @@ def checks(results: list[dict[str, Any]]) -> list[str]:
     ``smoe`` against ``queueing``, ``hpa`` and ``shield-only`` on paired seeds (the 95 %
     interval of the cost ratio below 1, attainment within 0.2 points, no more violations or
     drops: :func:`paired_ratio`); then the room an ideal policy has,
-    ``1 - oracle / queueing`` and ``1 - oracle / static-best``. Each line says PASS, FAIL or
-    ROOM with the numbers; checks whose policies did not run are skipped. A failed
+    ``1 - oracle / queueing`` and ``1 - oracle / static-best``, and the share of it ``smoe``
+    won, ``(rival - smoe) / (rival - oracle)``. Each line says PASS, FAIL, ROOM or WON with the
+    numbers; checks whose policies did not run are skipped. A failed
     ``static-best`` ratio says when ``floor``'s warm floor (one replica of every offered expert
     at its cheapest, plus the segments) already lies within the ratio of ``static-best``: then
     no policy that serves every call from a warm replica could pass it; a failed ``static-mean``
@@ -457,7 +458,20 @@ def checks(results: list[dict[str, Any]]) -> list[str]:
         for rival, (cost, instead) in rivals.items() if "oracle" in mean else ():
             room = 1.0 - mean["oracle"]["cost"] / cost
             out.append(f"ROOM {tag}: 1 - oracle / {rival} = {room:.3f}{instead}")
+            if "smoe" in mean:
+                out.append(_won(tag, mean["smoe"]["cost"], mean["oracle"]["cost"], cost,
+                                f"{rival}{instead}"))
     return out
+
+
+def _won(tag: str, mine: float, oracle: float, rival: float, name: str) -> str:
+    """The share of the room over ``rival`` (its cost less ``oracle``'s) that ``smoe`` won:
+    1 at the oracle's cost, 0 at the rival's, negative above it."""
+    if not rival - oracle > 1e-9 * abs(rival):
+        return (f"WON {tag}: no room over {name} (oracle {oracle:.3f} >= {rival:.3f}); smoe "
+                f"{mine:.3f}")
+    return (f"WON {tag}: smoe won {(rival - mine) / (rival - oracle):.2f} of the room over "
+            f"{name} (({rival:.3f} - smoe {mine:.3f}) / ({rival:.3f} - oracle {oracle:.3f}))")
 
 
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,

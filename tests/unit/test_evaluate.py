@@ -117,7 +117,8 @@ def test_table_and_checks_say_pass_or_fail():
     # the learned policy against both: cheaper than hpa, but a tie with queueing is no win
     assert lines[3] == "ROOM p/conv-eval: 1 - oracle / queueing = -0.067"
     lines = checks(results + [run("smoe", 1.5)])
-    assert [x[:4] for x in lines[3:6]] == ["FAIL", "PASS", "ROOM"]
+    assert [x[:4] for x in lines[3:7]] == ["FAIL", "PASS", "ROOM", "WON "]
+    assert lines[6] == "WON p/conv-eval: no room over queueing (oracle 1.600 >= 1.500); smoe 1.500"
     assert lines[3].startswith("FAIL p/conv-eval: smoe / queueing paired cost 1.000 (1 seed")
     assert "(1 seed, no interval; 1.500 vs 2.000)" in lines[4]
     lines = checks(results + [run("smoe", 1.0, viol=0.1)])  # cheaper, but violates more
@@ -132,6 +133,11 @@ def test_table_and_checks_say_pass_or_fail():
     assert any(x.startswith("PASS p/conv-eval: static-best 2.200 >= 1.3 x oracle") for x in lines)
     assert any(x.startswith("PASS p/conv-eval: static-mean's worst") for x in lines)
     assert "ROOM p/conv-eval: 1 - oracle / static-best = 0.273" in lines
+    # the share of the room smoe won: a quarter of the way from static-best to the oracle
+    lines = checks(results + [run("static-best", 2.2), run("smoe", 2.05)])
+    assert ("WON p/conv-eval: smoe won 0.25 of the room over static-best ((2.200 - smoe 2.050) "
+            "/ (2.200 - oracle 1.600))") in lines
+    assert any(x.startswith("WON p/conv-eval: no room over queueing") for x in lines)
     # a failed ratio says when floor's warm floor leaves no policy the room to pass it
     warm = run("floor", 0.5)
     warm["run"]["warm_cost"] = 1.55
