@@ -65,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ratio", default=d.ratio,
                         help="PPO's probability ratio: joint (one a tick) or expert (one per "
                              "expert, clipped on its own)")
+    parser.add_argument("--shield-penalty", type=float, default=d.shield_penalty,
+                        help="reward per unit of shield lifts (the share of experts the shield "
+                             "lifted in a tick), in reference-cost ticks")
     parser.add_argument("--episode", type=float, default=d.episode_s,
                         help="episode length, simulated seconds")
     parser.add_argument("--episode-start", type=float, default=d.episode_start_s,
@@ -118,7 +121,7 @@ def _config(args: argparse.Namespace):
         bc_rounds=args.bc_rounds,
         bc_episodes=args.bc_episodes, updates=args.updates, scenarios=args.scenarios,
         envs=args.envs, rate_scales=(rlo, rhi), engine=args.engine, ratio=args.ratio,
-        learning_rate=args.learning_rate,
+        learning_rate=args.learning_rate, shield_penalty=args.shield_penalty,
         episode_s=args.episode, episode_start_s=min(args.episode_start, args.episode),
         validate_every=args.validate_every, validation_s=args.validation_episode,
         checkpoint_every=args.checkpoint_every, teacher=args.teacher, guards=args.guards)

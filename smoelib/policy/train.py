@@ -232,8 +232,9 @@ class TrainConfig:
                      "bc_learning_rate", "reward_scale", "clip_range", "max_grad_norm"):
             if not getattr(self, name) > 0:
                 p.append(Problem(name, "must be > 0"))
-        if self.excess_allowance < 0:
-            p.append(Problem("excess_allowance", "must be >= 0"))
+        for name in ("excess_allowance", "shield_penalty"):
+            if not getattr(self, name) >= 0:
+                p.append(Problem(name, "must be >= 0"))
         if self.validation_tolerance < 0:
             p.append(Problem("validation_tolerance", "must be >= 0"))
         for name in ("gamma", "gae_lambda"):

@@ -58,3 +58,6 @@ def test_train_refuses_evaluation_data_and_bad_input(tmp_path, capsys):
     assert "--seeds" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path), "--envs", "0", "--no-progress"]) == 2
     assert "--envs" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path), "--shield-penalty", "-1",
+                 "--no-progress"]) == 2
+    assert "--shield-penalty: must be >= 0" in capsys.readouterr().err

@@ -72,7 +72,9 @@ def test_evaluation_data_is_refused(kw, needle):
     ({"engine": "warp"}, "engine: unknown engine 'warp'"),
     ({"rate_scales": (2.0, 1.0)}, "rate_scales: needs 0 < lo <= hi"),
     ({"rate_scales": (0.0, 1.0)}, "rate_scales"), ({"scenarios": 0}, "scenarios: must be >= 1"),
-    ({"random_pipelines": 1001}, "random_pipelines: must be 0-1000")])
+    ({"random_pipelines": 1001}, "random_pipelines: must be 0-1000"),
+    ({"shield_penalty": -1.0}, "shield_penalty: must be >= 0"),
+    ({"shield_penalty": float("nan")}, "shield_penalty: must be >= 0")])
 def test_bad_training_settings_are_named(kw, needle):
     with pytest.raises(ConfigError, match=needle):
         TrainConfig(**kw)
