@@ -8,9 +8,10 @@ Per expert, at the configuration the other rules let through (its GPU share and
 ``max_inflight``, which the shield never changes; its CPU unless the first rule lifts it):
 
 - the **service floor** (only where CPU resizes in place: ``cluster.in_place_resize`` and a
-  vertical backend that applies CPU): one call alone, at the observed tokens per call, must
-  take at most ``guards.shield_service_fraction`` of its layer's share of one pass's SLO (the
-  pass SLO over the MoE layers on the longest path). Where it takes longer, CPU is lifted to
+  vertical backend that resizes, not the OpenFaaS gateway, which rolls, nor ``none``): one
+  call alone, at the observed tokens per call, must take at most
+  ``guards.shield_service_fraction`` of its layer's share of one pass's SLO (the pass SLO
+  over the MoE layers on the longest path). Where it takes longer, CPU is lifted to
   the least of ``actions.cpu`` at which it fits (the fastest when none does; never a CPU that
   does not shorten the call). More replicas never shorten a call: without this rule a policy
   that starves a CPU expert of cores misses the SLO at any utilisation;
@@ -48,6 +49,7 @@ import numpy as np
 
 from smoelib.core.decisions import ExpertDecision
 from smoelib.core.service import full_gpu_interference, service_models
+from smoelib.core.slow_knobs import SlowKnobRules
 
 __all__ = ["ShieldMemory", "shield", "lifts"]
 
@@ -88,8 +90,9 @@ class _Models:
         self.call_budget_ms = (settings.guards.shield_service_fraction * dag.slo_ms
                                / max(layers, 1.0))
         self.cpus = np.array(sorted(settings.actions.cpu), float)
+        # CPU resizes in place unless the slow-knob rules say a CPU change rolls pods
         self.lifts_cpu = bool(settings.guards.shield_service_fraction > 0
-                              and settings.cluster.in_place_resize
+                              and "cpu" not in SlowKnobRules.from_settings(settings).knobs
                               and settings.vertical.backend != "none" and self.cpus.size)
 
     @classmethod

@@ -234,6 +234,8 @@ def test_cpu_and_replicas_lifted_together_are_one_intervention_sized_at_the_new_
 
 @pytest.mark.parametrize("config", [{"cluster": {"in_place_resize": False}},
                                     {"vertical": {"backend": "none"}},
+                                    {"vertical": {"backend": "openfaas-gateway",
+                                                  "stack_file": "stack.yml"}},
                                     {"guards": {"shield_service_fraction": 0.0}}])
 def test_no_cpu_lift_where_cpu_would_roll_pods_or_not_apply_or_the_rule_is_off(config):
     settings = load_settings(config)
