@@ -167,9 +167,11 @@ class TrainConfig:
     """stop an update's epochs when the approximate KL exceeds this (0: never)"""
     reward_scale: float = 0.1
     """rewards are multiplied by this (keeps returns and the value loss near 1)"""
-    shield_penalty: float = 1.0
+    shield_penalty: float = 20.0
     """reward per unit of shield lifts (the share of experts lifted in a tick), in
-    reference-cost ticks: training pays for every decision the shield corrects"""
+    reference-cost ticks: training pays for every decision the shield corrects. At 1.0 (before
+    the seventeenth session) one lifted expert of 72 cost 1/72 of a tick's cost, and the policy
+    left burst capacity to the shield (docs/training.md)"""
     lagrange_init: float = 10.0
     """initial SLO multiplier (reward per unit of overrun, in reference-cost ticks)"""
     lagrange_lr: float = 2.0
