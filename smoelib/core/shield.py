@@ -68,7 +68,8 @@ class ShieldMemory:
 class _Models:
     """Per pipeline and settings, built once: the experts' node positions, workers and
     maxima, and the experts grouped by identical service model (a pipeline's experts share a
-    few shapes), so each group's service times are one vectorised call."""
+    few shapes), so each group's service times are one vectorised call; for the service
+    floor, one call's budget (ms), the CPU choices and whether CPU may be lifted at all."""
 
     _cache: dict[int, tuple[Any, Any, _Models]] = {}
 

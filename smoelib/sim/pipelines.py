@@ -62,6 +62,7 @@ def _hottest_busy(env: SimEnv, fraction: float) -> float:
     busy = w["busy_s"][experts] / (env.server.par[experts] * env.tick * env.dt)
     return float(busy.max()) / fraction
 
+
 def random_pipeline_spec(seed: int, *, settings: Settings | None = None) -> dict[str, Any]:
     """The ``pipeline.yml`` mapping of random pipeline ``seed``, its SLOs not yet set (a
     placeholder far above any latency; :func:`random_pipeline` sets them)."""
