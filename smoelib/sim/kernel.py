@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from smoelib.sim.borrow import borrowed
+
 __all__ = ["serve", "push_requests", "ffn_ms", "OK", "NEED_RANDOM", "NEED_HEAP", "NEED_CALLS",
            "NEED_SLOTS", "NEED_LOG", "SCALARS"]
 
@@ -214,9 +216,16 @@ def _release(r, st, req_slot, sfree):
         req_slot[r] = -1
 
 
-# ---- the event loop (arrays are passed one by one: a callee borrows them) ------------------
+# ---- the event loop ---------------------------------------------------------------------------
 @njit(cache=True)
-def serve(t1, st, ht, hs, hc, cv, cadm, cfree,
+def serve(*args):
+    """Serve events before ``t1`` (the first argument; the rest as :func:`_serve` takes
+    them); returns a status code (OK when done)."""
+    return _serve(*borrowed(args))
+
+
+@njit(cache=True)
+def _serve(t1, st, ht, hs, hc, cv, cadm, cfree,
           gst, g_succ, g_nodes, plan_off, src_off, src, sink_off, sink,
           times, prefill, decodes, n_chunks, chunk, ttft, e2e, tpot, dropped, req_slot,
           dec_off, dec, kt, ko, kw, chk_off, chk_ptr, chk_e, chk_n, n_layers,
@@ -369,8 +378,8 @@ def serve(t1, st, ht, hs, hc, cv, cadm, cfree,
                 top = 0
                 if gst[g, G_SUCC_END] > gst[g, G_SUCC]:
                     # release its successors here: _complete's loop, written again on purpose
-                    # (the common case; a call passing this many arrays counts references on
-                    # each, and numba inlines no call of over 30 arguments)
+                    # (the common case; a call of _complete passes some 50 arrays of seven
+                    # fields each, and numba inlines no call of over 30 arguments)
                     lo = plan_off[s_meta[slot, P_PLAN]]
                     for j in range(gst[g, G_SUCC], gst[g, G_SUCC_END]):
                         s2 = g_succ[j]
