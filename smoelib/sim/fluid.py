@@ -62,6 +62,7 @@ from numba import njit
 
 from smoelib.core import work
 from smoelib.core.service import handler_slowdown
+from smoelib.sim.borrow import borrowed
 from smoelib.sim.cluster import Cluster
 from smoelib.sim.compiled import model_columns
 from smoelib.sim.engine import Engine, StagePlan
@@ -70,7 +71,7 @@ from smoelib.sim.telemetry import CALL_BOUNDS_S, Telemetry
 
 __all__ = ["FluidEngine"]
 
-# per-node results of :func:`_nodes` (columns): a decode call's batch size and service (ms),
+# per-node results of :func:`_node_model` (columns): a decode call's batch size and service (ms),
 # the busy fraction, a decode call's latency (s, wait and retries included), the wait for a
 # busy worker (s), refusal and drop chance per attempt and call, rejections per call, the
 # admitted share, a prefill call's service (ms) and latency (s)
@@ -111,7 +112,13 @@ def _tail(mean, theta, k):
 
 
 @njit(cache=True)
-def _nodes(lam, lam_p, tok_p, tok2_p, ready, par, k0, k1, share, cores, interf, conc, cv2,
+def _nodes(*args):
+    """:func:`_node_model` over arrays that count no references (smoelib/sim/borrow.py)."""
+    _node_model(*borrowed(args))
+
+
+@njit(cache=True)
+def _node_model(lam, lam_p, tok_p, tok2_p, ready, par, k0, k1, share, cores, interf, conc, cv2,
            retry_s, cap_s, max_retries, m_kind, m_f, m_coff, m_ct, m_cm, out):
     """Per node, at ``lam`` decode calls/s (one token each) and ``lam_p`` prefill calls/s
     (``tok_p`` tokens on average, ``tok2_p`` the mean square): the columns above.
@@ -273,7 +280,13 @@ def _stage_latency(lat, t_ms, wait, rho, par, v, st_off, st_nodes, st_moe, st_k,
 
 
 @njit(cache=True)
-def _prefill_times(tokens, st_off, st_nodes, st_moe, hot, res, k0, k1, share, cores, interf,
+def _prefill_times(*args):
+    """:func:`_prefill_model` over arrays that count no references (smoelib/sim/borrow.py)."""
+    return _prefill_model(*borrowed(args))
+
+
+@njit(cache=True)
+def _prefill_model(tokens, st_off, st_nodes, st_moe, hot, res, k0, k1, share, cores, interf,
                    m_kind, m_f, m_coff, m_ct, m_cm, pred_off, preds, sinks, rpc):
     """The pass time (s) of a prefill of ``tokens[i]`` tokens at the slice's node state:
     per stage, the wait and retries at the node, then the request's own call (a segment's with
