@@ -159,15 +159,6 @@ class RoutingModel:
         (broadcasts: an int64 array for an array of times)."""
         return (np.maximum(t_s, 0.0) // self.params.drift_step_s).astype(np.int64)
 
-    def _pulled(self, layer: int, p: np.ndarray, prev: np.ndarray | None) -> np.ndarray:
-        """Layer ``layer``'s shares ``p`` pulled towards the previous layer's choice (its
-        shares ``prev``) by the affinity: ``(1 - a) p + a (prev A)``, renormalised."""
-        a = self.params.affinity
-        if a <= 0 or prev is None:
-            return p
-        p = (1 - a) * p + a * (prev @ self._affinity[layer])
-        return p / p.sum()
-
     def decode_inclusion(self, step: int, task: int = 0) -> np.ndarray:
         """Per layer and expert, the chance that one decode token of a request of class
         ``task`` arriving in drift step ``step`` picks it: shape (layers, max experts), each
@@ -207,9 +198,8 @@ class RoutingModel:
         affinity with the previous layer's shares, as :meth:`chunk` draws them."""
         pop = self.popularity(t_s, task)
         out = np.zeros_like(pop)
-        prev: np.ndarray | None = None
-        for layer, e in enumerate(self.sizes):
-            prev = out[layer, :e] = self._pulled(layer, pop[layer, :e], prev)
+        _shares(pop, self._sizes, self._aff_flat, self._aff_off, float(self.params.affinity),
+                out)
         return out
 
     # ---- per-request draws ---------------------------------------------------------------
@@ -243,7 +233,7 @@ class RoutingModel:
                      ) -> np.ndarray:
         """:meth:`chunk` as one array (layers, max experts), zeros past each layer's size:
         per layer a multinomial of the chunk's ``tokens x top_k`` token slots over the
-        popularity pulled towards the previous layer's counts (:meth:`_pulled`), each expert
+        popularity pulled towards the previous layer's counts (:func:`_pull`), each expert
         at most ``tokens`` (a token picks an expert once). Compiled; the draws are numpy's
         ``Generator.multinomial``'s, from ``rng``."""
         out = np.zeros((len(self.sizes), max(self.sizes, default=1)), np.int64)
@@ -280,6 +270,38 @@ class RoutingModel:
         return out
 
 
+@njit(cache=True, inline="always")
+def _pull(p, pop, layer, sizes, prev, scale, aff, aff_off, a):
+    """``p[:e]``: layer ``layer``'s popularity pulled towards the previous layer's choice
+    (``prev / scale``: its shares, or its counts over their total) by the affinity, ``(1 - a)
+    pop + a (prev A)``, renormalised; the popularity itself on the first layer or without
+    affinity."""
+    e = sizes[layer]
+    if a <= 0 or layer == 0:
+        for j in range(e):
+            p[j] = pop[layer, j]
+        return
+    ep = sizes[layer - 1]
+    total = 0.0
+    for j in range(e):
+        pulled = 0.0
+        for i in range(ep):
+            pulled += prev[i] / scale * aff[aff_off[layer] + i * e + j]
+        p[j] = (1 - a) * pop[layer, j] + a * pulled
+        total += p[j]
+    for j in range(e):
+        p[j] /= total
+
+
+@njit(cache=True)
+def _shares(pop, sizes, aff, aff_off, a, out):
+    """:meth:`RoutingModel.chunk_shares` into ``out``: each layer pulled towards the last's
+    shares."""
+    for layer in range(sizes.size):
+        _pull(out[layer], pop, layer, sizes, out[layer - 1] if layer > 0 else out[0], 1.0, aff,
+              aff_off, a)
+
+
 @njit(cache=True)
 def _chunk(rng, tokens, pop, sizes, top_k, aff, aff_off, a, out):
     """:meth:`RoutingModel.chunk_counts` into ``out``. The multinomial is numpy's algorithm
@@ -289,24 +311,12 @@ def _chunk(rng, tokens, pop, sizes, top_k, aff, aff_off, a, out):
     p = np.empty(sizes.max())
     for layer in range(sizes.size):
         e = sizes[layer]
-        if a > 0 and layer > 0:  # pulled towards the previous layer's counts, renormalised
-            ep = sizes[layer - 1]
-            seen = 0
-            for i in range(ep):
+        seen = 0
+        if layer > 0:
+            for i in range(sizes[layer - 1]):
                 seen += out[layer - 1, i]
-            denom = float(max(seen, 1))
-            total = 0.0
-            for j in range(e):
-                pulled = 0.0
-                for i in range(ep):
-                    pulled += out[layer - 1, i] / denom * aff[aff_off[layer] + i * e + j]
-                p[j] = (1 - a) * pop[layer, j] + a * pulled
-                total += p[j]
-            for j in range(e):
-                p[j] /= total
-        else:
-            for j in range(e):
-                p[j] = pop[layer, j]
+        _pull(p, pop, layer, sizes, out[layer - 1] if layer > 0 else out[0], float(max(seen, 1)),
+              aff, aff_off, a)
         n = tokens * top_k[layer]
         left = 1.0
         for j in range(e - 1):

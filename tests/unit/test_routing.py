@@ -10,12 +10,17 @@ from smoelib.sim.routing import RoutingModel, RoutingParams
 
 def _numpy_chunk(router: RoutingModel, rng, tokens: int, t_s: float, task: int):
     """A chunk as numpy draws it: per layer ``Generator.multinomial`` over the popularity
-    pulled towards the previous layer's counts, each expert capped at ``tokens``."""
+    pulled towards the previous layer's counts by the affinity matrix, each expert capped at
+    ``tokens``."""
     pop = router.popularity(t_s, task)
     out: list[np.ndarray] = []
     for layer, (e, k) in enumerate(zip(router.sizes, router.top_k, strict=True)):
         prev = out[-1] / max(out[-1].sum(), 1) if out else None
-        p = router._pulled(layer, pop[layer, :e], prev)
+        p = pop[layer, :e]
+        if prev is not None and router.params.affinity > 0:
+            a = router.params.affinity
+            p = (1 - a) * p + a * (prev @ router._affinity[layer])
+            p = p / p.sum()
         out.append(np.minimum(rng.multinomial(tokens * k, p), tokens))
     return out
 
@@ -54,3 +59,19 @@ def test_chunk_entries_list_the_touched_experts_chunk_after_chunk():
             assert experts[lo:hi].tolist() == np.flatnonzero(want).tolist()
             assert counts[lo:hi].tolist() == want[want > 0].tolist()
     assert ptr[2] == 5
+
+
+def test_chunk_shares_are_the_popularity_pulled_layer_after_layer():
+    router = RoutingModel([6, 8, 4], [2, 2, 1], max_tokens=4096,
+                          params=RoutingParams(affinity=0.4), seed=np.random.SeedSequence(2))
+    pop = router.popularity(30.0, 1)
+    got = router.chunk_shares(30.0, 1)
+    prev = None
+    for layer, e in enumerate(router.sizes):
+        p = pop[layer, :e]
+        if prev is not None:
+            p = 0.6 * p + 0.4 * (prev @ router._affinity[layer])
+            p = p / p.sum()
+        np.testing.assert_allclose(got[layer, :e], p, rtol=1e-12)
+        assert got[layer, e:].sum() == 0.0
+        prev = p
