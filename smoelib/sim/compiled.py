@@ -183,18 +183,22 @@ class CompiledEngine(Engine):
     def _route(self, lo: int, hi: int) -> None:
         """The routing of requests ``lo..hi-1``, drawn as the reference engine draws it."""
         router, L = self.router, self.n_layers  # noqa: N806
-        experts = int(sum(router.sizes))
         for r in range(lo, hi):
             rng = self._rng(r)
             t, task = float(self.times[r]), int(self.task[r])
-            chunks = np.asarray(work.chunks(self.dag, int(self.prefill[r])), np.int64)
             self.chk_off[r] = self._ptr_n
-            self.chk_ptr = _grow(self.chk_ptr, self._ptr_n + chunks.size * L + 1)
-            self.chk_e = _grow(self.chk_e, self._ent_n + chunks.size * experts)
-            self.chk_n = _grow(self.chk_n, self.chk_e.shape[0])
-            self._ptr_n, self._ent_n = router.chunk_entries(
-                rng, chunks, t, task, self.chk_ptr, self.chk_e, self.chk_n, self._ptr_n,
-                self._ent_n)
+            self.chk_ptr = _grow(self.chk_ptr, self._ptr_n + int(self.n_chunks[r]) * L + 1)
+            for tokens in work.chunks(self.dag, int(self.prefill[r])):
+                for counts in router.chunk(rng, tokens, t, task):
+                    hit = np.flatnonzero(counts)
+                    self.chk_ptr[self._ptr_n] = self._ent_n
+                    self._ptr_n += 1
+                    end = self._ent_n + hit.size
+                    self.chk_e = _grow(self.chk_e, end)
+                    self.chk_n = _grow(self.chk_n, end)
+                    self.chk_e[self._ent_n:end] = hit
+                    self.chk_n[self._ent_n:end] = counts[hit]
+                    self._ent_n = end
             self.chk_ptr[self._ptr_n] = self._ent_n  # (the next request's first entry)
             d = int(self.decodes[r])
             if d > 0:

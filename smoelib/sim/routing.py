@@ -108,8 +108,6 @@ class RoutingModel:
         mats = [np.zeros((1, 1)) if m is None else m for m in self._affinity]
         self._aff_off = np.concatenate([[0], np.cumsum([m.size for m in mats])]).astype(np.int64)
         self._aff_flat = np.concatenate([m.reshape(-1) for m in mats])
-        self._sizes = np.asarray(self.sizes, np.int64)
-        self._top_k = np.asarray(self.top_k, np.int64)
         self.widths = np.minimum(np.asarray(self.top_k, np.int64),
                                  np.asarray(self.sizes, np.int64))
         """experts a decode token picks per layer (``top_k``, at most the layer's experts)"""
@@ -159,6 +157,15 @@ class RoutingModel:
         (broadcasts: an int64 array for an array of times)."""
         return (np.maximum(t_s, 0.0) // self.params.drift_step_s).astype(np.int64)
 
+    def _pulled(self, layer: int, p: np.ndarray, prev: np.ndarray | None) -> np.ndarray:
+        """Layer ``layer``'s shares ``p`` pulled towards the previous layer's choice (its
+        shares ``prev``) by the affinity: ``(1 - a) p + a (prev A)``, renormalised."""
+        a = self.params.affinity
+        if a <= 0 or prev is None:
+            return p
+        p = (1 - a) * p + a * (prev @ self._affinity[layer])
+        return p / p.sum()
+
     def decode_inclusion(self, step: int, task: int = 0) -> np.ndarray:
         """Per layer and expert, the chance that one decode token of a request of class
         ``task`` arriving in drift step ``step`` picks it: shape (layers, max experts), each
@@ -198,8 +205,9 @@ class RoutingModel:
         affinity with the previous layer's shares, as :meth:`chunk` draws them."""
         pop = self.popularity(t_s, task)
         out = np.zeros_like(pop)
-        _shares(pop, self._sizes, self._aff_flat, self._aff_off, float(self.params.affinity),
-                out)
+        prev: np.ndarray | None = None
+        for layer, e in enumerate(self.sizes):
+            prev = out[layer, :e] = self._pulled(layer, pop[layer, :e], prev)
         return out
 
     # ---- per-request draws ---------------------------------------------------------------
@@ -226,33 +234,13 @@ class RoutingModel:
               ) -> list[np.ndarray]:
         """Token counts per expert of one chunk of ``tokens`` tokens: per layer an int array
         (experts,)."""
-        out = self.chunk_counts(rng, tokens, t_s, task)
-        return [out[layer, :e] for layer, e in enumerate(self.sizes)]
-
-    def chunk_counts(self, rng: np.random.Generator, tokens: int, t_s: float, task: int = 0
-                     ) -> np.ndarray:
-        """:meth:`chunk` as one array (layers, max experts), zeros past each layer's size:
-        per layer a multinomial of the chunk's ``tokens x top_k`` token slots over the
-        popularity pulled towards the previous layer's counts (:func:`_pull`), each expert
-        at most ``tokens`` (a token picks an expert once). Compiled; the draws are numpy's
-        ``Generator.multinomial``'s, from ``rng``."""
-        out = np.zeros((len(self.sizes), max(self.sizes, default=1)), np.int64)
-        _chunk(rng, int(tokens), self.popularity(t_s, task), self._sizes, self._top_k,
-               self._aff_flat, self._aff_off, float(self.params.affinity), out)
+        pop = self.popularity(t_s, task)
+        out: list[np.ndarray] = []
+        for layer, (e, k) in enumerate(zip(self.sizes, self.top_k, strict=True)):
+            prev = out[-1] / max(out[-1].sum(), 1) if out else None
+            p = self._pulled(layer, pop[layer, :e], prev)
+            out.append(np.minimum(rng.multinomial(tokens * k, p), tokens))
         return out
-
-    def chunk_entries(self, rng: np.random.Generator, chunks: np.ndarray, t_s: float,
-                      task: int, ptr: np.ndarray, experts: np.ndarray, counts: np.ndarray,
-                      n_ptr: int, n_ent: int) -> tuple[int, int]:
-        """The chunks of one prefill (``chunks``: their tokens), drawn one after another as
-        :meth:`chunk` draws them, appended as the compiled engine reads them: per chunk and
-        layer ``ptr[n_ptr]`` is its first entry, an entry an expert index and its tokens
-        (the experts it touches only). The arrays must have room for ``chunks.size x
-        layers`` pointers and ``chunks.size x sum(sizes)`` entries; returns the new
-        ``(n_ptr, n_ent)``."""
-        return _chunk_entries(rng, chunks, self.popularity(t_s, task), self._sizes, self._top_k,
-                              self._aff_flat, self._aff_off, float(self.params.affinity), ptr,
-                              experts, counts, n_ptr, n_ent)
 
     def counts(self, lo: int, hi: int, times_s: np.ndarray, tokens: np.ndarray,
                task: np.ndarray | None = None) -> list[np.ndarray]:
@@ -268,85 +256,6 @@ class RoutingModel:
             for layer, c in enumerate(got):
                 out[layer][r - lo] = c
         return out
-
-
-@njit(cache=True, inline="always")
-def _pull(p, pop, layer, sizes, prev, scale, aff, aff_off, a):
-    """``p[:e]``: layer ``layer``'s popularity pulled towards the previous layer's choice
-    (``prev / scale``: its shares, or its counts over their total) by the affinity, ``(1 - a)
-    pop + a (prev A)``, renormalised; the popularity itself on the first layer or without
-    affinity."""
-    e = sizes[layer]
-    if a <= 0 or layer == 0:
-        for j in range(e):
-            p[j] = pop[layer, j]
-        return
-    ep = sizes[layer - 1]
-    total = 0.0
-    for j in range(e):
-        pulled = 0.0
-        for i in range(ep):
-            pulled += prev[i] / scale * aff[aff_off[layer] + i * e + j]
-        p[j] = (1 - a) * pop[layer, j] + a * pulled
-        total += p[j]
-    for j in range(e):
-        p[j] /= total
-
-
-@njit(cache=True)
-def _shares(pop, sizes, aff, aff_off, a, out):
-    """:meth:`RoutingModel.chunk_shares` into ``out``: each layer pulled towards the last's
-    shares."""
-    for layer in range(sizes.size):
-        _pull(out[layer], pop, layer, sizes, out[layer - 1] if layer > 0 else out[0], 1.0, aff,
-              aff_off, a)
-
-
-@njit(cache=True)
-def _chunk(rng, tokens, pop, sizes, top_k, aff, aff_off, a, out):
-    """:meth:`RoutingModel.chunk_counts` into ``out``. The multinomial is numpy's algorithm
-    (a binomial per expert on what is left, the last expert the rest), whose binomials numba
-    draws as numpy does from the same generator: the same counts, and the generator left in
-    the same state (tests/unit/test_routing.py)."""
-    p = np.empty(sizes.max())
-    for layer in range(sizes.size):
-        e = sizes[layer]
-        seen = 0
-        if layer > 0:
-            for i in range(sizes[layer - 1]):
-                seen += out[layer - 1, i]
-        _pull(p, pop, layer, sizes, out[layer - 1] if layer > 0 else out[0], float(max(seen, 1)),
-              aff, aff_off, a)
-        n = tokens * top_k[layer]
-        left = 1.0
-        for j in range(e - 1):
-            x = rng.binomial(n, p[j] / left)
-            out[layer, j] = min(x, tokens)
-            n -= x
-            if n <= 0:
-                break
-            left -= p[j]
-        if n > 0:
-            out[layer, e - 1] = min(n, tokens)
-
-
-@njit(cache=True)
-def _chunk_entries(rng, chunks, pop, sizes, top_k, aff, aff_off, a, ptr, experts, counts, n_ptr,
-                   n_ent):
-    """:meth:`RoutingModel.chunk_entries`."""
-    out = np.zeros((sizes.size, sizes.max()), np.int64)
-    for c in range(chunks.size):
-        out[:] = 0
-        _chunk(rng, chunks[c], pop, sizes, top_k, aff, aff_off, a, out)
-        for layer in range(sizes.size):
-            ptr[n_ptr] = n_ent
-            n_ptr += 1
-            for j in range(sizes[layer]):
-                if out[layer, j] > 0:
-                    experts[n_ent] = j
-                    counts[n_ent] = out[layer, j]
-                    n_ent += 1
-    return n_ptr, n_ent
 
 
 @njit(cache=True)
