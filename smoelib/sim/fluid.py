@@ -118,8 +118,8 @@ def _nodes(*args):
 
 
 @njit(cache=True)
-def _node_model(lam, lam_p, tok_p, tok2_p, ready, par, k0, k1, share, cores, interf, conc, cv2,
-           retry_s, cap_s, max_retries, m_kind, m_f, m_coff, m_ct, m_cm, out):
+def _node_model(lam, lam_p, tok_p, tok2_p, ready, par, k0, k1, share, cores, interf, conc,
+                cv2, retry_s, cap_s, max_retries, m_kind, m_f, m_coff, m_ct, m_cm, out):
     """Per node, at ``lam`` decode calls/s (one token each) and ``lam_p`` prefill calls/s
     (``tok_p`` tokens on average, ``tok2_p`` the mean square): the columns above.
 

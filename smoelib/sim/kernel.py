@@ -226,13 +226,13 @@ def serve(*args):
 
 @njit(cache=True)
 def _serve(t1, st, ht, hs, hc, cv, cadm, cfree,
-          gst, g_succ, g_nodes, plan_off, src_off, src, sink_off, sink,
-          times, prefill, decodes, n_chunks, chunk, ttft, e2e, tpot, dropped, req_slot,
-          dec_off, dec, kt, ko, kw, chk_off, chk_ptr, chk_e, chk_n, n_layers,
-          s_preds, s_calls, s_ready, s_done, s_meta, sfree,
-          pi, pf, cand_off, cand_ids, m_kind, m_f, m_coff, m_ct, m_cm, ubuf, nbuf, lq_t, lq_v,
-          acc, lat_hist, buckets, node_inflight, max_batch, par, rpc_s, retry_s, retry_cap_s,
-          max_retries, emit_max):
+           gst, g_succ, g_nodes, plan_off, src_off, src, sink_off, sink,
+           times, prefill, decodes, n_chunks, chunk, ttft, e2e, tpot, dropped, req_slot,
+           dec_off, dec, kt, ko, kw, chk_off, chk_ptr, chk_e, chk_n, n_layers,
+           s_preds, s_calls, s_ready, s_done, s_meta, sfree,
+           pi, pf, cand_off, cand_ids, m_kind, m_f, m_coff, m_ct, m_cm, ubuf, nbuf, lq_t, lq_v,
+           acc, lat_hist, buckets, node_inflight, max_batch, par, rpc_s, retry_s, retry_cap_s,
+           max_retries, emit_max):
     """Serve events before ``t1``; returns a status code (OK when done). Calls, tokens, busy
     seconds, batches, 429s and call latencies are added to ``acc`` and ``lat_hist`` (the
     slice's tick); first tokens, ends and drops go to the request log."""
