@@ -47,7 +47,9 @@ call; this engine serves the same trace on the same cluster with the same servic
   chance of the calls it makes there (the dispatch generator).
 
 What it does not model: the per-request variation of routing and service noise (averaged over a
-request's passes, they move its TPOT little) and the synchronisation of batches (convoys).
+request's passes, they move its TPOT little) and arrivals that are not Poisson (the closed decode
+loop spaces calls out at light load and sends them in waves under congestion; measured in
+docs/simulator.md, where a node model exact for Poisson arrivals is shown to agree less).
 How far it agrees with the request-level engine is measured in
 ``tests/unit/test_fluid_engine.py`` and docs/simulator.md. Per-node arithmetic is compiled
 (numba) over arrays; the per-request bookkeeping is vectorised numpy.
