@@ -8,11 +8,12 @@ batch of ``n`` calls carrying ``t`` tokens lasts ``fixed + per_call n + per_toke
 times a unit-mean gamma noise of CV 0.2 (the simulator's ``service_cv``); at most
 ``max_inflight`` calls in the pod (in service and waiting), an arrival beyond is refused. A
 share ``--prefill`` of the calls are prefill calls of 750 tokens (a conv prompt). Presets: an
-expert (one worker, 0.01 + 0.505 ms a call: no cost to amortise) at max_inflight 4 (the
-pipeline default) and 16 (`static-mean`'s), and a segment (two workers, 0.48 + 0.25 ms a call,
-max_inflight 8). For each rate it prints the
-simulation's mean call latency, calls per batch, busy fraction per worker and share of
-arrivals refused, then the node model's (:func:`smoelib.sim.fluid._nodes`, one node).
+expert (one worker, 0.01 + 0.505 ms a call and 0.001 ms a token: no cost to amortise) at
+max_inflight 4 (the pipeline default) and 16 (`static-mean`'s), and a segment (two workers,
+0.48 + 0.25 ms a call, max_inflight 8). For each rate it prints the simulation's mean call
+latency (every call), calls per batch, busy fraction per worker and share of arrivals refused,
+then the node model's (:func:`smoelib.sim.fluid._nodes`, one node; its latency is a decode
+call's): the arithmetic, and for one worker the batch chain (``simulator.fluid_pods``).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from smoelib.sim import fluid
 from smoelib.sim.kernel import M_BASE, M_PER_TOKEN
 
 PRESETS = {  # name: (workers, fixed ms, ms a call, ms a token, max_inflight, rates in calls/ms)
-    "expert": (1, 0.01, 0.505, 0.0, 4, (0.4, 0.8, 1.0, 1.2, 1.4, 1.6, 2.0)),
-    "expert-16": (1, 0.01, 0.505, 0.0, 16, (0.4, 0.8, 1.0, 1.2, 1.4, 1.6)),
+    "expert": (1, 0.01, 0.505, 0.001, 4, (0.4, 0.8, 1.0, 1.2, 1.4, 1.6, 2.0)),
+    "expert-16": (1, 0.01, 0.505, 0.001, 16, (0.4, 0.8, 1.0, 1.2, 1.4, 1.6)),
     "segment": (2, 0.48, 0.25, 0.00245, 8, (1.0, 2.0, 2.5, 3.0, 3.5, 4.0)),
 }
 CV = 0.2
@@ -65,9 +66,10 @@ def simulate(lam: float, workers: int, fixed: float, per_call: float, per_token:
 
 
 def node_model(lam: float, workers: int, fixed: float, per_call: float, per_token: float,
-               cap: int, prefill: float) -> tuple[float, ...]:
-    """The fluid node model at the same pod: decode call latency (ms), calls per decode batch,
-    busy per worker, refused per attempt."""
+               cap: int, prefill: float, *, chain: bool) -> tuple[float, ...]:
+    """The fluid node model at the same pod (``chain``: ``simulator.fluid_pods: chain``, else
+    the arithmetic): decode call latency (ms), calls per decode batch, busy per worker,
+    refused per attempt."""
     one = np.ones(1)
     f = np.zeros((1, max(M_BASE, M_PER_TOKEN) + 1))
     f[0, M_BASE] = fixed
@@ -77,7 +79,11 @@ def node_model(lam: float, workers: int, fixed: float, per_call: float, per_toke
                  np.array([float(workers)]), np.array([per_call - per_token]),
                  np.array([per_token]), np.zeros(1), one.copy(), one.copy(),
                  np.array([float(cap)]), CV**2, 0.025, 1.0, 0, np.array([1], np.int64), f,
-                 np.zeros(2, np.int64), np.zeros(1), np.zeros(1), out)
+                 np.zeros(2, np.int64), np.zeros(1), np.zeros(1), out,
+                 fluid.CHAIN_MAX if chain else 0,
+                 np.empty((2 * fluid.CHAIN_MAX + 1, fluid.CHAIN_MAX + 1)),
+                 np.empty((fluid.CHAIN_MAX, fluid.ACC_COLUMNS)), np.empty(fluid.CHAIN_MAX + 3),
+                 np.empty(6))
     return (out[0, fluid.N_WAIT] * 1000 + out[0, fluid.N_T], out[0, fluid.N_BATCH],
             out[0, fluid.N_RHO], out[0, fluid.N_BLOCK])
 
@@ -90,14 +96,18 @@ def main() -> None:
     for name, (workers, fixed, per_call, per_token, cap, rates) in PRESETS.items():
         print(f"{name}: {workers} worker(s), {fixed} + {per_call} ms a call, max_inflight {cap}, "
               f"prefill share {args.prefill:g}")
-        print("  calls/ms | simulated: latency ms, calls/batch, busy, refused | node model")
+        print("  calls/ms | simulated: latency ms, calls/batch, busy, refused | node model: "
+              "arithmetic | chain (one worker)")
         for lam in rates:
             sim = simulate(lam, workers, fixed, per_call, per_token, cap, args.prefill,
                            calls=args.calls)
-            mod = node_model(lam, workers, fixed, per_call, per_token, cap, args.prefill)
-            print(f"  {lam:8.2f} | {sim[0]:6.3f} {sim[1]:5.2f} {sim[2]:5.2f} {sim[3]:7.4f} | "
-                  f"{mod[0]:6.3f} ({mod[0] / sim[0] - 1:+.1%}) {mod[1]:5.2f} {mod[2]:5.2f} "
-                  f"{mod[3]:7.4f}")
+            row = f"  {lam:8.2f} | {sim[0]:6.3f} {sim[1]:5.2f} {sim[2]:5.2f} {sim[3]:7.4f}"
+            for chain in (False, True)[:2 if workers == 1 else 1]:
+                mod = node_model(lam, workers, fixed, per_call, per_token, cap, args.prefill,
+                                 chain=chain)
+                row += (f" | {mod[0]:6.3f} ({mod[0] / sim[0] - 1:+.1%}) {mod[1]:5.2f} "
+                        f"{mod[2]:5.2f} {mod[3]:7.4f}")
+            print(row)
 
 
 if __name__ == "__main__":

@@ -160,6 +160,10 @@ class Simulator:
         "(step-batched invocation always runs on the reference); or fluid, the fast training "
         "mode (queueing arithmetic per node and tick, per-sequence; docs/simulator.md says "
         "how far it agrees)")
+    fluid_pods: Literal["arithmetic", "chain"] = setting(
+        "arithmetic", "how the fast mode serves a pod of one worker: arithmetic (the queueing "
+        "arithmetic of every pod, which the bundled policies were trained on) or chain (the "
+        "chain of its batch sizes, exact for Poisson arrivals; docs/simulator.md measures both)")
     invocation: Literal["per-sequence", "step-batched"] = setting(
         "per-sequence", "how calls reach experts: per-sequence (one call per sequence, pass, "
         "layer and selected expert; a serverless router) or step-batched (continuous "

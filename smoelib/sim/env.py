@@ -130,7 +130,8 @@ class SimEnv:
                   "rpc_overhead_ms": sim.rpc_overhead_ms, "service_cv": sim.service_cv,
                   "retry_backoff_ms": sim.retry_backoff_ms, "retry_cap_ms": sim.retry_cap_ms,
                   "max_retries": sim.max_retries, "invocation": sim.invocation,
-                  "max_running": sim.max_running, "max_step_tokens": sim.max_step_tokens}
+                  "max_running": sim.max_running, "max_step_tokens": sim.max_step_tokens,
+                  "fluid_pods": sim.fluid_pods}
         engine = Engine
         if sim.engine == "fluid":
             from smoelib.sim.fluid import FluidEngine as engine  # numba: loaded on use

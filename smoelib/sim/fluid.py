@@ -28,6 +28,10 @@ call; this engine serves the same trace on the same cluster with the same servic
   cannot serve its load even at full batches, with ``1 - capacity / load``; a refused call
   retries with the jittered backoff's mean delay, up to ``max_retries`` times, and a call
   refused every time drops its request. A node with no ready replica refuses every call.
+  With ``simulator.fluid_pods: chain`` a pod of one worker (every example pipeline's
+  experts) is solved exactly instead, as the chain of the sizes of its batches
+  (:func:`_one_worker`: wait, batch, busy time and refusals of a Poisson-fed pod, prefill
+  calls mixed in); the rest above holds for pods of more workers (the segments).
 - **Routing.** A decode token's chance to pick an expert is estimated with the engines' own
   sampler (distinct top-k picks follow the previous layer's first pick) per task class and
   drift step, mixed over the requests in flight by the passes they make in the slice (a
@@ -113,6 +117,177 @@ def _tail(mean, theta, k):
     return min(max(1.0 - below, 0.0), 1.0)
 
 
+# a unit-mean service noise of CV ``cv`` at two points (1 + cv x these, these weights): its
+# mean and variance
+_NOISE_AT = np.array([-1.0, 1.0])
+_NOISE_W = np.array([0.5, 0.5])
+CHAIN_MAX = 24  # one-worker pods of at most this max_inflight are solved as a batch chain
+# the per-state sums of :func:`_one_worker` (columns of its scratch): a batch's mean duration,
+# the idle spell after it, the next batch's total wait, the arrivals refused during it, the
+# chance that an idle spell follows, a decode and a prefill call's own batch
+(A_D, A_IDLE, A_WAIT, A_REF, A_IDLE_N, A_OWN_D, A_OWN_P) = range(7)
+ACC_COLUMNS = 7
+
+
+@njit(cache=True)
+def _poisson_tail(mu, k):
+    """``P(X >= k)`` for ``X`` Poisson of mean ``mu``."""
+    p = math.exp(-mu)
+    below = 0.0
+    for x in range(k):
+        below += p
+        p *= mu / (x + 1.0)
+    return max(1.0 - below, 0.0)
+
+
+@njit(cache=True)
+def _stationary(trans, k, m, pi):
+    """The stationary distribution ``pi = pi P`` of the chain ``trans[:k, :k]`` (rows sum to
+    one), into ``pi[:k]``: Gaussian elimination with partial pivoting on ``P^T - I``, one row
+    replaced by the normalisation (``m``: scratch of ``(k, k + 1)`` at least)."""
+    for r in range(k):
+        for c in range(k):
+            m[r, c] = trans[c, r] - (1.0 if r == c else 0.0)
+        m[r, k] = 0.0
+    for c in range(k + 1):
+        m[k - 1, c] = 1.0
+    for c in range(k):
+        piv = c
+        for r in range(c + 1, k):
+            if abs(m[r, c]) > abs(m[piv, c]):
+                piv = r
+        if piv != c:
+            for j in range(k + 1):
+                m[c, j], m[piv, j] = m[piv, j], m[c, j]
+        if abs(m[c, c]) < 1e-300:
+            continue
+        for r in range(k):
+            if r != c and m[r, c] != 0.0:
+                f = m[r, c] / m[c, c]
+                for j in range(c, k + 1):
+                    m[r, j] -= f * m[c, j]
+    tot = 0.0
+    for r in range(k):
+        pi[r] = max(m[r, k] / m[r, r], 0.0) if abs(m[r, r]) > 1e-300 else 0.0
+        tot += pi[r]
+    for r in range(k):
+        pi[r] /= max(tot, 1e-300)
+
+
+@njit(cache=True)
+def _one_worker(i, lam, q, tok, t1, tp, cap, cv, a, trans, acc, pmf, res):
+    """One worker that takes every call waiting as one batch, fed ``lam`` calls/ms (Poisson),
+    a share ``q`` of them prefill calls of ``tok`` tokens, in a pod that holds at most
+    ``cap`` calls (the batch in service and those waiting; an arrival beyond is refused): the
+    chain of batch sizes, solved exactly. A batch of ``n`` calls lasts ``D``, ``batch_ms`` at
+    its calls and tokens times the service noise; the next batch holds the arrivals during
+    it (Poisson of mean ``lam D``, uniform over it), at most ``cap - n`` of them, the first
+    ones, or one call after an idle spell. ``t1``, ``tp``: a batch of one decode and of one
+    prefill call (ms). Scratch: ``trans`` ``(2 CHAIN_MAX + 1, CHAIN_MAX + 1)``, ``acc``
+    ``(CHAIN_MAX, ACC_COLUMNS)``, ``pmf`` ``CHAIN_MAX + 3``. ``res``: calls per batch, busy
+    fraction, mean wait (ms), a decode and a prefill call's own batch (ms), the share of
+    attempts refused. benchmarks/fluid_nodes.py checks it against a direct simulation."""
+    # batch sizes beyond ``k`` are out of reach (chance under 1e-5 at the longest noise)
+    k = 1
+    while k < cap:
+        longest = max(t1, tp) if k == 1 else _batch_ms(a[0], float(k), k * (1.0 - q)
+                                                       + k * q * tok, *a[1:])
+        if _poisson_tail(lam * longest * (1.0 + cv * _NOISE_AT[-1]), k + 1) < 1e-5:
+            break
+        k += 1
+    for r in range(k):
+        for j in range(k):
+            trans[r, j] = 0.0
+        for j in range(ACC_COLUMNS):
+            acc[r, j] = 0.0
+    for n in range(1, k + 1):
+        r = n - 1
+        m = cap - n  # calls that may wait behind this batch
+        top = min(m, k + 2)  # arrivals counted one by one; beyond, out of reach
+        # b prefill calls among the n: binomial, b = 0 first
+        pb = 0.0 if q >= 1.0 else (1.0 - q) ** n
+        for b in range(n + 1):
+            if b > 0 and q < 1.0:
+                pb *= (n - b + 1.0) / b * q / (1.0 - q)
+            elif b > 0:
+                pb = 1.0 if b == n else 0.0
+            if pb < 1e-9:
+                continue
+            if n == 1:
+                base = t1 if b == 0 else tp
+            else:
+                base = _batch_ms(a[0], float(n), n - b + b * tok, *a[1:])
+            # the calls' own batch, seen by one decode (one prefill) call among the others
+            acc[r, A_OWN_D] += pb * (n - b) / n * base
+            acc[r, A_OWN_P] += pb * b / n * base
+            for g in range(_NOISE_AT.size):
+                _batch_gap(r, base * max(1.0 + cv * _NOISE_AT[g], 0.05), pb * _NOISE_W[g],
+                           lam, m, top, k, trans, acc, pmf)
+    if k > 1:
+        _stationary(trans, k, trans[k:, :], pmf)  # pmf now holds pi
+    else:
+        pmf[0] = 1.0
+    calls = 0.0
+    cycle = 0.0
+    busy = 0.0
+    wait = 0.0
+    refused = 0.0
+    sd = 0.0
+    sp = 0.0
+    for r in range(k):
+        pi = pmf[r]
+        calls += pi * (r + 1)
+        busy += pi * acc[r, A_D]
+        cycle += pi * (acc[r, A_D] + acc[r, A_IDLE])
+        wait += pi * acc[r, A_WAIT]
+        refused += pi * acc[r, A_REF]
+        sd += pi * (r + 1) * acc[r, A_OWN_D]
+        sp += pi * (r + 1) * acc[r, A_OWN_P]
+    res[0] = calls
+    res[1] = busy / max(cycle, 1e-12)
+    res[2] = wait / max(calls, 1e-12)
+    # a call's own batch, weighted by the calls of each kind in it
+    res[3] = sd / max(calls * (1.0 - q), 1e-12) if q < 1.0 else t1
+    res[4] = sp / max(calls * q, 1e-12) if q > 0.0 else tp
+    res[5] = min(refused / max(lam * cycle, 1e-12), 1.0)
+
+
+@njit(cache=True, inline="always")
+def _batch_gap(r, d, w, lam, m, top, k, trans, acc, pmf):
+    """Add to state ``r`` (a batch of ``r + 1`` calls) one duration ``d`` (ms) of the batch,
+    of weight ``w``: Poisson arrivals of mean ``lam d`` during it, ``m`` of them admitted at
+    most (the first ones), counted one by one up to ``top``."""
+    mu = lam * d
+    acc[r, A_D] += w * d
+    p0 = math.exp(-mu)
+    p = p0
+    below = 0.0  # P(X < top)
+    below_x = 0.0  # E[X; X < top]
+    below_inv = 0.0  # E[1 / (X + 1); X < top]
+    for x in range(top):
+        pmf[x] = p
+        below += p
+        below_x += x * p
+        below_inv += p / (x + 1.0)
+        p *= mu / (x + 1.0)
+    trans[r, 0] += w * p0  # idle, then one call
+    acc[r, A_IDLE] += w * p0 / max(lam, 1e-12)
+    acc[r, A_IDLE_N] += w * p0
+    for x in range(1, top):  # every arrival waits for the batch to end
+        trans[r, min(x, k) - 1] += w * pmf[x]
+        acc[r, A_WAIT] += w * pmf[x] * x * d * 0.5
+    if m == 0:
+        trans[r, 0] += w * (1.0 - p0)  # all refused: idle, then one
+        acc[r, A_REF] += w * mu
+    elif top == m:
+        tail = max(1.0 - below, 0.0)
+        trans[r, min(m, k) - 1] += w * tail
+        # the first m of X arrivals: the i-th at i / (X + 1) of the batch
+        inv = max((1.0 - p0) / mu - below_inv, 0.0) if mu > 1e-9 else 0.0
+        acc[r, A_WAIT] += w * d * (m * tail - 0.5 * m * (m + 1.0) * inv)
+        acc[r, A_REF] += w * max(mu - below_x - m * tail, 0.0)
+
+
 @njit(cache=True)
 def _nodes(*args):
     """:func:`_node_model` over arrays that count no references (smoelib/sim/borrow.py)."""
@@ -121,7 +296,8 @@ def _nodes(*args):
 
 @njit(cache=True)
 def _node_model(lam, lam_p, tok_p, tok2_p, ready, par, k0, k1, share, cores, interf, conc,
-                cv2, retry_s, cap_s, max_retries, m_kind, m_f, m_coff, m_ct, m_cm, out):
+                cv2, retry_s, cap_s, max_retries, m_kind, m_f, m_coff, m_ct, m_cm, out,
+                chain_max, trans, acc, pmf, chain):
     """Per node, at ``lam`` decode calls/s (one token each) and ``lam_p`` prefill calls/s
     (``tok_p`` tokens on average, ``tok2_p`` the mean square): the columns above.
 
@@ -160,6 +336,13 @@ def _node_model(lam, lam_p, tok_p, tok2_p, ready, par, k0, k1, share, cores, int
         lw = lam[i] / workers / 1000.0  # decode calls per ms per worker
         lwp = lam_p[i] / workers / 1000.0
         nmax = max(conc[i] / par[i], 1.0)
+        if par[i] == 1.0 and conc[i] <= chain_max and lw + lwp > 0.0:
+            # one worker a pod: the batch chain, exact for Poisson arrivals
+            _one_worker(i, lw + lwp, lwp / (lw + lwp), mp, t1, tp, max(int(round(conc[i])), 1),
+                        math.sqrt(cv2), a, trans, acc, pmf, chain)
+            _tail_out(i, chain[0], chain[1], chain[2], chain[3], chain[4], chain[5], avail,
+                      retry_s, cap_s, max_retries, out)
+            continue
         n = 1.0
         for _ in range(40):
             x = lw * _batch_ms(a[0], n, n, *a[1:])
@@ -189,33 +372,38 @@ def _node_model(lam, lam_p, tok_p, tok2_p, ready, par, k0, k1, share, cores, int
             # then the next batch: the calls that arrived during the one in service
             nn = min(max(1.0, lw * lb), nmax)
             serve = (1.0 - p_busy) * t1 + p_busy * _batch_ms(a[0], nn, nn, *a[1:])
-        lat = wait + serve
-        lat_p = wait + tp
-        inside = (lam[i] * lat + lam_p[i] * lat_p) / max(ready[i], 1.0) / 1000.0
+        inside = (lam[i] * (wait + serve) + lam_p[i] * (wait + tp)) / max(ready[i], 1.0) / 1000.0
         block = _tail(inside, p_busy, conc[i])
         if load > 1.0 + 1e-9:  # beyond what full batches serve
             block = max(block, 1.0 - 1.0 / load)
-        block = 1.0 - (1.0 - block) * avail
-        block = min(block, 1.0)
-        # retries: the jittered backoff's mean (x 0.75) per refused attempt
-        delay = 0.0
-        rej = 0.0
-        pa = 1.0
-        for r in range(max_retries + 1):
-            pa *= block
-            rej += pa
-            if r < max_retries:
-                delay += pa * min(retry_s * 2.0 ** r, cap_s) * 0.75
-        out[i, N_BATCH] = n
-        out[i, N_T] = serve
-        out[i, N_RHO] = rho
-        out[i, N_WAIT] = wait / 1000.0
-        out[i, N_L] = lat / 1000.0 + delay
-        out[i, N_LP] = lat_p / 1000.0 + delay
-        out[i, N_BLOCK] = block
-        out[i, N_DROP] = pa
-        out[i, N_REJ] = rej
-        out[i, N_ADMIT] = 1.0 - pa
+        _tail_out(i, n, rho, wait, serve, tp, block, avail, retry_s, cap_s, max_retries, out)
+
+
+@njit(cache=True)
+def _tail_out(i, n, rho, wait, serve, tp, block, avail, retry_s, cap_s, max_retries, out):
+    """Node ``i``'s columns from its batch size, busy fraction, wait and own batch times (ms)
+    and the share of attempts refused while ready (``avail`` of the slice): refused attempts
+    retry after the jittered backoff's mean (x 0.75), up to ``max_retries`` times."""
+    block = min(1.0 - (1.0 - block) * avail, 1.0)
+    delay = 0.0
+    rej = 0.0
+    pa = 1.0
+    for r in range(max_retries + 1):
+        pa *= block
+        rej += pa
+        if r < max_retries:
+            delay += pa * min(retry_s * 2.0 ** r, cap_s) * 0.75
+    out[i, N_BATCH] = n
+    out[i, N_T] = serve
+    out[i, N_TP] = tp
+    out[i, N_RHO] = rho
+    out[i, N_WAIT] = wait / 1000.0
+    out[i, N_L] = (wait + serve) / 1000.0 + delay
+    out[i, N_LP] = (wait + tp) / 1000.0 + delay
+    out[i, N_BLOCK] = block
+    out[i, N_DROP] = pa
+    out[i, N_REJ] = rej
+    out[i, N_ADMIT] = 1.0 - pa
 
 
 @njit(cache=True)
@@ -360,6 +548,8 @@ class FluidEngine:
         self.retry_s = params["retry_backoff_ms"] / 1000.0
         self.retry_cap_s = params["retry_cap_ms"] / 1000.0
         self.max_retries = int(params["max_retries"])
+        # pods of one worker as a batch chain (simulator.fluid_pods: chain), or arithmetic
+        self.chain_max = CHAIN_MAX if params.get("fluid_pods") == "chain" else 0
         if params.get("invocation", "per-sequence") != "per-sequence":
             raise ValueError("the fluid engine models per-sequence invocation")
         top_k = list(router.widths)
@@ -398,6 +588,10 @@ class FluidEngine:
         self._layer_nodes = [np.asarray([index[x] for x in names], np.int64)
                              for names in dag.moe_layers.values()]
         self._incl: dict[tuple[int, int], np.ndarray] = {}
+        # the one-worker chain's scratch (:func:`_one_worker`) and its results
+        self._scratch = (np.empty((2 * CHAIN_MAX + 1, CHAIN_MAX + 1)),
+                         np.empty((CHAIN_MAX, ACC_COLUMNS)), np.empty(CHAIN_MAX + 3),
+                         np.empty(6))
 
     # ---- per slice -----------------------------------------------------------------------
     def run(self, t0: float, t1: float, cluster: Cluster, tel: Telemetry) -> None:
@@ -483,7 +677,8 @@ class FluidEngine:
             busy = np.clip(np.minimum(t1, start + dec_left * tau) - start, 0, None)
             n_dec = busy.sum() / dt
             lam_dec = n_dec / tau * v_dec
-            _nodes(lam_dec, calls_pre, tok_p, tok2_p, *args, out)
+            _nodes(lam_dec, calls_pre, tok_p, tok2_p, *args, out, self.chain_max,
+                   *self._scratch)
             stage, svar = _stage_latency(out[:, N_L], out[:, N_T], out[:, N_WAIT], out[:, N_RHO],
                                    state[1], v_dec, nxt.st_off, nxt.st_nodes,
                                    nxt.st_moe, nxt.st_k, _MAX_OF, self.cv)

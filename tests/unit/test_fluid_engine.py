@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from benchmarks.fluid_nodes import PRESETS, node_model, simulate
 from smoelib.harness.evaluate import RunSpec, run_one
 from smoelib.sim.routing import RoutingModel, RoutingParams
 
@@ -67,3 +68,21 @@ def test_decode_inclusion_is_what_the_sampler_draws(top_k, tol):
     if top_k > 1:  # a hot expert is picked at most once a token
         assert incl[0, hot] < top_k * pop[hot] - 0.02
     assert router.decode_inclusion(0, task=1) == pytest.approx(incl, abs=0)  # one estimate
+
+
+@pytest.mark.parametrize("preset", ["expert", "expert-16"])
+@pytest.mark.parametrize("prefill", [0.0, 0.03])
+def test_one_worker_pod_is_solved_as_a_direct_simulation_serves_it(preset, prefill):
+    """A one-worker pod fed Poisson arrivals (benchmarks/fluid_nodes.py): the node model's
+    batch chain (``simulator.fluid_pods: chain``) against the pod served call by call, from
+    light load to 84 % busy."""
+    workers, fixed, per_call, per_token, cap, rates = PRESETS[preset]
+    for lam in rates[1::2]:
+        sim = simulate(lam, workers, fixed, per_call, per_token, cap, prefill, calls=60_000)
+        lat, batch, busy, refused = node_model(lam, workers, fixed, per_call, per_token, cap,
+                                               prefill, chain=True)
+        # the simulation's latency is every call's, the model's a decode call's
+        assert lat == pytest.approx(sim[0], rel=0.03 + 0.05 * prefill / 0.03)
+        assert batch == pytest.approx(sim[1], rel=0.03)
+        assert busy == pytest.approx(sim[2], abs=0.02)
+        assert refused == pytest.approx(sim[3], rel=0.15, abs=0.002)
