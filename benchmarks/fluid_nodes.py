@@ -80,10 +80,7 @@ def node_model(lam: float, workers: int, fixed: float, per_call: float, per_toke
                  np.array([per_token]), np.zeros(1), one.copy(), one.copy(),
                  np.array([float(cap)]), CV**2, 0.025, 1.0, 0, np.array([1], np.int64), f,
                  np.zeros(2, np.int64), np.zeros(1), np.zeros(1), out,
-                 fluid.CHAIN_MAX if chain else 0,
-                 np.empty((2 * fluid.CHAIN_MAX + 1, fluid.CHAIN_MAX + 1)),
-                 np.empty((fluid.CHAIN_MAX, fluid.ACC_COLUMNS)), np.empty(fluid.CHAIN_MAX + 3),
-                 np.empty(6))
+                 fluid.CHAIN_MAX if chain else 0, *fluid.chain_scratch())
     return (out[0, fluid.N_WAIT] * 1000 + out[0, fluid.N_T], out[0, fluid.N_BATCH],
             out[0, fluid.N_RHO], out[0, fluid.N_BLOCK])
 

@@ -123,21 +123,10 @@ _NOISE_AT = np.array([-1.0, 1.0])
 _NOISE_W = np.array([0.5, 0.5])
 CHAIN_MAX = 24  # one-worker pods of at most this max_inflight are solved as a batch chain
 # the per-state sums of :func:`_one_worker` (columns of its scratch): a batch's mean duration,
-# the idle spell after it, the next batch's total wait, the arrivals refused during it, the
-# chance that an idle spell follows, a decode and a prefill call's own batch
-(A_D, A_IDLE, A_WAIT, A_REF, A_IDLE_N, A_OWN_D, A_OWN_P) = range(7)
-ACC_COLUMNS = 7
-
-
-@njit(cache=True)
-def _poisson_tail(mu, k):
-    """``P(X >= k)`` for ``X`` Poisson of mean ``mu``."""
-    p = math.exp(-mu)
-    below = 0.0
-    for x in range(k):
-        below += p
-        p *= mu / (x + 1.0)
-    return max(1.0 - below, 0.0)
+# the idle spell after it, the next batch's total wait, the arrivals refused during it, a
+# decode and a prefill call's own batch
+(A_D, A_IDLE, A_WAIT, A_REF, A_OWN_D, A_OWN_P) = range(6)
+ACC_COLUMNS = 6
 
 
 @njit(cache=True)
@@ -175,7 +164,7 @@ def _stationary(trans, k, m, pi):
 
 
 @njit(cache=True)
-def _one_worker(i, lam, q, tok, t1, tp, cap, cv, a, trans, acc, pmf, res):
+def _one_worker(lam, q, tok, t1, tp, cap, cv, a, trans, acc, pmf, res):
     """One worker that takes every call waiting as one batch, fed ``lam`` calls/ms (Poisson),
     a share ``q`` of them prefill calls of ``tok`` tokens, in a pod that holds at most
     ``cap`` calls (the batch in service and those waiting; an arrival beyond is refused): the
@@ -183,8 +172,8 @@ def _one_worker(i, lam, q, tok, t1, tp, cap, cv, a, trans, acc, pmf, res):
     its calls and tokens times the service noise; the next batch holds the arrivals during
     it (Poisson of mean ``lam D``, uniform over it), at most ``cap - n`` of them, the first
     ones, or one call after an idle spell. ``t1``, ``tp``: a batch of one decode and of one
-    prefill call (ms). Scratch: ``trans`` ``(2 CHAIN_MAX + 1, CHAIN_MAX + 1)``, ``acc``
-    ``(CHAIN_MAX, ACC_COLUMNS)``, ``pmf`` ``CHAIN_MAX + 3``. ``res``: calls per batch, busy
+    prefill call (ms); ``a``: the node and its model arrays (:func:`_batch_ms`). Scratch:
+    :func:`chain_scratch`. ``res``: calls per batch, busy
     fraction, mean wait (ms), a decode and a prefill call's own batch (ms), the share of
     attempts refused. benchmarks/fluid_nodes.py checks it against a direct simulation."""
     # batch sizes beyond ``k`` are out of reach (chance under 1e-5 at the longest noise)
@@ -192,7 +181,7 @@ def _one_worker(i, lam, q, tok, t1, tp, cap, cv, a, trans, acc, pmf, res):
     while k < cap:
         longest = max(t1, tp) if k == 1 else _batch_ms(a[0], float(k), k * (1.0 - q)
                                                        + k * q * tok, *a[1:])
-        if _poisson_tail(lam * longest * (1.0 + cv * _NOISE_AT[-1]), k + 1) < 1e-5:
+        if _tail(lam * longest * (1.0 + cv * _NOISE_AT[-1]), 0.0, k + 1) < 1e-5:  # Poisson
             break
         k += 1
     for r in range(k):
@@ -252,6 +241,14 @@ def _one_worker(i, lam, q, tok, t1, tp, cap, cv, a, trans, acc, pmf, res):
     res[5] = min(refused / max(lam * cycle, 1e-12), 1.0)
 
 
+def chain_scratch() -> tuple[np.ndarray, ...]:
+    """The arrays :func:`_one_worker` works in (the chain and its solver's rows, the per-state
+    sums, the Poisson terms and then the stationary law) and its results, in the order
+    :func:`_node_model` takes them after ``chain_max``."""
+    return (np.empty((2 * CHAIN_MAX + 1, CHAIN_MAX + 1)), np.empty((CHAIN_MAX, ACC_COLUMNS)),
+            np.empty(CHAIN_MAX + 3), np.empty(6))
+
+
 @njit(cache=True, inline="always")
 def _batch_gap(r, d, w, lam, m, top, k, trans, acc, pmf):
     """Add to state ``r`` (a batch of ``r + 1`` calls) one duration ``d`` (ms) of the batch,
@@ -272,7 +269,6 @@ def _batch_gap(r, d, w, lam, m, top, k, trans, acc, pmf):
         p *= mu / (x + 1.0)
     trans[r, 0] += w * p0  # idle, then one call
     acc[r, A_IDLE] += w * p0 / max(lam, 1e-12)
-    acc[r, A_IDLE_N] += w * p0
     for x in range(1, top):  # every arrival waits for the batch to end
         trans[r, min(x, k) - 1] += w * pmf[x]
         acc[r, A_WAIT] += w * pmf[x] * x * d * 0.5
@@ -338,7 +334,7 @@ def _node_model(lam, lam_p, tok_p, tok2_p, ready, par, k0, k1, share, cores, int
         nmax = max(conc[i] / par[i], 1.0)
         if par[i] == 1.0 and conc[i] <= chain_max and lw + lwp > 0.0:
             # one worker a pod: the batch chain, exact for Poisson arrivals
-            _one_worker(i, lw + lwp, lwp / (lw + lwp), mp, t1, tp, max(int(round(conc[i])), 1),
+            _one_worker(lw + lwp, lwp / (lw + lwp), mp, t1, tp, max(int(round(conc[i])), 1),
                         math.sqrt(cv2), a, trans, acc, pmf, chain)
             _tail_out(i, chain[0], chain[1], chain[2], chain[3], chain[4], chain[5], avail,
                       retry_s, cap_s, max_retries, out)
@@ -588,10 +584,7 @@ class FluidEngine:
         self._layer_nodes = [np.asarray([index[x] for x in names], np.int64)
                              for names in dag.moe_layers.values()]
         self._incl: dict[tuple[int, int], np.ndarray] = {}
-        # the one-worker chain's scratch (:func:`_one_worker`) and its results
-        self._scratch = (np.empty((2 * CHAIN_MAX + 1, CHAIN_MAX + 1)),
-                         np.empty((CHAIN_MAX, ACC_COLUMNS)), np.empty(CHAIN_MAX + 3),
-                         np.empty(6))
+        self._scratch = chain_scratch()
 
     # ---- per slice -----------------------------------------------------------------------
     def run(self, t0: float, t1: float, cluster: Cluster, tel: Telemetry) -> None:
