@@ -164,6 +164,11 @@ class Simulator:
         "arithmetic", "how the fast mode serves a pod of one worker: arithmetic (the queueing "
         "arithmetic of every pod, which the bundled policies were trained on) or chain (the "
         "chain of its batch sizes, exact for Poisson arrivals; docs/simulator.md measures both)")
+    noise_stream: int = setting(
+        0, "which stream of a seed's own engine draws a run uses: 0 the seed's; another "
+        "number draws the per-request routing picks, service noise, replica choice, backoff "
+        "jitter and cold starts afresh, with the seed's arrivals and popularity path kept (the "
+        "noise floor of a comparison between engines; docs/simulator.md)", check=non_negative)
     invocation: Literal["per-sequence", "step-batched"] = setting(
         "per-sequence", "how calls reach experts: per-sequence (one call per sequence, pass, "
         "layer and selected expert; a serverless router) or step-batched (continuous "

@@ -10,7 +10,9 @@ Serving is :class:`~smoelib.sim.engine.Engine` (every pass, call and batch) on t
 of :mod:`smoelib.core.service`. Seeds: ``SeedSequence(seed)`` spawns separate streams for
 routing, cluster noise (cold starts) and dispatch (replica choice, service noise, backoff
 jitter); arrivals come from the trace seeded by ``seed`` alone, so every policy sees the same
-arrivals and routing.
+arrivals and routing. ``simulator.noise_stream`` (not 0) draws the per-request routing picks,
+cold starts and dispatch from another stream of the same seed, keeping its arrivals and
+popularity path: how far a result moves with the engine's own randomness alone.
 """
 
 from __future__ import annotations
@@ -108,6 +110,10 @@ class SimEnv:
         sim = self.s.simulator
         self.seed = int(seed)
         routing_seq, cluster_seq, dispatch_seq = np.random.SeedSequence(self.seed).spawn(3)
+        picks = None
+        if sim.noise_stream:  # the engine's own draws afresh; arrivals and popularity kept
+            picks, cluster_seq, dispatch_seq = np.random.SeedSequence(
+                [self.seed, sim.noise_stream]).spawn(3)
         self.trace = load_trace(self.trace_name, seed=self.seed, duration_s=self.duration_s,
                                 rate_per_s=sim.synthetic_rate_per_s,
                                 time_scale=self.time_scale, rate_scale=self.rate_scale)
@@ -123,7 +129,7 @@ class SimEnv:
                                  shift_every_s=sim.routing_shift_every_s,
                                  affinity=sim.routing_affinity, classes=len(TASKS),
                                  class_divergence=sim.routing_class_divergence),
-            seed=routing_seq)
+            seed=routing_seq, picks=picks)
         specs = self.specs
         self._cluster_seq = cluster_seq
         params = {"parallelism": np.array([max(1, x.parallelism) for x in specs]),

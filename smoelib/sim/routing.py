@@ -85,15 +85,20 @@ class RoutingModel:
         max_tokens: context tokens are clipped to this (the model's maximum sequence).
         params: skew, drift, affinity and classes.
         seed: a :class:`numpy.random.SeedSequence` used only for routing.
+        picks: the per-request picks' own sequence (None: ``seed``'s); the popularity path
+            and the affinities always come from ``seed``.
     """
 
     def __init__(self, layer_sizes: list[int], top_k: list[int], *, max_tokens: int,
-                 params: RoutingParams, seed: np.random.SeedSequence):
+                 params: RoutingParams, seed: np.random.SeedSequence,
+                 picks: np.random.SeedSequence | None = None):
         self.sizes = list(layer_sizes)
         self.top_k = list(top_k)
         self.max_tokens = int(max_tokens)
         self.params = params
         drift_seq, self._req_seq, aff_seq = seed.spawn(3)
+        if picks is not None:
+            self._req_seq = picks
         self._drift_rng = np.random.default_rng(drift_seq)
         width = max(self.sizes, default=1)
         self._mask = np.arange(width)[None, :] < np.asarray(self.sizes)[:, None]  # (L, Emax)

@@ -103,8 +103,8 @@ def test_bad_decisions_name_the_expert_and_field(decision, where):
     assert where in str(e.value)
 
 
-def _run(dag, decisions, seed):
-    env = SimEnv(dag, load_settings(None), trace="bursty", duration_s=120)
+def _run(dag, decisions, seed, settings=None):
+    env = SimEnv(dag, settings or load_settings(None), trace="bursty", duration_s=120)
     obs = env.reset(seed=seed)
     out = []
     for d in decisions:
@@ -130,6 +130,30 @@ def test_one_seed_one_trajectory_and_common_random_numbers():
             assert np.array_equal(x, y)
     d, _ = _run(dag, ds, seed=8)
     assert not np.array_equal(a.trace.times_s[:50], d.trace.times_s[:50])
+
+
+def test_a_noise_stream_redraws_the_engines_own_randomness_only(tmp_path):
+    """``simulator.noise_stream``: the seed's arrivals and popularity path, other picks and
+    service draws (the noise floor of docs/simulator.md's agreement); 0 is the seed's own."""
+    dag = _dag()
+    ds = [_decision(dag, replicas=1 + (i % 3)) for i in range(24)]
+    a, ta = _run(dag, ds, seed=7)
+    zero = tmp_path / "zero.yaml"
+    zero.write_text("simulator: {noise_stream: 0}\n")
+    _, tz = _run(dag, ds, seed=7, settings=load_settings(str(zero)))
+    assert np.array_equal(np.array(ta), np.array(tz), equal_nan=True)
+    other = tmp_path / "other.yaml"
+    other.write_text("simulator: {noise_stream: 3}\n")
+    b, tb = _run(dag, ds, seed=7, settings=load_settings(str(other)))
+    assert np.array_equal(a.trace.times_s, b.trace.times_s)
+    for t in (0.0, 40.0, 110.0):
+        assert np.array_equal(a.server.router.popularity(t), b.server.router.popularity(t))
+    ra, rb = a.server.router, b.server.router
+    assert not np.array_equal(np.concatenate(ra.chunk(ra.rng_for(0), 200, 0.0)),
+                              np.concatenate(rb.chunk(rb.rng_for(0), 200, 0.0)))
+    costs = np.array(ta)[:, 0], np.array(tb)[:, 0]
+    assert not np.array_equal(np.array(ta), np.array(tb), equal_nan=True)
+    assert np.allclose(costs[0], costs[1], rtol=0.1)  # the same cluster, other draws
 
 
 def test_observation_carries_the_controller_fields_and_refuses_nan():
