@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from benchmarks.agreement import POLICIES, TRACES, report
 from benchmarks.fluid_nodes import PRESETS, node_model, simulate
 from smoelib.harness.evaluate import RunSpec, run_one
 from smoelib.sim.routing import RoutingModel, RoutingParams
@@ -86,3 +87,29 @@ def test_one_worker_pod_is_solved_as_a_direct_simulation_serves_it(preset, prefi
         assert batch == pytest.approx(sim[1], rel=0.03)
         assert busy == pytest.approx(sim[2], abs=0.02)
         assert refused == pytest.approx(sim[3], rel=0.15, abs=0.002)
+
+
+def test_the_agreement_criteria_count_the_noise_floor_as_a_tie():
+    """benchmarks/agreement.py's criteria on made-up runs: P95s within 10 %, attainment within
+    a point of the request-level mean, and a ranking that agrees where the request-level
+    draws order the policies and may differ where their ranges overlap."""
+    def run(att, ttft=100.0, tpot=50.0):
+        return {"slo_attainment": att, "ttft_p95_ms": ttft, "tpot_p95_ms": tpot}
+
+    request = {"static-mean": [0.80, 0.82], "queueing": [0.81, 0.83], "hpa": [0.90, 0.90]}
+    fluid = {"static-mean": run(0.815), "queueing": run(0.80, tpot=56.0), "hpa": run(0.79)}
+    rows = {}
+    for trace in TRACES:
+        for policy in POLICIES:
+            rows[(trace, policy, 1, "request")] = [run(a) for a in request[policy]]
+            rows[(trace, policy, 1, "chain")] = [fluid[policy]]
+    last = report(rows, [1], ["chain"])[-1]
+    # queueing's TPOT 12 % high and 2 points low; hpa 11 points low and last, where it leads
+    assert last == ("chain: P95 TTFT and TPOT within 10% in 4/6; attainment within 1 point in "
+                    "2/6; the same ranking in 0/2 trace-seeds")
+    fluid["hpa"] = run(0.86)
+    fluid["queueing"] = run(0.825)
+    for trace in TRACES:
+        rows[(trace, "hpa", 1, "chain")] = [fluid["hpa"]]
+        rows[(trace, "queueing", 1, "chain")] = [fluid["queueing"]]
+    assert report(rows, [1], ["chain"])[-1].endswith("the same ranking in 2/2 trace-seeds")
