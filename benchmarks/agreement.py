@@ -74,32 +74,32 @@ def report(rows: dict[tuple, list[dict]], seeds: list[int], pods: list[str]) -> 
     rank_ok = {p: 0 for p in pods}
     n = 0
     for trace, seed in itertools.product(TRACES, seeds):
-        lo, hi, fl = {}, {}, {p: {} for p in pods}
+        lo, hi, mean, fl = {}, {}, {}, {p: {} for p in pods}
         for policy in POLICIES:
             req = rows[(trace, policy, seed, "request")]
             att = [r["slo_attainment"] for r in req]
             ttft = float(np.mean([r["ttft_p95_ms"] for r in req]))
             tpot = float(np.mean([r["tpot_p95_ms"] for r in req]))
-            mean = float(np.mean(att))
+            mean[policy] = float(np.mean(att))
             lo[policy], hi[policy] = min(att), max(att)
             cells = []
             for p in pods:
                 f = rows[(trace, policy, seed, p)][0]
                 dt, dp = f["ttft_p95_ms"] / ttft - 1.0, f["tpot_p95_ms"] / tpot - 1.0
-                da = f["slo_attainment"] - mean
+                da = f["slo_attainment"] - mean[policy]
                 fl[p][policy] = f["slo_attainment"]
                 p95_ok[p] += abs(dt) <= P95_TOL and abs(dp) <= P95_TOL
                 att_ok[p] += abs(da) <= POINTS_TOL
                 cells.append(f"{f['ttft_p95_ms']:.0f} ({dt:+.0%}), {f['tpot_p95_ms']:.0f} "
                              f"({dp:+.0%}), {f['slo_attainment']:.3f} ({100 * da:+.1f})")
             n += 1
-            lines.append(f"| {trace} | {policy} | {seed} | {ttft:.0f} / {tpot:.0f}, {mean:.3f} "
-                         f"[{min(att):.3f}-{max(att):.3f}] | " + " | ".join(cells) + " |")
+            lines.append(f"| {trace} | {policy} | {seed} | {ttft:.0f} / {tpot:.0f}, "
+                         f"{mean[policy]:.3f} [{min(att):.3f}-{max(att):.3f}] | "
+                         + " | ".join(cells) + " |")
         tied = _ties(lo, hi)
-        mean_att = {q: (lo[q] + hi[q]) / 2 for q in POLICIES}
         for p in pods:  # every pair in the same order, or tied in the request-level engine
             rank_ok[p] += all(frozenset((a, b)) in tied
-                              or (mean_att[a] - mean_att[b]) * (fl[p][a] - fl[p][b]) > 0
+                              or (mean[a] - mean[b]) * (fl[p][a] - fl[p][b]) > 0
                               for a, b in itertools.combinations(POLICIES, 2))
     groups = len(TRACES) * len(seeds)
     lines.append("")

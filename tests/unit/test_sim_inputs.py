@@ -10,6 +10,7 @@ import pytest
 
 from smoelib.core.decisions import ExpertDecision, PipelineDecision
 from smoelib.errors import ConfigError
+from smoelib.policy.baselines.common import with_overrides
 from smoelib.settings import load_settings
 from smoelib.sim.env import SimEnv
 from smoelib.sim.routing import RoutingModel, RoutingParams, gini
@@ -132,19 +133,16 @@ def test_one_seed_one_trajectory_and_common_random_numbers():
     assert not np.array_equal(a.trace.times_s[:50], d.trace.times_s[:50])
 
 
-def test_a_noise_stream_redraws_the_engines_own_randomness_only(tmp_path):
+def test_a_noise_stream_redraws_the_engines_own_randomness_only():
     """``simulator.noise_stream``: the seed's arrivals and popularity path, other picks and
     service draws (the noise floor of docs/simulator.md's agreement); 0 is the seed's own."""
     dag = _dag()
     ds = [_decision(dag, replicas=1 + (i % 3)) for i in range(24)]
     a, ta = _run(dag, ds, seed=7)
-    zero = tmp_path / "zero.yaml"
-    zero.write_text("simulator: {noise_stream: 0}\n")
-    _, tz = _run(dag, ds, seed=7, settings=load_settings(str(zero)))
+    base = load_settings(None)
+    _, tz = _run(dag, ds, seed=7, settings=with_overrides(base, {"simulator.noise_stream": 0}))
     assert np.array_equal(np.array(ta), np.array(tz), equal_nan=True)
-    other = tmp_path / "other.yaml"
-    other.write_text("simulator: {noise_stream: 3}\n")
-    b, tb = _run(dag, ds, seed=7, settings=load_settings(str(other)))
+    b, tb = _run(dag, ds, seed=7, settings=with_overrides(base, {"simulator.noise_stream": 3}))
     assert np.array_equal(a.trace.times_s, b.trace.times_s)
     for t in (0.0, 40.0, 110.0):
         assert np.array_equal(a.server.router.popularity(t), b.server.router.popularity(t))
