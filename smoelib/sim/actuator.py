@@ -83,7 +83,9 @@ class SimActuator:
                          for n in env.dag.experts}
 
     def apply(self, decision: PipelineDecision, *, now: float) -> Feedback:
-        self.replicas = {n: e.replicas for n, e in decision.experts.items()}
+        # an expert the decision omits has no new target: KEDA keeps the last one
+        self.replicas = {**self.replicas,
+                         **{n: e.replicas for n, e in decision.experts.items()}}
         return self.vertical.apply(decision, now=now)
 
     def step(self) -> StepResult:

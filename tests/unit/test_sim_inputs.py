@@ -167,3 +167,19 @@ def test_observation_carries_the_controller_fields_and_refuses_nan():
     bad = type(obs)(**{**obs.__dict__, "calls_per_s": np.full(len(obs.nodes), np.nan)})
     with pytest.raises(ValueError, match="calls_per_s"):
         bad.validate()
+
+
+def test_an_expert_a_decision_omits_keeps_its_replica_target_on_the_simulator():
+    """A decision file without an expert has no decision for it (never 0): the simulated
+    KEDA path keeps that expert's last target, as the scaler keeps serving its last one."""
+    from smoelib.sim.actuator import SimActuator
+
+    dag = _dag()
+    settings = load_settings(None)
+    env = SimEnv(dag, settings, trace="poisson", duration_s=30)
+    env.reset(seed=0)
+    actuator = SimActuator(env, settings)
+    actuator.apply(_decision(dag, replicas=3), now=0.0)
+    actuator.apply(_decision(dag, experts=dag.experts[1:], replicas=1), now=5.0)
+    assert actuator.replicas == {dag.experts[0]: 3, **{n: 1 for n in dag.experts[1:]}}
+    actuator.step()  # the omitted expert is simulated at its kept target
