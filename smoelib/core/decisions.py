@@ -12,17 +12,20 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from smoelib.core.knobs import KNOBS
+import numpy as np
+
+from smoelib.core.knobs import KNOB_NAMES, KNOBS
 from smoelib.errors import ConfigError, Problem
 from smoelib.pipeline.yamlsrc import YamlProblem, read_regular_file
 
-__all__ = ["ExpertDecision", "PipelineDecision", "parse_decision", "load_decision",
+__all__ = ["ExpertDecision", "ExpertTable", "PipelineDecision", "parse_decision", "load_decision",
            "dump_decision", "check_decision", "decision_to_json", "write_decision",
            "MAX_FILE_BYTES"]
 
@@ -50,6 +53,107 @@ class ExpertDecision:
                               self.memory_mb if memory_mb is None else memory_mb,
                               self.gpu_share if gpu_share is None else gpu_share,
                               self.concurrency if concurrency is None else concurrency)
+
+
+_KNOB_VALUES = attrgetter(*KNOB_NAMES)
+_INT_KNOBS = tuple(k.kind is int for k in KNOBS)
+
+
+class ExpertTable(Mapping[str, ExpertDecision]):
+    """Experts' knobs as columns: what the decider builds and the guards work on, so that no
+    object per expert is made between them (15,000 of them a tick at deepseek-v3 size).
+
+    ``nodes`` are the experts' ids and ``knobs`` a read-only float array of ``(len(nodes),
+    5)``: each expert's knobs in :data:`~smoelib.core.knobs.KNOB_NAMES` order (the integer
+    knobs hold whole numbers). As a mapping it is ``node id -> ExpertDecision``, the integer knobs
+    as ints; the decisions are made once, the first time one is read."""
+
+    __slots__ = ("nodes", "knobs", "_row", "_decisions")
+
+    def __init__(self, nodes: Sequence[str], knobs: Any,
+                 _row: dict[str, int] | None = None):
+        self.nodes: tuple[str, ...] = tuple(nodes)
+        v = np.array(knobs, float).reshape(len(self.nodes), len(KNOB_NAMES))  # a copy
+        v.flags.writeable = False
+        self.knobs: np.ndarray = v
+        self._row = _row  # node -> row, shared by tables of the same nodes
+        self._decisions: tuple[ExpertDecision, ...] | None = None
+
+    @classmethod
+    def of(cls, experts: Mapping[str, ExpertDecision]) -> ExpertTable:
+        """``experts`` as a table (itself if it is one). Its knobs must be numbers that fit a
+        float (what the ``refused`` guard checks first)."""
+        if isinstance(experts, ExpertTable):
+            return experts
+        rows = list(map(_KNOB_VALUES, experts.values()))
+        return cls(tuple(experts), np.array(rows, float).reshape(len(rows), len(KNOB_NAMES)))
+
+    def replaced(self, knobs: np.ndarray) -> ExpertTable:
+        """The same experts with ``knobs`` (copied)."""
+        return ExpertTable(self.nodes, knobs, self._row)
+
+    @property
+    def row(self) -> Mapping[str, int]:
+        """node id -> its row in ``knobs``."""
+        if self._row is None:
+            self._row = {n: i for i, n in enumerate(self.nodes)}
+        return self._row
+
+    def rows(self, nodes: Sequence[str]) -> np.ndarray:
+        """The row of each of ``nodes`` (-1: not in the table)."""
+        if nodes is self.nodes or (len(nodes) == len(self.nodes) and tuple(nodes) == self.nodes):
+            return np.arange(len(nodes))
+        row = self.row
+        return np.array([row.get(n, -1) for n in nodes], np.int64)
+
+    def aligned(self, nodes: Sequence[str]) -> np.ndarray:
+        """The knobs of ``nodes`` as rows (a copy; NaN for a node not in the table)."""
+        at = self.rows(nodes)
+        out = self.knobs[np.maximum(at, 0)] if len(self.nodes) else np.full(
+            (len(at), len(KNOB_NAMES)), np.nan)
+        out[at < 0] = np.nan
+        return out
+
+    def _all(self) -> tuple[ExpertDecision, ...]:
+        if self._decisions is None:
+            v = self.knobs
+            columns = []
+            for j, integer in enumerate(_INT_KNOBS):
+                col = v[:, j]
+                if integer and np.isfinite(col).all() and (np.abs(col) < 2.0 ** 53).all():
+                    columns.append(col.astype(np.int64).tolist())
+                elif integer:  # not a whole number: kept as the float it is
+                    columns.append([int(x) if math.isfinite(x) and x.is_integer() else x
+                                    for x in col.tolist()])
+                else:
+                    columns.append(col.tolist())
+            self._decisions = tuple(map(ExpertDecision, *columns))
+        return self._decisions
+
+    def __getitem__(self, node: str) -> ExpertDecision:
+        return self._all()[self.row[node]]
+
+    def __contains__(self, node: object) -> bool:
+        return node in self.row
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.nodes)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ExpertTable) and other.nodes == self.nodes:
+            return bool(np.array_equal(self.knobs, other.knobs))
+        return super().__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]  # a mapping
+
+    def __repr__(self) -> str:
+        return f"ExpertTable({len(self.nodes)} experts)"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ExpertTable, (self.nodes, np.array(self.knobs)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from itertools import chain
 from operator import attrgetter
@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 
 from smoelib.core.accounting import gpu_per_pod
-from smoelib.core.decisions import ExpertDecision, PipelineDecision
-from smoelib.core.knobs import KNOB_NAMES
+from smoelib.core.decisions import ExpertTable, PipelineDecision
+from smoelib.core.knobs import KNOB_NAMES, KNOBS
 from smoelib.core.service import memory_choice, memory_floor_mb
 from smoelib.core.shield import ShieldMemory, shield
 from smoelib.core.slo import pressure_text, shows_drops, slo_pressure
@@ -113,19 +113,24 @@ class GuardResult:
 
 class _Notes:
     def __init__(self) -> None:
-        self.items: list[tuple[str, str]] = []
+        self.rules: list[str] = []
+        self.texts: list[str] = []
 
     def add(self, rule: str, text: str) -> None:
-        self.items.append((rule, text))
+        self.rules.append(rule)
+        self.texts.append(text)
 
-    def extend(self, rule: str, texts: list[str]) -> None:
-        self.items += [(rule, t) for t in texts]
+    def extend(self, pairs: list[tuple[str, str]]) -> None:
+        """``(rule, text)`` pairs."""
+        if pairs:
+            rules, texts = zip(*pairs, strict=True)
+            self.rules += rules
+            self.texts += texts
 
     def result(self, decision: PipelineDecision | None, accepted: bool,
                memory: SlowKnobMemory, shield_memory: ShieldMemory | None = None
                ) -> GuardResult:
-        return GuardResult(decision, accepted, tuple(t for _, t in self.items),
-                           tuple(r for r, _ in self.items), memory,
+        return GuardResult(decision, accepted, tuple(self.texts), tuple(self.rules), memory,
                            shield_memory if shield_memory is not None else ShieldMemory())
 
 
@@ -147,6 +152,9 @@ def guard(proposed: PipelineDecision, *, dag: PipelineDAG, settings: Settings,
         memory: the slow-knob memory of the last tick.
         now: seconds on the loop's clock (the rollout budget's window).
         shield_memory: the shield's memory of the last tick (its trend).
+
+    The rules work on the experts' knobs as columns (:class:`ExpertTable`); the decision
+    they return holds its experts as one, in the pipeline's expert order.
     """
     rules = get_profile(profile, where="guards.profile")
     memory = memory if memory is not None else SlowKnobMemory()
@@ -155,15 +163,12 @@ def guard(proposed: PipelineDecision, *, dag: PipelineDAG, settings: Settings,
     if refusal:
         notes.add("refused", refusal)
         return notes.result(last, False, memory, shield_memory)
-    experts = dict(proposed.experts)
-    if last is not None:
-        for node in dag.experts:
-            if node not in experts and node in last.experts:
-                experts[node] = last.experts[node]
-                notes.add("bounds", f"{node}: no proposal; kept the last decision")
+    experts = ExpertTable.of(proposed.experts)
+    if last is not None and len(experts) < len(dag.experts):
+        experts = _keep_unproposed(experts, ExpertTable.of(last.experts), dag, notes)
     experts = _clamp_all(experts, dag, settings, notes)
-    base = dict(last.experts) if last is not None else (
-        observed_decision(observation, dag) if observation is not None else {})
+    base = (ExpertTable.of(last.experts) if last is not None else
+            observed_decision(observation, dag) if observation is not None else _NONE)
     if rules.step_limits and base:
         experts = _limit_steps(experts, base, settings, notes)
     if rules.pressure_hold and base and observation is not None:
@@ -173,61 +178,109 @@ def guard(proposed: PipelineDecision, *, dag: PipelineDAG, settings: Settings,
             why = ("dropped requests" if drops else pressure_text(observation, slo=dag.slo))
             experts = _hold_scale_down(experts, base, why, notes)
     if rules.busy_floor and observation is not None:
-        experts = _keep_busy(experts, busy_experts(observation, dag), notes)
+        experts = _keep_busy(experts, observation, dag, notes)
     if rules.slow_knobs and base:
         experts, memory, held = hold_slow_knobs(
             experts, base, memory, rules=SlowKnobRules.from_settings(settings),
-            pods=_pods(observation, dag, base), now=now)
-        notes.items += held
+            pods=_pods(observation, experts, base), now=now)
+        notes.extend(held)
     if rules.shield and observation is not None:
         experts, shield_memory = shield(experts, observation=observation, dag=dag,
                                         settings=settings, memory=shield_memory, notes=notes)
     experts = _fit_gpus(experts, base, dag=dag, settings=settings, notes=notes)
-    decision = replace(proposed, experts=MappingProxyType(
-        {n: experts[n] for n in dag.experts if n in experts}))
-    return notes.result(decision, True, memory, shield_memory)
+    return notes.result(replace(proposed, experts=_in_order(experts, dag.experts)), True,
+                        memory, shield_memory)
 
 
-def observed_decision(observation: Any, dag: PipelineDAG) -> dict[str, ExpertDecision]:
+_NONE = ExpertTable((), ())
+
+
+def _in_order(experts: ExpertTable, order: tuple[str, ...]) -> ExpertTable:
+    """``experts`` in ``order`` (those it has)."""
+    at = experts.rows(order)
+    if len(at) == len(experts) and (at == np.arange(len(at))).all():
+        return experts
+    keep = np.flatnonzero(at >= 0)
+    return ExpertTable([order[i] for i in keep.tolist()], experts.knobs[at[keep]])
+
+
+def _keep_unproposed(experts: ExpertTable, last: ExpertTable, dag: PipelineDAG,
+                     notes: _Notes) -> ExpertTable:
+    """The last decision's knobs for every expert the proposal leaves out."""
+    kept = [n for n in dag.experts if n not in experts and n in last]
+    for node in kept:
+        notes.add("bounds", f"{node}: no proposal; kept the last decision")
+    if not kept:
+        return experts
+    return ExpertTable(experts.nodes + tuple(kept),
+                       np.concatenate([experts.knobs, last.aligned(kept)]))
+
+
+def _rows_of(nodes: tuple[str, ...], wanted: tuple[str, ...]) -> np.ndarray:
+    """The position of each of ``wanted`` in ``nodes`` (-1: absent), remembered for the last
+    few pairs of tuples (an observation's nodes and a decision's experts are the same tuples
+    tick after tick)."""
+    key = (id(nodes), id(wanted))
+    got = _ROWS.get(key)
+    if got is not None and got[0] is nodes and got[1] is wanted:
+        return got[2]
+    index = {n: i for i, n in enumerate(nodes)}
+    at = np.array([index.get(n, -1) for n in wanted], np.int64)
+    if len(_ROWS) >= 16:
+        _ROWS.clear()
+    _ROWS[key] = (nodes, wanted, at)
+    return at
+
+
+_ROWS: dict[tuple[int, int], tuple[tuple[str, ...], tuple[str, ...], np.ndarray]] = {}
+
+
+def observed_decision(observation: Any, dag: PipelineDAG) -> ExpertTable:
     """The configuration an observation shows, as knobs per expert: the Deployments' replicas
     and the pods' resources, GPU share and concurrency (the reference before a first
-    decision)."""
-    index = {n: i for i, n in enumerate(observation.nodes)}
-    out = {}
-    for node in dag.experts:
-        i = index.get(node)
-        if i is None:
-            continue
-        out[node] = ExpertDecision(
-            replicas=int(round(float(observation.replicas_desired[i]))),
-            cpu=float(observation.cpu[i]), memory_mb=int(round(float(observation.memory_mb[i]))),
-            gpu_share=float(observation.gpu_share[i]),
-            concurrency=int(round(float(observation.concurrency[i]))))
-    return out
+    decision). An expert the observation lacks, or shows without a number for a knob, has
+    none."""
+    at = _rows_of(tuple(observation.nodes), dag.experts)
+    seen = at >= 0
+    rows = at[seen]
+    columns = [np.asarray(getattr(observation, name), float)[rows] for name in
+               ("replicas_desired", "cpu", "memory_mb", "gpu_share", "concurrency")]
+    values = np.column_stack([np.rint(c) if integer else c
+                              for c, integer in zip(columns, _INTEGER, strict=True)])
+    ok = np.isfinite(values).all(1)
+    nodes = dag.experts if ok.all() and seen.all() else tuple(
+        dag.experts[i] for i in np.flatnonzero(seen)[ok].tolist())
+    return ExpertTable(nodes, values[ok])
 
 
-def _pods(observation: Any, dag: PipelineDAG, base: Mapping[str, ExpertDecision]
-          ) -> dict[str, int]:
-    """Per expert, the pods a rollout would replace: its Deployment's replicas as observed
-    (what the planner counts), else the last decision's."""
-    if observation is None:
-        return {n: e.replicas for n, e in base.items()}
-    index = {n: i for i, n in enumerate(observation.nodes)}
-    return {n: int(round(float(observation.replicas_desired[index[n]]))) if n in index
-            else base[n].replicas for n in base}
+_INTEGER = tuple(k.kind is int for k in KNOBS)
+
+
+def _pods(observation: Any, experts: ExpertTable, base: ExpertTable) -> np.ndarray:
+    """Per expert of ``experts``, the pods a rollout would replace: its Deployment's replicas
+    as observed (what the planner counts), else the reference's (0: neither)."""
+    pods = np.nan_to_num(base.aligned(experts.nodes)[:, 0])
+    if observation is not None:
+        at = _rows_of(tuple(observation.nodes), experts.nodes)
+        seen = np.flatnonzero(at >= 0)
+        shown = np.rint(np.asarray(observation.replicas_desired, float)[at[seen]])
+        ok = np.isfinite(shown)
+        pods[seen[ok]] = shown[ok]
+    return pods.astype(np.int64)
 
 
 _KNOB_VALUES = attrgetter(*KNOB_NAMES)
 _NUMBERS = frozenset((int, float))
-_BOUNDED = attrgetter("replicas", "cpu", "memory_mb", "gpu_share", "concurrency")
-"""the knobs :func:`_clamp_all` bounds, in the order its fast path reads them"""
 
 
 def _refusal(proposed: PipelineDecision, dag: PipelineDAG) -> str | None:
     if proposed.pipeline != dag.name:
         return f"refused: decision for pipeline {proposed.pipeline!r}, not {dag.name!r}"
     experts = proposed.experts
-    if experts.keys() <= _expert_set(dag):  # the common case, checked at once
+    if isinstance(experts, ExpertTable):  # numbers already: the columns checked at once
+        if _expert_set(dag).issuperset(experts.nodes) and np.isfinite(experts.knobs).all():
+            return None
+    elif experts.keys() <= _expert_set(dag):  # the common case, checked at once
         rows = list(map(_KNOB_VALUES, experts.values()))
         if _NUMBERS.issuperset(map(type, chain.from_iterable(rows))):
             with np.errstate(over="ignore"):
@@ -241,7 +294,14 @@ def _refusal(proposed: PipelineDecision, dag: PipelineDAG) -> str | None:
         if node not in known:
             return f"refused: {node!r} is not an expert of {dag.name!r}"
         for knob, value in zip(KNOB_NAMES, _KNOB_VALUES(e), strict=True):
-            if not isinstance(value, int | float) or not math.isfinite(value):
+            if not isinstance(value, int | float):
+                return f"refused: {node}.{knob} is {value!r}"
+            try:
+                finite = math.isfinite(value)
+            except OverflowError:
+                return (f"refused: {node}.{knob} is an integer of {len(str(abs(value)))} "
+                        "digits, too large for any knob")
+            if not finite:
                 return f"refused: {node}.{knob} is {value!r}"
     return None
 
@@ -257,8 +317,8 @@ _EXPERT_SETS: weakref.WeakKeyDictionary[PipelineDAG, frozenset[str]] = (
     weakref.WeakKeyDictionary())
 
 
-def _clamp_all(experts: Mapping[str, ExpertDecision], dag: PipelineDAG, settings: Settings,
-               notes: _Notes) -> dict[str, ExpertDecision]:
+def _clamp_all(experts: ExpertTable, dag: PipelineDAG, settings: Settings,
+               notes: _Notes) -> ExpertTable:
     """Every expert's knobs within its replica bounds and the action space's range, and its
     memory at least the runtime plus its weights."""
     a = settings.actions
@@ -269,39 +329,43 @@ def _clamp_all(experts: Mapping[str, ExpertDecision], dag: PipelineDAG, settings
               ("concurrency", min(a.concurrency), max(a.concurrency)))
     runtime = settings.cluster.runtime_memory_mb
     (_, c_lo, c_hi), (_, m_lo, m_hi), (_, g_lo, g_hi), (_, k_lo, k_hi) = shared
-    nodes = list(experts)
+    nodes, n = experts.nodes, len(experts)
     limits = _limits(dag, runtime)
-    at = (limits.every if len(nodes) == len(limits.every) and tuple(nodes) == dag.experts
-          else np.array([limits.row[n] for n in nodes], np.int64))
-    values = np.array(list(map(_BOUNDED, experts.values())), float).reshape(len(nodes), 5)
-    lo = np.column_stack([limits.replicas_min[at], np.full(len(nodes), c_lo),
-                          np.maximum(m_lo, limits.memory_floor[at]),
-                          np.full(len(nodes), g_lo), np.full(len(nodes), k_lo)])
-    hi = np.column_stack([limits.replicas_max[at], np.full(len(nodes), c_hi),
-                          np.full(len(nodes), m_hi), np.full(len(nodes), g_hi),
-                          np.full(len(nodes), k_hi)])
-    out = dict(experts)  # the common case, checked at once: nothing to change
-    for i in np.flatnonzero(~((lo <= values) & (values <= hi)).all(1)).tolist():
+    at = limits.every if nodes == dag.experts else _rows_of(dag.experts, nodes)
+    values = experts.knobs
+    lo = np.column_stack([limits.replicas_min[at], np.full(n, c_lo),
+                          np.maximum(m_lo, limits.memory_floor[at]), np.full(n, g_lo),
+                          np.full(n, k_lo)])
+    hi = np.column_stack([limits.replicas_max[at], np.full(n, c_hi), np.full(n, m_hi),
+                          np.full(n, g_hi), np.full(n, k_hi)])
+    bad = np.flatnonzero(~((lo <= values) & (values <= hi)).all(1)).tolist()
+    if not bad:  # the common case, checked at once: nothing to change
+        return experts
+    out = values.copy()
+    for i in bad:
         node = nodes[i]
-        e, spec = experts[node], dag.spec(node)
+        spec = dag.spec(node)
         floor = memory_floor_mb(spec, runtime_memory_mb=runtime)
-        changed = {}
-        for knob, lo, hi in (("replicas", spec.replicas_min, spec.replicas_max), *shared):
-            value = getattr(e, knob)
-            if lo <= value <= hi:
+        for j, (knob, lo_j, hi_j) in enumerate((("replicas", spec.replicas_min,
+                                                 spec.replicas_max), *shared)):
+            value = values[i, j]
+            if lo_j <= value <= hi_j:
                 continue
-            bounded = min(max(value, lo), hi)
-            changed[knob] = type(value)(bounded)
-            notes.add("bounds", f"{node}: {knob} {value:g} outside [{lo:g}, {hi:g}] -> "
+            bounded = min(max(value, lo_j), hi_j)
+            out[i, j] = int(bounded) if _INTEGER[j] else bounded
+            notes.add("bounds", f"{node}: {knob} {value:g} outside [{lo_j:g}, {hi_j:g}] -> "
                                 f"{bounded:g}")
-        memory = changed.get("memory_mb", e.memory_mb)
+        memory = out[i, _COLUMN["memory_mb"]]
         if memory < floor:
             lifted = memory_choice(floor, a.memory_mb)
-            changed["memory_mb"] = lifted
+            out[i, _COLUMN["memory_mb"]] = lifted
             notes.add("bounds", f"{node}: memory_mb {memory:g} below runtime + weights "
                                 f"({floor:g} MiB; a replica would be OOM-killed) -> {lifted:g}")
-        out[node] = e.with_knobs(**changed) if changed else e
-    return out
+    return experts.replaced(out)
+
+
+_COLUMN = {k: j for j, k in enumerate(KNOB_NAMES)}
+REPLICAS = _COLUMN["replicas"]
 
 
 @dataclass(frozen=True)
@@ -334,74 +398,82 @@ def _limits(dag: PipelineDAG, runtime_memory_mb: float) -> _Limits:
     return got
 
 
-def _limit_steps(experts: dict[str, ExpertDecision], base: Mapping[str, ExpertDecision],
-                 settings: Settings, notes: _Notes) -> dict[str, ExpertDecision]:
+def _limit_steps(experts: ExpertTable, base: ExpertTable, settings: Settings,
+                 notes: _Notes) -> ExpertTable:
     up, down = settings.guards.max_step_up, settings.guards.max_step_down
-    nodes = list(experts)
-    want = np.array([e.replicas for e in experts.values()], float)
-    before = np.array([b.replicas if (b := base.get(n)) is not None else np.nan for n in nodes],
-                      float)
-    out = dict(experts)  # the common case, checked at once: within the steps
-    for i in np.flatnonzero((want > before + up) | (want < before - down)).tolist():
-        node = nodes[i]
-        e, was = experts[node], base[node].replicas
-        target = min(max(e.replicas, was - down), was + up)
-        notes.add("step", f"{node}: replicas {was} -> {e.replicas} limited to {target} (max "
-                          f"step +{up}/-{down} per tick)")
-        out[node] = e.with_knobs(replicas=target)
-    return out
+    want = experts.knobs[:, REPLICAS]
+    before = base.aligned(experts.nodes)[:, REPLICAS]  # NaN: no reference, no limit
+    bad = np.flatnonzero((want > before + up) | (want < before - down)).tolist()
+    if not bad:  # the common case, checked at once: within the steps
+        return experts
+    out = experts.knobs.copy()
+    for i in bad:
+        was, asked = int(before[i]), int(want[i])
+        target = min(max(asked, was - down), was + up)
+        notes.add("step", f"{experts.nodes[i]}: replicas {was} -> {asked} limited to {target} "
+                          f"(max step +{up}/-{down} per tick)")
+        out[i, REPLICAS] = target
+    return experts.replaced(out)
 
 
-def _hold_scale_down(experts: dict[str, ExpertDecision], base: Mapping[str, ExpertDecision],
-                     why: str, notes: _Notes) -> dict[str, ExpertDecision]:
-    out = {}
-    held = []
-    for node, e in experts.items():
-        before = base.get(node)
-        if before is not None and e.replicas < before.replicas:
-            held.append(node)
-            e = e.with_knobs(replicas=before.replicas)
-        out[node] = e
-    if held:
-        notes.add("pressure", f"scale-down held for {len(held)} experts: {why} show SLO "
-                              "pressure")
-    return out
+def _hold_scale_down(experts: ExpertTable, base: ExpertTable, why: str, notes: _Notes
+                     ) -> ExpertTable:
+    before = base.aligned(experts.nodes)[:, REPLICAS]
+    held = experts.knobs[:, REPLICAS] < before  # False where there is no reference (NaN)
+    if not held.any():
+        return experts
+    out = experts.knobs.copy()
+    out[held, REPLICAS] = before[held]
+    notes.add("pressure", f"scale-down held for {int(held.sum())} experts: {why} show SLO "
+                          "pressure")
+    return experts.replaced(out)
 
 
 def busy_experts(observation: Any, dag: PipelineDAG) -> frozenset[str]:
     """The experts an observation shows with calls, calls in flight or 429s."""
-    traffic = (np.nan_to_num(np.asarray(observation.calls_per_s, float))
-               + np.nan_to_num(np.asarray(observation.inflight, float))
-               + np.nan_to_num(np.asarray(observation.rejected_per_s, float)))
     nodes = observation.nodes
-    return frozenset(nodes[i] for i in np.flatnonzero(traffic > 0).tolist()) & _expert_set(dag)
+    return frozenset(nodes[i] for i in np.flatnonzero(_traffic(observation) > 0).tolist()
+                     ) & _expert_set(dag)
 
 
-def _keep_busy(experts: dict[str, ExpertDecision], busy: Collection[str], notes: _Notes
-               ) -> dict[str, ExpertDecision]:
-    kept = [n for n, e in experts.items() if e.replicas < 1 and n in busy]
-    if kept:
-        notes.add("busy", f"kept one replica of {len(kept)} busy experts proposed at zero: "
-                     + ", ".join(sorted(kept)[:5]) + (" ..." if len(kept) > 5 else ""))
-    return {n: e.with_knobs(replicas=1) if n in kept else e for n, e in experts.items()}
+def _traffic(observation: Any) -> np.ndarray:
+    return (np.nan_to_num(np.asarray(observation.calls_per_s, float))
+            + np.nan_to_num(np.asarray(observation.inflight, float))
+            + np.nan_to_num(np.asarray(observation.rejected_per_s, float)))
 
 
-def _fit_gpus(experts: dict[str, ExpertDecision], base: Mapping[str, ExpertDecision], *,
-              dag: PipelineDAG, settings: Settings, notes: _Notes
-              ) -> dict[str, ExpertDecision]:
+def _keep_busy(experts: ExpertTable, observation: Any, dag: PipelineDAG, notes: _Notes
+               ) -> ExpertTable:
+    zero = np.flatnonzero(experts.knobs[:, REPLICAS] < 1)
+    if not zero.size:  # the common case: nothing proposed at zero
+        return experts
+    busy = busy_experts(observation, dag)
+    rows = [i for i in zero.tolist() if experts.nodes[i] in busy]
+    if not rows:
+        return experts
+    kept = [experts.nodes[i] for i in rows]
+    notes.add("busy", f"kept one replica of {len(kept)} busy experts proposed at zero: "
+                 + ", ".join(sorted(kept)[:5]) + (" ..." if len(kept) > 5 else ""))
+    out = experts.knobs.copy()
+    out[rows, REPLICAS] = 1
+    return experts.replaced(out)
+
+
+def _fit_gpus(experts: ExpertTable, base: ExpertTable, *, dag: PipelineDAG,
+              settings: Settings, notes: _Notes) -> ExpertTable:
     mode = settings.gpu_sharing.mode
     capacity = float(settings.cluster.gpus)
     if mode == "none":
         return experts
-    nodes = list(experts)
-    replicas = np.array([experts[n].replicas for n in nodes], dtype=float)
-    per_pod = gpu_per_pod([experts[n].gpu_share for n in nodes], mode=mode,
+    replicas = experts.knobs[:, REPLICAS].copy()
+    per_pod = gpu_per_pod(experts.knobs[:, _COLUMN["gpu_share"]], mode=mode,
                           slots_per_gpu=settings.gpu_sharing.slots_per_gpu)
     demand = float(replicas @ per_pod)
     if demand <= capacity + 1e-9:
         return experts
-    before = np.array([base[n].replicas if n in base else 0 for n in nodes], dtype=float)
-    floor = np.array([dag.spec(n).replicas_min for n in nodes], dtype=float)
+    before = np.nan_to_num(base.aligned(experts.nodes)[:, REPLICAS])  # 0: no reference
+    limits = _limits(dag, settings.cluster.runtime_memory_mb)
+    floor = limits.replicas_min[_rows_of(dag.experts, experts.nodes)]
     asked = demand
     taken = 0
     while demand > capacity + 1e-9:
@@ -418,5 +490,6 @@ def _fit_gpus(experts: dict[str, ExpertDecision], base: Mapping[str, ExpertDecis
         taken += 1
     notes.add("capacity", f"GPU capacity {capacity:g}: asked {asked:.2f} GPUs, took back "
                           f"{taken} replicas from the largest increases")
-    return {n: experts[n].with_knobs(replicas=int(replicas[i])) if replicas[i] !=
-            experts[n].replicas else experts[n] for i, n in enumerate(nodes)}
+    out = experts.knobs.copy()
+    out[:, REPLICAS] = replicas
+    return experts.replaced(out)

@@ -42,12 +42,14 @@ penalises and evaluation reports.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from smoelib.core.decisions import ExpertDecision
+from smoelib.core.decisions import ExpertDecision, ExpertTable
+from smoelib.core.knobs import KNOB_NAMES
 from smoelib.core.service import full_gpu_interference, service_models
 from smoelib.core.slow_knobs import SlowKnobRules
 
@@ -76,7 +78,7 @@ class _Models:
     def __init__(self, dag: Any, settings: Any):
         models = service_models(dag, settings)
         pos = {n: i for i, n in enumerate(dag.nodes)}
-        self.nodes = [n for n in dag.experts if models[pos[n]] is not None]
+        self.nodes = tuple(n for n in dag.experts if models[pos[n]] is not None)
         self.index = np.array([pos[n] for n in self.nodes], np.int64)
         specs = [dag.spec(n) for n in self.nodes]
         self.workers = np.array([max(1, s.parallelism) for s in specs], float)
@@ -107,12 +109,12 @@ class _Models:
         return got[2]
 
 
-def shield(experts: dict[str, ExpertDecision], *, observation: Any, dag: Any, settings: Any,
-           memory: ShieldMemory | None, notes: Any) -> tuple[dict[str, ExpertDecision],
-                                                          ShieldMemory]:
+def shield(experts: Mapping[str, ExpertDecision], *, observation: Any, dag: Any, settings: Any,
+           memory: ShieldMemory | None, notes: Any) -> tuple[ExpertTable, ShieldMemory]:
     """Lift ``experts``' replicas (and CPU, in place) where the observation says they are
-    unsafe (module docstring); returns the decisions and the memory for the next tick.
-    ``notes.add("shield", text)`` records each lift."""
+    unsafe (module docstring); returns the decisions (a table) and the memory for the next
+    tick. ``notes.add("shield", text)`` records each lift."""
+    experts = ExpertTable.of(experts)
     g = settings.guards
     nodes = observation.nodes
     calls = np.nan_to_num(np.asarray(observation.calls_per_s, float))
@@ -134,16 +136,15 @@ def shield(experts: dict[str, ExpertDecision], *, observation: Any, dag: Any, se
     m = _Models.of(dag, settings)
     now = float(observation.time_s)
     held = {n: (r, until) for n, r, until in mem.held if until > now}
-    present = [k for k, n in enumerate(m.nodes) if n in experts]
-    k_ix = np.array(present, np.int64)
+    rows = experts.rows(m.nodes)  # each modelled expert's row in the decision (-1: none)
+    present = np.flatnonzero(rows >= 0)
+    k_ix = present
     ix = m.index[k_ix]
-    dec = [experts[m.nodes[k]] for k in present]
-    replicas = np.array([e.replicas for e in dec], float)
-    cpu = np.array([e.cpu for e in dec], float)
+    dec = experts.knobs[rows[present]]
+    replicas, cpu = dec[:, _REPLICAS].copy(), dec[:, _CPU].copy()
     # a worker at full batches: max_inflight per pod over its workers
-    full = np.maximum(np.array([e.concurrency for e in dec], float) / m.workers[k_ix], 1.0)
-    share = (np.array([e.gpu_share for e in dec], float) if dag.accelerator != "cpu"
-             else np.zeros(len(dec)))
+    full = np.maximum(dec[:, _CONCURRENCY] / m.workers[k_ix], 1.0)
+    share = (dec[:, _SHARE].copy() if dag.accelerator != "cpu" else np.zeros(len(dec)))
     per_call = np.where(calls[ix] > 0, np.maximum(tokens[ix] / np.maximum(calls[ix], 1e-12),
                                                    1.0), 1.0)
     inter = full_gpu_interference(share, settings.simulator.mps_interference)
@@ -163,36 +164,43 @@ def shield(experts: dict[str, ExpertDecision], *, observation: Any, dag: Any, se
     coming = (starting[ix] > 0) | (replicas > ready[ix])  # capacity already on its way
     burst = ((rejected[ix] > 0) & ~coming
              & (rejected[ix] > g.shield_reject_fraction * (calls[ix] + rejected[ix])))
-    was_held = np.array([m.nodes[k] in held for k in present], bool) if held else False
-    out = dict(experts)
+    was_held = np.array([m.nodes[k] in held for k in present.tolist()], bool) if held else False
+    out = None
     lifted = np.zeros(len(dec), bool)
     lifted[list(cpu_why)] = True
-    for j in np.flatnonzero((fit > replicas) | burst | was_held | lifted):
-        node, e = m.nodes[k_ix[j]], dec[j]
-        need, why = e.replicas, ""
+    for j in np.flatnonzero((fit > replicas) | burst | was_held | lifted).tolist():
+        node, has = m.nodes[k_ix[j]], int(replicas[j])
+        need, why = has, ""
         if fit[j] > need:
             need = int(fit[j])
-            why = (f"offered utilisation {work[j] / max(e.replicas, 1):.2f} > "
+            why = (f"offered utilisation {work[j] / max(has, 1):.2f} > "
                    f"{g.shield_bound:g} at {load[ix[j]]:.0f} calls/s"
                    + (" (forecast)" if load[ix[j]] > calls[ix[j]] + 1e-9 else ""))
         if burst[j] and int(ready[ix[j]]) + 1 > need:
             need = int(ready[ix[j]]) + 1
             why = f"{rejected[ix[j]]:.0f} 429s/s"
-        if need > e.replicas:
+        if need > has:
             held[node] = (need, now + g.shield_hold_s)
         elif node in held and held[node][0] > need:
             need = held[node][0]
             why = f"held since a lift until t={held[node][1]:.0f} s"
         need = min(need, int(m.rmax[k_ix[j]]))
         what = [cpu_why[j]] if j in cpu_why else []
-        if need > e.replicas:
-            what.append(f"replicas {e.replicas} -> {need} ({why})")
+        if need > has:
+            what.append(f"replicas {has} -> {need} ({why})")
         if what:
             notes.add("shield", f"{node}: shield lifted {' and '.join(what)}")
-            out[node] = e.with_knobs(replicas=max(need, e.replicas), cpu=float(cpu[j]))
-    memory_out = ShieldMemory(now, tuple(float(x) for x in calls),
+            if out is None:
+                out = experts.knobs.copy()
+            out[rows[present[j]], _REPLICAS] = max(need, has)
+            out[rows[present[j]], _CPU] = cpu[j]
+    memory_out = ShieldMemory(now, tuple(calls.tolist()),
                               tuple((n, r, u) for n, (r, u) in sorted(held.items())))
-    return out, memory_out
+    return (experts if out is None else experts.replaced(out)), memory_out
+
+
+_REPLICAS, _CPU, _SHARE, _CONCURRENCY = (KNOB_NAMES.index(k) for k in (
+    "replicas", "cpu", "gpu_share", "concurrency"))
 
 
 def _lift_cpu(m: _Models, where: np.ndarray, cpu: np.ndarray, per_call: np.ndarray,

@@ -24,18 +24,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from operator import attrgetter
 from typing import Any
 
 import numpy as np
 
-from smoelib.core.decisions import ExpertDecision
-from smoelib.core.knobs import KNOB_NAMES, KNOBS, RESOURCE_KNOBS, SLOW_KNOBS
+from smoelib.core.decisions import ExpertDecision, ExpertTable
+from smoelib.core.knobs import KNOB_NAMES, RESOURCE_KNOBS, SLOW_KNOBS
 
 __all__ = ["SlowKnobRules", "SlowKnobMemory", "hold_slow_knobs", "WINDOW_S"]
 
 _KNOB_INDEX = {k: i for i, k in enumerate(KNOB_NAMES)}
-_KIND = {k.name: k.kind for k in KNOBS}
 
 WINDOW_S = 60.0
 """The rollout budget's window, seconds."""
@@ -122,26 +120,31 @@ class SlowKnobMemory:
 
     def others(self, nodes: Sequence[str]) -> SlowKnobMemory:
         """The rows of experts not in ``nodes`` that hold a candidate."""
+        if not self.nodes or self.nodes == tuple(nodes):  # the common case: the same experts
+            return SlowKnobMemory()
         skip = set(nodes)
-        keep = [i for i, n in enumerate(self.nodes) if n not in skip and self.ticks[i].any()]
+        keep = [i for i in np.flatnonzero(self.ticks.any(1)).tolist()
+                if self.nodes[i] not in skip]
         return SlowKnobMemory(tuple(self.nodes[i] for i in keep), self.knobs,
                               self.values[keep], self.ticks[keep]) if keep else SlowKnobMemory()
 
 
 def hold_slow_knobs(experts: Mapping[str, ExpertDecision],
                     reference: Mapping[str, ExpertDecision], memory: SlowKnobMemory, *,
-                    rules: SlowKnobRules, pods: Mapping[str, int], now: float
-                    ) -> tuple[dict[str, ExpertDecision], SlowKnobMemory, list[tuple[str, str]]]:
+                    rules: SlowKnobRules, pods: Mapping[str, int] | np.ndarray, now: float
+                    ) -> tuple[ExpertTable, SlowKnobMemory, list[tuple[str, str]]]:
     """Hold every slow-knob change the rules do not allow yet.
 
     Args:
-        experts: the proposal (node id -> knobs), already within bounds.
+        experts: the proposal (node id -> knobs, an :class:`ExpertTable` or any mapping),
+            already within bounds.
         reference: what the cluster was last told (the last decision, or the observed
             configuration before the first one); experts without a reference pass unchanged
             and keep what the memory holds of them.
         memory: from the last tick.
         rules: see :class:`SlowKnobRules`.
-        pods: per expert, the pods a rollout would replace now (its Deployment's replicas).
+        pods: per expert, the pods a rollout would replace now (its Deployment's replicas):
+            a mapping, or an array in ``experts``' order.
         now: seconds on the loop's clock.
 
     Returns:
@@ -149,15 +152,18 @@ def hold_slow_knobs(experts: Mapping[str, ExpertDecision],
         ``(rule, note)`` per held change (rule ``hysteresis`` or ``budget``), expert by expert
         in ``experts``' order.
     """
+    experts, reference = ExpertTable.of(experts), ExpertTable.of(reference)
     names = rules.knobs + rules.decreases
     window = memory.window(now)
-    out = dict(experts)
-    order = [n for n in experts if n in reference]
-    if not names or not order:
-        return out, replace(memory, rollouts=window), []
-    read = attrgetter(*names) if len(names) > 1 else (lambda e: (getattr(e, names[0]),))
-    want = np.array([read(experts[n]) for n in order], float).reshape(len(order), len(names))
-    have = np.array([read(reference[n]) for n in order], float).reshape(len(order), len(names))
+    ref_at = reference.rows(experts.nodes)
+    mine = np.flatnonzero(ref_at >= 0)  # the rows of experts with a reference
+    if not names or not mine.size:
+        return experts, replace(memory, rollouts=window), []
+    every = mine.size == len(experts)
+    order = experts.nodes if every else tuple(experts.nodes[i] for i in mine.tolist())
+    cols = [_KNOB_INDEX[n] for n in names]
+    want = experts.knobs[mine][:, cols]
+    have = reference.knobs[ref_at[mine]][:, cols]
     value, seen = memory.aligned(order, names)
     moved = want != have
     if rules.decreases:  # slow only when they go down
@@ -167,58 +173,23 @@ def hold_slow_knobs(experts: Mapping[str, ExpertDecision],
     seen = np.where(big, np.where(value == want, seen + 1, 1), 0)
     waiting = big & (seen < rules.hysteresis_ticks)
     ready = big & ~waiting
-    used = sum(p for _, p in window)
-    budget = rules.budget_per_min
-    late: dict[int, tuple[int, int]] = {}  # row -> (pods it needs, pods used before it)
-    for i in np.flatnonzero(ready.any(1)).tolist():  # the budget goes expert by expert
-        need = max(0, int(pods.get(order[i], 0)))
-        if used + need <= budget or (used == 0 and budget > 0):
-            used += need
-            seen[i, ready[i]] = 0  # allowed: the next reference holds the new value
-        else:
-            late[i] = (need, used)
+    candidates = np.flatnonzero(ready.any(1))  # the budget goes expert by expert
+    late, need, before = _budget(candidates, _pods_of(pods, experts, mine, order), window,
+                                 rules.budget_per_min)
+    allowed = np.setdiff1d(candidates, late, assume_unique=True)
+    seen[allowed] = np.where(ready[allowed], 0, seen[allowed])  # the next reference holds it
     held = small | waiting
-    noted = held.any(1).tolist()  # rows with a hysteresis note
-    if late:
-        held[list(late)] |= ready[list(late)]
-    notes: list[tuple[str, str]] = []
-    k = len(names)  # flat lists, indexed row * k + knob: no list per expert
-    small_f, seen_f, ready_f = small.ravel().tolist(), seen.ravel().tolist(), ready.ravel().tolist()
-    have_f, kinds = have.ravel().tolist(), [_KIND[n] for n in names]
-    ticks, threshold = rules.hysteresis_ticks, f"{rules.threshold:.0%}"
-    patterns = (ready.astype(np.int64) << np.arange(k)).sum(1).tolist()  # which knobs wait
-    joined: dict[int, str] = {}
-    for i in sorted(set(np.flatnonzero(noted).tolist()) | set(late)):
-        node = order[i]
-        if noted[i]:
-            e = experts[node]
-            for j, knob in enumerate(names):
-                at = i * k + j
-                if small_f[at]:
-                    notes.append(("hysteresis", f"{node}: {knob} {have_f[at]:g} -> "
-                                                f"{getattr(e, knob):g} is within the "
-                                                f"{threshold} threshold; held"))
-                elif seen_f[at] and not ready_f[at]:
-                    notes.append(("hysteresis", f"{node}: {knob} {have_f[at]:g} -> "
-                                                f"{getattr(e, knob):g} seen {seen_f[at]}/"
-                                                f"{ticks} ticks; held"))
-        if i in late:
-            need, before = late[i]
-            waits = joined.get(patterns[i])
-            if waits is None:
-                waits = joined[patterns[i]] = ", ".join(
-                    knob for j, knob in enumerate(names) if patterns[i] >> j & 1)
-            notes.append(("budget", f"{node}: rollout of {need} pod(s) for {waits} waits for "
-                                    f"the budget ({before}/{budget} pods this minute)"))
-    rows = np.flatnonzero(held.any(1)).tolist()
-    if rows:  # the held knobs back to the reference, column by column
-        proposed = [experts[order[i]] for i in rows]
-        columns = [list(map(attrgetter(knob), proposed)) for knob in KNOB_NAMES]
-        for j, knob in enumerate(names):
-            col, kind = columns[_KNOB_INDEX[knob]], kinds[j]
-            for r in np.flatnonzero(held[rows, j]).tolist():
-                col[r] = kind(have_f[rows[r] * k + j])
-        out.update(zip((order[i] for i in rows), map(ExpertDecision, *columns), strict=True))
+    held[late] |= ready[late]
+    notes = _notes(_Held(order, names, want, have, small, seen, ready, late, need, before),
+                   rules)
+    out = experts
+    rows = np.flatnonzero(held.any(1))
+    if rows.size:  # the held knobs back to the reference
+        values = experts.knobs.copy()
+        sub = values[mine[rows]]
+        sub[:, cols] = np.where(held[rows], have[rows], want[rows])
+        values[mine[rows]] = sub
+        out = experts.replaced(values)
     rest = memory.others(order)  # the experts this tick did not look at keep their rows
     if rest.nodes:
         kept, later = rest.aligned(rest.nodes, names)
@@ -227,3 +198,122 @@ def hold_slow_knobs(experts: Mapping[str, ExpertDecision],
                                    np.concatenate([seen, later]), window), notes
     return out, SlowKnobMemory(tuple(order), names, np.where(seen > 0, want, np.nan), seen,
                                window), notes
+
+
+def _pods_of(pods: Mapping[str, int] | np.ndarray, experts: ExpertTable, mine: np.ndarray,
+             order: Sequence[str]) -> np.ndarray:
+    """The pods each expert of ``order`` (the rows ``mine`` of ``experts``) would roll."""
+    if isinstance(pods, np.ndarray):
+        got = pods[mine]
+    else:
+        got = np.array([pods.get(n, 0) for n in order], float)
+    return np.maximum(0, got.astype(np.int64))
+
+
+def _budget(rows: np.ndarray, need: np.ndarray, window: Sequence[tuple[float, int]],
+            budget: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which of ``rows`` (in order, each rolling ``need[row]`` pods) wait for the budget of
+    ``budget`` pods a minute, ``window`` already rolled: the rows, the pods each needs and the
+    pods used before it. One that fits takes its pods; one larger than the whole budget may
+    roll alone in an otherwise empty minute."""
+    used = sum(p for _, p in window)
+    late: list[int] = []
+    before: list[int] = []
+    order = rows.tolist()
+    k = 0
+    while k < len(order) and used < budget:
+        i = order[k]
+        if used + need[i] <= budget or used == 0:
+            used += int(need[i])
+        else:
+            late.append(i)
+            before.append(used)
+        k += 1
+    rest = rows[k:]  # the budget is spent: only a rollout of no pods still fits
+    waits = rest[~((used + need[rest] <= budget) | ((used == 0) & (budget > 0)))]
+    late_rows = np.concatenate([np.array(late, np.int64), waits])
+    return (late_rows, need[late_rows],
+            np.concatenate([np.array(before, np.int64), np.full(waits.size, used, np.int64)]))
+
+
+NOTE_LIMIT = 32
+"""Past this many held changes of one rule in a tick, the rule writes one note for them all
+(counted, the first few named) instead of one each: a policy proposing a new share for every
+expert of a deepseek-v3 size pipeline would otherwise write 15,000 notes a tick."""
+_NAMED = 5  # experts a summary note names
+
+
+@dataclass(frozen=True)
+class _Held:
+    """What :func:`hold_slow_knobs` held, for its notes: per row of ``order`` and knob of
+    ``names``, the values (``want``, ``have``), ``small`` (within the threshold), ``seen``
+    (ticks), ``ready`` (past the hysteresis); the rows waiting for the budget (``late``, in
+    order), the pods each needs and the pods used before it."""
+
+    order: Sequence[str]
+    names: tuple[str, ...]
+    want: np.ndarray
+    have: np.ndarray
+    small: np.ndarray
+    seen: np.ndarray
+    ready: np.ndarray
+    late: np.ndarray
+    need: np.ndarray
+    before: np.ndarray
+
+    def waits(self, i: int) -> str:
+        """The knobs of row ``i`` whose rollout waits."""
+        return ", ".join(k for k, r in zip(self.names, self.ready[i].tolist(), strict=True) if r)
+
+
+def _notes(h: _Held, rules: SlowKnobRules) -> list[tuple[str, str]]:
+    """The notes of the held changes: below the threshold or not yet seen for
+    ``hysteresis_ticks`` ticks (``hysteresis``), waiting for the budget (``budget``). One per
+    change, expert by expert, while a rule has at most :data:`NOTE_LIMIT`; past it, one for
+    all of that rule's, after the other rule's."""
+    noted = h.small | (h.seen.astype(bool) & ~h.ready)  # (rows, knobs) with a hysteresis note
+    n_held, n_late = int(noted.sum()), int(h.late.size)
+    each_held, each_late = n_held <= NOTE_LIMIT, n_late <= NOTE_LIMIT
+    notes = _each(h, rules, noted if each_held else None, h.late if each_late else h.late[:0])
+    if not each_held:
+        rows, cols = np.nonzero(noted)
+        named = ", ".join(f"{h.order[i]} {h.names[j]} {h.have[i, j]:g} -> {h.want[i, j]:g}"
+                          for i, j in zip(rows[:_NAMED].tolist(), cols[:_NAMED].tolist(),
+                                          strict=True))
+        n_small = int(h.small.sum())
+        notes.append(("hysteresis", f"{n_held} slow-knob changes held ({n_small} within the "
+                                    f"{rules.threshold:.0%} threshold, {n_held - n_small} seen "
+                                    f"fewer than {rules.hysteresis_ticks} ticks): {named} and "
+                                    f"{n_held - _NAMED} more"))
+    if not each_late:
+        named = ", ".join(f"{h.order[i]} ({k} pod(s) for {h.waits(i)})" for i, k in zip(
+            h.late[:_NAMED].tolist(), h.need[:_NAMED].tolist(), strict=True))
+        notes.append(("budget", f"rollouts of {n_late} experts ({int(h.need.sum())} pods) "
+                                f"wait for the budget ({int(h.before.max())}/"
+                                f"{rules.budget_per_min} pods this minute): {named} and "
+                                f"{n_late - _NAMED} more"))
+    return notes
+
+
+def _each(h: _Held, rules: SlowKnobRules, noted: np.ndarray | None, late: np.ndarray
+          ) -> list[tuple[str, str]]:
+    """One note per held change of ``noted`` (None: none) and per row of ``late``, expert by
+    expert."""
+    notes: list[tuple[str, str]] = []
+    ticks, threshold = rules.hysteresis_ticks, f"{rules.threshold:.0%}"
+    at_late = {i: k for k, i in enumerate(late.tolist())}  # late: the first rows of h.late
+    rows = set(np.flatnonzero(noted.any(1)).tolist()) if noted is not None else set()
+    for i in sorted(rows | set(at_late)):
+        node = h.order[i]
+        if i in rows:
+            for j in np.flatnonzero(noted[i]).tolist():
+                knob, was, new = h.names[j], h.have[i, j], h.want[i, j]
+                why = (f"is within the {threshold} threshold" if h.small[i, j]
+                       else f"seen {h.seen[i, j]}/{ticks} ticks")
+                notes.append(("hysteresis", f"{node}: {knob} {was:g} -> {new:g} {why}; held"))
+        if i in at_late:
+            k = at_late[i]
+            notes.append(("budget", f"{node}: rollout of {h.need[k]} pod(s) for {h.waits(i)} "
+                                    f"waits for the budget ({h.before[k]}/"
+                                    f"{rules.budget_per_min} pods this minute)"))
+    return notes

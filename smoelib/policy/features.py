@@ -93,6 +93,8 @@ class DagTensors:
     layer_of: np.ndarray  # (N,) MoE layer of each expert node, -1 otherwise
     layer_sizes: np.ndarray  # (L,)
     static: dict[str, np.ndarray]  # per-node spec arrays
+    expert_slots: tuple[np.ndarray, np.ndarray]  # (layer, slot) of every valid slot, in order
+    expert_nodes: tuple[str, ...]  # the node id of each of them
 
 
 _CACHE: weakref.WeakKeyDictionary[Any, DagTensors] = weakref.WeakKeyDictionary()
@@ -138,7 +140,9 @@ def _build_dag_tensors(dag: Any) -> DagTensors:
     static["slo_share_ms"] = dag.slo_ms * weight / max(path_ms, 1e-9)
     return DagTensors(schedule=schedule, expert_index=torch.as_tensor(expert_pos),
                       expert_valid=torch.as_tensor(valid), expert_pos=expert_pos,
-                      layer_of=layer_of, layer_sizes=valid.sum(1), static=static)
+                      layer_of=layer_of, layer_sizes=valid.sum(1), static=static,
+                      expert_slots=(slots := np.nonzero(valid)),
+                      expert_nodes=tuple(nodes[i] for i in expert_pos[slots].tolist()))
 
 
 def _default_service_ms(dag: Any, specs: list) -> np.ndarray:

@@ -131,3 +131,30 @@ def test_with_knobs_is_replace(names, value):
     e = ExpertDecision(**KNOBS)
     changes = {n: value for n in names}
     assert e.with_knobs(**changes) == dataclasses.replace(e, **changes)
+
+
+def test_an_expert_table_is_the_mapping_of_its_rows():
+    """The columns the decider and the guards share read as ``node -> ExpertDecision``, the
+    integer knobs as ints, equal to the dict of the same decisions, pickled whole."""
+    import pickle
+
+    import numpy as np
+
+    from smoelib.core.decisions import ExpertTable
+
+    plain = {"moe1/e0": ExpertDecision(2, 1.5, 2048, 0.25, 4),
+             "moe1/e1": ExpertDecision(0, 0.5, 4096, 0.0, 1)}
+    table = ExpertTable.of(plain)
+    assert list(table) == list(plain) and len(table) == 2 and "moe1/e1" in table
+    assert table == plain and plain == table and dict(table.items()) == plain
+    assert [type(v) for v in dataclasses.astuple(table["moe1/e0"])] == [int, float, int,
+                                                                         float, int]
+    assert table.get("moe9/e0") is None and "moe9/e0" not in table
+    assert pickle.loads(pickle.dumps(table)) == table
+    assert parse_decision(json.loads(decision_to_json(
+        PipelineDecision("p", 1.0, table)))).experts == plain
+    with pytest.raises(ValueError):
+        table.knobs[0, 0] = 9  # read-only: a decision does not change under its readers
+    aligned = table.aligned(["moe1/e1", "moe2/e0"])
+    assert aligned[0].tolist() == [0, 0.5, 4096, 0.0, 1] and np.isnan(aligned[1]).all()
+    assert table.replaced(np.zeros((2, 5)))["moe1/e1"] == ExpertDecision(0, 0.0, 0, 0.0, 0)

@@ -175,3 +175,41 @@ def test_busy_experts_are_the_ones_with_calls_in_flight_or_429s():
     obs = Observation(time_s=0.0, nodes=DAG.nodes, request_rate=1.0, p95_ms=10.0, p99_ms=10.0,
                       **arrays)
     assert busy_experts(obs, DAG) == {"m/e0", "m/e1"}
+
+
+def test_an_integer_too_large_for_a_float_is_refused_with_a_note():
+    proposal = decision(1, 1, 1, **{"m/e2": ExpertDecision(1, 1.0, 10 ** 400, 0.25, 4)})
+    result = guard(proposal, dag=DAG, settings=SETTINGS, last=decision(1, 1, 1))
+    assert not result.accepted and result.notes == (
+        "refused: m/e2.memory_mb is an integer of 401 digits, too large for any knob",)
+
+
+def test_a_table_proposal_is_guarded_as_the_same_dict_is():
+    """The decider proposes columns (``ExpertTable``), the baselines dicts: the rules give
+    both the same decision and notes, with every adjusting rule but the shield firing."""
+    from smoelib.core.decisions import ExpertTable
+
+    rng = np.random.default_rng(7)
+    tight = load_settings({"guards": {"max_step_up": 3, "max_step_down": 2,
+                                      "pressure_threshold": 0.9, "hysteresis_ticks": 1,
+                                      "rollout_budget_per_min": 2}, "cluster": {"gpus": 3}})
+    fired = set()
+    for settings in (SETTINGS, tight):
+        last = decision(2, 2, 2)
+        for _ in range(30):
+            experts = {f"m/e{i}": ExpertDecision(int(rng.integers(0, 14)),
+                                                 float(rng.choice([0.25, 1.0, 99.0])),
+                                                 int(rng.choice([512, 2048, 99999])),
+                                                 float(rng.choice([0.25, 0.5])), 4)
+                       for i in range(3) if rng.random() > 0.1}
+            seen = observation(float(rng.choice([10.0, 200.0])), busy=("m/e1",),
+                               desired=(3, 3, 3))
+            results = [guard(PipelineDecision("p", 100.0, e), dag=DAG, settings=settings,
+                             last=last, observation=seen)
+                       for e in (MappingProxyType(experts), ExpertTable.of(experts))]
+            assert results[0].decision == results[1].decision
+            assert results[0].notes == results[1].notes
+            assert results[0].fired == results[1].fired
+            fired |= set(results[0].fired)
+            last = results[0].decision
+    assert fired == {"bounds", "step", "pressure", "busy", "hysteresis", "budget", "capacity"}

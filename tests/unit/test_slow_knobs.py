@@ -116,3 +116,35 @@ def test_the_simulator_rolls_pods_for_a_memory_decrease_before_1_35():
         experts["moe1/e0"] = ExpertDecision(1, 1.0, 2048, 0.25, 4)
         env.step(PipelineDecision(dag.name, 15.0, MappingProxyType(experts)))
         assert env.rollouts == rollouts
+
+
+def test_past_the_note_limit_a_rule_writes_one_note_for_its_held_changes():
+    """Per expert up to NOTE_LIMIT held changes of a rule in a tick; past it, one note that
+    counts them and names the first five (a deepseek-v3 size proposal would write 15,000).
+    What is held is the same either way."""
+    from smoelib.core.slow_knobs import NOTE_LIMIT
+
+    many = [f"moe1/e{i}" for i in range(NOTE_LIMIT + 8)]
+    before = {n: ExpertDecision(2, 1.0, 2048, 0.25, 4) for n in many}
+
+    def notes_of(nodes, rules):
+        out, _, notes = hold_slow_knobs({n: expert(concurrency=8) for n in nodes}, before,
+                                        SlowKnobMemory(), rules=rules,
+                                        pods={n: 2 for n in nodes}, now=100.0)
+        return [out[n].concurrency for n in nodes], notes
+
+    held, notes = notes_of(many[:NOTE_LIMIT], RULES)  # at the limit: one note each
+    assert held == [4] * NOTE_LIMIT and len(notes) == NOTE_LIMIT
+    held, notes = notes_of(many, RULES)
+    assert held == [4] * len(many) and notes == [("hysteresis", (
+        f"{len(many)} slow-knob changes held (0 within the 20% threshold, {len(many)} seen "
+        "fewer than 3 ticks): moe1/e0 concurrency 4 -> 8, moe1/e1 concurrency 4 -> 8, "
+        "moe1/e2 concurrency 4 -> 8, moe1/e3 concurrency 4 -> 8, moe1/e4 concurrency 4 -> 8 "
+        f"and {len(many) - 5} more"))]
+    held, notes = notes_of(many, SlowKnobRules(hysteresis_ticks=1, budget_per_min=4))
+    late = len(many) - 2  # 2 + 2 pods fit
+    assert held == [8, 8] + [4] * late and notes == [("budget", (
+        f"rollouts of {late} experts ({2 * late} pods) wait for the budget (4/4 pods this "
+        "minute): moe1/e2 (2 pod(s) for concurrency), moe1/e3 (2 pod(s) for concurrency), "
+        "moe1/e4 (2 pod(s) for concurrency), moe1/e5 (2 pod(s) for concurrency), moe1/e6 "
+        f"(2 pod(s) for concurrency) and {late - 5} more"))]
