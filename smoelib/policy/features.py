@@ -235,8 +235,7 @@ def build_features(obs: Any, dag: Any, *, config: PolicyConfig, gpus: float,
         cols += [np.log1p(base), np.clip(np.log1p(base) - np.log1p(desired), -5.0, 5.0)]
     x = torch.as_tensor(np.stack(cols, -1), dtype=torch.float32).unsqueeze(0)  # (1, N, F)
     slots = d.expert_pos  # (L, E) node index per expert slot
-    mask = _choice_mask(config, base[slots], s["replicas_min"][slots], s["replicas_max"][slots],
-                        s["weights_mb"][slots], s["parallelism"][slots])
+    mask = _choice_mask(config, d, base[slots])
     n_experts = max(int(d.layer_sizes.sum()), 1)
     if config.capacity == "spare":  # each layer keeps its use, plus its share of what is free
         use = np.bincount(d.layer_of[is_exp], weights=(desired * gshare)[is_exp],
@@ -256,20 +255,42 @@ def _ensure_one(mask: np.ndarray, fallback: np.ndarray) -> np.ndarray:
     return np.where(mask.any(-1, keepdims=True), mask, fallback)
 
 
-def _choice_mask(config: PolicyConfig, cur: np.ndarray, rmin: np.ndarray, rmax: np.ndarray,
-                 weights: np.ndarray, parallelism: np.ndarray) -> np.ndarray:
-    """Bounds masks ``(L, E, heads, C)``, at least one True per head."""
+def _choice_mask(config: PolicyConfig, d: DagTensors, cur: np.ndarray) -> np.ndarray:
+    """Bounds masks ``(L, E, heads, C)`` at replicas ``cur`` per slot, at least one True per
+    head: the replica head's from ``cur`` and the bounds, the others' from the DAG alone
+    (built once per DAG and config)."""
+    s, slots = d.static, d.expert_pos
+    key = (id(d), id(config))
+    got = _STATIC_MASKS.get(key)
+    if got is None or got[0] is not d or got[1] is not config:
+        if len(_STATIC_MASKS) >= 16:
+            _STATIC_MASKS.clear()
+        got = _STATIC_MASKS[key] = (d, config, _static_mask(config, s["weights_mb"][slots],
+                                                             s["parallelism"][slots]))
+    padded = got[2].copy()
     deltas = np.array(config.choices("replicas"))
     target = cur[..., None] + deltas  # (L, E, C)
+    rmin, rmax = s["replicas_min"][slots], s["replicas_max"][slots]
     off = np.abs(np.clip(target, rmin[..., None], rmax[..., None]) - target)
-    replicas = off == off.min(-1, keepdims=True)  # in bounds, else the step toward them
-    shape = cur.shape
+    # in bounds, else the step toward them
+    padded[..., config.heads.index("replicas"), :len(deltas)] = off == off.min(-1, keepdims=True)
+    return padded
+
+
+_STATIC_MASKS: dict[tuple[int, int], tuple[DagTensors, PolicyConfig, np.ndarray]] = {}
+
+
+def _static_mask(config: PolicyConfig, weights: np.ndarray, parallelism: np.ndarray
+                 ) -> np.ndarray:
+    """The masks of every head but the replicas' (left False), per slot ``(L, E, heads, C)``:
+    memory above the weights, concurrency at least the workers (each: the largest choice if
+    none is)."""
+    shape = weights.shape
     last = {}
     for h in ("memory_mb", "concurrency"):
         last[h] = np.zeros((*shape, len(config.choices(h))), dtype=bool)
         last[h][..., -1] = True
-    out = {"replicas": replicas,
-           "cpu": np.ones((*shape, len(config.cpu_choices)), dtype=bool),
+    out = {"cpu": np.ones((*shape, len(config.cpu_choices)), dtype=bool),
            "memory_mb": _ensure_one(np.array(config.memory_choices) >= weights[..., None],
                                     last["memory_mb"]),
            "concurrency": _ensure_one(np.array(config.concurrency_choices)
@@ -278,7 +299,8 @@ def _choice_mask(config: PolicyConfig, cur: np.ndarray, rmin: np.ndarray, rmax: 
         out["gpu_share"] = np.ones((*shape, len(config.gpu_share_choices)), dtype=bool)
     padded = np.zeros((*shape, len(config.heads), config.max_choices), dtype=bool)
     for i, h in enumerate(config.heads):
-        padded[..., i, :out[h].shape[-1]] = out[h]
+        if h in out:
+            padded[..., i, :out[h].shape[-1]] = out[h]
     return padded
 
 
