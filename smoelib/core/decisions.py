@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from smoelib.core.knobs import KNOB_NAMES, KNOBS
+from smoelib.core.knobs import INTEGER_KNOBS, KNOB_NAMES, KNOBS
 from smoelib.errors import ConfigError, Problem
 from smoelib.pipeline.yamlsrc import YamlProblem, read_regular_file
 
@@ -56,7 +56,6 @@ class ExpertDecision:
 
 
 _KNOB_VALUES = attrgetter(*KNOB_NAMES)
-_INT_KNOBS = tuple(k.kind is int for k in KNOBS)
 
 
 class ExpertTable(Mapping[str, ExpertDecision]):
@@ -118,7 +117,7 @@ class ExpertTable(Mapping[str, ExpertDecision]):
         if self._decisions is None:
             v = self.knobs
             columns = []
-            for j, integer in enumerate(_INT_KNOBS):
+            for j, integer in enumerate(INTEGER_KNOBS):
                 col = v[:, j]
                 if integer and np.isfinite(col).all() and (np.abs(col) < 2.0 ** 53).all():
                     columns.append(col.astype(np.int64).tolist())

@@ -42,7 +42,7 @@ import numpy as np
 
 from smoelib.core.accounting import gpu_per_pod
 from smoelib.core.decisions import ExpertTable, PipelineDecision
-from smoelib.core.knobs import KNOB_NAMES, KNOBS
+from smoelib.core.knobs import INTEGER_KNOBS, KNOB_COLUMN, KNOB_NAMES
 from smoelib.core.service import memory_choice, memory_floor_mb
 from smoelib.core.shield import ShieldMemory, shield
 from smoelib.core.slo import pressure_text, shows_drops, slo_pressure
@@ -246,20 +246,18 @@ def observed_decision(observation: Any, dag: PipelineDAG) -> ExpertTable:
     columns = [np.asarray(getattr(observation, name), float)[rows] for name in
                ("replicas_desired", "cpu", "memory_mb", "gpu_share", "concurrency")]
     values = np.column_stack([np.rint(c) if integer else c
-                              for c, integer in zip(columns, _INTEGER, strict=True)])
+                              for c, integer in zip(columns, INTEGER_KNOBS, strict=True)])
     ok = np.isfinite(values).all(1)
     nodes = dag.experts if ok.all() and seen.all() else tuple(
         dag.experts[i] for i in np.flatnonzero(seen)[ok].tolist())
     return ExpertTable(nodes, values[ok])
 
 
-_INTEGER = tuple(k.kind is int for k in KNOBS)
-
 
 def _pods(observation: Any, experts: ExpertTable, base: ExpertTable) -> np.ndarray:
     """Per expert of ``experts``, the pods a rollout would replace: its Deployment's replicas
     as observed (what the planner counts), else the reference's (0: neither)."""
-    pods = np.nan_to_num(base.aligned(experts.nodes)[:, 0])
+    pods = np.nan_to_num(base.aligned(experts.nodes)[:, _REPLICAS])
     if observation is not None:
         at = _rows_of(tuple(observation.nodes), experts.nodes)
         seen = np.flatnonzero(at >= 0)
@@ -352,20 +350,19 @@ def _clamp_all(experts: ExpertTable, dag: PipelineDAG, settings: Settings,
             if lo_j <= value <= hi_j:
                 continue
             bounded = min(max(value, lo_j), hi_j)
-            out[i, j] = int(bounded) if _INTEGER[j] else bounded
+            out[i, j] = int(bounded) if INTEGER_KNOBS[j] else bounded
             notes.add("bounds", f"{node}: {knob} {value:g} outside [{lo_j:g}, {hi_j:g}] -> "
                                 f"{bounded:g}")
-        memory = out[i, _COLUMN["memory_mb"]]
+        memory = out[i, KNOB_COLUMN["memory_mb"]]
         if memory < floor:
             lifted = memory_choice(floor, a.memory_mb)
-            out[i, _COLUMN["memory_mb"]] = lifted
+            out[i, KNOB_COLUMN["memory_mb"]] = lifted
             notes.add("bounds", f"{node}: memory_mb {memory:g} below runtime + weights "
                                 f"({floor:g} MiB; a replica would be OOM-killed) -> {lifted:g}")
     return experts.replaced(out)
 
 
-_COLUMN = {k: j for j, k in enumerate(KNOB_NAMES)}
-REPLICAS = _COLUMN["replicas"]
+_REPLICAS = KNOB_COLUMN["replicas"]
 
 
 @dataclass(frozen=True)
@@ -401,8 +398,8 @@ def _limits(dag: PipelineDAG, runtime_memory_mb: float) -> _Limits:
 def _limit_steps(experts: ExpertTable, base: ExpertTable, settings: Settings,
                  notes: _Notes) -> ExpertTable:
     up, down = settings.guards.max_step_up, settings.guards.max_step_down
-    want = experts.knobs[:, REPLICAS]
-    before = base.aligned(experts.nodes)[:, REPLICAS]  # NaN: no reference, no limit
+    want = experts.knobs[:, _REPLICAS]
+    before = base.aligned(experts.nodes)[:, _REPLICAS]  # NaN: no reference, no limit
     bad = np.flatnonzero((want > before + up) | (want < before - down)).tolist()
     if not bad:  # the common case, checked at once: within the steps
         return experts
@@ -412,18 +409,18 @@ def _limit_steps(experts: ExpertTable, base: ExpertTable, settings: Settings,
         target = min(max(asked, was - down), was + up)
         notes.add("step", f"{experts.nodes[i]}: replicas {was} -> {asked} limited to {target} "
                           f"(max step +{up}/-{down} per tick)")
-        out[i, REPLICAS] = target
+        out[i, _REPLICAS] = target
     return experts.replaced(out)
 
 
 def _hold_scale_down(experts: ExpertTable, base: ExpertTable, why: str, notes: _Notes
                      ) -> ExpertTable:
-    before = base.aligned(experts.nodes)[:, REPLICAS]
-    held = experts.knobs[:, REPLICAS] < before  # False where there is no reference (NaN)
+    before = base.aligned(experts.nodes)[:, _REPLICAS]
+    held = experts.knobs[:, _REPLICAS] < before  # False where there is no reference (NaN)
     if not held.any():
         return experts
     out = experts.knobs.copy()
-    out[held, REPLICAS] = before[held]
+    out[held, _REPLICAS] = before[held]
     notes.add("pressure", f"scale-down held for {int(held.sum())} experts: {why} show SLO "
                           "pressure")
     return experts.replaced(out)
@@ -444,7 +441,7 @@ def _traffic(observation: Any) -> np.ndarray:
 
 def _keep_busy(experts: ExpertTable, observation: Any, dag: PipelineDAG, notes: _Notes
                ) -> ExpertTable:
-    zero = np.flatnonzero(experts.knobs[:, REPLICAS] < 1)
+    zero = np.flatnonzero(experts.knobs[:, _REPLICAS] < 1)
     if not zero.size:  # the common case: nothing proposed at zero
         return experts
     busy = busy_experts(observation, dag)
@@ -455,7 +452,7 @@ def _keep_busy(experts: ExpertTable, observation: Any, dag: PipelineDAG, notes: 
     notes.add("busy", f"kept one replica of {len(kept)} busy experts proposed at zero: "
                  + ", ".join(sorted(kept)[:5]) + (" ..." if len(kept) > 5 else ""))
     out = experts.knobs.copy()
-    out[rows, REPLICAS] = 1
+    out[rows, _REPLICAS] = 1
     return experts.replaced(out)
 
 
@@ -465,13 +462,13 @@ def _fit_gpus(experts: ExpertTable, base: ExpertTable, *, dag: PipelineDAG,
     capacity = float(settings.cluster.gpus)
     if mode == "none":
         return experts
-    replicas = experts.knobs[:, REPLICAS].copy()
-    per_pod = gpu_per_pod(experts.knobs[:, _COLUMN["gpu_share"]], mode=mode,
+    replicas = experts.knobs[:, _REPLICAS].copy()
+    per_pod = gpu_per_pod(experts.knobs[:, KNOB_COLUMN["gpu_share"]], mode=mode,
                           slots_per_gpu=settings.gpu_sharing.slots_per_gpu)
     demand = float(replicas @ per_pod)
     if demand <= capacity + 1e-9:
         return experts
-    before = np.nan_to_num(base.aligned(experts.nodes)[:, REPLICAS])  # 0: no reference
+    before = np.nan_to_num(base.aligned(experts.nodes)[:, _REPLICAS])  # 0: no reference
     limits = _limits(dag, settings.cluster.runtime_memory_mb)
     floor = limits.replicas_min[_rows_of(dag.experts, experts.nodes)]
     asked = demand
@@ -491,5 +488,5 @@ def _fit_gpus(experts: ExpertTable, base: ExpertTable, *, dag: PipelineDAG,
     notes.add("capacity", f"GPU capacity {capacity:g}: asked {asked:.2f} GPUs, took back "
                           f"{taken} replicas from the largest increases")
     out = experts.knobs.copy()
-    out[:, REPLICAS] = replicas
+    out[:, _REPLICAS] = replicas
     return experts.replaced(out)

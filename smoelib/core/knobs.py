@@ -13,9 +13,12 @@ action space in the settings and the policy's heads.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
-__all__ = ["Knob", "KNOBS", "KNOB_NAMES", "VERTICAL_KNOBS", "SLOW_KNOBS", "RESOURCE_KNOBS"]
+__all__ = ["Knob", "KNOBS", "KNOB_NAMES", "KNOB_COLUMN", "INTEGER_KNOBS", "VERTICAL_KNOBS",
+           "SLOW_KNOBS", "RESOURCE_KNOBS"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +42,11 @@ KNOBS: tuple[Knob, ...] = (
          "OpenFaaS max_inflight: calls in flight per replica (running + waiting)"),
 )
 KNOB_NAMES: tuple[str, ...] = tuple(k.name for k in KNOBS)
+KNOB_COLUMN: Mapping[str, int] = MappingProxyType({k: j for j, k in enumerate(KNOB_NAMES)})
+"""Each knob's column in a decision's knob array
+(:class:`~smoelib.core.decisions.ExpertTable`)."""
+INTEGER_KNOBS: tuple[bool, ...] = tuple(k.kind is int for k in KNOBS)
+"""Per column of that array, whether the knob is a whole number."""
 VERTICAL_KNOBS: tuple[str, ...] = ("cpu", "memory_mb", "gpu_share", "concurrency")
 """The knobs the vertical module patches (every knob but replicas); the action space offers
 choices for each of them."""

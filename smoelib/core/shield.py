@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from smoelib.core.decisions import ExpertDecision, ExpertTable
-from smoelib.core.knobs import KNOB_NAMES
+from smoelib.core.knobs import KNOB_COLUMN
 from smoelib.core.service import full_gpu_interference, service_models
 from smoelib.core.slow_knobs import SlowKnobRules
 
@@ -199,7 +199,7 @@ def shield(experts: Mapping[str, ExpertDecision], *, observation: Any, dag: Any,
     return (experts if out is None else experts.replaced(out)), memory_out
 
 
-_REPLICAS, _CPU, _SHARE, _CONCURRENCY = (KNOB_NAMES.index(k) for k in (
+_REPLICAS, _CPU, _SHARE, _CONCURRENCY = (KNOB_COLUMN[k] for k in (
     "replicas", "cpu", "gpu_share", "concurrency"))
 
 

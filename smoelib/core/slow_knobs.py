@@ -29,11 +29,10 @@ from typing import Any
 import numpy as np
 
 from smoelib.core.decisions import ExpertDecision, ExpertTable
-from smoelib.core.knobs import KNOB_NAMES, RESOURCE_KNOBS, SLOW_KNOBS
+from smoelib.core.knobs import KNOB_COLUMN, RESOURCE_KNOBS, SLOW_KNOBS
 
 __all__ = ["SlowKnobRules", "SlowKnobMemory", "hold_slow_knobs", "WINDOW_S"]
 
-_KNOB_INDEX = {k: i for i, k in enumerate(KNOB_NAMES)}
 
 WINDOW_S = 60.0
 """The rollout budget's window, seconds."""
@@ -161,7 +160,7 @@ def hold_slow_knobs(experts: Mapping[str, ExpertDecision],
         return experts, replace(memory, rollouts=window), []
     every = mine.size == len(experts)
     order = experts.nodes if every else tuple(experts.nodes[i] for i in mine.tolist())
-    cols = [_KNOB_INDEX[n] for n in names]
+    cols = [KNOB_COLUMN[n] for n in names]
     want = experts.knobs[mine][:, cols]
     have = reference.knobs[ref_at[mine]][:, cols]
     value, seen = memory.aligned(order, names)
