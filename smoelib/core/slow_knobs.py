@@ -147,9 +147,10 @@ def hold_slow_knobs(experts: Mapping[str, ExpertDecision],
         now: seconds on the loop's clock.
 
     Returns:
-        the experts with held knobs set back to the reference, the new memory and a
-        ``(rule, note)`` per held change (rule ``hysteresis`` or ``budget``), expert by expert
-        in ``experts``' order.
+        the experts with held knobs set back to the reference (a table), the new memory and
+        the ``(rule, note)`` pairs (rule ``hysteresis`` or ``budget``): one per held change,
+        expert by expert in ``experts``' order, while a rule holds at most
+        :data:`NOTE_LIMIT` changes; past that, one note for all of that rule's.
     """
     experts, reference = ExpertTable.of(experts), ExpertTable.of(reference)
     names = rules.knobs + rules.decreases
