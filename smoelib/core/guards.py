@@ -428,15 +428,11 @@ def _hold_scale_down(experts: ExpertTable, base: ExpertTable, why: str, notes: _
 
 def busy_experts(observation: Any, dag: PipelineDAG) -> frozenset[str]:
     """The experts an observation shows with calls, calls in flight or 429s."""
+    traffic = (np.nan_to_num(np.asarray(observation.calls_per_s, float))
+               + np.nan_to_num(np.asarray(observation.inflight, float))
+               + np.nan_to_num(np.asarray(observation.rejected_per_s, float)))
     nodes = observation.nodes
-    return frozenset(nodes[i] for i in np.flatnonzero(_traffic(observation) > 0).tolist()
-                     ) & _expert_set(dag)
-
-
-def _traffic(observation: Any) -> np.ndarray:
-    return (np.nan_to_num(np.asarray(observation.calls_per_s, float))
-            + np.nan_to_num(np.asarray(observation.inflight, float))
-            + np.nan_to_num(np.asarray(observation.rejected_per_s, float)))
+    return frozenset(nodes[i] for i in np.flatnonzero(traffic > 0).tolist()) & _expert_set(dag)
 
 
 def _keep_busy(experts: ExpertTable, observation: Any, dag: PipelineDAG, notes: _Notes

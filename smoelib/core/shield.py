@@ -137,10 +137,10 @@ def shield(experts: Mapping[str, ExpertDecision], *, observation: Any, dag: Any,
     now = float(observation.time_s)
     held = {n: (r, until) for n, r, until in mem.held if until > now}
     rows = experts.rows(m.nodes)  # each modelled expert's row in the decision (-1: none)
-    present = np.flatnonzero(rows >= 0)
-    k_ix = present
+    k_ix = np.flatnonzero(rows >= 0)  # the modelled experts the decision has
     ix = m.index[k_ix]
-    dec = experts.knobs[rows[present]]
+    at = rows[k_ix]  # their rows in the decision
+    dec = experts.knobs[at]
     replicas, cpu = dec[:, _REPLICAS].copy(), dec[:, _CPU].copy()
     # a worker at full batches: max_inflight per pod over its workers
     full = np.maximum(dec[:, _CONCURRENCY] / m.workers[k_ix], 1.0)
@@ -149,7 +149,7 @@ def shield(experts: Mapping[str, ExpertDecision], *, observation: Any, dag: Any,
                                                    1.0), 1.0)
     inter = full_gpu_interference(share, settings.simulator.mps_interference)
     where = np.full(len(m.nodes), -1, np.int64)
-    where[k_ix] = np.arange(len(present))
+    where[k_ix] = np.arange(len(k_ix))
     cpu_why = _lift_cpu(m, where, cpu, per_call, share, inter, k_ix) if m.lifts_cpu else {}
     s_ms = np.zeros(len(dec))
     for model, members in m.groups:
@@ -164,7 +164,7 @@ def shield(experts: Mapping[str, ExpertDecision], *, observation: Any, dag: Any,
     coming = (starting[ix] > 0) | (replicas > ready[ix])  # capacity already on its way
     burst = ((rejected[ix] > 0) & ~coming
              & (rejected[ix] > g.shield_reject_fraction * (calls[ix] + rejected[ix])))
-    was_held = np.array([m.nodes[k] in held for k in present.tolist()], bool) if held else False
+    was_held = np.array([m.nodes[k] in held for k in k_ix.tolist()], bool) if held else False
     out = None
     lifted = np.zeros(len(dec), bool)
     lifted[list(cpu_why)] = True
@@ -192,8 +192,8 @@ def shield(experts: Mapping[str, ExpertDecision], *, observation: Any, dag: Any,
             notes.add("shield", f"{node}: shield lifted {' and '.join(what)}")
             if out is None:
                 out = experts.knobs.copy()
-            out[rows[present[j]], _REPLICAS] = max(need, has)
-            out[rows[present[j]], _CPU] = cpu[j]
+            out[at[j], _REPLICAS] = max(need, has)
+            out[at[j], _CPU] = cpu[j]
     memory_out = ShieldMemory(now, tuple(calls.tolist()),
                               tuple((n, r, u) for n, (r, u) in sorted(held.items())))
     return (experts if out is None else experts.replaced(out)), memory_out

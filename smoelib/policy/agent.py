@@ -111,7 +111,7 @@ def actions_to_decision(actions: Actions, inp: PolicyInput, dag: Any, *, config:
                      d.static["replicas_min"][d.expert_pos], d.static["replicas_max"][d.expert_pos])
     share = values.get("gpu_share", np.full(target.shape, config.fixed_gpu_share))
     at = d.expert_slots
-    values = np.column_stack([np.rint(target[at]), values["cpu"][at], values["memory_mb"][at],
-                              share[at], values["concurrency"][at]])  # rint: half to even
+    knobs = np.column_stack([np.rint(target[at]), values["cpu"][at], values["memory_mb"][at],
+                             share[at], values["concurrency"][at]])  # rint: half to even
     return PipelineDecision(pipeline=dag.name, updated_at=updated_at,
-                            experts=ExpertTable(d.expert_nodes, values))
+                            experts=ExpertTable(d.expert_nodes, knobs))

@@ -235,7 +235,7 @@ def build_features(obs: Any, dag: Any, *, config: PolicyConfig, gpus: float,
         cols += [np.log1p(base), np.clip(np.log1p(base) - np.log1p(desired), -5.0, 5.0)]
     x = torch.as_tensor(np.stack(cols, -1), dtype=torch.float32).unsqueeze(0)  # (1, N, F)
     slots = d.expert_pos  # (L, E) node index per expert slot
-    mask = _choice_mask(config, d, base[slots])
+    mask = _choice_mask(config, dag, base[slots])
     n_experts = max(int(d.layer_sizes.sum()), 1)
     if config.capacity == "spare":  # each layer keeps its use, plus its share of what is free
         use = np.bincount(d.layer_of[is_exp], weights=(desired * gshare)[is_exp],
@@ -255,19 +255,18 @@ def _ensure_one(mask: np.ndarray, fallback: np.ndarray) -> np.ndarray:
     return np.where(mask.any(-1, keepdims=True), mask, fallback)
 
 
-def _choice_mask(config: PolicyConfig, d: DagTensors, cur: np.ndarray) -> np.ndarray:
+def _choice_mask(config: PolicyConfig, dag: Any, cur: np.ndarray) -> np.ndarray:
     """Bounds masks ``(L, E, heads, C)`` at replicas ``cur`` per slot, at least one True per
     head: the replica head's from ``cur`` and the bounds, the others' from the DAG alone
     (built once per DAG and config)."""
+    d = dag_tensors(dag)
     s, slots = d.static, d.expert_pos
-    key = (id(d), id(config))
-    got = _STATIC_MASKS.get(key)
-    if got is None or got[0] is not d or got[1] is not config:
-        if len(_STATIC_MASKS) >= 16:
-            _STATIC_MASKS.clear()
-        got = _STATIC_MASKS[key] = (d, config, _static_mask(config, s["weights_mb"][slots],
-                                                             s["parallelism"][slots]))
-    padded = got[2].copy()
+    per_dag = _STATIC_MASKS.setdefault(dag, {})
+    static = per_dag.get(config)
+    if static is None:
+        static = per_dag[config] = _static_mask(config, s["weights_mb"][slots],
+                                                s["parallelism"][slots])
+    padded = static.copy()
     deltas = np.array(config.choices("replicas"))
     target = cur[..., None] + deltas  # (L, E, C)
     rmin, rmax = s["replicas_min"][slots], s["replicas_max"][slots]
@@ -277,7 +276,8 @@ def _choice_mask(config: PolicyConfig, d: DagTensors, cur: np.ndarray) -> np.nda
     return padded
 
 
-_STATIC_MASKS: dict[tuple[int, int], tuple[DagTensors, PolicyConfig, np.ndarray]] = {}
+_STATIC_MASKS: weakref.WeakKeyDictionary[Any, dict[PolicyConfig, np.ndarray]] = (
+    weakref.WeakKeyDictionary())
 
 
 def _static_mask(config: PolicyConfig, weights: np.ndarray, parallelism: np.ndarray
