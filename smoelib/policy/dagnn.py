@@ -27,7 +27,7 @@ from smoelib.policy.schedule import (
     ONE_SRC,
     SOURCES,
     DagSchedule,
-    LevelPlan,
+    Sweep,
 )
 
 __all__ = ["DAGNNSweep", "DAGNN", "NodeMLPEncoder"]
@@ -40,7 +40,7 @@ class DAGNNSweep(nn.Module):
         channels (int): width of the node states (input and output).
 
     Shapes:
-        - **input:** previous-layer states ``(B, N, channels)``, the levels of one direction
+        - **input:** previous-layer states ``(B, N, channels)``, one direction's :class:`Sweep`
         - **output:** this layer's states ``(B, N, channels)``
     """
 
@@ -55,39 +55,46 @@ class DAGNNSweep(nn.Module):
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         reset_linears(self, generator)
 
-    def forward(self, h_prev: Tensor, levels: tuple[LevelPlan, ...]) -> Tensor:
+    def forward(self, h_prev: Tensor, sweep: Sweep) -> Tensor:
         b, n, c = h_prev.shape
         gru = self.gru
         # the GRU's input side and the attention query depend only on the previous layer:
-        # computed for every node at once, so a level step only does the hidden side
-        gates_in = F.linear(h_prev, gru.weight_ih, gru.bias_ih)  # (B, N, 3C)
+        # computed for every node at once, so a level step only does the hidden side; the
+        # input side in level order, so that a level reads a slice of it
+        gates_in = F.linear(h_prev, gru.weight_ih, gru.bias_ih).index_select(
+            1, sweep.order)  # (B, N, 3C), level order
         query = self.att_query(h_prev).squeeze(-1)  # (B, N): w_q . h_v^{l-1}
         w_key, b_key = self.att_key.weight[0], self.att_key.bias  # (C,), (1,)
         w_hh, b_hh = gru.weight_hh.t(), gru.bias_hh  # (C, 3C), (3C,)
         h = h_prev.new_zeros(b, n, c)  # filled level by level (in place: a level reads only
         # earlier levels, and index_select's backward needs no saved values)
-        for plan in levels:
-            gi = gates_in.index_select(1, plan.nodes)  # (B, n_d, 3C)
-            n_d = gi.shape[1]
+        out = h_prev  # the previous level's output (unread before the first level)
+        for plan in sweep.levels:
+            n_d = plan.nodes.shape[0]
+            gi = gates_in.narrow(1, plan.start, n_d)  # (B, n_d, 3C)
             if plan.kind == SOURCES:
-                h.index_copy_(1, plan.nodes, gru_update(gi, b_hh, None))
-                continue
-            if plan.kind == ONE_SRC:  # (B, 1, C): one message, broadcast over the level
-                msg = h.index_select(1, plan.src[:1])
-            elif plan.kind == ONE_PRED:
-                msg = h.index_select(1, plan.src)  # (B, n_d, C): softmax over one edge is 1
+                out = gru_update(gi, b_hh, None)
             else:
-                hs = h.index_select(1, plan.src)  # (B, e_d, C): predecessor states
-                score = query.index_select(1, plan.dst) + (hs * w_key).sum(-1) + b_key  # (B, e_d)
-                if plan.kind == ONE_DST:
-                    msg = torch.bmm(torch.softmax(score, 1).unsqueeze(1), hs)  # (B, 1, C)
-                else:  # GENERAL: several destinations, several edges each
-                    alpha = scatter_softmax(score, plan.dst_local, n_d)  # (B, e_d)
-                    msg = hs.new_zeros(b, n_d, c).index_add_(
-                        1, plan.dst_local, alpha.unsqueeze(-1) * hs)  # (B, n_d, C)
-            m_d = msg.shape[1]  # n_d, or 1 for ONE_SRC (gru_update broadcasts it)
-            gh = torch.addmm(b_hh, msg.reshape(b * m_d, c), w_hh).view(b, m_d, 3 * c)
-            h.index_copy_(1, plan.nodes, gru_update(gi, gh, msg))
+                if plan.reads_prev:  # the predecessors are the previous level, in order
+                    hs = out
+                elif plan.kind == ONE_SRC:  # (B, 1, C): one message, broadcast over the level
+                    hs = h.index_select(1, plan.src[:1])
+                else:
+                    hs = h.index_select(1, plan.src)  # (B, e_d, C): predecessor states
+                if plan.kind in (ONE_SRC, ONE_PRED):  # softmax over one edge is 1
+                    msg = hs
+                else:
+                    score = query.index_select(1, plan.dst) + (hs * w_key).sum(-1) + b_key
+                    if plan.kind == ONE_DST:  # (B, e_d) -> (B, 1, C)
+                        msg = torch.bmm(torch.softmax(score, 1).unsqueeze(1), hs)
+                    else:  # GENERAL: several destinations, several edges each
+                        alpha = scatter_softmax(score, plan.dst_local, n_d)  # (B, e_d)
+                        msg = hs.new_zeros(b, n_d, c).index_add_(
+                            1, plan.dst_local, alpha.unsqueeze(-1) * hs)  # (B, n_d, C)
+                m_d = msg.shape[1]  # n_d, or 1 for ONE_SRC (gru_update broadcasts it)
+                gh = torch.addmm(b_hh, msg.reshape(b * m_d, c), w_hh).view(b, m_d, 3 * c)
+                out = gru_update(gi, gh, msg)  # (B, n_d, C)
+            h.index_copy_(1, plan.nodes, out)
         return h
 
 
