@@ -461,7 +461,9 @@ def _fit_gpus(experts: ExpertTable, base: ExpertTable, *, dag: PipelineDAG,
     replicas = experts.knobs[:, _REPLICAS].copy()
     per_pod = gpu_per_pod(experts.knobs[:, KNOB_COLUMN["gpu_share"]], mode=mode,
                           slots_per_gpu=settings.gpu_sharing.slots_per_gpu)
-    demand = float(replicas @ per_pod)
+    # not ``@``: a BLAS dot wakes the BLAS threads, which on a small machine wait for the
+    # cores torch's threads still hold right after the decider (milliseconds at 15k experts)
+    demand = float((replicas * per_pod).sum())
     if demand <= capacity + 1e-9:
         return experts
     before = np.nan_to_num(base.aligned(experts.nodes)[:, _REPLICAS])  # 0: no reference
