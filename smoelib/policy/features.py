@@ -269,10 +269,14 @@ def _choice_mask(config: PolicyConfig, dag: Any, cur: np.ndarray) -> np.ndarray:
     padded = static.copy()
     deltas = np.array(config.choices("replicas"))
     target = cur[..., None] + deltas  # (L, E, C)
-    rmin, rmax = s["replicas_min"][slots], s["replicas_max"][slots]
-    off = np.abs(np.clip(target, rmin[..., None], rmax[..., None]) - target)
-    # in bounds, else the step toward them
-    padded[..., config.heads.index("replicas"), :len(deltas)] = off == off.min(-1, keepdims=True)
+    rmin, rmax = s["replicas_min"][slots][..., None], s["replicas_max"][slots][..., None]
+    ok = (target >= rmin) & (target <= rmax)  # in bounds
+    out = ~ok.any(-1)  # (L, E): no choice in bounds, so the steps toward them (the nearest)
+    if out.any():
+        t = target[out]
+        off = np.abs(np.clip(t, rmin[out], rmax[out]) - t)
+        ok[out] = off == off.min(-1, keepdims=True)
+    padded[..., config.heads.index("replicas"), :len(deltas)] = ok
     return padded
 
 
