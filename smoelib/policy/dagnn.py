@@ -27,7 +27,7 @@ from smoelib.policy.schedule import (
     ONE_SRC,
     SOURCES,
     DagSchedule,
-    Sweep,
+    LevelPlan,
 )
 
 __all__ = ["DAGNNSweep", "DAGNN", "NodeMLPEncoder"]
@@ -40,7 +40,7 @@ class DAGNNSweep(nn.Module):
         channels (int): width of the node states (input and output).
 
     Shapes:
-        - **input:** previous-layer states ``(B, N, channels)``, one direction's :class:`Sweep`
+        - **input:** previous-layer states ``(B, N, channels)``, the levels of one direction
         - **output:** this layer's states ``(B, N, channels)``
     """
 
@@ -55,23 +55,21 @@ class DAGNNSweep(nn.Module):
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         reset_linears(self, generator)
 
-    def forward(self, h_prev: Tensor, sweep: Sweep) -> Tensor:
+    def forward(self, h_prev: Tensor, levels: tuple[LevelPlan, ...]) -> Tensor:
         b, n, c = h_prev.shape
         gru = self.gru
         # the GRU's input side and the attention query depend only on the previous layer:
-        # computed for every node at once, so a level step only does the hidden side; the
-        # input side in level order, so that a level reads a slice of it
-        gates_in = F.linear(h_prev, gru.weight_ih, gru.bias_ih).index_select(
-            1, sweep.order)  # (B, N, 3C), level order
+        # computed for every node at once, so a level step only does the hidden side
+        gates_in = F.linear(h_prev, gru.weight_ih, gru.bias_ih)  # (B, N, 3C)
         query = self.att_query(h_prev).squeeze(-1)  # (B, N): w_q . h_v^{l-1}
         w_key, b_key = self.att_key.weight[0], self.att_key.bias  # (C,), (1,)
         w_hh, b_hh = gru.weight_hh.t(), gru.bias_hh  # (C, 3C), (3C,)
         h = h_prev.new_zeros(b, n, c)  # filled level by level (in place: a level reads only
         # earlier levels, and index_select's backward needs no saved values)
         out = h_prev  # the previous level's output (unread before the first level)
-        for plan in sweep.levels:
+        for plan in levels:
             n_d = plan.nodes.shape[0]
-            gi = gates_in.narrow(1, plan.start, n_d)  # (B, n_d, 3C)
+            gi = gates_in.index_select(1, plan.nodes)  # (B, n_d, 3C)
             if plan.kind == SOURCES:
                 out = gru_update(gi, b_hh, None)
             else:

@@ -15,11 +15,9 @@ encoder can take a cheaper path where the level's shape allows it:
   per-destination softmax is a plain softmax;
 - ``GENERAL``: anything else (scatter softmax over destinations).
 
-Each direction is a :class:`Sweep`: its levels and the nodes in level order, so that a level is
-a contiguous range of that order (a slice, not a gather, of anything computed for every node at
-once). A level whose predecessors are exactly the previous level's nodes, in the order it reads
-them (``reads_prev``: every level of a chain of MoE layers), takes the previous level's output
-as it is rather than gathering it from the sweep's state.
+A level whose predecessors are exactly the previous level's nodes, in the order it reads them
+(``reads_prev``: every level of a chain of MoE layers), takes the previous level's output as it
+is rather than gathering it from the sweep's state.
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["LevelPlan", "Sweep", "DagSchedule", "build_schedule", "SOURCES", "ONE_PRED", "ONE_SRC",
+__all__ = ["LevelPlan", "DagSchedule", "build_schedule", "SOURCES", "ONE_PRED", "ONE_SRC",
            "ONE_DST", "GENERAL"]
 
 SOURCES, ONE_PRED, ONE_DST, GENERAL, ONE_SRC = 0, 1, 2, 3, 4
@@ -45,7 +43,6 @@ class LevelPlan(NamedTuple):
             with ``nodes``);
         dst: ``(e_d,)`` global index of each edge's destination;
         dst_local: ``(e_d,)`` position of each edge's destination inside ``nodes``;
-        start: the level's first position in its sweep's level order;
         reads_prev: ``src`` is exactly the previous level's ``nodes`` (for ONE_SRC: that level
             is the one predecessor), so the predecessor states are that level's output.
     """
@@ -55,16 +52,7 @@ class LevelPlan(NamedTuple):
     src: Tensor
     dst: Tensor
     dst_local: Tensor
-    start: int
     reads_prev: bool
-
-
-class Sweep(NamedTuple):
-    """One direction: ``levels`` in order; ``order`` ``(N,)`` the nodes in level order (level
-    ``d`` at ``levels[d].start`` onwards)."""
-
-    levels: tuple[LevelPlan, ...]
-    order: Tensor
 
 
 class DagSchedule(NamedTuple):
@@ -75,8 +63,8 @@ class DagSchedule(NamedTuple):
 
     num_nodes: int
     edge_index: Tensor
-    forward: Sweep
-    reverse: Sweep
+    forward: tuple[LevelPlan, ...]
+    reverse: tuple[LevelPlan, ...]
     sources: Tensor
     sinks: Tensor
 
@@ -122,12 +110,12 @@ def _levels(src: np.ndarray, dst: np.ndarray, n: int) -> np.ndarray:
     return level
 
 
-def _plans(src: np.ndarray, dst: np.ndarray, n: int) -> Sweep:
+def _plans(src: np.ndarray, dst: np.ndarray, n: int) -> tuple[LevelPlan, ...]:
     level = _levels(src, dst, n)
     edge_level = level[dst]
     edge_order = np.argsort(edge_level, kind="stable")
     plans: list[LevelPlan] = []
-    start, before = 0, np.empty(0, np.int64)  # the previous level's nodes
+    before = np.empty(0, np.int64)  # the previous level's nodes
     for d in range(int(level.max()) + 1 if n else 0):
         nodes = np.flatnonzero(level == d)
         sel = edge_order[np.searchsorted(edge_level[edge_order], d, side="left"):
@@ -148,9 +136,6 @@ def _plans(src: np.ndarray, dst: np.ndarray, n: int) -> Sweep:
         reads_prev = d > 0 and np.array_equal(reads, before)
         plans.append(LevelPlan(kind=kind, nodes=torch.as_tensor(nodes),
                                src=torch.as_tensor(e_src), dst=torch.as_tensor(e_dst),
-                               dst_local=torch.as_tensor(local), start=start,
-                               reads_prev=bool(reads_prev)))
-        start, before = start + nodes.size, nodes
-    order = np.concatenate([p.nodes.numpy() for p in plans]) if plans \
-        else np.empty(0, np.int64)
-    return Sweep(levels=tuple(plans), order=torch.as_tensor(order))
+                               dst_local=torch.as_tensor(local), reads_prev=bool(reads_prev)))
+        before = nodes
+    return tuple(plans)
