@@ -40,6 +40,20 @@ def features(dag, config, seed=0, gpus=8.0, **kw):
     return build_features(observation(dag, seed, **kw), dag, config=config, gpus=gpus)[0]
 
 
+@pytest.mark.parametrize("replicas, allowed", [
+    (3, lambda d: 0 <= 3 + d <= 16),  # in bounds: every choice that stays within [0, 16]
+    (40, lambda d: d == -8),  # far above the maximum: only the largest step down
+    (17, lambda d: -17 <= d <= -1)])  # one above it: every step that lands within bounds
+def test_the_replica_mask_keeps_the_choices_in_bounds_else_the_nearest(dag, replicas, allowed):
+    cfg = PolicyConfig(**TINY)
+    mask = features(dag, cfg, replicas=replicas).choice_mask  # (1, L, E, heads, C)
+    deltas = cfg.choices("replicas")
+    row = mask[0, :, :, cfg.heads.index("replicas"), :len(deltas)]  # (L, E, C)
+    want = torch.tensor([allowed(d) for d in deltas])
+    valid = features(dag, cfg).expert_valid
+    assert (row[valid] == want).all()
+
+
 def test_feature_shapes(dag):
     cfg = PolicyConfig(**TINY)
     inp = features(dag, cfg)
