@@ -271,11 +271,11 @@ def _choice_mask(config: PolicyConfig, dag: Any, cur: np.ndarray) -> np.ndarray:
     target = cur[..., None] + deltas  # (L, E, C)
     rmin, rmax = s["replicas_min"][slots][..., None], s["replicas_max"][slots][..., None]
     ok = (target >= rmin) & (target <= rmax)  # in bounds
-    out = ~ok.any(-1)  # (L, E): no choice in bounds, so the steps toward them (the nearest)
-    if out.any():
-        t = target[out]
-        off = np.abs(np.clip(t, rmin[out], rmax[out]) - t)
-        ok[out] = off == off.min(-1, keepdims=True)
+    outside = ~ok.any(-1)  # (L, E): no choice in bounds, so the steps toward them (nearest)
+    if outside.any():
+        t = target[outside]
+        off = np.abs(np.clip(t, rmin[outside], rmax[outside]) - t)
+        ok[outside] = off == off.min(-1, keepdims=True)
     padded[..., config.heads.index("replicas"), :len(deltas)] = ok
     return padded
 
