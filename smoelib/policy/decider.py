@@ -72,7 +72,9 @@ class _Greedy(nn.Module):
 
 def compile_greedy(agent: SMoEAgent, inp: PolicyInput, *, name: str = "pipeline") -> Future:
     """The agent's greedy decide path for ``inp``'s DAG through ``torch.compile`` (every shape
-    is fixed by the DAG, so ``dynamic=False``), compiled by a first call on ``inp`` in a
+    is fixed by the DAG, so ``dynamic=False``; the graph's kernels called from a generated C++
+    wrapper, not a Python one: the same kernels and results, less overhead per kernel at
+    small sizes, BENCHMARKS.md), compiled by a first call on ``inp`` in a
     background thread: a faster decision than the eager path's once compiled, after a one-off
     compilation of up to minutes per DAG (BENCHMARKS.md has both), so worth it in a
     long-running controller, not in a short simulation (``policy.compile``). The graph reads
@@ -87,7 +89,8 @@ def compile_greedy(agent: SMoEAgent, inp: PolicyInput, *, name: str = "pipeline"
         # (here, in the caller's thread: the warning filters are global)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            compiled = torch.compile(_Greedy(agent, inp), dynamic=False)
+            compiled = torch.compile(_Greedy(agent, inp), dynamic=False,
+                                     options={"cpp_wrapper": True})
     except Exception as err:  # noqa: BLE001 - any compiler failure leaves the eager path
         done.set_result(_failed(name, err))
         return done
