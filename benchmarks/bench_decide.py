@@ -8,7 +8,10 @@ then one tick per repeat, the decision applied as the loop applies it, so the gu
 state they see in a run. The eager path and, unless ``--no-compile``, the ``torch.compile``d
 one (``policy.compile``; its one-off compilation waited for and reported) decide the same
 observations, interleaved, so their ratio is fair on a busy machine. Targets (the policy
-issue): bert-moe at most 2 ms median, deepseek-v3 scale at most 40 ms.
+issue): bert-moe at most 2 ms median, deepseek-v3 scale at most 40 ms. The header times two
+fixed operations that lead the network's profile at deepseek-v3 size (a tanh of 480,000 floats
+and the gate inputs' ``addmm``, 14,972 x 32 by 32 x 96), so runs on different machines can be
+set against each other's speed.
 
 Run: ``python3 benchmarks/bench_decide.py [--repeats N] [--pipelines bert-moe,deepseek-v3]
 [--no-compile]``.
@@ -89,6 +92,26 @@ def measure(name: str, repeats: int, compile_too: bool) -> None:
               f"{total - decide:6.2f} ms = {total:7.2f} ms{goal}")
 
 
+def machine_reference(repeats: int = 50) -> str:
+    """Median times of two fixed operations (module docstring), this process's threads."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(480_000, generator=gen)
+    a, w, b = (torch.randn(14_972, 32, generator=gen), torch.randn(32, 96, generator=gen),
+               torch.randn(96, generator=gen))
+
+    def median_us(op) -> float:
+        op()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            op()
+            times.append((time.perf_counter() - t0) * 1e6)
+        return statistics.median(times)
+
+    return (f"tanh of 480k floats {median_us(lambda: torch.tanh(x)):.0f} us, addmm 14972x32x96 "
+            f"{median_us(lambda: torch.addmm(b, a, w)):.0f} us")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
@@ -99,6 +122,8 @@ def main() -> None:
     print(f"one tick's decision: torch {torch.__version__}, python "
           f"{platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, load "
           f"average {load:.2f}; {args.repeats} repeats")
+    torch.set_num_threads(load_settings(None).policy.torch_threads)
+    print(f"machine reference ({torch.get_num_threads()} threads): {machine_reference()}")
     for name in args.pipelines.split(","):
         measure(name, args.repeats, not args.no_compile)
 
