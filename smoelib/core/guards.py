@@ -276,7 +276,8 @@ def _refusal(proposed: PipelineDecision, dag: PipelineDAG) -> str | None:
         return f"refused: decision for pipeline {proposed.pipeline!r}, not {dag.name!r}"
     experts = proposed.experts
     if isinstance(experts, ExpertTable):  # numbers already: the columns checked at once
-        if _expert_set(dag).issuperset(experts.nodes) and np.isfinite(experts.knobs).all():
+        if ((experts.nodes is dag.experts or _expert_set(dag).issuperset(experts.nodes))
+                and np.isfinite(experts.knobs).all()):
             return None
     elif experts.keys() <= _expert_set(dag):  # the common case, checked at once
         rows = list(map(_KNOB_VALUES, experts.values()))

@@ -78,7 +78,8 @@ class _Models:
     def __init__(self, dag: Any, settings: Any):
         models = service_models(dag, settings)
         pos = {n: i for i, n in enumerate(dag.nodes)}
-        self.nodes = tuple(n for n in dag.experts if models[pos[n]] is not None)
+        modelled = tuple(n for n in dag.experts if models[pos[n]] is not None)
+        self.nodes = dag.experts if len(modelled) == len(dag.experts) else modelled
         self.index = np.array([pos[n] for n in self.nodes], np.int64)
         specs = [dag.spec(n) for n in self.nodes]
         self.workers = np.array([max(1, s.parallelism) for s in specs], float)

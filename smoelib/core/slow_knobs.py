@@ -105,7 +105,7 @@ class SlowKnobMemory:
         ticks = np.zeros((len(nodes), len(knobs)), np.int64)
         if not self.nodes:
             return values, ticks
-        if self.knobs == knobs and self.nodes == tuple(nodes):
+        if self.knobs == knobs and (self.nodes is nodes or self.nodes == tuple(nodes)):
             return self.values.copy(), self.ticks.copy()  # the common case: the same experts
         row = {n: i for i, n in enumerate(self.nodes)}
         mine = [row.get(n, -1) for n in nodes]
@@ -119,7 +119,7 @@ class SlowKnobMemory:
 
     def others(self, nodes: Sequence[str]) -> SlowKnobMemory:
         """The rows of experts not in ``nodes`` that hold a candidate."""
-        if not self.nodes or self.nodes == tuple(nodes):  # the common case: the same experts
+        if not self.nodes or self.nodes is nodes or self.nodes == tuple(nodes):  # the same
             return SlowKnobMemory()
         skip = set(nodes)
         keep = [i for i in np.flatnonzero(self.ticks.any(1)).tolist()
@@ -179,16 +179,19 @@ def hold_slow_knobs(experts: Mapping[str, ExpertDecision],
     allowed = np.setdiff1d(candidates, late, assume_unique=True)
     seen[allowed] = np.where(ready[allowed], 0, seen[allowed])  # the next reference holds it
     held = small | waiting
-    held[late] |= ready[late]
+    is_late = np.zeros(len(order), bool)
+    is_late[late] = True
+    held |= ready & is_late[:, None]
     notes = _notes(_Held(order, names, want, have, small, seen, ready, late, need, before),
                    rules)
     out = experts
     rows = np.flatnonzero(held.any(1))
     if rows.size:  # the held knobs back to the reference
         values = experts.knobs.copy()
-        sub = values[mine[rows]]
-        sub[:, cols] = np.where(held[rows], have[rows], want[rows])
-        values[mine[rows]] = sub
+        every_row = rows.size == mine.size  # rows is then every row, in order
+        pick = slice(None) if every_row else rows
+        values[np.ix_(mine if every_row else mine[rows], cols)] = np.where(
+            held[pick], have[pick], want[pick])
         out = experts.replaced(values)
     rest = memory.others(order)  # the experts this tick did not look at keep their rows
     if rest.nodes:
