@@ -107,6 +107,8 @@ class ExpertTable(Mapping[str, ExpertDecision]):
 
     def aligned(self, nodes: Sequence[str]) -> np.ndarray:
         """The knobs of ``nodes`` as rows (a copy; NaN for a node not in the table)."""
+        if nodes is self.nodes:
+            return self.knobs.copy()
         at = self.rows(nodes)
         out = self.knobs[np.maximum(at, 0)] if len(self.nodes) else np.full(
             (len(at), len(KNOB_NAMES)), np.nan)

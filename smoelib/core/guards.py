@@ -328,16 +328,17 @@ def _clamp_all(experts: ExpertTable, dag: PipelineDAG, settings: Settings,
               ("concurrency", min(a.concurrency), max(a.concurrency)))
     runtime = settings.cluster.runtime_memory_mb
     (_, c_lo, c_hi), (_, m_lo, m_hi), (_, g_lo, g_hi), (_, k_lo, k_hi) = shared
-    nodes, n = experts.nodes, len(experts)
+    nodes = experts.nodes
     limits = _limits(dag, runtime)
-    at = limits.every if nodes == dag.experts else _rows_of(dag.experts, nodes)
+    at = (slice(None) if nodes is dag.experts or nodes == dag.experts
+          else _rows_of(dag.experts, nodes))
     values = experts.knobs
-    lo = np.column_stack([limits.replicas_min[at], np.full(n, c_lo),
-                          np.maximum(m_lo, limits.memory_floor[at]), np.full(n, g_lo),
-                          np.full(n, k_lo)])
-    hi = np.column_stack([limits.replicas_max[at], np.full(n, c_hi), np.full(n, m_hi),
-                          np.full(n, g_hi), np.full(n, k_hi)])
-    bad = np.flatnonzero(~((lo <= values) & (values <= hi)).all(1)).tolist()
+    v = values.T  # the knobs' columns, in KNOB_NAMES order
+    within = ((limits.replicas_min[at] <= v[0]) & (v[0] <= limits.replicas_max[at])
+              & (c_lo <= v[1]) & (v[1] <= c_hi)
+              & (np.maximum(m_lo, limits.memory_floor[at]) <= v[2]) & (v[2] <= m_hi)
+              & (g_lo <= v[3]) & (v[3] <= g_hi) & (k_lo <= v[4]) & (v[4] <= k_hi))
+    bad = np.flatnonzero(~within).tolist()
     if not bad:  # the common case, checked at once: nothing to change
         return experts
     out = values.copy()
@@ -372,7 +373,6 @@ class _Limits:
     and its memory floor at one runtime size; ``row`` finds an expert's row."""
 
     row: Mapping[str, int]
-    every: np.ndarray
     replicas_min: np.ndarray
     replicas_max: np.ndarray
     memory_floor: np.ndarray
@@ -389,7 +389,7 @@ def _limits(dag: PipelineDAG, runtime_memory_mb: float) -> _Limits:
     if got is None:
         specs = [dag.spec(n) for n in dag.experts]
         got = per_dag[runtime_memory_mb] = _Limits(
-            {n: i for i, n in enumerate(dag.experts)}, np.arange(len(specs)),
+            {n: i for i, n in enumerate(dag.experts)},
             np.array([s.replicas_min for s in specs], float),
             np.array([s.replicas_max for s in specs], float),
             np.array([memory_floor_mb(s, runtime_memory_mb=runtime_memory_mb) for s in specs]))
