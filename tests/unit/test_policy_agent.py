@@ -226,6 +226,16 @@ def test_decider_runs_ticks_deterministically(dag):
     assert runs[0][0].pipeline == "p" and runs[0][0].updated_at == 12.0
 
 
+def test_a_decision_holds_the_dags_own_expert_ids(dag):
+    # the guards find a decision's experts by identity (15,000 ids a tick at deepseek-v3 size)
+    cfg = PolicyConfig(**TINY)
+    inp, _ = build_features(observation(dag, 0), dag, config=cfg, gpus=8.0)
+    with torch.inference_mode():
+        actions = SMoEAgent(cfg)(inp, score=False).actions
+    decision = actions_to_decision(actions, inp, dag, config=cfg, updated_at=1.0)
+    assert decision.experts.nodes is dag.experts
+
+
 def test_compiled_greedy_decider_decides_as_the_eager_agent(dag):
     # one architecture: the compiled path is the same wrapper for all three, and a compile
     # costs tens of seconds here
