@@ -27,7 +27,7 @@ from smoelib.pipeline.yamlsrc import YamlProblem, read_regular_file
 
 __all__ = ["ExpertDecision", "ExpertTable", "PipelineDecision", "parse_decision", "load_decision",
            "dump_decision", "check_decision", "decision_to_json", "write_decision",
-           "MAX_FILE_BYTES"]
+           "MAX_FILE_BYTES", "same_ids"]
 
 _FIELDS = {k.name: k.kind for k in KNOBS}
 
@@ -56,6 +56,13 @@ class ExpertDecision:
 
 
 _KNOB_VALUES = attrgetter(*KNOB_NAMES)
+
+
+def same_ids(nodes: Sequence[str], ids: tuple[str, ...]) -> bool:
+    """Whether ``nodes`` are ``ids``, in order: at once where they are the same tuple (a
+    decision holds its DAG's own ``dag.experts``, so the guards' lookups take this path tick
+    after tick), else compared id by id."""
+    return nodes is ids or (len(nodes) == len(ids) and tuple(nodes) == ids)
 
 
 class ExpertTable(Mapping[str, ExpertDecision]):
@@ -100,14 +107,14 @@ class ExpertTable(Mapping[str, ExpertDecision]):
 
     def rows(self, nodes: Sequence[str]) -> np.ndarray:
         """The row of each of ``nodes`` (-1: not in the table)."""
-        if nodes is self.nodes or (len(nodes) == len(self.nodes) and tuple(nodes) == self.nodes):
+        if same_ids(nodes, self.nodes):
             return np.arange(len(nodes))
         row = self.row
         return np.array([row.get(n, -1) for n in nodes], np.int64)
 
     def aligned(self, nodes: Sequence[str]) -> np.ndarray:
         """The knobs of ``nodes`` as rows (a copy; NaN for a node not in the table)."""
-        if nodes is self.nodes:
+        if nodes is self.nodes:  # the table's own rows: no gather
             return self.knobs.copy()
         at = self.rows(nodes)
         out = self.knobs[np.maximum(at, 0)] if len(self.nodes) else np.full(

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from smoelib.core.accounting import gpu_per_pod
-from smoelib.core.decisions import ExpertTable, PipelineDecision
+from smoelib.core.decisions import ExpertTable, PipelineDecision, same_ids
 from smoelib.core.knobs import INTEGER_KNOBS, KNOB_COLUMN, KNOB_NAMES
 from smoelib.core.service import memory_choice, memory_floor_mb
 from smoelib.core.shield import ShieldMemory, shield
@@ -330,8 +330,7 @@ def _clamp_all(experts: ExpertTable, dag: PipelineDAG, settings: Settings,
     (_, c_lo, c_hi), (_, m_lo, m_hi), (_, g_lo, g_hi), (_, k_lo, k_hi) = shared
     nodes = experts.nodes
     limits = _limits(dag, runtime)
-    at = (slice(None) if nodes is dag.experts or nodes == dag.experts
-          else _rows_of(dag.experts, nodes))
+    at = slice(None) if same_ids(nodes, dag.experts) else _rows_of(dag.experts, nodes)
     values = experts.knobs
     v = values.T  # the knobs' columns, in KNOB_NAMES order
     within = ((limits.replicas_min[at] <= v[0]) & (v[0] <= limits.replicas_max[at])

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from smoelib.core.decisions import ExpertDecision, ExpertTable
+from smoelib.core.decisions import ExpertDecision, ExpertTable, same_ids
 from smoelib.core.knobs import KNOB_COLUMN, RESOURCE_KNOBS, SLOW_KNOBS
 
 __all__ = ["SlowKnobRules", "SlowKnobMemory", "hold_slow_knobs", "WINDOW_S"]
@@ -105,7 +105,7 @@ class SlowKnobMemory:
         ticks = np.zeros((len(nodes), len(knobs)), np.int64)
         if not self.nodes:
             return values, ticks
-        if self.knobs == knobs and (self.nodes is nodes or self.nodes == tuple(nodes)):
+        if self.knobs == knobs and same_ids(nodes, self.nodes):
             return self.values.copy(), self.ticks.copy()  # the common case: the same experts
         row = {n: i for i, n in enumerate(self.nodes)}
         mine = [row.get(n, -1) for n in nodes]
@@ -119,7 +119,7 @@ class SlowKnobMemory:
 
     def others(self, nodes: Sequence[str]) -> SlowKnobMemory:
         """The rows of experts not in ``nodes`` that hold a candidate."""
-        if not self.nodes or self.nodes is nodes or self.nodes == tuple(nodes):  # the same
+        if not self.nodes or same_ids(nodes, self.nodes):  # the common case: the same experts
             return SlowKnobMemory()
         skip = set(nodes)
         keep = [i for i in np.flatnonzero(self.ticks.any(1)).tolist()
@@ -185,13 +185,9 @@ def hold_slow_knobs(experts: Mapping[str, ExpertDecision],
     notes = _notes(_Held(order, names, want, have, small, seen, ready, late, need, before),
                    rules)
     out = experts
-    rows = np.flatnonzero(held.any(1))
-    if rows.size:  # the held knobs back to the reference
+    if held.any():  # the held knobs back to the reference (the others are written unchanged)
         values = experts.knobs.copy()
-        every_row = rows.size == mine.size  # rows is then every row, in order
-        pick = slice(None) if every_row else rows
-        values[np.ix_(mine if every_row else mine[rows], cols)] = np.where(
-            held[pick], have[pick], want[pick])
+        values[np.ix_(mine, cols)] = np.where(held, have, want)
         out = experts.replaced(values)
     rest = memory.others(order)  # the experts this tick did not look at keep their rows
     if rest.nodes:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from smoelib.core.decisions import same_ids
 from smoelib.core.slo import slo_pressure
 from smoelib.policy.config import PolicyConfig
 from smoelib.policy.schedule import DagSchedule, build_schedule
@@ -138,18 +139,15 @@ def _build_dag_tensors(dag: Any) -> DagTensors:
     weight = static["service_ms"]
     path_ms, _ = dag.critical_path(dict(zip(nodes, weight, strict=True)))
     static["slo_share_ms"] = dag.slo_ms * weight / max(path_ms, 1e-9)
+    # the DAG's own tuple where the slot order is its order (every example pipeline): the
+    # guards then find a decision's experts by identity (core.decisions.same_ids)
+    slots = np.nonzero(valid)
+    ids = tuple(nodes[i] for i in expert_pos[slots].tolist())
     return DagTensors(schedule=schedule, expert_index=torch.as_tensor(expert_pos),
                       expert_valid=torch.as_tensor(valid), expert_pos=expert_pos,
                       layer_of=layer_of, layer_sizes=valid.sum(1), static=static,
-                      expert_slots=(slots := np.nonzero(valid)),
-                      expert_nodes=_same_as(dag.experts,
-                                            tuple(nodes[i] for i in expert_pos[slots].tolist())))
-
-
-def _same_as(known: tuple[str, ...], built: tuple[str, ...]) -> tuple[str, ...]:
-    """``known`` itself where ``built`` equals it: the guards then find a decision's experts
-    by identity, not by comparing 15,000 ids a tick at deepseek-v3 size."""
-    return known if built == known else built
+                      expert_slots=slots,
+                      expert_nodes=dag.experts if same_ids(ids, dag.experts) else ids)
 
 
 def _default_service_ms(dag: Any, specs: list) -> np.ndarray:
