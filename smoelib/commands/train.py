@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replica-base", default=d.replica_base,
                         help="what the replica changes are relative to: current (the default) "
                              "or queueing (a residual policy over the queueing plan)")
+    parser.add_argument("--features", default=d.features,
+                        help="node features: base (the default) or lookahead (also each "
+                             "expert's load against the shield's bound, its layer's popularity "
+                             "shift and the time since its last changes)")
     parser.add_argument("--pipelines", default=",".join(d.pipelines),
                         help="comma-separated pipeline.yml paths")
     parser.add_argument("--random-pipelines", type=int, default=d.random_pipelines,
@@ -117,7 +121,7 @@ def _config(args: argparse.Namespace):
         random_pipelines=args.random_pipelines,
         traces=tuple(split_list(args.traces, "--traces")), seeds=(lo, hi), seed=args.seed,
         config=args.config, architecture=args.architecture, capacity=args.capacity,
-        replica_base=args.replica_base,
+        replica_base=args.replica_base, features=args.features,
         bc_rounds=args.bc_rounds,
         bc_episodes=args.bc_episodes, updates=args.updates, scenarios=args.scenarios,
         envs=args.envs, rate_scales=(rlo, rhi), engine=args.engine, ratio=args.ratio,

@@ -53,7 +53,7 @@ from smoelib.core.knobs import KNOB_COLUMN
 from smoelib.core.service import full_gpu_interference, service_models
 from smoelib.core.slow_knobs import SlowKnobRules
 
-__all__ = ["ShieldMemory", "shield", "lifts"]
+__all__ = ["ShieldMemory", "shield", "shield_utilisation", "lifts"]
 
 
 @dataclass(frozen=True)
@@ -146,20 +146,12 @@ def shield(experts: Mapping[str, ExpertDecision], *, observation: Any, dag: Any,
     # a worker at full batches: max_inflight per pod over its workers
     full = np.maximum(dec[:, _CONCURRENCY] / m.workers[k_ix], 1.0)
     share = (dec[:, _SHARE].copy() if dag.accelerator != "cpu" else np.zeros(len(dec)))
-    per_call = np.where(calls[ix] > 0, np.maximum(tokens[ix] / np.maximum(calls[ix], 1e-12),
-                                                   1.0), 1.0)
+    per_call = _tokens_per_call(calls[ix], tokens[ix])
     inter = full_gpu_interference(share, settings.simulator.mps_interference)
     where = np.full(len(m.nodes), -1, np.int64)
     where[k_ix] = np.arange(len(k_ix))
     cpu_why = _lift_cpu(m, where, cpu, per_call, share, inter, k_ix) if m.lifts_cpu else {}
-    s_ms = np.zeros(len(dec))
-    for model, members in m.groups:
-        js = where[members]
-        js = js[js >= 0]
-        if js.size:
-            s_ms[js] = model.batch_ms(full[js], full[js] * per_call[js], cpu=cpu[js],
-                                      share=share[js], parallelism=m.workers[k_ix[js]],
-                                      interference=inter[js]) / full[js]
+    s_ms = _call_share_ms(m, k_ix, where, full, per_call, cpu, share, inter)
     work = load[ix] * s_ms / 1000.0 / m.workers[k_ix]  # busy workers' worth
     fit = np.ceil(work / g.shield_bound - 1e-9)
     coming = (starting[ix] > 0) | (replicas > ready[ix])  # capacity already on its way
@@ -202,6 +194,50 @@ def shield(experts: Mapping[str, ExpertDecision], *, observation: Any, dag: Any,
 
 _REPLICAS, _CPU, _SHARE, _CONCURRENCY = (KNOB_COLUMN[k] for k in (
     "replicas", "cpu", "gpu_share", "concurrency"))
+
+
+def _tokens_per_call(calls: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    return np.where(calls > 0, np.maximum(tokens / np.maximum(calls, 1e-12), 1.0), 1.0)
+
+
+def _call_share_ms(m: _Models, k_ix: np.ndarray, where: np.ndarray, full: np.ndarray,
+                   per_call: np.ndarray, cpu: np.ndarray, share: np.ndarray,
+                   inter: np.ndarray) -> np.ndarray:
+    """Per position ``j`` (``where`` maps the model's experts to positions, -1: none), a
+    call's share (ms) of a full batch of ``full[j]`` calls: what the offered utilisation
+    counts (module docstring)."""
+    s_ms = np.zeros(len(full))
+    for model, members in m.groups:
+        js = where[members]
+        js = js[js >= 0]
+        if js.size:
+            s_ms[js] = model.batch_ms(full[js], full[js] * per_call[js], cpu=cpu[js],
+                                      share=share[js], parallelism=m.workers[k_ix[js]],
+                                      interference=inter[js]) / full[js]
+    return s_ms
+
+
+def shield_utilisation(observation: Any, dag: Any, settings: Any) -> np.ndarray:
+    """Per node (``dag.nodes`` order), each modelled expert's offered utilisation at its
+    observed call rate, configuration and desired replicas, over ``guards.shield_bound``: 1
+    where the shield starts lifting replicas (module docstring; the observed rate, not its
+    forecast), 0 for the other nodes. The learned policy's view of the shield's margin."""
+    m = _Models.of(dag, settings)
+    ix = m.index
+    calls = np.nan_to_num(np.asarray(observation.calls_per_s, float))[ix]
+    tokens = np.nan_to_num(np.asarray(observation.tokens_per_s, float))[ix]
+    cpu = np.asarray(observation.cpu, float)[ix]
+    share = (np.asarray(observation.gpu_share, float)[ix] if dag.accelerator != "cpu"
+             else np.zeros(len(ix)))
+    full = np.maximum(np.asarray(observation.concurrency, float)[ix] / m.workers, 1.0)
+    inter = full_gpu_interference(share, settings.simulator.mps_interference)
+    k_ix = np.arange(len(ix))
+    s_ms = _call_share_ms(m, k_ix, k_ix, full, _tokens_per_call(calls, tokens), cpu, share,
+                          inter)
+    replicas = np.maximum(np.asarray(observation.replicas_desired, float)[ix], 1.0)
+    out = np.zeros(len(observation.nodes))
+    out[ix] = calls * s_ms / 1000.0 / m.workers / replicas / settings.guards.shield_bound
+    return out
 
 
 def _lift_cpu(m: _Models, where: np.ndarray, cpu: np.ndarray, per_call: np.ndarray,

@@ -20,7 +20,7 @@ from smoelib.core.accounting import gpu_per_pod
 from smoelib.errors import ConfigError, Problem
 
 __all__ = ["PolicyConfig", "ARCHITECTURES", "Architecture", "CAPACITY_MODES", "REPLICA_BASES",
-           "choice_problems"]
+           "FEATURE_SETS", "choice_problems"]
 
 Architecture = Literal["smoe", "smoe-mlp", "smoe-independent"]
 ARCHITECTURES: tuple[str, ...] = ("smoe", "smoe-mlp", "smoe-independent")
@@ -29,12 +29,16 @@ CAPACITY_MODES: tuple[str, ...] = ("even", "spare")
 REPLICA_BASES: tuple[str, ...] = ("current", "queueing")
 """what the replica head's change is relative to: the expert's current desired replicas, or
 the replicas a model-based plan (the registered decider of that name) sizes this tick"""
+FEATURE_SETS: tuple[str, ...] = ("base", "lookahead")
+"""the node features a network reads: ``base`` (smoelib.policy.features.FEATURE_NAMES), or
+``lookahead``: those and LOOKAHEAD_FEATURES (each expert's load against the shield's bound,
+its layer's popularity shift, the time since its replicas and since its other knobs changed)"""
 _LIMITS = {"hidden": 1024, "dagnn_layers": 8, "decode_steps": 256, "slots_per_gpu": 64,
            "max_replica_step": 256, "choices": 64}
 """The largest sizes a config may ask for: far above every shipped policy (hidden 32), far below
 what would exhaust the machine (a hidden of 200,000 asks for hundreds of GB)."""
 _CHOICES = {"architecture": ARCHITECTURES, "capacity": CAPACITY_MODES, "gpu_sharing": _SHARING,
-            "replica_base": REPLICA_BASES}
+            "replica_base": REPLICA_BASES, "features": FEATURE_SETS}
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,8 @@ class PolicyConfig:
     """what that change is relative to: ``current`` (the expert's desired replicas) or
     ``queueing`` (a residual policy: the replicas the ``queueing`` baseline sizes for this
     tick's observation; the network also sees that plan)"""
+    features: str = "base"
+    """the node features it reads: ``base`` or ``lookahead`` (FEATURE_SETS)"""
     trend_short: float = 0.5
     """EWMA weight of the newest tick in the short load trend (per tick)"""
     trend_long: float = 0.05
@@ -99,7 +105,8 @@ class PolicyConfig:
         """Every invalid field, at once."""
         p: list[Problem] = []
         p += choice_problems(architecture=self.architecture, capacity=self.capacity,
-                             gpu_sharing=self.gpu_sharing, replica_base=self.replica_base)
+                             gpu_sharing=self.gpu_sharing, replica_base=self.replica_base,
+                             features=self.features)
         for name in ("hidden", "dagnn_layers", "decode_steps", "slots_per_gpu",
                      "max_replica_step"):
             value = getattr(self, name)
@@ -208,7 +215,7 @@ class PolicyConfig:
 
 def choice_problems(**values: str) -> list[Problem]:
     """A problem for each named field whose value is not one of its choices (``architecture``,
-    ``capacity``, ``gpu_sharing``, ``replica_base``); shared by ``PolicyConfig`` and
+    ``capacity``, ``gpu_sharing``, ``replica_base``, ``features``); shared by ``PolicyConfig`` and
     ``TrainConfig``."""
     return [Problem(name, f"one of {', '.join(_CHOICES[name])}")
             for name, value in values.items() if value not in _CHOICES[name]]

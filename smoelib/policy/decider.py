@@ -123,8 +123,10 @@ class SMoEDecider:
     near-ties, in less time); :meth:`wait_compiled` waits for it."""
 
     def __init__(self, *, dag: Any, agent: SMoEAgent, gpus: float, sample: bool = False,
-                 compile: bool = False, planner: ReplicaPlanner | None = None):
+                 compile: bool = False, planner: ReplicaPlanner | None = None,
+                 settings: Any = None):
         self.dag, self.agent, self.gpus, self.sample = dag, agent.eval(), gpus, sample
+        self.settings = settings  # the run's (the lookahead features read the shield's)
         self.planner = planner  # a residual policy's plan (PolicyConfig.replica_base)
         self.generator = torch.Generator()
         self.trend: TrendState | None = None
@@ -153,7 +155,7 @@ class SMoEDecider:
         cfg = self.agent.config
         plan = None if self.planner is None else self.planner.replicas(observation)
         inp, self.trend = build_features(observation, self.dag, config=cfg, gpus=self.gpus,
-                                         trend=self.trend, plan=plan)
+                                         trend=self.trend, plan=plan, settings=self.settings)
         if self._compile and self._compiled is None:
             self._compiled = compile_greedy(self.agent, inp, name=self.dag.name)
         greedy = self._greedy()  # compiled only for greedy deciding
@@ -187,7 +189,8 @@ def _factory(name: str, architecture: str):
         torch.set_num_threads(settings.policy.torch_threads)
         return SMoEDecider(dag=dag, agent=agent, gpus=settings.cluster.gpus,
                            compile=settings.policy.compile,
-                           planner=planner_for(agent.config, dag=dag, settings=settings))
+                           planner=planner_for(agent.config, dag=dag, settings=settings),
+                           settings=settings)
     return make
 
 

@@ -20,11 +20,13 @@ import torch
 from torch import Tensor
 
 from smoelib.core.decisions import same_ids
+from smoelib.core.shield import shield_utilisation
 from smoelib.core.slo import slo_pressure
 from smoelib.policy.config import PolicyConfig
 from smoelib.policy.schedule import DagSchedule, build_schedule
 
-__all__ = ["FEATURE_NAMES", "PLAN_FEATURES", "FEATURE_VERSION", "feature_names",
+__all__ = ["FEATURE_NAMES", "PLAN_FEATURES", "LOOKAHEAD_FEATURES", "FEATURE_VERSION",
+           "feature_names",
            "feature_signature", "PolicyInput", "TrendState", "DagTensors", "dag_tensors",
            "build_features", "collate"]
 
@@ -41,12 +43,23 @@ FEATURE_NAMES = (
 PLAN_FEATURES = ("log_plan_replicas", "plan_vs_replicas")
 """appended for a residual policy (``PolicyConfig.replica_base`` a plan): the plan's replicas
 and their log ratio to the desired ones (0 on other nodes)"""
+LOOKAHEAD_FEATURES = ("load_vs_shield_bound", "layer_popularity_shift",
+                      "log_s_since_replica_change", "log_s_since_knob_change")
+"""appended with ``PolicyConfig.features`` ``lookahead``: each expert's offered utilisation
+over the shield's bound (1: where the shield lifts; core.shield.shield_utilisation), its layer's
+popularity shift (the total variation distance between the layer's token shares now and their
+long EWMA), and the time since its desired replicas and since any of its other knobs (CPU,
+memory, GPU share, concurrency: the changes that roll pods or resize them) last changed, as
+``log1p(s) / log1p(_AGE_HORIZON_S)`` capped at 1 (1 also before a change was seen)"""
 _TOKENS_FOR_SLO_SHARE = 256  # tokens per call assumed when splitting the SLO along the path
+_AGE_HORIZON_S = 600.0  # changes longer ago than this read alike
+_OTHER_KNOBS = ("cpu", "memory_mb", "gpu_share", "concurrency")
 
 
 def feature_names(config: PolicyConfig) -> tuple[str, ...]:
     """The node features a network of ``config`` reads, in column order."""
-    return FEATURE_NAMES + (PLAN_FEATURES if config.replica_base != "current" else ())
+    return (FEATURE_NAMES + (LOOKAHEAD_FEATURES if config.features == "lookahead" else ())
+            + (PLAN_FEATURES if config.replica_base != "current" else ()))
 
 
 def feature_signature(config: PolicyConfig) -> str:
@@ -77,10 +90,16 @@ class PolicyInput(NamedTuple):
 
 @dataclass(frozen=True)
 class TrendState:
-    """EWMAs of ``log1p(tokens/s)`` per node, carried from tick to tick."""
+    """What the features carry from tick to tick: EWMAs of ``log1p(tokens/s)`` per node; with
+    the lookahead features also the long EWMA of each expert's share of its layer's tokens,
+    the last tick's replicas and other knobs, and when (the observation's clock, s) each last
+    changed (-inf: no change seen)."""
 
     short: np.ndarray
     long: np.ndarray
+    share_long: np.ndarray | None = None
+    knobs: np.ndarray | None = None  # (N, 1 + len(_OTHER_KNOBS)): replicas, then the others
+    changed_s: np.ndarray | None = None  # (N, 2): the replicas', any other knob's
 
 
 @dataclass(frozen=True)
@@ -171,8 +190,8 @@ def _log_ratio(num: np.ndarray, den: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def build_features(obs: Any, dag: Any, *, config: PolicyConfig, gpus: float,
-                   trend: TrendState | None = None, plan: np.ndarray | None = None
-                   ) -> tuple[PolicyInput, TrendState]:
+                   trend: TrendState | None = None, plan: np.ndarray | None = None,
+                   settings: Any = None) -> tuple[PolicyInput, TrendState]:
     """One tick's :class:`PolicyInput` (batch of 1) and the next trend state.
 
     Args:
@@ -184,9 +203,11 @@ def build_features(obs: Any, dag: Any, *, config: PolicyConfig, gpus: float,
         plan: with ``config.replica_base`` a plan, its replicas per node (``dag.nodes`` order;
             NaN where it has none: the desired replicas). The replica head's changes are
             relative to it (within the node's bounds).
+        settings: the run's settings (the shield's bound and service model), needed by the
+            lookahead features.
 
     Raises:
-        ValueError: a residual config without a plan.
+        ValueError: a residual config without a plan; lookahead features without settings.
     """
     d = dag_tensors(dag)
     s = d.static
@@ -230,6 +251,11 @@ def build_features(obs: Any, dag: Any, *, config: PolicyConfig, gpus: float,
             np.log1p(conc) / np.log1p(config.concurrency_choices[-1]), s["depth"], s["routing"],
             np.log1p(s["weights_mb"]) / 10.0, np.log1p(service) / 5.0,
             *(np.full(len(tokens), g) for g in glob)]
+    if config.features == "lookahead":
+        if settings is None:
+            raise ValueError("the lookahead features need the run's settings")
+        more, nxt = _lookahead(obs, dag, d, settings, config, share, trend, nxt, desired)
+        cols += more
     base = desired
     if config.replica_base != "current":
         if plan is None:
@@ -254,6 +280,31 @@ def build_features(obs: Any, dag: Any, *, config: PolicyConfig, gpus: float,
                       choice_mask=torch.as_tensor(mask).unsqueeze(0),
                       budget=torch.as_tensor(budget, dtype=torch.float32).unsqueeze(0))
     return inp, nxt
+
+
+def _lookahead(obs: Any, dag: Any, d: DagTensors, settings: Any, config: PolicyConfig,
+               share: np.ndarray, trend: TrendState, nxt: TrendState, desired: np.ndarray
+               ) -> tuple[list[np.ndarray], TrendState]:
+    """The LOOKAHEAD_FEATURES columns and the trend state that carries them. ``share`` is
+    each expert's token share times its layer's size (1: uniform)."""
+    is_exp = d.layer_of >= 0
+    p = np.where(is_exp, share / np.maximum(d.layer_sizes[np.maximum(d.layer_of, 0)], 1), 0.0)
+    q = trend.share_long if trend.share_long is not None else p
+    shift = np.bincount(d.layer_of[is_exp], weights=np.abs(p - q)[is_exp],
+                        minlength=len(d.layer_sizes)) / 2.0  # (L,) total variation
+    now = float(obs.time_s)
+    knobs = np.stack([desired, *(np.asarray(getattr(obs, k), float) for k in _OTHER_KNOBS)], -1)
+    changed = (trend.changed_s if trend.changed_s is not None
+               else np.full((len(desired), 2), -np.inf))
+    if trend.knobs is not None:
+        moved = knobs != trend.knobs
+        changed = np.where(np.stack([moved[:, 0], moved[:, 1:].any(-1)], -1), now, changed)
+    age = np.minimum(np.log1p(np.maximum(now - changed, 0.0)) / np.log1p(_AGE_HORIZON_S), 1.0)
+    cols = [shield_utilisation(obs, dag, settings).clip(0.0, 4.0),
+            np.where(is_exp, shift[np.maximum(d.layer_of, 0)], 0.0), age[:, 0], age[:, 1]]
+    return cols, TrendState(short=nxt.short, long=nxt.long,
+                            share_long=q + config.trend_long * (p - q), knobs=knobs,
+                            changed_s=changed)
 
 
 def _ensure_one(mask: np.ndarray, fallback: np.ndarray) -> np.ndarray:

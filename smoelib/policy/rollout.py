@@ -159,7 +159,8 @@ def collect(agent: SMoEAgent, *, dag: Any, runs: list[EnvRun], duration_s: float
             plan = None if planners[k] is None else planners[k].replicas(obs[k])
             inp, trends[k] = build_features(obs[k], dag, config=cfg,
                                             gpus=runs[k].settings.cluster.gpus,
-                                            trend=trends[k], plan=plan)
+                                            trend=trends[k], plan=plan,
+                                            settings=runs[k].settings)
             rows.append(inp)
         batch = collate(rows)
         with torch.no_grad():

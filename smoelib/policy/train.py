@@ -104,6 +104,8 @@ class TrainConfig:
     replica_base: str = PolicyConfig.replica_base
     """what the replica head's changes are relative to: current or queueing (a residual
     policy over the queueing plan; PolicyConfig.replica_base)"""
+    features: str = PolicyConfig.features
+    """the node features: base or lookahead (PolicyConfig.features)"""
     seed: int = 1
     """seed of the parameters, the scenarios and the sampling"""
     teacher: str = "queueing"
@@ -214,7 +216,7 @@ class TrainConfig:
         if not 0 <= self.validation_seed < 1000:
             p.append(Problem("validation_seed", "must be below 1000 (training split)"))
         p += choice_problems(architecture=self.architecture, capacity=self.capacity,
-                             replica_base=self.replica_base)
+                             replica_base=self.replica_base, features=self.features)
         if self.guards not in PROFILES:
             p.append(Problem("guards", f"unknown guard profile {self.guards!r}; known: "
                                        f"{', '.join(PROFILES)}"))
@@ -265,7 +267,7 @@ class TrainConfig:
         """The network's config: the settings' action space plus this run's choices."""
         return PolicyConfig.from_settings(
             settings, architecture=self.architecture, hidden=self.hidden, seed=self.seed,
-            capacity=self.capacity, replica_base=self.replica_base)
+            capacity=self.capacity, replica_base=self.replica_base, features=self.features)
 
     @property
     def total_updates(self) -> int:

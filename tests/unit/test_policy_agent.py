@@ -11,7 +11,13 @@ from smoelib.core.observation import NODE_FIELDS, Observation
 from smoelib.policy.agent import SMoEAgent, actions_to_decision
 from smoelib.policy.config import PolicyConfig
 from smoelib.policy.decider import SMoEDecider
-from smoelib.policy.features import FEATURE_NAMES, build_features, collate, feature_signature
+from smoelib.policy.features import (
+    FEATURE_NAMES,
+    LOOKAHEAD_FEATURES,
+    build_features,
+    collate,
+    feature_signature,
+)
 from smoelib.policy.heads import clip_and_mask, sample
 from smoelib.topology import build_dag
 
@@ -286,3 +292,101 @@ def test_a_machine_that_cannot_compile_decides_on_the_eager_path(dag, monkeypatc
         eager = agent(inp, score=False).actions
     assert got == actions_to_decision(eager, inp, dag, config=cfg, updated_at=12.0)
     assert "torch.compile failed (no C++ compiler found)" in caplog.text
+
+
+# ---- the lookahead features (PolicyConfig.features) ------------------------------------------
+def lookahead(dag, obs, trend=None):
+    from smoelib.settings import load_settings
+
+    cfg = PolicyConfig(features="lookahead", **TINY)
+    inp, nxt = build_features(obs, dag, config=cfg, gpus=8.0, trend=trend,
+                              settings=load_settings(None))
+    return {n: inp.x[0, :, len(FEATURE_NAMES) + i].numpy()
+            for i, n in enumerate(LOOKAHEAD_FEATURES)}, nxt
+
+
+def test_lookahead_features_extend_the_layout_and_need_the_settings(dag):
+    base, more = PolicyConfig(**TINY), PolicyConfig(features="lookahead", **TINY)
+    assert feature_signature(base) != feature_signature(more)
+    cols, _ = lookahead(dag, observation(dag))
+    assert set(cols) == set(LOOKAHEAD_FEATURES)
+    with pytest.raises(ValueError, match="lookahead features need the run's settings"):
+        build_features(observation(dag), dag, config=more, gpus=8.0)
+
+
+def test_the_time_since_a_change_counts_from_the_tick_that_saw_it(dag):
+    import dataclasses
+
+    first = observation(dag, replicas=2)
+    cols, trend = lookahead(dag, first)
+    assert (cols["log_s_since_replica_change"] == 1.0).all()  # no change seen yet
+    same = dataclasses.replace(first, time_s=27.0)
+    cols, trend = lookahead(dag, same, trend)
+    assert (cols["log_s_since_replica_change"] == 1.0).all()
+    e = dag.nodes.index(dag.experts[0])
+    desired = first.replicas_desired.copy()
+    desired[e] = 3.0
+    moved = dataclasses.replace(first, time_s=42.0, replicas_desired=desired)
+    cols, trend = lookahead(dag, moved, trend)
+    assert cols["log_s_since_replica_change"][e] == 0.0
+    assert cols["log_s_since_knob_change"][e] == 1.0  # only its replicas changed
+    later = dataclasses.replace(moved, time_s=57.0)
+    cols, _ = lookahead(dag, later, trend)
+    assert cols["log_s_since_replica_change"][e] == pytest.approx(np.log1p(15) / np.log1p(600))
+    others = np.delete(cols["log_s_since_replica_change"], e)
+    assert (others == 1.0).all()
+
+
+def test_the_layer_popularity_shift_is_the_distance_from_its_long_trend(dag):
+    import dataclasses
+
+    obs = observation(dag)
+    cols, trend = lookahead(dag, obs)
+    assert (cols["layer_popularity_shift"] == 0.0).all()  # the trend starts at the shares
+    tokens = obs.tokens_per_s.copy()
+    layer = [dag.nodes.index(n) for n in dag.moe_layers["b"]]
+    tokens[layer] = [10.0, 0.0]  # layer b: everything to its first expert
+    cols, _ = lookahead(dag, dataclasses.replace(obs, time_s=27.0, tokens_per_s=tokens), trend)
+    before = obs.tokens_per_s[layer] / obs.tokens_per_s[layer].sum()
+    assert cols["layer_popularity_shift"][layer] == pytest.approx(abs(1.0 - before[0]))
+    assert (cols["layer_popularity_shift"][[dag.nodes.index(n) for n in dag.moe_layers["m"]]]
+            == 0.0).all()  # layer m kept its shares
+    assert cols["layer_popularity_shift"][dag.nodes.index("a")] == 0.0
+
+
+def test_the_load_against_the_shield_bound_is_where_the_shield_lifts(dag):
+    import dataclasses
+
+    from smoelib.core.decisions import ExpertDecision
+    from smoelib.core.shield import shield
+    from smoelib.settings import load_settings
+
+    obs = observation(dag, replicas=1)
+    scale = np.zeros(len(dag.nodes))
+    for k, n in enumerate(dag.experts):  # calls from none to far past the bound
+        scale[dag.nodes.index(n)] = 0.0 if k == 0 else 10.0 ** k
+    obs = dataclasses.replace(obs, calls_per_s=obs.calls_per_s * scale,
+                              tokens_per_s=obs.calls_per_s * scale * 32.0)
+    u = lookahead(dag, obs)[0]["load_vs_shield_bound"]
+    at = {n: dag.nodes.index(n) for n in dag.experts}
+    assert u[dag.nodes.index("a")] == 0.0 and u[at[dag.experts[0]]] == 0.0
+    assert (u > 1.0).any() and ((u > 0.0) & (u < 1.0)).any()
+    # the shield, given the observed configuration at one replica each, lifts exactly those
+    # over 1
+    proposal = {n: ExpertDecision(replicas=1, cpu=float(obs.cpu[i]),
+                                  memory_mb=int(obs.memory_mb[i]),
+                                  gpu_share=float(obs.gpu_share[i]),
+                                  concurrency=int(obs.concurrency[i])) for n, i in at.items()}
+    notes = _Notes()
+    table, _ = shield(proposal, observation=obs, dag=dag, settings=load_settings(None),
+                      memory=None, notes=notes)
+    lifted = {n for n in dag.experts if table[n].replicas > 1}
+    assert lifted == {n for n, i in at.items() if u[i] > 1.0}, (u, notes.texts)
+
+
+class _Notes:
+    def __init__(self):
+        self.texts = []
+
+    def add(self, rule, text):
+        self.texts.append(text)

@@ -310,6 +310,31 @@ def test_a_residual_policy_trains_and_decides_over_the_queueing_plan(small_yml, 
     assert set(d.experts) == set(dag.experts)
 
 
+def test_the_lookahead_features_train_and_decide(small_yml, tmp_path):
+    from smoelib.policy.base import get_decider
+    from smoelib.policy.checkpoint import load_checkpoint
+    from smoelib.policy.features import LOOKAHEAD_FEATURES, feature_names
+    from smoelib.settings import load_settings
+    from smoelib.sim.env import SimEnv
+
+    run = train(tiny(small_yml, features="lookahead"), out=tmp_path, progress=False)
+    assert run.finished
+    agent = load_checkpoint(run.checkpoint).agent
+    assert feature_names(agent.config)[-len(LOOKAHEAD_FEATURES):] == LOOKAHEAD_FEATURES
+    dag = build_dag(SMALL)
+    settings = load_settings(None)
+    settings = dataclasses.replace(settings, policy=dataclasses.replace(
+        settings.policy, checkpoint=str(run.checkpoint)))
+    decider = get_decider("smoe", dag=dag, settings=settings)
+    env = SimEnv(dag, settings, trace="poisson", duration_s=20.0)
+    decider.reset(1)
+    obs = env.reset(seed=1)
+    assert set(decider.decide(obs).experts) == set(dag.experts)
+    assert decider.trend.changed_s is not None  # the ages are carried to the next tick
+    with pytest.raises(ConfigError, match="features: one of base, lookahead"):
+        tiny(small_yml, features="hindsight")
+
+
 def test_random_pipelines_join_the_training_pipelines(small_yml, tmp_path):
     run = train(tiny(small_yml, random_pipelines=2, updates=3), out=tmp_path, progress=False)
     assert run.finished
