@@ -288,10 +288,13 @@ def _lookahead(obs: Any, dag: Any, d: DagTensors, settings: Any, config: PolicyC
     """The LOOKAHEAD_FEATURES columns and the trend state that carries them. ``share`` is
     each expert's token share times its layer's size (1: uniform)."""
     is_exp = d.layer_of >= 0
-    p = np.where(is_exp, share / np.maximum(d.layer_sizes[np.maximum(d.layer_of, 0)], 1), 0.0)
+    layer = d.layer_of[is_exp]
+    p = np.zeros(len(share))  # each expert's share of its layer's tokens
+    p[is_exp] = share[is_exp] / d.layer_sizes[layer]
     q = trend.share_long if trend.share_long is not None else p
-    shift = np.bincount(d.layer_of[is_exp], weights=np.abs(p - q)[is_exp],
-                        minlength=len(d.layer_sizes)) / 2.0  # (L,) total variation
+    shift = np.zeros(len(share))  # its layer's total variation distance
+    shift[is_exp] = np.bincount(layer, weights=np.abs(p - q)[is_exp],
+                                minlength=len(d.layer_sizes))[layer] / 2.0
     now = float(obs.time_s)
     knobs = np.stack([desired, *(np.asarray(getattr(obs, k), float) for k in _OTHER_KNOBS)], -1)
     changed = (trend.changed_s if trend.changed_s is not None
@@ -300,8 +303,7 @@ def _lookahead(obs: Any, dag: Any, d: DagTensors, settings: Any, config: PolicyC
         moved = knobs != trend.knobs
         changed = np.where(np.stack([moved[:, 0], moved[:, 1:].any(-1)], -1), now, changed)
     age = np.minimum(np.log1p(np.maximum(now - changed, 0.0)) / np.log1p(_AGE_HORIZON_S), 1.0)
-    cols = [shield_utilisation(obs, dag, settings).clip(0.0, 4.0),
-            np.where(is_exp, shift[np.maximum(d.layer_of, 0)], 0.0), age[:, 0], age[:, 1]]
+    cols = [shield_utilisation(obs, dag, settings).clip(0.0, 4.0), shift, age[:, 0], age[:, 1]]
     return cols, TrendState(short=nxt.short, long=nxt.long,
                             share_long=q + config.trend_long * (p - q), knobs=knobs,
                             changed_s=changed)
