@@ -98,8 +98,8 @@ class TrendState:
     short: np.ndarray
     long: np.ndarray
     share_long: np.ndarray | None = None
-    knobs: np.ndarray | None = None  # (N, 1 + len(_OTHER_KNOBS)): replicas, then the others
-    changed_s: np.ndarray | None = None  # (N, 2): the replicas', any other knob's
+    knobs: np.ndarray | None = None  # (1 + len(_OTHER_KNOBS), N): replicas, then the others
+    changed_s: np.ndarray | None = None  # (2, N): the replicas', any other knob's
 
 
 @dataclass(frozen=True)
@@ -296,14 +296,14 @@ def _lookahead(obs: Any, dag: Any, d: DagTensors, settings: Any, config: PolicyC
     shift[is_exp] = np.bincount(layer, weights=np.abs(p - q)[is_exp],
                                 minlength=len(d.layer_sizes))[layer] / 2.0
     now = float(obs.time_s)
-    knobs = np.stack([desired, *(np.asarray(getattr(obs, k), float) for k in _OTHER_KNOBS)], -1)
+    knobs = np.stack([desired, *(np.asarray(getattr(obs, k), float) for k in _OTHER_KNOBS)])
     changed = (trend.changed_s if trend.changed_s is not None
-               else np.full((len(desired), 2), -np.inf))
+               else np.full((2, len(desired)), -np.inf))
     if trend.knobs is not None:
         moved = knobs != trend.knobs
-        changed = np.where(np.stack([moved[:, 0], moved[:, 1:].any(-1)], -1), now, changed)
+        changed = np.where(np.stack([moved[0], moved[1:].any(0)]), now, changed)
     age = np.minimum(np.log1p(np.maximum(now - changed, 0.0)) / np.log1p(_AGE_HORIZON_S), 1.0)
-    cols = [shield_utilisation(obs, dag, settings).clip(0.0, 4.0), shift, age[:, 0], age[:, 1]]
+    cols = [shield_utilisation(obs, dag, settings).clip(0.0, 4.0), shift, age[0], age[1]]
     return cols, TrendState(short=nxt.short, long=nxt.long,
                             share_long=q + config.trend_long * (p - q), knobs=knobs,
                             changed_s=changed)
