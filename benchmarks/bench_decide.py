@@ -14,7 +14,8 @@ and the gate inputs' ``addmm``, 14,972 x 32 by 32 x 96), so runs on different ma
 set against each other's speed.
 
 Run: ``python3 benchmarks/bench_decide.py [--repeats N] [--pipelines bert-moe,deepseek-v3]
-[--no-compile]``.
+[--no-compile] [--checkpoint PATH]`` (``--checkpoint``: another checkpoint than the bundled
+one, ``policy.checkpoint``).
 """
 
 from __future__ import annotations
@@ -43,10 +44,11 @@ CASES = {"bert-moe": (ROOT / "examples/pipelines/bert-moe.yml", None, 2.0),
                          ROOT / "examples/deepseek-cluster.yaml", 40.0)}
 
 
-def measure(name: str, repeats: int, compile_too: bool) -> None:
+def measure(name: str, repeats: int, compile_too: bool, checkpoint: str = "") -> None:
     path, config, target = CASES[name]
     dag = build_dag(path)
-    settings = load_settings(str(config) if config else None)
+    settings = with_overrides(load_settings(str(config) if config else None),
+                              {"policy.checkpoint": checkpoint})
     env = SimEnv(dag, with_overrides(settings, {"simulator.engine": "fluid"}), trace="conv",
                  duration_s=5.0 * (repeats + 10))
     paths = {"eager": with_overrides(settings, {"policy.compile": False})}
@@ -117,6 +119,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--pipelines", default="bert-moe,deepseek-v3")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--checkpoint", default="", help="a checkpoint (default: the bundled)")
     args = parser.parse_args()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"one tick's decision: torch {torch.__version__}, python "
@@ -125,7 +128,7 @@ def main() -> None:
     torch.set_num_threads(load_settings(None).policy.torch_threads)
     print(f"machine reference ({torch.get_num_threads()} threads): {machine_reference()}")
     for name in args.pipelines.split(","):
-        measure(name, args.repeats, not args.no_compile)
+        measure(name, args.repeats, not args.no_compile, args.checkpoint)
 
 
 if __name__ == "__main__":
