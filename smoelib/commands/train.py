@@ -36,9 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what the replica changes are relative to: current (the default) "
                              "or queueing (a residual policy over the queueing plan)")
     parser.add_argument("--features", default=d.features,
-                        help="node features: base (the default) or lookahead (also each "
+                        help="node features: lookahead (the default: the base ones and each "
                              "expert's load against the shield's bound, its layer's popularity "
-                             "shift and the time since its last changes)")
+                             "shift and the time since its last changes) or base")
     parser.add_argument("--pipelines", default=",".join(d.pipelines),
                         help="comma-separated pipeline.yml paths")
     parser.add_argument("--random-pipelines", type=int, default=d.random_pipelines,

@@ -104,8 +104,9 @@ class TrainConfig:
     replica_base: str = PolicyConfig.replica_base
     """what the replica head's changes are relative to: current or queueing (a residual
     policy over the queueing plan; PolicyConfig.replica_base)"""
-    features: str = PolicyConfig.features
-    """the node features: base or lookahead (PolicyConfig.features)"""
+    features: str = "lookahead"
+    """the node features: base or lookahead (PolicyConfig.features; a checkpoint without the
+    field reads base)"""
     seed: int = 1
     """seed of the parameters, the scenarios and the sampling"""
     teacher: str = "queueing"
