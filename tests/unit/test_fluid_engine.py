@@ -117,7 +117,7 @@ def test_call_latency_buckets_hold_the_service_noise_and_the_wait(service_ms, wa
     """A call's latency in the buckets is its service times the engines' gamma noise after an
     exponential wait: within 1 % of the calls in every bucket of a sample of the two, so a
     P95 read from the buckets is the request-level engine's (docs/simulator.md)."""
-    from smoelib.sim.fluid import _add_latencies
+    from smoelib.sim.fluid import _add_latencies, noise_cdf_table
     from smoelib.sim.telemetry import CALL_BOUNDS_S
 
     cv, n = 0.2, 400_000
@@ -128,6 +128,6 @@ def test_call_latency_buckets_hold_the_service_noise_and_the_wait(service_ms, wa
     want = np.histogram(sample, edges)[0] / n
     got = np.zeros((1, CALL_BOUNDS_S.size))
     _add_latencies(got, CALL_BOUNDS_S, np.ones(1), np.array([service_ms / 1000.0]),
-                   np.array([wait_ms / 1000.0]), cv)
+                   np.array([wait_ms / 1000.0]), cv, noise_cdf_table(cv))
     assert got.sum() == pytest.approx(1.0)
     assert np.abs(got[0] - want).max() < 0.01, (got[0], want)
