@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from smoelib.core.decisions import same_ids
+from smoelib.core.knobs import VERTICAL_KNOBS
 from smoelib.core.shield import shield_utilisation
 from smoelib.core.slo import slo_pressure
 from smoelib.policy.config import PolicyConfig
@@ -53,7 +54,6 @@ memory, GPU share, concurrency: the changes that roll pods or resize them) last 
 ``log1p(s) / log1p(_AGE_HORIZON_S)`` capped at 1 (1 also before a change was seen)"""
 _TOKENS_FOR_SLO_SHARE = 256  # tokens per call assumed when splitting the SLO along the path
 _AGE_HORIZON_S = 600.0  # changes longer ago than this read alike
-_OTHER_KNOBS = ("cpu", "memory_mb", "gpu_share", "concurrency")
 
 
 def feature_names(config: PolicyConfig) -> tuple[str, ...]:
@@ -98,7 +98,7 @@ class TrendState:
     short: np.ndarray
     long: np.ndarray
     share_long: np.ndarray | None = None
-    knobs: np.ndarray | None = None  # (1 + len(_OTHER_KNOBS), N): replicas, then the others
+    knobs: np.ndarray | None = None  # (1 + len(VERTICAL_KNOBS), N): replicas, then the others
     changed_s: np.ndarray | None = None  # (2, N): the replicas', any other knob's
 
 
@@ -296,7 +296,7 @@ def _lookahead(obs: Any, dag: Any, d: DagTensors, settings: Any, config: PolicyC
     shift[is_exp] = np.bincount(layer, weights=np.abs(p - q)[is_exp],
                                 minlength=len(d.layer_sizes))[layer] / 2.0
     now = float(obs.time_s)
-    knobs = np.stack([desired, *(np.asarray(getattr(obs, k), float) for k in _OTHER_KNOBS)])
+    knobs = np.stack([desired, *(np.asarray(getattr(obs, k), float) for k in VERTICAL_KNOBS)])
     changed = (trend.changed_s if trend.changed_s is not None
                else np.full((2, len(desired)), -np.inf))
     if trend.knobs is not None:

@@ -192,18 +192,19 @@ def _add_latencies(hist, bounds, n_calls, service_s, wait_s, cv, table):
             cdf = 1.0
             if j < last:
                 b, total = bounds[j], 0.0
-                if by_wait and b > at[0]:
-                    fall = math.exp(-(b - at[0]) / w)
+                if by_wait:
+                    if b > at[0]:
+                        fall = math.exp(-(b - at[0]) / w)
+                        for m in range(8):
+                            if b > at[m]:
+                                total += 1.0 - fall * grow[m]
+                elif s <= 0.0:  # no service: the wait alone
+                    for m in range(8):
+                        total += 1.0 if b >= at[m] else 0.0
+                else:
                     for m in range(8):
                         if b > at[m]:
-                            total += 1.0 - fall * grow[m]
-                elif not by_wait:
-                    for m in range(8):
-                        room = b - at[m]
-                        if s <= 0.0:
-                            total += 1.0 if room >= 0.0 else 0.0
-                        elif room > 0.0:
-                            total += _noise_below(room / s, table)
+                            total += _noise_below((b - at[m]) / s, table)
                 cdf = max(total / 8.0, before)
             hist[i, j] += (cdf - before) * n_calls[i]
             before = cdf

@@ -356,37 +356,29 @@ def test_the_layer_popularity_shift_is_the_distance_from_its_long_trend(dag):
 
 def test_the_load_against_the_shield_bound_is_where_the_shield_lifts(dag):
     import dataclasses
+    from types import SimpleNamespace
 
-    from smoelib.core.decisions import ExpertDecision
+    from smoelib.core.guards import observed_decision
     from smoelib.core.shield import shield
     from smoelib.settings import load_settings
 
+    n = len(dag.nodes)
     obs = observation(dag, replicas=1)
-    scale = np.zeros(len(dag.nodes))
-    for k, n in enumerate(dag.experts):  # calls from none to far past the bound
-        scale[dag.nodes.index(n)] = 0.0 if k == 0 else 10.0 ** k
-    obs = dataclasses.replace(obs, calls_per_s=obs.calls_per_s * scale,
-                              tokens_per_s=obs.calls_per_s * scale * 32.0)
+    scale = np.zeros(n)
+    for k, e in enumerate(dag.experts):  # calls from none to far past the bound
+        scale[dag.nodes.index(e)] = 0.0 if k == 0 else 10.0 ** k
+    obs = dataclasses.replace(  # whole-number knobs, as a cluster reports them
+        obs, calls_per_s=obs.calls_per_s * scale, tokens_per_s=obs.calls_per_s * scale * 32.0,
+        cpu=np.full(n, 1.0), memory_mb=np.full(n, 2048.0), gpu_share=np.full(n, 0.25),
+        concurrency=np.full(n, 4.0))
     u = lookahead(dag, obs)[0]["load_vs_shield_bound"]
-    at = {n: dag.nodes.index(n) for n in dag.experts}
+    at = {e: dag.nodes.index(e) for e in dag.experts}
     assert u[dag.nodes.index("a")] == 0.0 and u[at[dag.experts[0]]] == 0.0
     assert (u > 1.0).any() and ((u > 0.0) & (u < 1.0)).any()
-    # the shield, given the observed configuration at one replica each, lifts exactly those
-    # over 1
-    proposal = {n: ExpertDecision(replicas=1, cpu=float(obs.cpu[i]),
-                                  memory_mb=int(obs.memory_mb[i]),
-                                  gpu_share=float(obs.gpu_share[i]),
-                                  concurrency=int(obs.concurrency[i])) for n, i in at.items()}
-    notes = _Notes()
-    table, _ = shield(proposal, observation=obs, dag=dag, settings=load_settings(None),
-                      memory=None, notes=notes)
-    lifted = {n for n in dag.experts if table[n].replicas > 1}
-    assert lifted == {n for n, i in at.items() if u[i] > 1.0}, (u, notes.texts)
-
-
-class _Notes:
-    def __init__(self):
-        self.texts = []
-
-    def add(self, rule, text):
-        self.texts.append(text)
+    # the shield, given the observed configuration, lifts exactly those over 1
+    texts = []
+    table, _ = shield(observed_decision(obs, dag), observation=obs, dag=dag,
+                      settings=load_settings(None), memory=None,
+                      notes=SimpleNamespace(add=lambda rule, text: texts.append(text)))
+    lifted = {e for e in dag.experts if table[e].replicas > 1}
+    assert lifted == {e for e, i in at.items() if u[i] > 1.0}, (u, texts)
